@@ -1,0 +1,91 @@
+"""The `datasets` builder for MUB, reading a release folder.
+
+Use it programmatically::
+
+    from builders import Mub
+    builder = Mub(config_name="implicit", data_dir="path/to/release")
+    builder.download_and_prepare()
+    ds = builder.as_dataset(split="test")
+
+Configs (see ``mub_dataset.features.CONFIGS``): ``explicit`` (default, every
+item), ``implicit`` (items with implicit notes) and one per source benchmark.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import datasets
+
+from mub_dataset.features import CONFIGS, DEFAULT_CONFIG, FEATURES, ConfigSpec
+from mub_dataset.release import describe_item, read_image_bytes, read_release
+
+_CITATION = """\
+@inproceedings{dang2025mub,
+  title     = {Exploring Response Uncertainty in MLLMs: An Empirical Evaluation under Misleading Scenarios},
+  author    = {Dang, Yunkai and others},
+  booktitle = {Proceedings of EMNLP},
+  year      = {2025},
+  eprint    = {2411.02708},
+  archivePrefix = {arXiv}
+}
+"""
+
+_DESCRIPTION = (
+    "MUB (Multimodal Uncertainty Benchmark) measures how often a vision-language model abandons a correct "
+    "answer after a misleading cue: an explicit false hint or an implicit misleading note."
+)
+
+
+@dataclass
+class MubConfig(datasets.BuilderConfig):
+    """A MUB config; ``allow_truncated`` keeps the complete records of cut-off files."""
+
+    implicit_only: bool = False
+    source: str | None = None
+    allow_truncated: bool = False
+    # Digest of the release files (see mub_dataset.loading.release_fingerprint):
+    # part of the config id, so the datasets cache never serves a stale build.
+    release_fingerprint: str | None = None
+
+    @property
+    def spec(self) -> ConfigSpec:
+        return ConfigSpec(self.name, self.description or "", self.implicit_only, self.source)
+
+
+class Mub(datasets.GeneratorBasedBuilder):
+    """MUB from a release folder given as ``data_dir``."""
+
+    VERSION = datasets.Version("1.0.0")
+    BUILDER_CONFIG_CLASS = MubConfig
+    BUILDER_CONFIGS = [
+        MubConfig(name=spec.name, description=spec.description, implicit_only=spec.implicit_only, source=spec.source)
+        for spec in CONFIGS
+    ]
+    DEFAULT_CONFIG_NAME = DEFAULT_CONFIG
+
+    def _info(self) -> datasets.DatasetInfo:
+        return datasets.DatasetInfo(
+            description=_DESCRIPTION,
+            features=FEATURES,
+            homepage="https://arxiv.org/abs/2411.02708",
+            citation=_CITATION,
+        )
+
+    def _split_generators(self, dl_manager):
+        if not self.config.data_dir:
+            raise ValueError("Mub needs data_dir=<a MUB release folder>; use mub_dataset.load() for the embedded sample")
+        return [
+            datasets.SplitGenerator(name=datasets.Split.TEST, gen_kwargs={"release_dir": self.config.data_dir}),
+        ]
+
+    def _generate_examples(self, release_dir: str):
+        release = read_release(Path(release_dir), allow_truncated=self.config.allow_truncated)
+        spec = self.config.spec
+        for row in release.rows:
+            if not spec.includes(row):
+                continue
+            image_file = release.image_files[row["id"]]
+            data = read_image_bytes(image_file, describe_item(release.root, {"new_id": image_file.name, **row}))
+            yield row["id"], {**row, "image": {"bytes": data, "path": image_file.name}}

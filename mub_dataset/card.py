@@ -1,0 +1,51 @@
+"""The dataset card written into an export, from the project's `dataset_card.md`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+# The top-level dataset_card.md; `mub_dataset/dataset_card.md` links to it so
+# an installed package carries it too.
+CARD_TEMPLATE = Path(__file__).with_name("dataset_card.md")
+
+SYNTHETIC_BANNER = (
+    "> **Synthetic sample.** This export was built from the project's generated stand-in, not from MUB data: "
+    "its images, questions, notes and difficulty levels are synthetic and its figures say nothing about MUB.\n\n"
+)
+
+
+def split_front_matter(text: str) -> tuple[dict[str, Any], str]:
+    """The YAML header and the markdown body of a card."""
+    if not text.startswith("---\n"):
+        raise ValueError(f"{CARD_TEMPLATE}: a dataset card starts with a '---' YAML header")
+    header, body = text[4:].split("\n---\n", 1)
+    return yaml.safe_load(header), body
+
+
+def configs_yaml(config_names: list[str]) -> list[dict[str, Any]]:
+    """The card's `configs:` entries for the written configs."""
+    return [
+        {
+            "config_name": name,
+            **({"default": True} if name == "explicit" else {}),
+            "data_files": [{"split": "test", "path": f"{name}/test-*.parquet"}],
+        }
+        for name in config_names
+    ]
+
+
+def render_card(config_names: list[str], summary: dict[str, Any], *, synthetic: bool) -> str:
+    """The card with `configs:` for what was written and the build summary appended."""
+    header, body = split_front_matter(CARD_TEMPLATE.read_text(encoding="utf-8"))
+    header["configs"] = configs_yaml(config_names)
+    if synthetic:
+        header["pretty_name"] = f"{header.get('pretty_name', 'MUB')} (synthetic sample)"
+        header.setdefault("tags", []).append("synthetic")
+    counts = {key: value for key, value in summary.items() if key != "release"}
+    build = "\n## This build\n\n```json\n" + json.dumps(counts, indent=2) + "\n```\n"
+    front = yaml.safe_dump(header, sort_keys=False, allow_unicode=True, width=120)
+    return f"---\n{front}---\n" + (SYNTHETIC_BANNER if synthetic else "") + body.rstrip() + "\n" + build

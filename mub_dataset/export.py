@@ -1,0 +1,73 @@
+"""Write a release as a Hub-ready dataset repository.
+
+Layout of the output folder::
+
+    README.md                      # dataset card with YAML `configs:`
+    build_summary.json             # what the build read and kept
+    <config>/test-00000-of-00001.parquet   # one per config, images embedded
+
+``load_dataset(OUT, "implicit")`` then works offline, and ``push_to_hub``
+uploads the folder as it is. The folder is written under a temporary name and
+renamed when complete, so a killed build never leaves a half-written export.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from .card import render_card
+from .features import CONFIGS
+from .loading import build_from_release
+from .release import read_release
+
+PARQUET_NAME = "test-00000-of-00001.parquet"
+
+
+def export_release(
+    release_dir: str | Path,
+    out_dir: str | Path,
+    *,
+    allow_truncated: bool = False,
+    synthetic: bool = False,
+) -> dict[str, Any]:
+    """Export every non-empty config of a release; returns the build summary."""
+    out_dir = Path(out_dir)
+    summary = read_release(release_dir, allow_truncated=allow_truncated).summary()
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
+    try:
+        with tempfile.TemporaryDirectory() as cache_dir:
+            everything = build_from_release(release_dir, "explicit", cache_dir=cache_dir, allow_truncated=allow_truncated)
+            # Config membership needs only these columns: no image is decoded to decide it.
+            rows = everything.select_columns(["source", "misleading_notes", "guiding_notes"]).to_list()
+            written = []
+            for spec in CONFIGS:
+                indices = [i for i, row in enumerate(rows) if spec.includes(row)]
+                if not indices:
+                    continue
+                (staging / spec.name).mkdir()
+                everything.select(indices).to_parquet(str(staging / spec.name / PARQUET_NAME))
+                written.append(spec.name)
+        (staging / "README.md").write_text(render_card(written, summary, synthetic=synthetic), encoding="utf-8")
+        (staging / "build_summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        staging.rename(out_dir)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return summary
+
+
+def push_to_hub(out_dir: str | Path, repo_id: str, private: bool = False) -> str:
+    """Upload an exported folder to a Hub dataset repository (needs network and a token)."""
+    from huggingface_hub import HfApi
+
+    api = HfApi()
+    api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
+    info = api.upload_folder(folder_path=str(out_dir), repo_id=repo_id, repo_type="dataset")
+    return str(info)
+

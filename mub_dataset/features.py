@@ -1,0 +1,121 @@
+"""The MUB schema and its configs, declared once.
+
+Every producer of MUB rows (the `datasets` builder, the Hub export, the runner's
+loaders) uses :data:`FEATURES` and :data:`CONFIGS` from here.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import datasets
+
+FEATURES = datasets.Features(
+    {
+        "id": datasets.Value("string"),
+        "image": datasets.Image(),
+        "question": datasets.Value("string"),
+        "choices": datasets.Sequence(datasets.Value("string")),
+        "answer": datasets.Value("string"),
+        "question_type": datasets.Value("string"),
+        "source": datasets.Value("string"),
+        "category": datasets.Value("string"),
+        "misled_count": datasets.Value("int32"),
+        "difficulty": datasets.Value("string"),
+        "misleading_answer": datasets.Value("string"),
+        "misleading_notes": datasets.Sequence(datasets.Value("string")),
+        "guiding_notes": datasets.Sequence(datasets.Value("string")),
+        "reference_model": datasets.Value("string"),
+        "reference_hint": datasets.Value("string"),
+        "reference_response": datasets.Value("string"),
+        "reference_outcome": datasets.Value("string"),
+    }
+)
+
+MULTIPLE_CHOICE = "multiple_choice"
+YES_NO = "yes_no"
+DIFFICULTY_LEVELS = ("low", "medium", "high")
+
+# Source benchmarks of the full MUB release, then the project's synthetic ones
+# (the embedded sample). ConBench_CH and ConBench_YN share one config.
+RELEASE_SOURCES = (
+    "MMBench-cc",
+    "ScienceQA",
+    "MMMU",
+    "ConBench_CH",
+    "ConBench_YN",
+    "MathVista",
+    "MME",
+    "SEED",
+    "MMStar",
+    "AI2D",
+)
+SYNTHETIC_SOURCES = (
+    "Synthetic-Count",
+    "Synthetic-Color",
+    "Synthetic-Position",
+    "Synthetic-Chart",
+)
+
+
+def difficulty_for(misled_count: int) -> str:
+    """Difficulty level from how many of the 12 reference models were misled."""
+    if 6 <= misled_count <= 8:
+        return "low"
+    if 9 <= misled_count <= 11:
+        return "medium"
+    if misled_count == 12:
+        return "high"
+    raise ValueError(f"misled_count must be between 6 and 12, got {misled_count}")
+
+
+def source_config_name(source: str) -> str:
+    """Config name of a source: lower case, no _CH/_YN suffix, '-' -> '_'."""
+    name = re.sub(r"_(CH|YN)$", "", source, flags=re.IGNORECASE)
+    return name.lower().replace("-", "_")
+
+
+@dataclass(frozen=True)
+class ConfigSpec:
+    """Which items a config holds: all, those with implicit notes, or one source."""
+
+    name: str
+    description: str
+    implicit_only: bool = False
+    source: str | None = None  # a source config name, e.g. "conbench"
+
+    def includes(self, row: dict) -> bool:
+        if self.implicit_only and not (row["misleading_notes"] or row["guiding_notes"]):
+            return False
+        if self.source is not None and source_config_name(row["source"]) != self.source:
+            return False
+        return True
+
+
+def _source_specs() -> list[ConfigSpec]:
+    names: dict[str, list[str]] = {}
+    for source in RELEASE_SOURCES + SYNTHETIC_SOURCES:
+        names.setdefault(source_config_name(source), []).append(source)
+    return [
+        ConfigSpec(name, f"Items from {' and '.join(sources)}.", source=name)
+        for name, sources in names.items()
+    ]
+
+
+CONFIGS: tuple[ConfigSpec, ...] = (
+    ConfigSpec("explicit", "Every item; evaluated with an explicit false hint."),
+    ConfigSpec("implicit", "Items with implicit notes; evaluated with misleading or guiding notes.", implicit_only=True),
+    *_source_specs(),
+)
+CONFIGS_BY_NAME = {spec.name: spec for spec in CONFIGS}
+DEFAULT_CONFIG = "explicit"
+
+
+def config_spec(name: str) -> ConfigSpec:
+    """The spec of a config name, including sources outside the known list."""
+    if name in CONFIGS_BY_NAME:
+        return CONFIGS_BY_NAME[name]
+    raise ValueError(
+        f"unknown MUB config {name!r}; known configs: {', '.join(CONFIGS_BY_NAME)}"
+    )

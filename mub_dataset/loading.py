@@ -1,0 +1,98 @@
+"""Load MUB as a `datasets.Dataset`: the embedded sample, a release folder, an export or a Hub id."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import datasets
+
+from .features import DEFAULT_CONFIG, config_spec
+from .release import IMPLICIT_DIR, IMPLICIT_PATTERN, MAIN_FILE
+
+SAMPLE = "sample"
+SAMPLE_VERSION = "v1"
+
+
+def cache_root() -> Path:
+    """Where mub keeps generated files: ``$MUB_CACHE`` or ``~/.cache/mub``."""
+    return Path(os.environ.get("MUB_CACHE", Path.home() / ".cache" / "mub"))
+
+
+def sample_release_dir() -> Path:
+    """The embedded synthetic sample as a release folder, generated on first use."""
+    from .synthetic import write_synthetic_release
+
+    target = cache_root() / f"synthetic-sample-{SAMPLE_VERSION}"
+    if not (target / MAIN_FILE).is_file():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=".synthetic-partial-", dir=target.parent))
+        try:
+            write_synthetic_release(staging)
+            try:
+                staging.rename(target)
+            except OSError:  # another process finished first; its copy is identical
+                pass
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def release_fingerprint(release_dir: str | Path) -> str:
+    """A digest of the release's record files, so an edited release is rebuilt, not served from cache."""
+    root = Path(release_dir)
+    digest = hashlib.sha256()
+    for path in [root / MAIN_FILE, *sorted((root / IMPLICIT_DIR).glob(IMPLICIT_PATTERN))]:
+        if path.is_file():
+            stat = path.stat()
+            digest.update(f"{path.relative_to(root)}:{stat.st_size}:{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()[:16]
+
+
+def build_from_release(
+    release_dir: str | Path,
+    config: str = DEFAULT_CONFIG,
+    *,
+    cache_dir: str | None = None,
+    allow_truncated: bool = False,
+) -> datasets.Dataset:
+    """Run the `datasets` builder on a release folder and return the test split."""
+    from builders import Mub
+
+    config_spec(config)  # a clear error for an unknown config name
+    builder = Mub(
+        config_name=config,
+        data_dir=str(Path(release_dir).resolve()),
+        cache_dir=cache_dir,
+        allow_truncated=allow_truncated,
+        release_fingerprint=release_fingerprint(release_dir),
+    )
+    builder.download_and_prepare()
+    return builder.as_dataset(split="test")
+
+
+def is_release_dir(path: str | Path) -> bool:
+    return (Path(path) / MAIN_FILE).is_file()
+
+
+def load(
+    config: str = DEFAULT_CONFIG,
+    dataset: str | Path = SAMPLE,
+    *,
+    cache_dir: str | None = None,
+    allow_truncated: bool = False,
+) -> datasets.Dataset:
+    """MUB's test split for a config.
+
+    ``dataset`` is ``"sample"`` (the embedded synthetic set, the default), a
+    release folder, a folder written by ``mub build``, or a Hub dataset id.
+    """
+    if str(dataset) == SAMPLE:
+        return build_from_release(sample_release_dir(), config, cache_dir=cache_dir)
+    if is_release_dir(dataset):
+        return build_from_release(dataset, config, cache_dir=cache_dir, allow_truncated=allow_truncated)
+    config_spec(config)
+    return datasets.load_dataset(str(dataset), config, split="test", cache_dir=cache_dir)

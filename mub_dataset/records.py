@@ -1,0 +1,183 @@
+"""Pure functions that turn one released record into one MUB row.
+
+No I/O here: the release reader (`release.py`) finds the records and images,
+these functions normalise fields and derive `id`, `difficulty` and
+`misleading_answer`. Errors are :class:`RecordError` with a message that says
+what is wrong and how to fix it; the reader adds file and item.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from typing import Any, Mapping
+
+from .features import MULTIPLE_CHOICE, YES_NO, difficulty_for
+
+YES_NO_CHOICES = ["Yes", "No"]
+
+
+class RecordError(ValueError):
+    """A released record that cannot become a MUB row."""
+
+
+def item_key(record: Mapping[str, Any]) -> tuple[str, str]:
+    """An item is identified by its image path and its question."""
+    return (str(record["new_id"]), str(record["question"]))
+
+
+def item_id(image_path: str, question: str) -> str:
+    """Stable id from the item's identity; the same on every machine and build."""
+    digest = hashlib.sha256(f"{image_path}\x00{question}".encode("utf-8")).hexdigest()
+    return f"mub-{digest[:16]}"
+
+
+def letters(n: int) -> list[str]:
+    return [chr(ord("A") + i) for i in range(n)]
+
+
+# An inline option marker such as "A) " at the start, after white space or
+# after the question's final punctuation ("...photo?A) Eiffel Tower").
+_INLINE_MARKER = re.compile(r"(?:(?<=^)|(?<=[\s?.:!]))([A-J])\)")
+# Where the inline options stop: the instruction the source appended.
+_INLINE_TAIL = re.compile(r"\s*\.?\s*(?:Please choose|Choose one|Please output|Please answer|Answer with)", re.IGNORECASE)
+
+
+def split_inline_options(question: str) -> tuple[str, list[str]] | None:
+    """Split a question with options written inline (``A) 0 B) 1 ...``).
+
+    Returns the stem before the first option and the option texts in letter
+    order, or ``None`` when the question holds fewer than two inline options.
+    Markers must run A, B, C, ... in order, so a stray "B)" inside an option
+    text that comes before "A)" does not count.
+    """
+    positions: list[tuple[int, int]] = []  # (marker start, text start)
+    expected = "A"
+    for match in _INLINE_MARKER.finditer(question):
+        if match.group(1) == expected:
+            positions.append((match.start(), match.end()))
+            expected = chr(ord(expected) + 1)
+    if len(positions) < 2:
+        return None
+    tail = _INLINE_TAIL.search(question, positions[-1][1])
+    end = tail.start() if tail else len(question)
+    bounds = [start for start, _ in positions[1:]] + [end]
+    texts = [question[text_start:stop].strip().rstrip(".").strip() for (_, text_start), stop in zip(positions, bounds)]
+    if any(not text for text in texts):
+        return None
+    return question[: positions[0][0]].strip(), texts
+
+
+def question_type_of(record: Mapping[str, Any]) -> str:
+    code = str(record.get("question_type_CHorYN", "")).strip().upper()
+    if code == "CH":
+        return MULTIPLE_CHOICE
+    if code == "YN":
+        return YES_NO
+    raise RecordError(f"question_type_CHorYN is {record.get('question_type_CHorYN')!r}; expected 'CH' or 'YN'")
+
+
+def choices_of(record: Mapping[str, Any], question_type: str) -> list[str]:
+    """Option texts in letter order."""
+    if question_type == YES_NO:
+        return list(YES_NO_CHOICES)
+    raw = record.get("choices")
+    if raw:
+        if not isinstance(raw, Mapping):
+            raise RecordError(f"choices must be an object letter -> text, got {type(raw).__name__}")
+        keys = sorted(str(k).strip().upper() for k in raw)
+        if keys != letters(len(keys)):
+            raise RecordError(f"choices letters {keys} must run A, B, C, ... without gaps")
+        by_letter = {str(k).strip().upper(): str(v) for k, v in raw.items()}
+        return [by_letter[letter] for letter in keys]
+    inline = split_inline_options(str(record["question"]))
+    if inline is None:
+        raise RecordError(
+            "multiple-choice item has no 'choices' and no inline options like 'A) ... B) ...' in its question; "
+            "add a 'choices' object"
+        )
+    return inline[1]
+
+
+def normalise_answer(raw_answer: Any, question_type: str, choices: list[str]) -> str:
+    answer = str(raw_answer).strip()
+    if question_type == YES_NO:
+        answer = answer.capitalize()
+        if answer not in YES_NO_CHOICES:
+            raise RecordError(f"answer {raw_answer!r} of a yes/no item must be Yes or No")
+        return answer
+    answer = answer.upper()
+    valid = letters(len(choices))
+    if answer not in valid:
+        raise RecordError(f"answer {raw_answer!r} is not one of the item's options {', '.join(valid)}")
+    return answer
+
+
+def misleading_answer_for(row_id: str, answer: str, labels: list[str]) -> str:
+    """A wrong option fixed per item: a choice seeded by the item's id."""
+    wrong = [label for label in labels if label != answer]
+    seed = int(hashlib.sha256(f"misleading-answer:{row_id}".encode("utf-8")).hexdigest()[:16], 16)
+    return wrong[seed % len(wrong)]
+
+
+_NOTE_SEPARATOR = re.compile(r"/{2,}")
+_NUMBERED_LINE = re.compile(r"(?m)^\s*\d{1,2}\s*[.)、]\s+")
+_LEADING_NUMBER = re.compile(r"^\s*\d{1,2}\s*[.)、]\s*")
+
+
+def split_notes(raw: Any) -> list[str]:
+    """Implicit notes from the released text.
+
+    Notes are separated by ``///`` (sometimes ``//`` or ``////``) and often
+    numbered; some generator outputs skip the separators and only number the
+    notes, in which case the numbering splits them. Numbering is removed;
+    note text is otherwise kept as released.
+    """
+    if raw is None:
+        return []
+    text = str(raw)
+    parts = [part for part in _NOTE_SEPARATOR.split(text) if part.strip()]
+    if len(parts) == 1 and len(_NUMBERED_LINE.findall(text)) >= 2:
+        parts = [part for part in _NUMBERED_LINE.split(text) if part.strip()]
+    return [_LEADING_NUMBER.sub("", part).strip() for part in parts]
+
+
+def normalise_record(record: Mapping[str, Any], notes_record: Mapping[str, Any] | None) -> dict[str, Any]:
+    """One MUB row (without the image) from a released record.
+
+    ``notes_record`` is the same item's record in an implicit file, if any:
+    notes come from it; everything else from ``record``.
+    """
+    for field in ("question", "answer", "new_id", "dataset", "num", "question_type_CHorYN"):
+        if field not in record:
+            raise RecordError(f"record has no {field!r} field")
+    question_type = question_type_of(record)
+    choices = choices_of(record, question_type)
+    answer = normalise_answer(record["answer"], question_type, choices)
+    labels = YES_NO_CHOICES if question_type == YES_NO else letters(len(choices))
+    try:
+        misled_count = int(record["num"])
+        difficulty = difficulty_for(misled_count)
+    except (TypeError, ValueError) as exc:
+        raise RecordError(f"num {record['num']!r} is not a count between 6 and 12") from exc
+    image_path, question = item_key(record)
+    row_id = item_id(image_path, question)
+    notes_source = notes_record or {}
+    return {
+        "id": row_id,
+        "question": question,
+        "choices": choices,
+        "answer": answer,
+        "question_type": question_type,
+        "source": str(record["dataset"]),
+        "category": str(record.get("all_category", "")),
+        "misled_count": misled_count,
+        "difficulty": difficulty,
+        "misleading_answer": misleading_answer_for(row_id, answer, labels),
+        "misleading_notes": split_notes(notes_source.get("closed_model_response_F")),
+        "guiding_notes": split_notes(notes_source.get("closed_model_response_T")),
+        "reference_model": str(record.get("model", "")),
+        "reference_hint": str(record.get("guide", "")),
+        "reference_response": "" if record.get("response") is None else str(record["response"]),
+        "reference_outcome": str(record.get("question_correction", "")),
+    }

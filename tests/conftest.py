@@ -1,0 +1,55 @@
+"""Shared test fixtures. No test reaches the network: the Hub is offline for all of them."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_DATASETS_OFFLINE"] = "1"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED = REPO_ROOT.parent / "shared"
+RELEASE_SAMPLE = SHARED / "mub_release_sample"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_caches(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Generated files (synthetic sample, tiny models, datasets cache) go to a per-session folder."""
+    root = tmp_path_factory.mktemp("caches")
+    os.environ["MUB_CACHE"] = str(root / "mub")
+    os.environ["HF_DATASETS_CACHE"] = str(root / "datasets")
+
+
+def release_image_paths(release: Path) -> set[str]:
+    """Every image path named by the release's record files."""
+    files = [release / "all_combined_items.jsonl", *sorted((release / "implicit" / "mislead_output").glob("*.jsonl"))]
+    return {record["new_id"] for path in files for record in json.loads(path.read_text(encoding="utf-8"))}
+
+
+def copy_release_with_placeholder_images(target: Path) -> Path:
+    """A writable copy of the shared release sample with a small placeholder image at every referenced path."""
+    from PIL import Image
+
+    shutil.copytree(RELEASE_SAMPLE, target)
+    for path in target.rglob("*"):
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    target.chmod(0o755)
+    for image_path in release_image_paths(target):
+        destination = target / image_path
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (16, 16), (200, 120, 40)).save(destination)
+    return target
+
+
+@pytest.fixture(scope="session")
+def release_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The shared release sample with placeholder images (read-only use: copy before changing it)."""
+    if not RELEASE_SAMPLE.is_dir():
+        pytest.fail(f"{RELEASE_SAMPLE} is missing: tests read the release sample from ../shared/")
+    return copy_release_with_placeholder_images(tmp_path_factory.mktemp("release") / "mub_release")
