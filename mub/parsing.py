@@ -1,0 +1,526 @@
+"""Turn a model's raw output into the answer it gave, or ``None`` (unparsed).
+
+MUB asks the model to answer with the option letter only (multiple choice) or
+with Yes or No only (yes/no). Models do not always comply: they explain, echo
+the misleading hint, answer in Chinese or write the option text instead of the
+letter. :func:`parse_answer` reads the output the way a careful human grader
+would, and says "unparsed" (``None``) rather than guess. It never picks an
+answer at random and never uses a substring test: the article "A" in
+"A cat is on the sofa" is not option A. The runner keeps the raw output next
+to the parsed answer, so every decision can be audited.
+
+Before the rules apply, the output is NFKC-normalised (full-width ``Ｂ`` and
+``：`` become ``B`` and ``:``), curly quotes become straight ones and markdown
+emphasis (asterisks, backticks) is removed.
+
+The rules, in the order they are applied; the first rule that decides gives
+the answer:
+
+1. **Explicit declaration, the last one wins.** Phrases that state the
+   answer: ``Answer: B``, ``The answer is (B)``, ``The correct answer is
+   B.``, ``Final answer: [C]``, ``The answer is probably B``, ``The best
+   option is D``, ``I choose B``, ``I'd go with option C``, ``It's B``,
+   ``B is correct``, ``Option B is the correct answer``, ``..., so A.``,
+   ``\\boxed{B}``, a single bold letter (``**B**``, ``**B. Paris**``; when
+   several different letters are bold, as in a walk through the options,
+   none counts and the output is unparsed unless another declaration
+   decides), and in Chinese ``答案是B``, ``答案：B``, ``答案为（C）``,
+   ``正确答案为 C``, ``选B``, ``我选择C``, ``故选C``, ``正确选项是D``,
+   ``B选项正确``, ``B是对的``. For yes/no items: ``Answer: Yes``, ``The
+   answer is no``, ``..., so no.``, ``答案：是``, ``答案是否``,
+   ``答案是肯定的``/``否定的``.
+   Models often echo the hint and then disagree, so the *last* declaration
+   wins: "The hint says the answer is B, but looking at the image the answer
+   is C" gives C. A bare answer (rule 3) written after the last declaration
+   counts as a later declaration ("And the true answer is : B\\n\\nC. Paris"
+   gives C). A negated phrase ("I would not choose B", "I don't think the
+   answer is B", "The answer is not B", "不选B") is not a declaration.
+   A declaration naming several letters ("The answer is B or C", "A and B")
+   is a hedge: if it is the last declaration, the output is unparsed.
+2. **Only this item's options count.** A letter is an answer only if it is
+   one of the item's option letters: "Answer: E" for a four-option item is
+   ignored as if it had not been written (an earlier valid declaration, or
+   the later rules, may still decide; "Answer: E" alone is unparsed).
+3. **Bare answer** (multiple choice), the format the prompt asks for: a line
+   of the output, once stripped of whitespace, markdown and a bullet, is an
+   option letter alone or starts with one followed by ``.``, ``)``, ``:``,
+   a spaced dash or the end of the line (``B``, ``b``, ``B.``,
+   ``B. the Netherlands``, ``(B)``, ``[B]``, ``B)``, ``B: red``); or the
+   output's last sentence is such a letter ("Note: the hint may be
+   misleading. B"). "A" followed by a lower-case word ("A cat is ...") is
+   the article, and "I" so followed the pronoun, not an option. If bare
+   answers name *different* letters (the model echoed the option list:
+   "A. cat\\nB. dog"), the output is unparsed.
+4. **Unique option text** (multiple choice). The output and the option texts
+   are case-folded and split into words (punctuation and the articles
+   a/an/the dropped; ``-2`` and ``2.5`` stay whole numbers). The output
+   answers option X if its words equal X's, or if X's words occur in it as
+   a whole-word phrase and no other option's do. An occurrence inside a
+   longer option's occurrence does not count for the shorter option ("red
+   and blue" names the option "red and blue", not "red"; "12" never matches
+   "2"), nor does a negated one ("It is not red, it is blue" names blue).
+   Skipped for refusals ("I'm sorry", "I cannot determine ...", "not
+   sure", "无法").
+5. **Yes/no by whole word** (yes/no items, after rule 1):
+   a. an output whose last sentence or line is a bare yes or no
+      ("Note: the hint says no. Yes.") gives it, even after a declaration;
+   b. otherwise the last declaration of rule 1;
+   c. otherwise the first word: ``Yes``/``yeah``/``yep`` give Yes;
+      ``No``/``nope`` give No when they stand alone or open a clause
+      ("No.", "No, there is not", "No it isn't"), not as a determiner ("No
+      dog is visible" is not decided by its first word). Chinese outputs
+      opening with ``是``, ``是的``, ``对``, ``正确`` give Yes; with ``否``,
+      ``不是``, ``不对``, ``错`` No (``是否``, "whether", and ``对于``,
+      "regarding", decide nothing). A first word followed by the other one
+      ("Yes/No", "Yes or no?") decides nothing;
+   d. otherwise, unless the output is a refusal, it is searched for ``yes``
+      as a whole word and for ``no`` standing alone before punctuation or
+      the end ("..., but no."): exactly one of the two gives the answer;
+      both ("The hint says yes, but no.") leave it unparsed. So an output
+      containing both is decided only by a declaration, a closing bare
+      answer or its first word.
+6. **Anything else is unparsed** (``None``): refusals ("I cannot determine
+   from the image"), empty output, numbers such as ``-2`` that are no
+   option's text, gibberish, hedges listing several letters ("A or B").
+
+A multiple-choice item never yields Yes/No and a yes/no item never yields a
+letter. Parsing is pure and fast: the regexes are compiled once, option texts
+are split once per distinct option tuple, and a short output takes a few
+microseconds (tens for a long explanation).
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from functools import lru_cache
+from typing import Sequence
+
+__all__ = [
+    "MULTIPLE_CHOICE",
+    "YES_NO",
+    "YES_NO_LABELS",
+    "option_labels",
+    "parse_answer",
+]
+
+MULTIPLE_CHOICE = "multiple_choice"
+YES_NO = "yes_no"
+YES_NO_LABELS: tuple[str, str] = ("Yes", "No")
+_LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+
+
+def option_labels(choices: Sequence[str], question_type: str) -> tuple[str, ...]:
+    """The labels a valid answer can take: ``("A", "B", ...)`` or ``("Yes", "No")``."""
+    if question_type == YES_NO:
+        return YES_NO_LABELS
+    if question_type == MULTIPLE_CHOICE:
+        if len(choices) > len(_LETTERS):
+            raise ValueError(f"at most {len(_LETTERS)} options are supported, got {len(choices)}")
+        return tuple(_LETTERS[: len(choices)])
+    raise ValueError(f"unknown question_type {question_type!r} (expected {MULTIPLE_CHOICE!r} or {YES_NO!r})")
+
+
+# --------------------------------------------------------------------------
+# Pre-processing
+# --------------------------------------------------------------------------
+
+_QUOTES = str.maketrans({"\u2018": "'", "\u2019": "'", "\u201c": '"', "\u201d": '"', "\u3010": "[", "\u3011": "]"})
+_MARKDOWN = re.compile(r"[*`]+")
+
+
+def _prepare(output: str) -> str:
+    if not output.isascii():
+        output = unicodedata.normalize("NFKC", output).translate(_QUOTES)
+    return output
+
+
+# --------------------------------------------------------------------------
+# Letter tokens
+# --------------------------------------------------------------------------
+
+# Words that may follow an option letter "A"/"I" without making it the article
+# or the pronoun: "the answer is A because ...", "A is correct".
+_CONNECTOR = (
+    r"(?:because|since|as|and|or|but|which|so|given|based|according|due|is|was|"
+    r"would|seems|appears|should|must|fits|matches|shows|describes|correctly)"
+)
+# What may not follow a bare letter: more word characters ("Ab", "B2"),
+# a hyphenated or possessive continuation ("A-frame", "B's"), an
+# abbreviation ("e.g.", "U.S.").
+_END = r"(?![A-Za-z0-9])(?![-'][A-Za-z0-9])(?!\.[A-Za-z]\.)"
+# A letter token. The only capturing groups of every pattern below are
+# letter groups, and exactly one of them takes part in any match.
+_LETTER = (
+    r"(?:\(\s*([A-Za-z])\s*\)"
+    r"|\[\s*([A-Za-z])\s*\]"
+    r"|\{\s*([A-Za-z])\s*\}"
+    r"|<\s*([A-Za-z])\s*>"
+    r"|[\"']\s*([A-Za-z])\s*[\"']"
+    r"|(?<![A-Za-z0-9])([B-HJ-Zb-hj-z])" + _END
+    + r"|(?<![A-Za-z0-9])([AaIi])" + _END + r"(?![ \t]+(?!" + _CONNECTOR + r"(?![a-z]))[A-Za-z])"
+    r")"
+)
+
+
+# --------------------------------------------------------------------------
+# Rule 1: declarations
+# --------------------------------------------------------------------------
+
+_BE = (
+    r"(?:(?:is|was|would\s+be|should\s+be|will\s+be|must\s+be|might\s+be|"
+    r"seems\s+to\s+be|appears\s+to\s+be)"
+    r"(?:\s+(?:probably|likely|most\s+likely|clearly|definitely|certainly|indeed|actually|really|"
+    r"in\s+fact|therefore|thus))?|=)"
+)
+_OPTWORD = r"(?:option|choice|letter)"
+_EN_PREFIX = (
+    # "Answer: B", "the (final/correct/true) answer is (B)", "answer is option C"
+    r"(?i:answer)(?![a-z])(?:\s*(?i:" + _BE + r"))?\s*[:=\-]?\s*(?:(?i:" + _OPTWORD + r")\s*:?\s*)?"
+    # "the best option is D", "choice: B"
+    r"|(?i:\b(?:option|choice))\s*(?:(?i:" + _BE + r")\s*[:=\-]?|[:=])\s*(?:(?i:letter)\s*)?"
+    # "I choose B", "I'd go with option C"
+    r"|(?i:\b(?:choose|chose|choosing|select|selecting|pick|picking|go\s+with|going\s+with|opt\s+for))"
+    r"\s+(?:(?i:" + _OPTWORD + r"|answer)\s*)?"
+    # "it's B", "it must be (C)"
+    r"|(?i:\bit(?:'s|\s+is|\s+must\s+be|\s+should\s+be|\s+would\s+be))\s+(?:(?i:" + _OPTWORD + r")\s*)?"
+    # "\boxed{B}", "\boxed{\text{B}}"
+    r"|\\boxed\{\s*(?:\\text(?:bf)?\{)?\s*"
+)
+_ZH_PREFIX = (
+    r"答案\s*(?:应该|應該|应当|應當|应|應|可能|就)?\s*(?:是|为|為)?\s*:?\s*(?:选项|選項)?\s*"
+    r"|(?<![不未])[选選](?:择|擇)?(?![项項])\s*:?\s*(?:选项|選項|答案)?\s*"
+    r"|正[确確](?:的)?(?:选项|選項|答案)?\s*(?:是|为|為|:)\s*(?:选项|選項)?\s*"
+)
+_EN_POSTFIX = (
+    r"\s*(?i:(?:is|seems|would\s+be|appears)\s+(?:to\s+be\s+)?(?:the\s+)?"
+    r"(?:(?:correct|right|best|true|most\s+(?:likely|accurate|appropriate|plausible))"
+    r"(?:\s+(?:answer|option|choice|one))?|answer))(?![a-z])"
+)
+_ZH_POSTFIX = r"\s*(?:选项|選項)?\s*(?:是|为|為)?\s*(?:正[确確]|对|對)"
+_CONCLUSION = r"(?i:\b(?:so|therefore|thus|hence|then))\s*,?\s*"
+_DECLARATION = re.compile(
+    r"(?:" + _EN_PREFIX + "|" + _ZH_PREFIX + r")" + _LETTER
+    # "..., so A." / "Therefore, (C)." closing a sentence
+    + r"|" + _CONCLUSION + _LETTER + r"(?=\s*(?:[.!;]|$))"
+    + r"|(?:(?i:option|choice)\s*)?" + _LETTER + r"(?:" + _EN_POSTFIX + "|" + _ZH_POSTFIX + r")"
+)
+
+_BOLD = re.compile(r"\*\*\s*" + _LETTER + r"\s*(?:[.):]\s*[^*\n]{0,80})?\*\*")
+_NEGATION = re.compile(
+    r"(?:(?i:\bnot|n't|\bnever)\s+(?:[A-Za-z']+\s+){0,2}|[不未非]\s*)$"
+)
+_LIST_NEXT = re.compile(r"\s*(?:,\s*(?:or\s+|and\s+)?|/|&|\bor\b|\band\b|或|和|、)\s*" + _LETTER)
+_LIST_PREV = re.compile(_LETTER + r"\s*(?:,\s*(?:or|and)?|/|&|\bor\b|\band\b|或|和|、)\s*[(\[{<\"']?\s*$")
+_CLOSE = re.compile(r"\s*[)\]}>\"']?")
+
+# Yes/no declarations.
+_YES_WORDS = {"yes": "Yes", "no": "No"}
+# "yes or no", "Yes/No": a hedge, not an answer
+_YN_HEDGE = r"(?![\s,/]*(?i:or\s+)?(?i:yes|no)(?![a-z]))"
+_YN_DECLARATION = re.compile(
+    r"(?i:answer)(?![a-z])(?:\s*(?i:" + _BE + r"))?\s*[:=\-]?\s*"
+    r"(?i:(yes|no))(?![a-z])" + _YN_HEDGE
+    + r"(?![ \t]+(?!(?i:" + _CONNECTOR + r"|it|there|this|that)(?![a-z]))[a-z])"
+    r"|答案\s*(?:应该|應該|应|應|可能)?\s*(?>是|为|為|:)\s*:?\s*(是的|是|对|對|肯定|否定|否|不是|不对|不對|错|錯)"
+    r"(?:的)?(?![\u4e00-\u9fff])"  # not "答案是否正确" (whether the answer is right)
+    r"|\\boxed\{\s*(?:\\text(?:bf)?\{)?\s*(?i:(yes|no))(?![a-z])"
+    r"|" + _CONCLUSION + r"(?i:(yes|no))(?=\s*(?:[.!;]|$))"
+)
+_ZH_YES_NO = {
+    "是的": "Yes", "是": "Yes", "对": "Yes", "對": "Yes", "肯定": "Yes",
+    "否定": "No", "否": "No", "不是": "No", "不对": "No", "不對": "No", "错": "No", "錯": "No",
+}
+
+
+def _markup_before(raw: str, pos: int) -> int:
+    """How many markdown characters ``_MARKDOWN`` removes before ``pos``."""
+    return raw.count("*", 0, pos) + raw.count("`", 0, pos)
+
+
+def _negated(text: str, start: int) -> bool:
+    return _NEGATION.search(text, max(0, start - 30), start) is not None
+
+
+def _declared_letter(raw: str, text: str, labels: tuple[str, ...]) -> tuple[bool, str | None]:
+    """Rules 1 and 2 on ``text`` (``raw`` with markdown removed).
+
+    Returns ``(decided, letter)``; decided with ``None`` means the last
+    declaration names several letters.
+    """
+    found: list[tuple[int, str, int]] = []  # (letter start, letter, letter end)
+    for m in _DECLARATION.finditer(text):
+        if not _negated(text, m.start()):
+            letter, s, e = _any_group(m)
+            found.append((s, letter, e))
+    if found:
+        # "And the true answer is : B\n\nC. Paris": a bare answer after the
+        # last declaration is the model's final say
+        after = [t for t in _bare_letters(text, labels) if t[0] > found[-1][0]]
+        if after and len({t[1] for t in after}) == 1:
+            found.append(after[-1])
+    if "**" in raw:
+        bold: dict[str, int] = {}
+        for m in _BOLD.finditer(raw):
+            letter, s, _ = _any_group(m)
+            if letter in labels:
+                bold.setdefault(letter, s)
+        if len(bold) == 1:
+            ((letter, s),) = bold.items()
+            s -= _markup_before(raw, s)
+            found.append((s, letter, s + 1))
+            found.sort()
+        elif len(bold) > 1 and not found:
+            return True, None  # "**A.** ... **B.** ...": a walk through the options
+    for s, letter, e in reversed(found):
+        letters = {letter}
+        nxt = _LIST_NEXT.match(text, _CLOSE.match(text, e).end())
+        while nxt is not None:
+            ltr, _, e2 = _any_group(nxt)
+            letters.add(ltr)
+            nxt = _LIST_NEXT.match(text, _CLOSE.match(text, e2).end())
+        prev = _LIST_PREV.search(text, max(0, s - 24), s)
+        if prev is not None:
+            letters.add(_any_group(prev)[0])
+        if not any(ltr in labels for ltr in letters):
+            continue  # rule 2: a declaration naming no option of this item is ignored
+        if len(letters) > 1:
+            return True, None
+        return True, letter
+    return False, None
+
+
+def _any_group(m: re.Match[str]) -> tuple[str, int, int]:
+    """The letter of a match of any pattern whose capturing groups are all letter groups."""
+    i = m.lastindex
+    if i is None:  # pragma: no cover
+        raise AssertionError("no letter group matched")
+    # lastindex is the last group that closed; letter groups never nest.
+    return m.group(i).upper(), m.start(i), m.end(i)
+
+
+# --------------------------------------------------------------------------
+# Rule 3: bare answers
+# --------------------------------------------------------------------------
+
+_BARE_LINE = re.compile(
+    r"^[ \t>#\-\u2022]*(?:"
+    r"\(\s*([A-Za-z])\s*\)|\[\s*([A-Za-z])\s*\]|\{\s*([A-Za-z])\s*\}|\"\s*([A-Za-z])\s*\""
+    r"|([A-Za-z])(?=[ \t]*(?:\.(?![A-Za-z]\.)|\)|:|$)|[ \t]+[-\u2013\u2014][ \t]))",
+    re.M,
+)
+_BARE_LAST = re.compile(
+    r"(?:[.!?:;]\s+|\n\s*)(?:[(\[]\s*([A-Za-z])\s*[)\]]|([A-Za-z]))\s*[.!]?\s*$"
+)
+
+
+def _bare_letters(text: str, labels: tuple[str, ...]) -> list[tuple[int, str, int]]:
+    """Bare answers naming an option: ``(start, letter, end)`` in text order."""
+    found = []
+    for m in _BARE_LINE.finditer(text):
+        letter, s, e = _any_group(m)
+        if letter in labels:
+            found.append((s, letter, e))
+    m = _BARE_LAST.search(text)
+    if m is not None:
+        letter, s, e = _any_group(m)
+        if letter in labels and (not found or found[-1][0] != s):
+            found.append((s, letter, e))
+    return found
+
+
+def _bare_letter(text: str, labels: tuple[str, ...]) -> tuple[bool, str | None]:
+    """Rule 3. ``(decided, letter)``; decided with ``None`` when bare answers
+    name different letters."""
+    letters = {letter for _, letter, _ in _bare_letters(text, labels)}
+    if not letters:
+        return False, None
+    if len(letters) > 1:
+        return True, None
+    return True, letters.pop()
+
+
+# --------------------------------------------------------------------------
+# Rule 4: option texts
+# --------------------------------------------------------------------------
+
+_CJK = r"\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uac00-\ud7af"
+_TOKEN = re.compile(
+    r"(?<![^\W_])-?\d+(?:[.,]\d+)*(?![^\W_])"  # numbers keep their sign and decimals
+    r"|[" + _CJK + r"]"  # one token per ideograph
+    r"|[^\W_" + _CJK + r"]+"
+)
+_NOT_CONTRACTION = re.compile(r"n't\b")
+_ARTICLES = frozenset({"a", "an", "the"})
+_NEGATORS = frozenset({"not", "no", "never", "nor", "neither", "不", "非", "没", "沒"})
+_COPULAS = frozenset({"是", "be"})
+_REFUSAL = re.compile(
+    r"(?i:sorry|\b(?:cannot|can\s?not|can't|unable\s+to|impossible\s+to|not\s+possible\s+to|not\s+able\s+to)"
+    r"\s+(?:[a-z]+\s+){0,2}?(?:determine|tell|answer|identify|see|say|know|infer|be\s+determined|provide|"
+    r"assist|help|view|access|process)"
+    r"|\bnot\s+sure\b|\bunclear\b|\b(?:don't|do\s+not)\s+know\b|\b(?:insufficient|not\s+enough)\s+information\b)"
+    r"|无法|無法|不确定|不確定|抱歉"
+)
+
+
+def _words(text: str) -> tuple[list[str], list[bool]]:
+    """Case-folded words without articles, and for each word whether only
+    whitespace (or dropped articles) separates it from the word before."""
+    text = _NOT_CONTRACTION.sub(" not", text.casefold())
+    words: list[str] = []
+    joined: list[bool] = []
+    last_end = 0
+    run = False  # the next kept word is joined to the previous kept word
+    for m in _TOKEN.finditer(text):
+        gap = text[last_end : m.start()]
+        run = run and (not gap or gap.isspace())
+        last_end = m.end()
+        w = m.group()
+        if w in _ARTICLES:
+            continue
+        words.append(w)
+        joined.append(run)
+        run = True
+    return words, joined
+
+
+@lru_cache(maxsize=8192)
+def _option_words(choices: tuple[str, ...]) -> tuple[tuple[str, ...], ...]:
+    options = []
+    for choice in choices:
+        prepared = _prepare(choice)
+        words = tuple(_words(prepared)[0])
+        if not words:  # an option made of articles only ("A")
+            words = tuple(_TOKEN.findall(prepared.casefold()))
+        options.append(words)
+    return tuple(options)
+
+
+def _is_negated(words: list[str], joined: list[bool], start: int) -> bool:
+    """Whether the phrase at ``start`` follows a negation ("not red", "不是红色")."""
+    j = start
+    while joined[j]:
+        j -= 1
+        if words[j] in _NEGATORS:
+            return True
+        if words[j] not in _COPULAS or start - j >= 2:
+            return False
+    return False
+
+
+def _option_by_text(text: str, choices: tuple[str, ...]) -> str | None:
+    words, joined = _words(text)
+    if not words:
+        return None
+    options = _option_words(choices)
+    target = tuple(words)
+    exact = [i for i, opt in enumerate(options) if opt and opt == target]
+    if len(exact) == 1:
+        return _LETTERS[exact[0]]
+    if exact:
+        return None  # two options with the same text
+    n = len(words)
+    spans: list[tuple[int, int, int]] = []  # (start, end, option index)
+    for i, opt in enumerate(options):
+        k = len(opt)
+        if k == 0 or k > n:
+            continue
+        first = opt[0]
+        for s in range(n - k + 1):
+            if target[s] == first and target[s : s + k] == opt:
+                spans.append((s, s + k, i))
+    ends_at: dict[int, list[int]] = {}
+    for s, e, _ in spans:
+        ends_at.setdefault(s, []).append(e)
+    longest = max(e - s for s, e, _ in spans) if spans else 0
+    named: set[int] = set()
+    for s, e, i in spans:
+        if any(
+            e2 >= e and e2 - s2 > e - s
+            for s2 in range(max(0, e - longest), s + 1)
+            for e2 in ends_at.get(s2, ())
+        ):
+            continue  # part of a longer option's occurrence
+        if not _is_negated(words, joined, s):
+            named.add(i)
+            if len(named) > 1:
+                return None
+    if len(named) == 1:
+        return _LETTERS[named.pop()]
+    return None
+
+
+# --------------------------------------------------------------------------
+# Rule 5: yes/no
+# --------------------------------------------------------------------------
+
+_YN_FIRST = re.compile(
+    r"^[\W_]*(?:(?i:(yes|yeah|yep|yup))(?![a-z])"
+    r"|(?i:(no|nope))(?![a-z])(?=\s*(?:[.,!;:)\]\-]|$)|\s+(?i:it|there|this|that|they|i|he|she|we|you)(?![a-z']))"
+    r"|(是的|对的|對的|正[确確]|是(?![否不])|对(?!于)|對(?!於))|(不是|不对|不對|否(?!则|則)|错|錯))"
+    + _YN_HEDGE  # "Yes/No", "Yes or no?", "No, yes": the first word does not decide
+)
+# The last sentence is a bare yes or no: "Note: the hint says no. Yes."
+_YN_LAST = re.compile(r"(?:[.!?:;]\s+|\n\s*)(?i:(yes)|(no))[.!]?\s*$")
+_YN_ANY_YES = re.compile(r"(?i:\byes\b)")
+_YN_ANY_NO = re.compile(r"(?i:\bno(?![a-z'])(?=\s*(?:[.,!?;:)\]]|$)))")
+
+
+def _yes_no(text: str) -> str | None:
+    decided = None
+    for m in _YN_DECLARATION.finditer(text):
+        if _negated(text, m.start()):
+            continue
+        word = m.group(1) or m.group(3) or m.group(4)
+        decided = _YES_WORDS[word.lower()] if word else _ZH_YES_NO[m.group(2)]
+    last = _YN_LAST.search(text)
+    if last is not None:
+        # a bare yes/no closing the output is the model's final say
+        return "Yes" if last.group(1) else "No"
+    if decided is not None:
+        return decided
+    m = _YN_FIRST.match(text)
+    if m is not None:
+        return "Yes" if (m.group(1) or m.group(3)) else "No"
+    if _REFUSAL.search(text):
+        return None
+    has_yes = _YN_ANY_YES.search(text) is not None
+    has_no = _YN_ANY_NO.search(text) is not None
+    if has_yes != has_no:
+        return "Yes" if has_yes else "No"
+    return None
+
+
+# --------------------------------------------------------------------------
+# Entry point
+# --------------------------------------------------------------------------
+
+
+def parse_answer(output: str, choices: Sequence[str], question_type: str) -> str | None:
+    """The answer given in ``output``: an option letter (multiple choice),
+    ``"Yes"``/``"No"`` (yes/no), or ``None`` when unparsed.
+
+    ``choices`` are the option texts in letter order (option ``i`` has the
+    letter ``chr(65 + i)``); for yes/no items they are ``["Yes", "No"]``.
+    The rules are listed in this module's docstring.
+    """
+    labels = option_labels(choices, question_type)
+    if not output:
+        return None
+    text = _prepare(output)
+    if question_type == YES_NO:
+        return _yes_no(_MARKDOWN.sub("", text).strip())
+    raw = text
+    text = _MARKDOWN.sub("", raw)
+    decided, letter = _declared_letter(raw, text, labels)
+    if decided:
+        return letter
+    text = text.strip()
+    if not text:
+        return None
+    decided, letter = _bare_letter(text, labels)
+    if decided:
+        return letter
+    if _REFUSAL.search(text):
+        return None
+    return _option_by_text(text, tuple(choices))

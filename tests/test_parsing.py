@@ -1,0 +1,197 @@
+"""Answer parsing: a table of realistic model outputs and a few properties."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from mub.parsing import MULTIPLE_CHOICE, YES_NO, option_labels, parse_answer
+
+MC = MULTIPLE_CHOICE
+YN = YES_NO
+FLAGS = ["the Netherlands", "Belgium", "Germany", "France"]
+ANIMALS = ["dog", "horse", "bird", "fish"]
+COLOURS = ["red", "blue", "red and blue", "green"]
+COUNTS = ["2", "12", "21", "22"]
+SMALL = ["1", "2", "3", "4"]
+YES_NO_CHOICES = ["Yes", "No"]
+
+# (model output, option texts, question type, what a careful reader says it answered)
+CASES = [
+    # --- bare letters: the format the prompt asks for
+    ("B", FLAGS, MC, "B"),
+    ("b", FLAGS, MC, "B"),
+    (" C\n", FLAGS, MC, "C"),
+    ("B. Belgium", FLAGS, MC, "B"),
+    ("(B)", FLAGS, MC, "B"),
+    ("[C]", FLAGS, MC, "C"),
+    ("D)", FLAGS, MC, "D"),
+    ("A", FLAGS, MC, "A"),
+    ("A.", FLAGS, MC, "A"),
+    ("Ｂ", FLAGS, MC, "B"),  # full-width letter
+    # --- the article "A" is not option A
+    ("A cat is sitting on the sofa.", ANIMALS, MC, None),
+    ("A horse.", ANIMALS, MC, "B"),  # article + option text "horse"
+    ("A. dog", ANIMALS, MC, "A"),
+    ("The answer is a country in Europe.", FLAGS, MC, None),
+    # --- "Note: ..." preambles
+    ("Note: The hint may be misleading, so I rely on the image.\nC", FLAGS, MC, "C"),
+    ("Note: I answer from the image only. Answer: D", FLAGS, MC, "D"),
+    ("Note: the hint may be wrong. B", FLAGS, MC, "B"),
+    # --- echoed hint, then disagreement
+    ("The hint says the answer is B, but looking at the image the answer is C.", FLAGS, MC, "C"),
+    ("And the true answer is : A\n\nC. Germany", FLAGS, MC, "C"),
+    ("The hint says the answer is B. However, the image clearly shows the Dutch flag, so A.", FLAGS, MC, "A"),
+    ("And the true answer is : B", FLAGS, MC, "B"),  # the model adopted the hint
+    ("正确答案是B，但从图片看应该选C。", FLAGS, MC, "C"),
+    # --- explicit declarations
+    ("Answer: B", FLAGS, MC, "B"),
+    ("The answer is (B).", FLAGS, MC, "B"),
+    ("The correct answer is D.", FLAGS, MC, "D"),
+    ("Final answer: [C]", FLAGS, MC, "C"),
+    ("**B**", FLAGS, MC, "B"),
+    ("The answer is **C**.", FLAGS, MC, "C"),
+    ("**Answer:** D", FLAGS, MC, "D"),
+    ("Option B is correct.", FLAGS, MC, "B"),
+    ("Based on the colours, I'd go with option C.", FLAGS, MC, "C"),
+    ("Based on the image, the answer is probably B.", FLAGS, MC, "B"),
+    ("The correct answer is A because the flag is red, white and blue.", FLAGS, MC, "A"),
+    ("The answer is C, not B.", FLAGS, MC, "C"),
+    ("I apologize, but the true answer is actually C.", FLAGS, MC, "C"),
+    ("\\boxed{D}", FLAGS, MC, "D"),
+    (
+        "The flag has three horizontal stripes: red, white and blue. "
+        "This is the flag of the Netherlands.\nAnswer: A",
+        FLAGS, MC, "A",
+    ),
+    # --- several declarations: the last wins; negated ones do not count
+    ("Answer: B. Wait, looking again at the colours, the correct answer is D.", FLAGS, MC, "D"),
+    ("The answer is (A). On second thought, the answer is (C).", FLAGS, MC, "C"),
+    ("I would not choose B. The correct answer is A.", FLAGS, MC, "A"),
+    ("I don't think the answer is B. It's Germany.", FLAGS, MC, "C"),
+    # --- a declaration naming a letter that is no option
+    ("The answer is E.", FLAGS, MC, None),
+    ("Answer: E. None of the above.", FLAGS, MC, None),
+    # --- option texts instead of letters
+    ("Belgium", FLAGS, MC, "B"),
+    ("It is the flag of Germany.", FLAGS, MC, "C"),
+    ("netherlands", FLAGS, MC, "A"),
+    ("red and blue", COLOURS, MC, "C"),  # "red" is inside "red and blue"
+    ("The car is red.", COLOURS, MC, "A"),
+    ("It is not red, it is blue.", COLOURS, MC, "B"),
+    ("There are 12 apples.", COUNTS, MC, "B"),  # "2" is not "12"
+    ("-2", SMALL, MC, None),  # "-2" is not "2"
+    # --- Chinese
+    ("答案是B", FLAGS, MC, "B"),
+    ("答案：C", FLAGS, MC, "C"),
+    ("选C", FLAGS, MC, "C"),
+    ("正确答案为 D", FLAGS, MC, "D"),
+    ("答案为（A）", FLAGS, MC, "A"),
+    ("选项B是错误的，故选D。", FLAGS, MC, "D"),
+    # --- hedges, refusals, empty and gibberish
+    ("The answer is B or C.", FLAGS, MC, None),
+    ("A or B", FLAGS, MC, None),
+    ("The answer must be either B or D.", FLAGS, MC, None),
+    ("A. the Netherlands\nB. Belgium\nC. Germany\nD. France", FLAGS, MC, None),  # echoed options
+    ("**A.** Dutch colours ... **B.** Belgian colours ...", FLAGS, MC, None),
+    ("I'm sorry, I can't help with identifying that.", FLAGS, MC, None),
+    ("I cannot determine from the image.", FLAGS, MC, None),
+    ("The hint suggests B, but I cannot determine that from the image.", FLAGS, MC, None),
+    ("The answer is: I don't know.", FLAGS, MC, None),
+    ("", FLAGS, MC, None),
+    ("   \n", FLAGS, MC, None),
+    ("<unk><unk> stripes stripes", FLAGS, MC, None),
+    ("Yes", FLAGS, MC, None),  # not an answer to a multiple-choice item
+    # --- yes/no
+    ("Yes.", YES_NO_CHOICES, YN, "Yes"),
+    (" yes", YES_NO_CHOICES, YN, "Yes"),
+    ("Yes, there is a dog in the image.", YES_NO_CHOICES, YN, "Yes"),
+    ("No, there is not.", YES_NO_CHOICES, YN, "No"),
+    ("no", YES_NO_CHOICES, YN, "No"),
+    ("No it isn't.", YES_NO_CHOICES, YN, "No"),
+    ("**No**", YES_NO_CHOICES, YN, "No"),
+    ("The answer is no.", YES_NO_CHOICES, YN, "No"),
+    ("And the true answer is : Yes\nNo", YES_NO_CHOICES, YN, "No"),
+    ("Yes. The hint says no, but the dog is clearly visible.", YES_NO_CHOICES, YN, "Yes"),
+    ("Note: the hint may be misleading.\nYes", YES_NO_CHOICES, YN, "Yes"),
+    ("Yes, although the hint says no.", YES_NO_CHOICES, YN, "Yes"),
+    ("Nope, it's a cat.", YES_NO_CHOICES, YN, "No"),
+    ("是的", YES_NO_CHOICES, YN, "Yes"),
+    ("不是", YES_NO_CHOICES, YN, "No"),
+    ("是的，图中有一只狗。", YES_NO_CHOICES, YN, "Yes"),
+    ("不是，这是一只猫。", YES_NO_CHOICES, YN, "No"),
+    ("答案：否", YES_NO_CHOICES, YN, "No"),
+    ("Yes or no?", YES_NO_CHOICES, YN, None),
+    ("I am not sure whether the answer is yes or no.", YES_NO_CHOICES, YN, None),
+    ("I cannot determine from the image.", YES_NO_CHOICES, YN, None),
+    ("Answer: B", YES_NO_CHOICES, YN, None),  # a letter is no answer to a yes/no item
+    ("", YES_NO_CHOICES, YN, None),
+]
+
+
+@pytest.mark.parametrize(("output", "choices", "question_type", "expected"), CASES)
+def test_parse_table(output, choices, question_type, expected):
+    assert parse_answer(output, choices, question_type) == expected
+
+
+def test_table_size():
+    assert len(CASES) >= 45
+
+
+@pytest.mark.parametrize("n_options", range(2, 10))
+def test_every_valid_letter_parses_to_itself(n_options):
+    choices = [f"option text {i}" for i in range(n_options)]
+    for letter in option_labels(choices, MC):
+        for output in (letter, letter.lower(), f"{letter}.", f"({letter})", f"[{letter}]",
+                       f"{letter})", f"Answer: {letter}", f"The answer is {letter}.", f"答案是{letter}"):
+            assert parse_answer(output, choices, MC) == letter, output
+
+
+@pytest.mark.parametrize("n_options", range(2, 9))
+def test_letters_beyond_the_options_are_unparsed(n_options):
+    choices = [f"option text {i}" for i in range(n_options)]
+    for letter in "ABCDEFGHIJ"[n_options:]:
+        for output in (letter, f"({letter})", f"Answer: {letter}", f"The answer is {letter}."):
+            assert parse_answer(output, choices, MC) is None, output
+
+
+@pytest.mark.parametrize("choices", [FLAGS, ANIMALS, COLOURS])
+def test_each_option_text_parses_to_its_letter(choices):
+    for letter, text in zip(option_labels(choices, MC), choices):
+        assert parse_answer(text, choices, MC) == letter
+        assert parse_answer(text.upper() + ".", choices, MC) == letter
+
+
+def test_result_is_always_a_label_or_none():
+    outputs = [case[0] for case in CASES]
+    for choices, question_type in ((FLAGS, MC), (["x", "y"], MC), (YES_NO_CHOICES, YN)):
+        labels = set(option_labels(choices, question_type))
+        for output in outputs:
+            assert parse_answer(output, choices, question_type) in labels | {None}
+
+
+def test_option_labels():
+    assert option_labels(FLAGS, MC) == ("A", "B", "C", "D")
+    assert option_labels(["x", "y"], MC) == ("A", "B")
+    assert option_labels(YES_NO_CHOICES, YN) == ("Yes", "No")
+    with pytest.raises(ValueError):
+        option_labels(FLAGS, "open_ended")
+    with pytest.raises(ValueError):
+        parse_answer("A", FLAGS, "open_ended")
+
+
+def test_choices_may_be_any_sequence():
+    assert parse_answer("Germany", tuple(FLAGS), MC) == "C"
+
+
+def test_parsing_is_fast():
+    outputs = [case[0] for case in CASES if case[2] == MC]
+    n = 0
+    start = time.perf_counter()
+    for _ in range(20):
+        for output in outputs:
+            parse_answer(output, FLAGS, MC)
+            n += 1
+    per_call = (time.perf_counter() - start) / n
+    assert per_call < 1e-3, f"{per_call * 1e6:.0f} us per output"
