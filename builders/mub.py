@@ -19,7 +19,7 @@ from pathlib import Path
 import datasets
 
 from mub_dataset.features import CONFIGS, DEFAULT_CONFIG, FEATURES, ConfigSpec
-from mub_dataset.release import describe_item, read_image_bytes, read_release
+from mub_dataset.release import read_image_bytes, read_release
 
 _CITATION = """\
 @inproceedings{dang2025mub,
@@ -76,6 +76,12 @@ class Mub(datasets.GeneratorBasedBuilder):
     def _split_generators(self, dl_manager):
         if not self.config.data_dir:
             raise ValueError("Mub needs data_dir=<a MUB release folder>; use mub_dataset.load() for the embedded sample")
+        # Check records and images here: an error raised while generating examples reaches the caller
+        # only wrapped in datasets' generic DatasetGenerationError, after a traceback from inside datasets.
+        release = read_release(Path(self.config.data_dir), allow_truncated=self.config.allow_truncated)
+        for row in release.rows:
+            if self.config.spec.includes(row):
+                read_image_bytes(release.image_files[row["id"]], release.item_descriptions[row["id"]])
         return [
             datasets.SplitGenerator(name=datasets.Split.TEST, gen_kwargs={"release_dir": self.config.data_dir}),
         ]
@@ -87,5 +93,6 @@ class Mub(datasets.GeneratorBasedBuilder):
             if not spec.includes(row):
                 continue
             image_file = release.image_files[row["id"]]
-            data = read_image_bytes(image_file, describe_item(release.root, {"new_id": image_file.name, **row}))
+            # Already checked to decode in _split_generators; only the bytes are needed here.
+            data = image_file.read_bytes()
             yield row["id"], {**row, "image": {"bytes": data, "path": image_file.name}}

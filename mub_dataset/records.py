@@ -104,12 +104,15 @@ def normalise_answer(raw_answer: Any, question_type: str, choices: list[str]) ->
     if question_type == YES_NO:
         answer = answer.capitalize()
         if answer not in YES_NO_CHOICES:
-            raise RecordError(f"answer {raw_answer!r} of a yes/no item must be Yes or No")
+            raise RecordError(f"answer {raw_answer!r} of a yes/no item must be Yes or No; correct the item's answer")
         return answer
     answer = answer.upper()
     valid = letters(len(choices))
     if answer not in valid:
-        raise RecordError(f"answer {raw_answer!r} is not one of the item's options {', '.join(valid)}")
+        raise RecordError(
+            f"answer {raw_answer!r} is not one of the item's options {', '.join(valid)}; "
+            "correct the answer or the item's choices"
+        )
     return answer
 
 
@@ -121,8 +124,10 @@ def misleading_answer_for(row_id: str, answer: str, labels: list[str]) -> str:
 
 
 _NOTE_SEPARATOR = re.compile(r"/{2,}")
-_NUMBERED_LINE = re.compile(r"(?m)^\s*\d{1,2}\s*[.)、]\s+")
-_LEADING_NUMBER = re.compile(r"^\s*\d{1,2}\s*[.)、]\s*")
+# "1. ", "2) " or "3、" (Chinese numbering takes no space) at the start of a line.
+_NUMBERED_LINE = re.compile(r"(?m)^\s*\d{1,2}\s*(?:[.)]\s+|、\s*)")
+# Numbering before a note's text; not the start of a decimal such as "3.5 cm".
+_LEADING_NUMBER = re.compile(r"^\s*\d{1,2}\s*(?:[.)](?!\d)|、)\s*")
 
 
 def split_notes(raw: Any) -> list[str]:
@@ -137,9 +142,10 @@ def split_notes(raw: Any) -> list[str]:
         return []
     text = str(raw)
     parts = [part for part in _NOTE_SEPARATOR.split(text) if part.strip()]
-    if len(parts) == 1 and len(_NUMBERED_LINE.findall(text)) >= 2:
-        parts = [part for part in _NUMBERED_LINE.split(text) if part.strip()]
-    return [_LEADING_NUMBER.sub("", part).strip() for part in parts]
+    if len(parts) == 1 and len(_NUMBERED_LINE.findall(parts[0])) >= 2:
+        parts = [part for part in _NUMBERED_LINE.split(parts[0]) if part.strip()]
+    notes = [_LEADING_NUMBER.sub("", part).strip() for part in parts]
+    return [note for note in notes if note]  # a bare number between separators is no note
 
 
 def normalise_record(record: Mapping[str, Any], notes_record: Mapping[str, Any] | None) -> dict[str, Any]:

@@ -57,6 +57,7 @@ class Release:
     root: Path
     rows: list[dict[str, Any]]
     image_files: dict[str, Path]  # row id -> image file
+    item_descriptions: dict[str, str] = field(default_factory=dict)  # row id -> file and item, for messages
     files: list[FileReport] = field(default_factory=list)
     records_read: int = 0
     duplicates_removed: int = 0
@@ -106,11 +107,13 @@ def read_record_array(path: Path, allow_truncated: bool = False) -> tuple[list[d
             record, end = decoder.raw_decode(text, pos)
         except json.JSONDecodeError as exc:
             if not text.rstrip().endswith("]") and not _RECORD_BOUNDARY.search(text, pos):
-                return _truncated(path, records, len(text[:pos].encode("utf-8")), allow_truncated)
+                return _truncated(path, records, len(text[:pos].encode("utf-8")), allow_truncated, text[pos:])
+            boundary = _RECORD_BOUNDARY.search(text, exc.pos)
+            item = _partial_item(text[pos : boundary.start() if boundary else None])
             raise ReleaseError(
-                f"{path}: malformed JSON in record {len(records) + 1} at line {exc.lineno}, column {exc.colno}: "
-                f"{exc.msg}; fix the record or restore the file from the release"
-            ) from exc
+                f"{path}: malformed JSON in record {len(records) + 1}{item} at line {exc.lineno}, "
+                f"column {exc.colno}: {exc.msg}; fix the record or restore the file from the release"
+            ) from None
         if not isinstance(record, dict):
             raise ReleaseError(f"{path}: record {len(records) + 1} is a {type(record).__name__}, expected an object")
         records.append(record)
@@ -127,10 +130,27 @@ def _skip_separators(text: str, pos: int, first: bool) -> int:
     return pos
 
 
-def _truncated(path: Path, records: list, at_byte: int, allow_truncated: bool) -> tuple[list, FileReport]:
+def _partial_item(record_text: str) -> str:
+    """" (new_id=..., question=...)" as far as a broken record's text still shows them."""
+    found = []
+    for name in ("new_id", "question"):
+        match = re.search(rf'"{name}"\s*:\s*"((?:[^"\\]|\\.)*)"', record_text)
+        if match:
+            try:
+                value = json.loads(f'"{match.group(1)}"')
+            except json.JSONDecodeError:
+                value = match.group(1)
+            found.append(f"{name}={value if len(value) <= 60 else value[:57] + '...'!r}")
+    return f" ({', '.join(found)})" if found else ""
+
+
+def _truncated(
+    path: Path, records: list, at_byte: int, allow_truncated: bool, rest: str = ""
+) -> tuple[list, FileReport]:
     if not allow_truncated:
         raise ReleaseError(
-            f"{path}: the file is cut off mid-record after {len(records)} complete records (byte {at_byte}); "
+            f"{path}: the file is cut off mid-record after {len(records)} complete records (byte {at_byte})"
+            f"{'; the cut-off record' + _partial_item(rest) if _partial_item(rest) else ''}; "
             "restore the complete file, or pass --allow-truncated to keep the complete records"
         )
     return records, FileReport(str(path), len(records), truncated_at_byte=at_byte)
@@ -215,6 +235,7 @@ def read_release(root: str | Path, allow_truncated: bool = False) -> Release:
             release.image_files[row["id"]] = resolve_image(root, key[0])
         except ReleaseError as exc:
             raise ReleaseError(f"{describe_item(path, record)}: {exc}") from None
+        release.item_descriptions[row["id"]] = describe_item(path, record)
         release.rows.append(row)
     return release
 

@@ -1,0 +1,116 @@
+"""The Hub-ready export (`mub build`) and its offline `datasets.load_dataset` round trip."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import datasets
+import pytest
+import yaml
+
+from builders import Mub
+from mub.cli import main as cli_main
+from mub_dataset.export import export_release
+from mub_dataset.release import ReleaseError
+
+ROUND_TRIP_CONFIGS = ["explicit", "implicit", "conbench"]
+
+
+def builder_rows(release: Path, config: str, cache_dir: Path) -> datasets.Dataset:
+    builder = Mub(config_name=config, data_dir=str(release), cache_dir=str(cache_dir))
+    builder.download_and_prepare()
+    return builder.as_dataset(split="test")
+
+
+def front_matter(readme: Path) -> dict:
+    text = readme.read_text(encoding="utf-8")
+    assert text.startswith("---\n")
+    return yaml.safe_load(text[4:].split("\n---\n", 1)[0])
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def exported(release_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    out = tmp_path_factory.mktemp("export") / "mub"
+    summary = export_release(release_dir, out)
+    return out, summary
+
+
+def test_export_writes_parquet_per_config_and_a_card_with_configs(exported, release_dir):
+    out, summary = exported
+    sources = {"mmbench_cc", "scienceqa", "mmmu", "conbench", "mathvista", "mme"}  # the sample's sources
+    written = {p.parent.name for p in out.glob("*/test-*.parquet")}
+    assert written == {"explicit", "implicit"} | sources
+    configs = {entry["config_name"]: entry for entry in front_matter(out / "README.md")["configs"]}
+    assert set(configs) == written
+    for name, entry in configs.items():
+        assert entry["data_files"] == [{"split": "test", "path": f"{name}/test-*.parquet"}]
+    assert configs["explicit"].get("default") is True
+    assert json.loads((out / "build_summary.json").read_text()) == summary
+    assert summary["items_per_config"]["explicit"] == summary["items"]
+    assert not list(out.parent.glob(".mub.partial-*"))
+
+
+@pytest.mark.parametrize("config", ROUND_TRIP_CONFIGS)
+def test_load_dataset_round_trip_equals_the_builder(exported, release_dir, tmp_path, config):
+    out, _ = exported
+    loaded = datasets.load_dataset(str(out), config, split="test", cache_dir=str(tmp_path / "hf"))
+    built = builder_rows(release_dir, config, tmp_path / "builder")
+    assert len(loaded) == len(built) > 0
+    assert loaded.column_names == built.column_names
+    assert loaded.features == built.features
+    assert loaded.remove_columns("image").to_list() == built.remove_columns("image").to_list()
+    raw_loaded = loaded.cast_column("image", datasets.Image(decode=False))["image"]
+    raw_built = built.cast_column("image", datasets.Image(decode=False))["image"]
+    assert [image["bytes"] for image in raw_loaded] == [image["bytes"] for image in raw_built]
+    assert loaded[0]["image"].size == built[0]["image"].size == (16, 16)
+
+
+def test_load_dataset_by_name_from_the_parent_folder(exported, monkeypatch, tmp_path):
+    out, summary = exported
+    assert out.name == "mub"
+    monkeypatch.chdir(out.parent)
+    ds = datasets.load_dataset("mub", "explicit", split="test", cache_dir=str(tmp_path / "hf"))
+    assert len(ds) == summary["items"]
+    default = datasets.load_dataset("mub", split="test", cache_dir=str(tmp_path / "hf"))
+    assert len(default) == summary["items"]
+
+
+def test_cli_build_writes_a_loadable_export(release_dir, tmp_path, capsys):
+    out = tmp_path / "mub"
+    assert cli_main(["build", "--release", str(release_dir), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    for line in ("records read:", "duplicates removed:", "per config:", "per source:", "per question type:"):
+        assert line in printed
+    assert "per difficulty:" in printed
+    ds = datasets.load_dataset(str(out), "mmmu", split="test", cache_dir=str(tmp_path / "hf"))
+    assert set(ds["source"]) == {"MMMU"}
+
+
+def test_a_failing_build_leaves_no_partial_folder_and_an_existing_export_untouched(release_dir, tmp_path):
+    import shutil
+
+    release = tmp_path / "release"
+    shutil.copytree(release_dir, release)
+    images = sorted((release / "extract_img_all").glob("*.jpg"))
+    images[len(images) // 2].unlink()  # a missing image fails the build after reading the records
+
+    fresh = tmp_path / "fresh" / "mub"
+    with pytest.raises(ReleaseError, match="missing"):
+        export_release(release, fresh)
+    assert not fresh.exists()
+    assert list(fresh.parent.iterdir()) == []
+
+    existing = tmp_path / "existing" / "mub"
+    existing.mkdir(parents=True)
+    (existing / "README.md").write_text("an earlier export\n")
+    (existing / "explicit").mkdir()
+    (existing / "explicit" / "test-00000-of-00001.parquet").write_bytes(b"earlier parquet")
+    before = snapshot(existing)
+    assert cli_main(["build", "--release", str(release), "--out", str(existing)]) == 2
+    assert snapshot(existing) == before
+    assert sorted(p.name for p in existing.parent.iterdir()) == ["mub"]
