@@ -1,0 +1,557 @@
+"""Tiny randomly initialised vision-language models, built offline.
+
+PLUMBING-CHECK MODELS: their weights are random, so their answers (and any
+misleading rate computed from them) mean nothing. They exist so that the
+runner, the transformers backend, the tests and the benchmarks can exercise a
+real ``AutoModelForImageTextToText`` + ``AutoProcessor`` pipeline on a fresh
+machine without network access.
+
+``build_tiny_model(arch, out_dir)`` writes a normal Hugging Face model folder
+(config, safetensors weights, generation config, processor, tokenizer, chat
+template) that ``from_pretrained`` loads like any checkpoint. The tokenizer is
+a byte-level BPE trained on the spot on a fixed built-in corpus, so every
+string can be encoded and the prompt vocabulary gets whole-word tokens.
+
+``resolve_model_spec("tiny:<arch>[:<size>[:<seed>]]")`` builds such a model
+once into a cache folder and returns its path; other specs pass through.
+
+Everything architecture-specific lives here, never in the backends.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+PLUMBING_NOTE = (
+    "Plumbing-check model: tiny, randomly initialised weights. Its answers and "
+    "any rate computed from them mean nothing."
+)
+
+# Bump when the builder's output changes, so stale cache folders are not reused.
+TINY_FORMAT_VERSION = 1
+
+MARKER_FILE = "MUB_TINY_MODEL.json"
+
+_BOS, _EOS, _PAD = "<s>", "</s>", "<pad>"
+
+# The generation prompt ends with "Assistant:" and an assistant turn renders as
+# "Assistant: {answer}", like LLaVA-1.5's template, so an answer's first token
+# carries a leading space (" B"). IMAGE is replaced by each architecture's
+# image placeholder.
+_CHAT_TEMPLATE = (
+    "{{- bos_token -}}"
+    "{%- for message in messages -%}"
+    "{%- if message['role'] == 'user' -%}{{- 'User: ' -}}"
+    "{%- elif message['role'] == 'assistant' -%}{{- 'Assistant: ' -}}"
+    "{%- else -%}{{- 'System: ' -}}{%- endif -%}"
+    "{%- if message['content'] is string -%}{{- message['content'] -}}"
+    "{%- else -%}{%- for part in message['content'] -%}"
+    "{%- if part['type'] == 'image' -%}{{- 'IMAGE' + '\\n' -}}"
+    "{%- elif part['type'] == 'text' -%}{{- part['text'] -}}{%- endif -%}"
+    "{%- endfor -%}{%- endif -%}"
+    "{%- if message['role'] == 'assistant' -%}{{- eos_token -}}{%- endif -%}"
+    "{{- '\\n' -}}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{- 'Assistant:' -}}{%- endif -%}"
+)
+
+# Fixed training text for the tokenizer: MUB-style prompts, hints and answers.
+# Byte-level BPE encodes any other text too, just in smaller pieces.
+_CORPUS_LINES = (
+    "User: What is shown in the image? Answer with the option letter only.",
+    "Answer with the option's letter from the given choices directly.",
+    "Answer the question with Yes or No only.",
+    "Is there a cat in the picture? Answer with Yes or No.",
+    "Which of the following options is correct? Choose the best answer.",
+    "Question: How many people are in the photo? Options: A. one B. two C. three D. four E. five",
+    "What color is the car on the left side of the road?",
+    "Where is the dog sitting and what is the man holding in his hand?",
+    "Which object is larger, the red ball or the blue box?",
+    "What is the relationship between the two people in this scene?",
+    "What time of day does this image most likely show? morning afternoon evening night",
+    "Read the text in the chart and select the value of the highest bar.",
+    "The diagram shows a circuit; which statement about the current is true?",
+    "And the true answer is : A",
+    "And the true answer is : B",
+    "And the true answer is : Yes",
+    "And the true answer is : No",
+    "Please pay attention to this instruction: the answer is not what it seems.",
+    "Please pay attention to this instruction: look at the background carefully.",
+    "Note: experts agree the correct option is C. Think again before you answer.",
+    "The answer is (B). Answer: D. The correct choice is E.",
+    "I think the answer is A, but the hint says B.",
+    "Sorry, I cannot answer this question from the image.",
+    "yes no true false correct wrong right left up down above below inside outside",
+    "a an the this that these those is are was were be been has have had do does did",
+    "of in on at by for with from to into over under between about after before",
+    "what which who whom whose where when why how many much more most less least",
+    "image picture photo figure chart table map scene text object person animal",
+    "red green blue yellow black white brown orange purple pink gray",
+    "0 1 2 3 4 5 6 7 8 9 10 12 20 25 50 100 1000 2024 3.5 0.5 1/2 50%",
+    "A B C D E F A. B. C. D. E. (A) (B) (C) (D) (E) [A] [B] [C] [D] [E]",
+    ". , : ; ! ? ' \" ( ) [ ] { } - + = * / \\ _ % & # @ < > | ~ ^ $",
+    "Assistant: A",
+    "Assistant: B",
+    "Assistant: C",
+    "Assistant: D",
+    "Assistant: E",
+    "Assistant: Yes",
+    "Assistant: No",
+)
+
+
+@dataclass(frozen=True)
+class TinySize:
+    """Dimensions shared by every architecture at one size."""
+
+    hidden: int
+    layers: int
+    heads: int
+    kv_heads: int
+    intermediate: int
+    vision_hidden: int
+    vision_layers: int
+    vision_heads: int
+    image_size: int
+    patch_size: int
+    vocab_size: int
+
+
+SIZES: dict[str, TinySize] = {
+    # A few seconds to build and run: for tests.
+    "test": TinySize(
+        hidden=32, layers=2, heads=2, kv_heads=1, intermediate=64,
+        vision_hidden=32, vision_layers=1, vision_heads=2,
+        image_size=32, patch_size=8, vocab_size=1024,
+    ),
+    # Large enough that model time dominates on a CPU: for benchmarks.
+    "bench": TinySize(
+        hidden=256, layers=4, heads=4, kv_heads=2, intermediate=1024,
+        vision_hidden=256, vision_layers=4, vision_heads=4,
+        image_size=224, patch_size=16, vocab_size=1024,
+    ),
+}
+
+
+@dataclass(frozen=True)
+class _Arch:
+    """How to build one architecture's config and processor.
+
+    ``specials`` are extra special tokens the processor looks up by string;
+    ``named`` become tokenizer attributes (``tokenizer.image_token`` ...);
+    ``placeholder`` is what the chat template writes for an image.
+    """
+
+    specials: tuple[str, ...]
+    named: dict[str, str]
+    placeholder: str
+    config: Callable[[TinySize, Any], Any]
+    processor: Callable[[TinySize, Any, str], Any]
+
+
+def _text(size: TinySize, tok: Any, model_type: str, **extra: Any) -> dict[str, Any]:
+    """A language model config at ``size``; ``extra`` adds the model type's own keys."""
+    return dict(
+        model_type=model_type,
+        vocab_size=len(tok),
+        hidden_size=size.hidden,
+        intermediate_size=size.intermediate,
+        num_hidden_layers=size.layers,
+        num_attention_heads=size.heads,
+        num_key_value_heads=size.kv_heads,
+        max_position_embeddings=4096,
+        tie_word_embeddings=False,
+        initializer_range=_init_range(size.hidden),
+        **_special_ids(tok),
+        **extra,
+    )
+
+
+def _llama_text(size: TinySize, tok: Any) -> dict[str, Any]:
+    return _text(size, tok, "llama")
+
+
+def _init_range(width: int) -> float:
+    # Far above the usual 0.02: with tiny widths, 0.02 makes attention so weak that
+    # the next token depends on the last input token only, and every prompt
+    # would get the same answer. 1/sqrt(width) keeps answers prompt-dependent.
+    return width**-0.5
+
+
+def _vision(size: TinySize, model_type: str, **extra: Any) -> dict[str, Any]:
+    """A vision tower config at ``size``; ``extra`` adds the model type's own keys."""
+    return dict(
+        model_type=model_type,
+        hidden_size=size.vision_hidden,
+        intermediate_size=size.vision_hidden * 2,
+        num_hidden_layers=size.vision_layers,
+        num_attention_heads=size.vision_heads,
+        image_size=size.image_size,
+        patch_size=size.patch_size,
+        initializer_range=_init_range(size.vision_hidden),
+        **extra,
+    )
+
+
+def _clip_vision(size: TinySize) -> dict[str, Any]:
+    return _vision(size, "clip_vision_model", projection_dim=size.vision_hidden)
+
+
+def _special_ids(tok: Any) -> dict[str, int]:
+    return dict(
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+    )
+
+
+def _clip_image_processor(size: TinySize) -> Any:
+    from transformers import CLIPImageProcessorPil
+
+    return CLIPImageProcessorPil(
+        size={"shortest_edge": size.image_size},
+        crop_size={"height": size.image_size, "width": size.image_size},
+    )
+
+
+def _llava_config(size: TinySize, tok: Any) -> Any:
+    from transformers import LlavaConfig
+
+    patches = (size.image_size // size.patch_size) ** 2
+    return LlavaConfig(
+        vision_config=_clip_vision(size),
+        text_config=_llama_text(size, tok),
+        image_token_index=tok.convert_tokens_to_ids("<image>"),
+        image_seq_length=patches,
+        vision_feature_layer=-1,
+        vision_feature_select_strategy="default",
+        tie_word_embeddings=False,
+    )
+
+
+def _llava_processor(size: TinySize, tok: Any, template: str) -> Any:
+    from transformers import LlavaProcessor
+
+    return LlavaProcessor(
+        image_processor=_clip_image_processor(size),
+        tokenizer=tok,
+        patch_size=size.patch_size,
+        vision_feature_select_strategy="default",
+        num_additional_image_tokens=1,  # CLIP's CLS token, dropped by "default"
+        chat_template=template,
+    )
+
+
+def _pinpoints(size: TinySize) -> list[list[int]]:
+    s = size.image_size
+    return [[s, s], [s, 2 * s], [2 * s, s], [2 * s, 2 * s]]
+
+
+def _llava_next_config(size: TinySize, tok: Any) -> Any:
+    from transformers import LlavaNextConfig
+
+    return LlavaNextConfig(
+        vision_config=_clip_vision(size),
+        text_config=_llama_text(size, tok),
+        image_token_index=tok.convert_tokens_to_ids("<image>"),
+        image_grid_pinpoints=_pinpoints(size),
+        image_seq_length=(size.image_size // size.patch_size) ** 2,
+        vision_feature_layer=-1,
+        vision_feature_select_strategy="default",
+        tie_word_embeddings=False,
+    )
+
+
+def _llava_next_processor(size: TinySize, tok: Any, template: str) -> Any:
+    from transformers import LlavaNextImageProcessorPil, LlavaNextProcessor
+
+    image_processor = LlavaNextImageProcessorPil(
+        size={"shortest_edge": size.image_size},
+        crop_size={"height": size.image_size, "width": size.image_size},
+        image_grid_pinpoints=_pinpoints(size),
+    )
+    return LlavaNextProcessor(
+        image_processor=image_processor,
+        tokenizer=tok,
+        patch_size=size.patch_size,
+        vision_feature_select_strategy="default",
+        num_additional_image_tokens=1,
+        chat_template=template,
+    )
+
+
+_IDEFICS3_SCALE = 2
+
+
+def _idefics3_config(size: TinySize, tok: Any) -> Any:
+    from transformers import Idefics3Config
+
+    vision = _vision(size, "idefics3_vision")
+    return Idefics3Config(
+        vision_config=vision,
+        text_config=_llama_text(size, tok),
+        image_token_id=tok.convert_tokens_to_ids("<image>"),
+        scale_factor=_IDEFICS3_SCALE,
+        tie_word_embeddings=False,
+        pad_token_id=tok.pad_token_id,
+    )
+
+
+def _idefics3_processor(size: TinySize, tok: Any, template: str) -> Any:
+    from transformers import Idefics3ImageProcessorPil, Idefics3Processor
+
+    # No image splitting: one global view per image keeps prompts short.
+    image_processor = Idefics3ImageProcessorPil(
+        size={"longest_edge": size.image_size},
+        max_image_size={"longest_edge": size.image_size},
+        do_image_splitting=False,
+    )
+    seq_len = (size.image_size // size.patch_size) ** 2 // _IDEFICS3_SCALE**2
+    return Idefics3Processor(
+        image_processor=image_processor, tokenizer=tok, image_seq_len=seq_len, chat_template=template
+    )
+
+
+_GEMMA3_POOL = 2  # image patches pooled per side into one soft token
+
+
+def _gemma3_tokens_per_image(size: TinySize) -> int:
+    return (size.image_size // size.patch_size // _GEMMA3_POOL) ** 2
+
+
+def _gemma3_config(size: TinySize, tok: Any) -> Any:
+    from transformers import Gemma3Config
+
+    head_dim = size.hidden // size.heads
+    text = _text(
+        size, tok, "gemma3_text", head_dim=head_dim, query_pre_attn_scalar=head_dim, sliding_window=512
+    )
+    vision = _vision(size, "siglip_vision_model", vision_use_head=False)
+    return Gemma3Config(
+        text_config=text,
+        vision_config=vision,
+        mm_tokens_per_image=_gemma3_tokens_per_image(size),
+        boi_token_index=tok.convert_tokens_to_ids("<start_of_image>"),
+        eoi_token_index=tok.convert_tokens_to_ids("<end_of_image>"),
+        image_token_index=tok.convert_tokens_to_ids("<image_soft_token>"),
+        tie_word_embeddings=False,
+    )
+
+
+def _gemma3_processor(size: TinySize, tok: Any, template: str) -> Any:
+    from transformers import Gemma3ImageProcessorPil, Gemma3Processor
+
+    image_processor = Gemma3ImageProcessorPil(size={"height": size.image_size, "width": size.image_size})
+    return Gemma3Processor(
+        image_processor=image_processor,
+        tokenizer=tok,
+        chat_template=template,
+        image_seq_length=_gemma3_tokens_per_image(size),
+    )
+
+
+_IDEFICS3_GRID = tuple(f"<row_{r}_col_{c}>" for r in range(1, 7) for c in range(1, 7))
+
+_ARCHS: dict[str, _Arch] = {
+    "llava": _Arch(("<image>",), {"image_token": "<image>"}, "<image>", _llava_config, _llava_processor),
+    "llava_next": _Arch(
+        ("<image>",), {"image_token": "<image>"}, "<image>", _llava_next_config, _llava_next_processor
+    ),
+    "idefics3": _Arch(
+        ("<image>", "<fake_token_around_image>", "<global-img>", "<end_of_utterance>", *_IDEFICS3_GRID),
+        {"image_token": "<image>"},
+        "<image>",
+        _idefics3_config,
+        _idefics3_processor,
+    ),
+    "gemma3": _Arch(
+        ("<start_of_image>", "<end_of_image>", "<image_soft_token>"),
+        {"image_token": "<image_soft_token>", "boi_token": "<start_of_image>", "eoi_token": "<end_of_image>"},
+        "<start_of_image>",
+        _gemma3_config,
+        _gemma3_processor,
+    ),
+}
+
+TINY_ARCHITECTURES: tuple[str, ...] = tuple(_ARCHS)
+
+
+def build_tokenizer(arch: str, size: str = "test") -> Any:
+    """A byte-level BPE tokenizer trained on the built-in corpus, with ``arch``'s special tokens."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    spec = _arch(arch)
+    specials = [_PAD, _BOS, _EOS, *spec.specials]
+    backend = Tokenizer(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=SIZES[size].vocab_size,
+        min_frequency=1,
+        special_tokens=specials,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    backend.train_from_iterator(list(_CORPUS_LINES), trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        bos_token=_BOS,
+        eos_token=_EOS,
+        pad_token=_PAD,
+        extra_special_tokens=dict(spec.named),
+        padding_side="left",
+    )
+
+
+def _arch(arch: str) -> _Arch:
+    if arch not in _ARCHS:
+        raise ValueError(f"unknown tiny architecture {arch!r}; choose from {', '.join(TINY_ARCHITECTURES)}")
+    return _ARCHS[arch]
+
+
+def _favour_tokens(model: Any, token_ids: Sequence[int]) -> None:
+    """Make one of ``token_ids`` win every next-token choice; which one still depends on the input.
+
+    The other output rows are shrunk to almost nothing and the favoured rows are
+    centred (they sum to zero) and enlarged, so for any hidden state at least one
+    favoured logit is positive and beats every other token; which one wins still
+    depends on the prompt. Tests use this to get models whose first generated
+    token is an answer option.
+    """
+    import torch
+
+    weight = model.get_output_embeddings().weight
+    ids = torch.tensor(sorted(set(token_ids)))
+    with torch.no_grad():
+        rows = weight[ids].clone()
+        rows -= rows.mean(dim=0, keepdim=True)
+        rows *= 8.0 / rows.norm(dim=1, keepdim=True).clamp_min(1e-6)
+        weight.mul_(1e-3)
+        weight[ids] = rows
+
+
+def build_tiny_model(
+    arch: str,
+    out_dir: str | os.PathLike[str],
+    *,
+    size: str = "test",
+    seed: int = 0,
+    favour: Sequence[str] = (),
+) -> Path:
+    """Build a tiny random ``arch`` model into ``out_dir`` and return its path.
+
+    Same ``arch``, ``size``, ``seed`` and ``favour`` give identical files.
+    ``favour`` lists strings whose first token (as the tokenizer encodes the
+    string on its own, e.g. ``" B"`` or ``"\\n"``) should dominate every
+    next-token distribution; see :func:`_favour_tokens`.
+    """
+    import torch
+    from transformers import AutoModelForImageTextToText, GenerationConfig
+
+    if size not in SIZES:
+        raise ValueError(f"unknown size {size!r}; choose from {', '.join(SIZES)}")
+    spec, dims = _arch(arch), SIZES[size]
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+
+    tokenizer = build_tokenizer(arch, size)
+    template = _CHAT_TEMPLATE.replace("IMAGE", spec.placeholder)
+    tokenizer.chat_template = template
+    processor = spec.processor(dims, tokenizer, template)
+    config = spec.config(dims, tokenizer)
+
+    # Fork the RNG so building a model never disturbs the caller's random state.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = AutoModelForImageTextToText.from_config(config, dtype=torch.float32)
+    model.eval()
+    if favour:
+        _favour_tokens(model, [tokenizer.encode(s, add_special_tokens=False)[0] for s in favour])
+    model.generation_config = GenerationConfig(**_special_ids(tokenizer), do_sample=False)
+
+    model.save_pretrained(out)
+    processor.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    _write_labels(out, arch, size, seed, favour)
+    return out
+
+
+def _write_labels(out: Path, arch: str, size: str, seed: int, favour: Sequence[str]) -> None:
+    info = {
+        "note": PLUMBING_NOTE,
+        "arch": arch,
+        "size": size,
+        "seed": seed,
+        "favour": list(favour),
+        "format_version": TINY_FORMAT_VERSION,
+    }
+    (out / MARKER_FILE).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+    (out / "README.md").write_text(
+        f"# Tiny random `{arch}` ({size}, seed {seed})\n\n{PLUMBING_NOTE}\n\n"
+        "Built offline by `mub.tiny_models.build_tiny_model`.\n",
+        encoding="utf-8",
+    )
+
+
+def tiny_model_info(path: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """The plumbing-check label of a folder built here, or ``None`` for any other model."""
+    marker = Path(path) / MARKER_FILE
+    if not marker.is_file():
+        return None
+    return json.loads(marker.read_text(encoding="utf-8"))
+
+
+def cache_root() -> Path:
+    """``$MUB_CACHE/tiny`` if set, else ``~/.cache/mub/tiny``."""
+    base = os.environ.get("MUB_CACHE")
+    return (Path(base) if base else Path.home() / ".cache" / "mub") / "tiny"
+
+
+def parse_tiny_spec(spec: str) -> tuple[str, str, int]:
+    """``"tiny:<arch>[:<size>[:<seed>]]"`` -> ``(arch, size, seed)``."""
+    parts = spec.split(":")
+    if parts[0] != "tiny" or not 2 <= len(parts) <= 4:
+        raise ValueError(f"expected tiny:<arch>[:<size>[:<seed>]], got {spec!r}")
+    arch = parts[1]
+    size = parts[2] if len(parts) > 2 else "test"
+    seed = int(parts[3]) if len(parts) > 3 else 0
+    _arch(arch)
+    if size not in SIZES:
+        raise ValueError(f"unknown size {size!r} in {spec!r}; choose from {', '.join(SIZES)}")
+    return arch, size, seed
+
+
+def resolve_model_spec(spec: str) -> str:
+    """Map ``tiny:<arch>[:<size>[:<seed>]]`` to a cached built folder; return other specs unchanged.
+
+    The model is built into a temporary folder beside the cache entry and
+    renamed into place, so a killed build never leaves a half-written model.
+    """
+    if not spec.startswith("tiny:"):
+        return spec
+    arch, size, seed = parse_tiny_spec(spec)
+    root = cache_root()
+    final = root / f"{arch}-{size}-{seed}-v{TINY_FORMAT_VERSION}"
+    if (final / MARKER_FILE).is_file():
+        return str(final)
+    root.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=root))
+    staging.chmod(0o755)  # mkdtemp makes it private; the cache entry should not be
+    try:
+        build_tiny_model(arch, staging, size=size, seed=seed)
+        try:
+            os.rename(staging, final)
+        except OSError:
+            # Another process finished the same build first; keep its copy.
+            if not (final / MARKER_FILE).is_file():
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return str(final)
