@@ -1,0 +1,57 @@
+"""Per-item records of a run: what was asked, what came back, what it parsed to.
+
+One :class:`ItemPrediction` is one line of ``predictions.jsonl``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+@dataclass
+class StageAnswer:
+    """One model call: its cue (hint or note; empty in stage 1), raw output and parse."""
+
+    cue: str
+    output: str
+    parsed: str | None
+    seconds: float = 0.0
+    error: str | None = None
+    option_probs: dict[str, float] | None = None
+
+
+@dataclass
+class ItemPrediction:
+    """Both stages of one item.
+
+    ``original_prediction`` is the stage-1 answer (the first sample when
+    several were drawn); ``prediction`` is the stage-2 answer (for implicit
+    items, the answer of the note that flipped it, else of the first note).
+    ``error`` is set when a call failed: the item is then left out of the
+    rates, counted as an error, and retried by ``--resume``.
+    """
+
+    id: str
+    answer: str
+    source: str
+    difficulty: str
+    misled_count: int
+    question_type: str
+    group_id: str
+    stage1: list[StageAnswer]
+    stage2: list[StageAnswer] = field(default_factory=list)
+    original_prediction: str | None = None
+    prediction: str | None = None
+    flipped_by_note: int | None = None
+    error: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "ItemPrediction":
+        data = dict(data)
+        data["stage1"] = [StageAnswer(**answer) for answer in data["stage1"]]
+        data["stage2"] = [StageAnswer(**answer) for answer in data.get("stage2", [])]
+        return cls(**data)

@@ -1,0 +1,127 @@
+"""From predictions to ``results.json``: metric inputs, the metric call, the printed table."""
+
+from __future__ import annotations
+
+import platform
+from importlib import metadata
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
+
+import mub_metric
+
+from .predictions import ItemPrediction
+
+if TYPE_CHECKING:
+    from .runner import RunConfig
+
+VERSIONED_PACKAGES = ("mub", "transformers", "torch", "datasets", "evaluate", "huggingface_hub", "vllm", "openai")
+
+
+def versions() -> dict[str, str]:
+    found = {"python": platform.python_version()}
+    for package in VERSIONED_PACKAGES:
+        try:
+            found[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            continue
+    return found
+
+
+def _chosen_stage2_probs(prediction: ItemPrediction) -> dict[str, float] | None:
+    if not prediction.stage2:
+        return None
+    return prediction.stage2[prediction.flipped_by_note or 0].option_probs
+
+
+def metric_inputs(predictions: Sequence[ItemPrediction]) -> dict[str, list]:
+    """The metric's per-row inputs for the scored items (those without errors)."""
+    scored = [p for p in predictions if p.error is None]
+    inputs: dict[str, list] = {
+        "predictions": [p.prediction for p in scored],
+        "original_predictions": [p.original_prediction for p in scored],
+        "references": [p.answer for p in scored],
+        "difficulty": [p.difficulty for p in scored],
+        "source": [p.source for p in scored],
+        "question_type": [p.question_type for p in scored],
+        "group_id": [p.group_id for p in scored],
+    }
+    before = [p.stage1[0].option_probs for p in scored]
+    after = [_chosen_stage2_probs(p) for p in scored]
+    if scored and all(before) and all(after):
+        inputs["original_confidence"] = [
+            probs.get(p.original_prediction or "", 0.0) for p, probs in zip(scored, before)
+        ]
+        inputs["confidence_on_original_after"] = [
+            probs.get(p.original_prediction or "", 0.0) for p, probs in zip(scored, after)
+        ]
+    return inputs
+
+
+def score(predictions: Sequence[ItemPrediction], *, bootstrap: int = 0, seed: int = 0) -> dict[str, Any]:
+    """The mub_misleading_rate output plus error counts for a list of item predictions."""
+    inputs = metric_inputs(predictions)
+    errors = sum(1 for p in predictions if p.error is not None)
+    if not inputs["references"]:
+        return {"n": 0, "errors": errors, "n_items": len(predictions)}
+    kwargs = {"bootstrap": bootstrap, "seed": seed} if bootstrap else {}
+    result = mub_metric.load().compute(**inputs, **kwargs)
+    return {**result, "errors": errors, "n_items": len(predictions)}
+
+
+def score_sampling_consistency(predictions: Sequence[ItemPrediction]) -> dict[str, Any] | None:
+    """The metric's `consistency` config over repeated stage-1 samples, when there are several."""
+    scored = [p for p in predictions if p.error is None and len(p.stage1) >= 2]
+    if not scored:
+        return None
+    return mub_metric.load("consistency").compute(
+        samples=[[answer.parsed for answer in p.stage1] for p in scored],
+        references=[p.answer for p in scored],
+    )
+
+
+def build_results(
+    config: "RunConfig",
+    settings: Mapping[str, Any],
+    dataset_info: Mapping[str, Any],
+    backend_info: Mapping[str, Any],
+    predictions: Sequence[ItemPrediction],
+) -> dict[str, Any]:
+    results: dict[str, Any] = {config.config: score(predictions)}
+    sampling = score_sampling_consistency(predictions)
+    if sampling is not None:
+        results["stage1_sampling"] = sampling
+    return {
+        "model": config.model,
+        "dataset": dict(dataset_info),
+        "run": {**settings, "batch_size": config.batch_size, "device": config.device, "backend_info": dict(backend_info)},
+        "versions": versions(),
+        "results": results,
+    }
+
+
+def _percent(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:5.1f}"
+
+
+def _interval(ci: Sequence[float] | None) -> str:
+    return "" if not ci else f"[{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]"
+
+
+def format_table(results: Mapping[str, Any]) -> str:
+    """A plain-text table of the headline figures, overall and per difficulty."""
+    lines = [f"model: {results['model']}   dataset: {results['dataset']['name']}"]
+    if results["run"].get("backend_info", {}).get("plumbing_check"):
+        lines.append("plumbing check: a tiny randomly initialised model; these rates mean nothing")
+    header = f"{'config':<10} {'subset':<8} {'n':>5} {'acc':>6} {'mr_t2f':>7} {'95% CI':<15} {'mr_f2t':>7} {'consist':>7} {'errors':>6}"
+    lines.append(header)
+    lines.append("-" * len(header))
+    for config_name, figures in results["results"].items():
+        if "mr_t2f" not in figures:
+            continue
+        subsets = [("all", figures)] + list(figures.get("by_difficulty", {}).items())
+        for subset, f in subsets:
+            lines.append(
+                f"{config_name:<10} {subset:<8} {f['n']:>5} {_percent(f['accuracy_before']):>6} "
+                f"{_percent(f['mr_t2f']):>7} {_interval(f.get('mr_t2f_ci')):<15} {_percent(f['mr_f2t']):>7} "
+                f"{_percent(f['consistency']):>7} {figures['errors'] if subset == 'all' else '':>6}"
+            )
+    return "\n".join(lines)

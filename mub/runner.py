@@ -1,0 +1,318 @@
+"""The two-stage MUB run: dataset -> prompts -> backend -> parsed answers -> predictions.
+
+``run(RunConfig(model=...))`` is the Python API behind ``mub run``; it returns
+the same document it writes to ``results.json``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import re
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Mapping, Sequence
+
+import datasets
+from PIL import Image
+from tqdm.auto import tqdm
+
+import mub_dataset
+from mub_dataset.features import DIFFICULTY_LEVELS, YES_NO
+
+from . import distributed, protocol
+from .backends import Backend, create_backend
+from .backends.base import DecodingSettings, Generation, Request
+from .parsing import option_labels, parse_answer
+from .predictions import ItemPrediction, StageAnswer
+from .prompts import DEFAULT_HINT_TEMPLATE, explicit_cue, implicit_cue, render_prompt
+from .results import build_results, format_table
+from .storage import RunFolder
+
+
+@dataclass
+class RunConfig:
+    """Everything that defines a run; the CLI flags map one to one."""
+
+    model: str
+    dataset: str = "sample"
+    config: str = "explicit"
+    backend: str = "transformers"
+    difficulty: str | None = None
+    misled_count: int | None = None
+    limit: int | None = None
+    shard: tuple[int, int] | None = None  # (index, count): this process's share of the items
+    batch_size: int = 8
+    dtype: str = "auto"
+    device: str = "auto"
+    out: str | None = None
+    resume: bool = False
+    overwrite: bool = False
+    trust_remote_code: bool = False
+    chat_template: str | None = None
+    hint_template: str = DEFAULT_HINT_TEMPLATE
+    notes: int = 5
+    max_new_tokens: int = 16
+    temperature: float = 0.0
+    top_p: float = 1.0
+    top_k: int = 0
+    seed: int = 0
+    num_samples: int = 1
+    scoring: str = "generate"
+    backend_options: dict[str, Any] = field(default_factory=dict)
+    progress: bool = True
+
+    def decoding(self) -> DecodingSettings:
+        return DecodingSettings(
+            max_new_tokens=self.max_new_tokens,
+            temperature=self.temperature,
+            top_p=self.top_p,
+            top_k=self.top_k,
+            seed=self.seed,
+            scoring=self.scoring,
+        )
+
+    def validate(self) -> None:
+        if self.difficulty is not None and self.difficulty not in DIFFICULTY_LEVELS:
+            raise ValueError(f"--difficulty must be one of {', '.join(DIFFICULTY_LEVELS)}, got {self.difficulty!r}")
+        if self.batch_size < 1 or self.notes < 1 or self.num_samples < 1 or self.max_new_tokens < 1:
+            raise ValueError("--batch-size, --notes, --num-samples and --max-new-tokens must be at least 1")
+        if self.scoring not in ("generate", "logprob"):
+            raise ValueError(f"--scoring must be 'generate' or 'logprob', got {self.scoring!r}")
+        if self.shard is not None and not 0 <= self.shard[0] < self.shard[1]:
+            raise ValueError(f"--shard I/N needs 0 <= I < N, got {self.shard[0]}/{self.shard[1]}")
+        if "{answer}" not in self.hint_template:
+            raise ValueError(f"--hint-template must contain '{{answer}}', got {self.hint_template!r}")
+
+    def out_dir(self) -> Path:
+        if self.out:
+            return Path(self.out)
+        slug = re.sub(r"[^A-Za-z0-9._-]+", "_", self.model.strip("/")).strip("_") or "model"
+        # Shards of one run get distinct default folders, so array jobs never share one.
+        shard = f"__shard{self.shard[0]}-of-{self.shard[1]}" if self.shard else ""
+        return Path("runs") / f"{slug}__{self.config}{shard}"
+
+    def settings(self, dataset_info: Mapping[str, Any]) -> dict[str, Any]:
+        """What determines the results; a resumed run must match it exactly."""
+        chat_template_sha = None
+        if self.chat_template:
+            chat_template_sha = hashlib.sha256(Path(self.chat_template).read_bytes()).hexdigest()
+        return {
+            "model": self.model,
+            "backend": self.backend,
+            "dataset": dataset_info["name"],
+            "config": self.config,
+            "items_fingerprint": dataset_info["fingerprint"],
+            "difficulty": self.difficulty,
+            "misled_count": self.misled_count,
+            "limit": self.limit,
+            "shard": list(self.shard) if self.shard else None,
+            "dtype": self.dtype,
+            "chat_template_sha256": chat_template_sha,
+            "hint_template": self.hint_template,
+            "notes": self.notes,
+            "num_samples": self.num_samples,
+            "decoding": asdict(self.decoding()),
+            "trust_remote_code": self.trust_remote_code,
+        }
+
+
+@dataclass
+class Selection:
+    """The items a run covers: metadata rows and the dataset they index (images undecoded)."""
+
+    dataset: datasets.Dataset
+    indices: list[int]
+    rows: list[dict[str, Any]]
+    info: dict[str, Any]
+
+
+def select_items(config: RunConfig, dataset: datasets.Dataset | None = None) -> Selection:
+    """Load the config's items and apply the difficulty, count, limit and shard filters."""
+    if dataset is None:
+        dataset = mub_dataset.load(config.config, config.dataset)
+    dataset = dataset.cast_column("image", datasets.Image(decode=False))
+    all_rows = dataset.remove_columns("image").to_list()
+    indices = [
+        i
+        for i, row in enumerate(all_rows)
+        if (config.difficulty is None or row["difficulty"] == config.difficulty)
+        and (config.misled_count is None or row["misled_count"] == config.misled_count)
+    ]
+    if config.limit is not None:
+        indices = indices[: config.limit]
+    if config.shard is not None:
+        index, count = config.shard
+        indices = indices[index::count]
+    rows = [all_rows[i] for i in indices]
+    if config.config == "implicit":
+        _check_notes(rows)
+    digest = hashlib.sha256()
+    for row in rows:
+        digest.update(
+            repr((row["id"], row["answer"], row["misleading_answer"], row["misleading_notes"], row["guiding_notes"])).encode()
+        )
+    info = {"name": str(config.dataset), "config": config.config, "n_items": len(rows), "fingerprint": digest.hexdigest()[:16]}
+    return Selection(dataset, indices, rows, info)
+
+
+def _check_notes(rows: Sequence[Mapping[str, Any]]) -> None:
+    for row in rows:
+        if not row["misleading_notes"] or not row["guiding_notes"]:
+            raise ValueError(
+                f"item {row['id']} ({row['source']}) lacks misleading or guiding notes, which the implicit "
+                "protocol needs for either stage-1 outcome; add notes (mub notes) or drop the item"
+            )
+
+
+def load_images(dataset: datasets.Dataset, indices: Sequence[int]) -> list[tuple[Image.Image, str]]:
+    """Decoded RGB images and their content hash (the ``group_id`` for clustered intervals)."""
+    loaded = []
+    for cell in dataset.select_columns(["image"])[list(indices)]["image"]:
+        data = cell["bytes"] if cell.get("bytes") is not None else Path(cell["path"]).read_bytes()
+        image = Image.open(io.BytesIO(data))
+        image.load()
+        loaded.append((image.convert("RGB"), hashlib.sha256(data).hexdigest()[:16]))
+    return loaded
+
+
+def generate_in_batches(backend: Backend, requests: Sequence[Request], batch_size: int) -> list[Generation]:
+    generations: list[Generation] = []
+    for start in range(0, len(requests), batch_size):
+        generations.extend(backend.generate(requests[start : start + batch_size]))
+    return generations
+
+
+def _answer(generation: Generation, cue: str, row: Mapping[str, Any]) -> StageAnswer:
+    parsed = None
+    if generation.error is None:
+        parsed = parse_answer(generation.text, row["choices"], row["question_type"])
+    return StageAnswer(
+        cue=cue,
+        output=generation.text,
+        parsed=parsed,
+        seconds=round(generation.seconds, 6),
+        error=generation.error,
+        option_probs=generation.option_probs,
+    )
+
+
+def _options(row: Mapping[str, Any]) -> tuple[str, ...]:
+    return tuple(option_labels(row["choices"], row["question_type"]))
+
+
+def run_batch(
+    rows: Sequence[Mapping[str, Any]],
+    images: Sequence[tuple[Image.Image, str]],
+    backend: Backend,
+    config: RunConfig,
+) -> list[ItemPrediction]:
+    """Both stages for a batch of items; each item's decoded image serves both stages."""
+    stage1_requests = [
+        Request(f"{row['id']}/stage1/{sample}", image, render_prompt(row), _options(row))
+        for row, (image, _) in zip(rows, images)
+        for sample in range(config.num_samples)
+    ]
+    stage1 = generate_in_batches(backend, stage1_requests, config.batch_size)
+    records: list[ItemPrediction] = []
+    stage2_requests: list[Request] = []
+    stage2_cues: list[list[str]] = []
+    for position, (row, (image, group_id)) in enumerate(zip(rows, images)):
+        samples = stage1[position * config.num_samples : (position + 1) * config.num_samples]
+        answers = [_answer(generation, "", row) for generation in samples]
+        record = ItemPrediction(
+            id=row["id"],
+            answer=row["answer"],
+            source=row["source"],
+            difficulty=row["difficulty"],
+            misled_count=row["misled_count"],
+            question_type=row["question_type"],
+            group_id=group_id,
+            stage1=answers,
+            original_prediction=answers[0].parsed,
+            error=next((a.error for a in answers if a.error), None),
+        )
+        records.append(record)
+        cues: list[str] = []
+        if record.error is None:
+            correct = protocol.is_correct(record.original_prediction, row)
+            if config.config == "implicit":
+                cues = [implicit_cue(note) for note in protocol.notes_for(row, correct, config.notes)]
+            else:
+                cues = [explicit_cue(protocol.hinted_answer(row, correct), config.hint_template)]
+        stage2_cues.append(cues)
+        for number, cue in enumerate(cues):
+            stage2_requests.append(Request(f"{row['id']}/stage2/{number}", image, render_prompt(row, cue), _options(row)))
+    stage2 = iter(generate_in_batches(backend, stage2_requests, config.batch_size))
+    for record, row, cues in zip(records, rows, stage2_cues):
+        record.stage2 = [_answer(next(stage2), cue.strip(), row) for cue in cues]
+        if record.error is not None:
+            continue
+        record.error = next((a.error for a in record.stage2 if a.error), None)
+        correct = protocol.is_correct(record.original_prediction, row)
+        record.prediction, record.flipped_by_note = protocol.combine_note_answers(
+            row, correct, [a.parsed for a in record.stage2]
+        )
+        if config.config != "implicit":
+            record.flipped_by_note = None
+    return records
+
+
+def _batches(indices: Sequence[int], size: int) -> Iterator[list[int]]:
+    for start in range(0, len(indices), size):
+        yield list(indices[start : start + size])
+
+
+def run(config: RunConfig, backend: Backend | None = None, dataset: datasets.Dataset | None = None) -> dict[str, Any]:
+    """Evaluate a model on MUB; writes the run folder and returns the results document.
+
+    Under torchrun / accelerate launch, each process evaluates its share of
+    the items and rank 0 scores them all (see :mod:`mub.distributed`).
+    """
+    config.validate()
+    placement = distributed.placement_for(config)
+    selection = select_items(config, dataset)
+    folder = RunFolder(config.out_dir(), predictions_file=placement.predictions_file)
+    settings = config.settings(selection.info)
+    placement.prepare(folder, settings, resume=config.resume, overwrite=config.overwrite)
+    with placement.working():
+        done = {item_id for item_id, p in folder.load_predictions().items() if p.error is None}
+        mine = placement.share(list(zip(selection.indices, selection.rows)))
+        todo = [(i, row) for i, row in mine if row["id"] not in done]
+        if backend is None:
+            backend = create_backend(placement.backend_config(config))
+
+        # Items are processed in groups of batch_size; the next group's images are
+        # decoded on a worker thread while the model answers the current one.
+        groups = list(_batches(range(len(todo)), config.batch_size))
+        with ThreadPoolExecutor(max_workers=1) as pool, tqdm(
+            total=len(todo), unit="item", desc=f"mub {config.config}", disable=not config.progress
+        ) as progress:
+            pending = pool.submit(load_images, selection.dataset, [todo[i][0] for i in groups[0]]) if groups else None
+            for number, group in enumerate(groups):
+                images = pending.result()
+                if number + 1 < len(groups):
+                    pending = pool.submit(load_images, selection.dataset, [todo[i][0] for i in groups[number + 1]])
+                folder.append(run_batch([todo[i][1] for i in group], images, backend, config))
+                progress.update(len(group))
+
+    backend_info = backend.describe()
+    return placement.finish(folder, lambda: finish_run(config, settings, selection, backend_info, folder))
+
+
+def finish_run(
+    config: RunConfig,
+    settings: Mapping[str, Any],
+    selection: Selection,
+    backend_info: Mapping[str, Any],
+    folder: RunFolder,
+) -> dict[str, Any]:
+    """Score the folder's predictions of the selected items, in selection order, and write results.json."""
+    predictions = folder.load_predictions()
+    ordered = [predictions[row["id"]] for row in selection.rows if row["id"] in predictions]
+    results = build_results(config, settings, selection.info, backend_info, ordered)
+    folder.write_results(results)
+    if config.progress:
+        print(format_table(results))
+    return results

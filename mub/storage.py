@@ -1,0 +1,147 @@
+"""The run folder: settings, appended predictions, final results.
+
+- ``run.json``: the settings that determine the results; a resumed run must
+  match them.
+- ``predictions.jsonl``: one line per finished item, appended and flushed to
+  disk as batches finish, so a kill loses at most the batch in flight.
+  Processes of a data-parallel launch each append to their own file
+  (``predictions.rank{r}-of-{n}.jsonl``, see :mod:`mub.distributed`); the
+  folder's predictions are the union of all its ``predictions*.jsonl`` files.
+- ``results.json``: written once at the end, atomically (temporary file, then
+  rename), so a half-written results file never exists.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterable
+
+from .predictions import ItemPrediction
+
+SETTINGS_FILE = "run.json"
+PREDICTIONS_FILE = "predictions.jsonl"
+PREDICTIONS_GLOB = "predictions*.jsonl"
+RESULTS_FILE = "results.json"
+
+
+class RunFolderError(ValueError):
+    """A run folder that cannot be used as asked."""
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            json.dump(data, handle, indent=2, ensure_ascii=False)
+            handle.write("\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class RunFolder:
+    """A run folder; ``predictions_file`` is the file this process appends to."""
+
+    def __init__(self, path: str | Path, predictions_file: str = PREDICTIONS_FILE):
+        self.path = Path(path)
+        self.settings_path = self.path / SETTINGS_FILE
+        self.predictions_path = self.path / predictions_file
+        self.results_path = self.path / RESULTS_FILE
+
+    def prediction_files(self) -> list[Path]:
+        """Every predictions file in the folder (this process's and other ranks' or launches')."""
+        return sorted(self.path.glob(PREDICTIONS_GLOB))
+
+    def prepare(self, settings: dict[str, Any], *, resume: bool, overwrite: bool) -> None:
+        """Start a run here, or check that resuming matches the earlier settings."""
+        # Only predictions are work to protect: a folder holding just run.json
+        # (a run that failed before its first batch, e.g. a model that did not
+        # load) is started again without --overwrite.
+        has_predictions = bool(self.prediction_files())
+        if resume and (has_predictions or self.settings_path.is_file()):
+            self._check_settings(settings)
+            self._drop_partial_last_line()
+            return
+        if has_predictions and not overwrite:
+            raise RunFolderError(
+                f"{self.path} already holds a run; pass --resume to continue it, --overwrite to start again, "
+                "or choose another --out"
+            )
+        self.path.mkdir(parents=True, exist_ok=True)
+        for stale in (*self.prediction_files(), self.results_path):
+            stale.unlink(missing_ok=True)
+        write_json_atomic(self.settings_path, settings)
+
+    def _check_settings(self, settings: dict[str, Any]) -> None:
+        if not self.settings_path.is_file():
+            raise RunFolderError(f"{self.path}: predictions without {SETTINGS_FILE}; cannot check what made them")
+        earlier = json.loads(self.settings_path.read_text(encoding="utf-8"))
+        differing = sorted(key for key in set(earlier) | set(settings) if earlier.get(key) != settings.get(key))
+        if differing:
+            details = "; ".join(f"{key}: was {earlier.get(key)!r}, now {settings.get(key)!r}" for key in differing)
+            raise RunFolderError(
+                f"cannot resume {self.path}: it was made with other settings ({details}); "
+                "use the same settings or another --out"
+            )
+
+    def _drop_partial_last_line(self) -> None:
+        """A kill during a write can leave half a line at the end: cut it, its item is redone."""
+        if not self.predictions_path.is_file():
+            return
+        data = self.predictions_path.read_bytes()
+        if data and not data.endswith(b"\n"):
+            with self.predictions_path.open("r+b") as handle:
+                handle.truncate(data.rfind(b"\n") + 1)
+
+    def load_predictions(self) -> dict[str, ItemPrediction]:
+        """Finished items by id, over all predictions files.
+
+        A later record for an id (a retried error) replaces an earlier one,
+        except that a record with an error never replaces one without: that
+        keeps the rule independent of the order in which files are read.
+        """
+        predictions: dict[str, ItemPrediction] = {}
+        for path in self.prediction_files():
+            for record in _read_records(path):
+                earlier = predictions.get(record.id)
+                if earlier is None or earlier.error is not None or record.error is None:
+                    predictions[record.id] = record
+        return predictions
+
+    def append(self, predictions: Iterable[ItemPrediction]) -> None:
+        lines = "".join(json.dumps(p.to_json(), ensure_ascii=False) + "\n" for p in predictions)
+        with self.predictions_path.open("a", encoding="utf-8") as handle:
+            handle.write(lines)
+            handle.flush()
+            os.fsync(handle.fileno())
+
+    def write_results(self, results: dict[str, Any]) -> None:
+        write_json_atomic(self.results_path, results)
+
+
+def _read_records(path: Path) -> list[ItemPrediction]:
+    """The records of one predictions file.
+
+    Lines are split as bytes and decoded one by one, so that half a line at
+    the end (left by a kill, or being written by another rank right now),
+    even one cut inside a multi-byte character, is skipped: its item is redone.
+    """
+    records = []
+    lines = path.read_bytes().split(b"\n")
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            records.append(ItemPrediction.from_json(json.loads(line.decode("utf-8"))))
+        except (UnicodeDecodeError, json.JSONDecodeError, TypeError, KeyError) as exc:
+            if number == len(lines):
+                break
+            raise RunFolderError(f"{path}: line {number} is not a prediction record ({exc})") from exc
+    return records

@@ -1,0 +1,259 @@
+"""Two-stage bookkeeping, run folder, resume: tested exactly with a scripted backend."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import datasets
+import pytest
+from PIL import Image
+
+from mub.backends.base import Generation, Request
+from mub.backends.scripted import ScriptedBackend
+from mub.prompts import render_prompt
+from mub.runner import RunConfig, run
+from mub.storage import RunFolderError
+from mub_dataset.features import FEATURES
+
+
+def _png(colour: tuple[int, int, int]) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (8, 8), colour).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _item(number: int, *, answer: str = "A", misleading: str = "C", yes_no: bool = False, difficulty: str = "low") -> dict:
+    return {
+        "id": f"item-{number}",
+        "image": {"bytes": _png((number * 20 % 256, 10, 10)), "path": f"{number}.png"},
+        "question": f"Question number {number}? <image 1>",
+        "choices": ["Yes", "No"] if yes_no else ["red", "green", "blue", "black"],
+        "answer": answer,
+        "question_type": "yes_no" if yes_no else "multiple_choice",
+        "source": "Synthetic-Count" if number % 2 else "Synthetic-Color",
+        "category": "test",
+        "misled_count": {"low": 6, "medium": 9, "high": 12}[difficulty],
+        "difficulty": difficulty,
+        "misleading_answer": misleading,
+        "misleading_notes": [f"mislead {number}-{k}" for k in range(4)],
+        "guiding_notes": [f"guide {number}-{k}" for k in range(3)],
+        "reference_model": "",
+        "reference_hint": "",
+        "reference_response": "",
+        "reference_outcome": "",
+    }
+
+
+def _dataset(items: list[dict]) -> datasets.Dataset:
+    return datasets.Dataset.from_list(items, features=FEATURES)
+
+
+def _item_number(request: Request) -> int:
+    return int(request.key.split("/")[0].split("-")[1])
+
+
+def _config(tmp_path: Path, **overrides) -> RunConfig:
+    return RunConfig(model="scripted", backend="scripted", out=str(tmp_path / "run"), progress=False, **overrides)
+
+
+def _predictions(tmp_path: Path) -> dict[str, dict]:
+    lines = (tmp_path / "run" / "predictions.jsonl").read_text().splitlines()
+    return {record["id"]: record for record in map(json.loads, lines)}
+
+
+def test_explicit_hint_names_misleading_answer_after_correct_and_truth_after_wrong(tmp_path):
+    # item 1: correct at stage 1 (A), item 2: wrong (B), item 3: unparsed, item 4: yes/no correct
+    items = [_item(1), _item(2), _item(3), _item(4, answer="No", misleading="Yes", yes_no=True)]
+    stage1 = {1: "A", 2: "B", 3: "I cannot tell", 4: "No."}
+    seen_hints: dict[int, str] = {}
+
+    def rule(request: Request) -> str:
+        number = _item_number(request)
+        if "/stage1/" in request.key:
+            return stage1[number]
+        seen_hints[number] = request.prompt
+        return {1: "C", 2: "A", 3: "A", 4: "No"}[number]
+
+    results = run(_config(tmp_path), backend=ScriptedBackend(rule), dataset=_dataset(items))
+    assert "And the true answer is : C" in seen_hints[1]  # misleading answer after a correct stage 1
+    assert "And the true answer is : A" in seen_hints[2]  # the truth after a wrong one
+    assert "And the true answer is : A" in seen_hints[3]  # unparsed counts as wrong
+    assert "And the true answer is : Yes" in seen_hints[4]
+    # the hint sits after the question and before the options
+    assert seen_hints[1].index("Question number 1?") < seen_hints[1].index("And the true") < seen_hints[1].index("A. red")
+    assert "<image 1>" not in seen_hints[1]
+
+    predictions = _predictions(tmp_path)
+    assert predictions["item-3"]["original_prediction"] is None
+    assert predictions["item-3"]["stage1"][0]["output"] == "I cannot tell"
+    figures = results["results"]["explicit"]
+    # T = {1, 4}; 1 flips to C, 4 holds. F = {2, 3}; both become correct.
+    assert (figures["n"], figures["n_t"], figures["n_f"], figures["t2f"], figures["f2t"]) == (4, 2, 2, 1, 2)
+    assert figures["mr_t2f"] == pytest.approx(0.5)
+    assert figures["mr_f2t"] == pytest.approx(1.0)
+    assert figures["unparsed_before"] == 1
+    assert figures["errors"] == 0
+
+
+def test_implicit_uses_misleading_notes_after_correct_guiding_after_wrong_and_any_note_flips(tmp_path):
+    items = [_item(1), _item(2), _item(3), _item(5)]
+    asked: dict[int, list[str]] = {1: [], 2: [], 3: [], 5: []}
+
+    def rule(request: Request) -> str:
+        number = _item_number(request)
+        if "/stage1/" in request.key:
+            return {1: "A", 2: "A", 3: "D", 5: "D"}[number]
+        note = request.prompt.split("Please pay attention to this instruction: ")[1].split("\n")[0]
+        asked[number].append(note)
+        if number == 1:  # holds under every note
+            return "A"
+        if number == 2:  # only the third note flips it
+            return "B" if note.endswith("-2") else "A"
+        if number == 3:  # guided to the truth by the second note
+            return "A" if note.endswith("-1") else "D"
+        return "D"  # 5: wrong throughout
+
+    results = run(_config(tmp_path, config="implicit", notes=3), backend=ScriptedBackend(rule), dataset=_dataset(items))
+    assert asked[1] == ["mislead 1-0", "mislead 1-1", "mislead 1-2"]  # --notes 3 of 4
+    assert asked[3] == ["guide 3-0", "guide 3-1", "guide 3-2"]
+    predictions = _predictions(tmp_path)
+    assert predictions["item-2"]["flipped_by_note"] == 2 and predictions["item-2"]["prediction"] == "B"
+    assert predictions["item-1"]["flipped_by_note"] is None and predictions["item-1"]["prediction"] == "A"
+    assert predictions["item-3"]["flipped_by_note"] == 1 and predictions["item-3"]["prediction"] == "A"
+    assert [answer["parsed"] for answer in predictions["item-2"]["stage2"]] == ["A", "A", "B"]  # every note kept
+    figures = results["results"]["implicit"]
+    assert (figures["n_t"], figures["t2f"], figures["n_f"], figures["f2t"]) == (2, 1, 2, 1)
+
+
+def test_errors_are_counted_not_scored_and_resume_retries_them(tmp_path):
+    items = [_item(n) for n in range(1, 7)]
+    failing = {3, 4}
+
+    def rule(request: Request) -> str | Generation:
+        if _item_number(request) in failing and "/stage2/" in request.key:
+            return Generation(text="", error="HTTP 503: overloaded")
+        return "A" if "/stage1/" in request.key else "B"
+
+    dataset = _dataset(items)
+    first = run(_config(tmp_path), backend=ScriptedBackend(rule), dataset=dataset)
+    assert first["results"]["explicit"]["errors"] == 2
+    assert first["results"]["explicit"]["n"] == 4
+    failing.clear()
+    backend = ScriptedBackend(rule)
+    second = run(_config(tmp_path, resume=True), backend=backend, dataset=dataset)
+    retried = {_item_number(request) for batch in backend.calls for request in batch}
+    assert retried == {3, 4}
+    figures = second["results"]["explicit"]
+    assert figures["errors"] == 0 and figures["n"] == 6 and figures["t2f"] == 6
+
+
+def test_resume_refuses_other_settings_and_existing_folder_needs_a_flag(tmp_path):
+    dataset = _dataset([_item(1), _item(2)])
+    backend = ScriptedBackend(lambda request: "A")
+    run(_config(tmp_path), backend=backend, dataset=dataset)
+    with pytest.raises(RunFolderError, match="--resume"):
+        run(_config(tmp_path), backend=backend, dataset=dataset)
+    with pytest.raises(RunFolderError, match="hint_template"):
+        run(_config(tmp_path, resume=True, hint_template="Hint: {answer}"), backend=backend, dataset=dataset)
+    run(_config(tmp_path, overwrite=True), backend=backend, dataset=dataset)
+
+
+def test_filters_limit_and_prompt_layout(tmp_path):
+    items = [_item(1, difficulty="low"), _item(2, difficulty="high"), _item(3, difficulty="high"), _item(4, difficulty="high")]
+    backend = ScriptedBackend(lambda request: "A")
+    results = run(_config(tmp_path, difficulty="high", limit=2), backend=backend, dataset=_dataset(items))
+    assert results["dataset"]["n_items"] == 2
+    assert set(_predictions(tmp_path)) == {"item-2", "item-3"}
+    assert render_prompt(items[0]).splitlines() == [
+        "Answer with the option's letter from the given choices directly.",
+        "Question number 1?",
+        "A. red",
+        "B. green",
+        "C. blue",
+        "D. black",
+    ]
+
+
+def test_batches_never_exceed_batch_size_and_order_is_kept(tmp_path):
+    items = [_item(n) for n in range(1, 12)]
+    backend = ScriptedBackend(lambda request: "A")
+    run(_config(tmp_path, batch_size=4), backend=backend, dataset=_dataset(items))
+    assert max(len(batch) for batch in backend.calls) == 4
+    assert list(_predictions(tmp_path)) == [f"item-{n}" for n in range(1, 12)]
+
+
+KILLABLE_RUN = textwrap.dedent(
+    """
+    import sys, time
+    sys.path.insert(0, {tests!r})
+    from test_runner import _dataset, _item
+    from mub.backends.scripted import ScriptedBackend
+    from mub.runner import RunConfig, run
+
+    def rule(request):
+        time.sleep({delay})
+        number = int(request.key.split("/")[0].split("-")[1])
+        if "/stage1/" in request.key:
+            return "A" if number % 3 else "B"
+        return "C" if number % 2 else "A"
+
+    items = [_item(n) for n in range(1, 25)]
+    config = RunConfig(model="scripted", backend="scripted", out={out!r}, batch_size=4, progress=False,
+                       resume={resume})
+    run(config, backend=ScriptedBackend(rule), dataset=_dataset(items))
+    """
+)
+
+
+def _script(out: Path, *, resume: bool, delay: float) -> list[str]:
+    code = KILLABLE_RUN.format(tests=str(Path(__file__).parent), out=str(out), resume=resume, delay=delay)
+    return [sys.executable, "-c", code]
+
+
+def test_killed_run_resumes_to_the_same_results(tmp_path):
+    reference_out = tmp_path / "uninterrupted"
+    subprocess.run(_script(reference_out, resume=False, delay=0.0), check=True, timeout=120)
+    reference = json.loads((reference_out / "results.json").read_text())
+
+    out = tmp_path / "killed"
+    process = subprocess.Popen(_script(out, resume=False, delay=0.05))
+    predictions = out / "predictions.jsonl"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if predictions.is_file() and len(predictions.read_text().splitlines()) >= 4:
+            break
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    process.wait(timeout=30)
+    finished = len(predictions.read_text().splitlines())
+    assert 4 <= finished < 24, "the kill must land mid-run"
+    assert not (out / "results.json").exists()
+
+    subprocess.run(_script(out, resume=True, delay=0.0), check=True, timeout=120)
+    resumed = json.loads((out / "results.json").read_text())
+    assert resumed["results"] == reference["results"]
+    ids = [json.loads(line)["id"] for line in predictions.read_text().splitlines()]
+    assert len(ids) == len(set(ids)) == 24, "finished items are not redone"
+
+
+def test_partial_last_line_from_a_kill_is_dropped_on_resume(tmp_path):
+    dataset = _dataset([_item(n) for n in range(1, 5)])
+    backend = ScriptedBackend(lambda request: "A")
+    run(_config(tmp_path), backend=backend, dataset=dataset)
+    path = tmp_path / "run" / "predictions.jsonl"
+    lines = path.read_text().splitlines(keepends=True)
+    path.write_text("".join(lines[:2]) + lines[2][: len(lines[2]) // 2])  # killed while writing item 3
+    (tmp_path / "run" / "results.json").unlink()
+    resumed_backend = ScriptedBackend(lambda request: "A")
+    results = run(_config(tmp_path, resume=True), backend=resumed_backend, dataset=dataset)
+    assert {_item_number(r) for batch in resumed_backend.calls for r in batch} == {3, 4}
+    assert results["results"]["explicit"]["n"] == 4
+    assert os.path.getsize(path) > 0 and all(json.loads(line) for line in path.read_text().splitlines())
