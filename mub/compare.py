@@ -1,0 +1,116 @@
+"""Paired comparison of two runs on the same items: a bootstrap over items.
+
+Two models answered the same items, so their misleading rates are correlated
+(an item that is hard for one tends to be hard for the other). Resampling
+items, and recomputing both rates on each resample, keeps that pairing; the
+interval of the difference is then narrower and more honest than comparing two
+independent Wilson intervals.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from .predictions import ItemPrediction
+from .protocol import same_answer
+
+DEFAULT_BOOTSTRAP = 2000
+_CHUNK = 256  # resamples per matrix product: bounds memory to _CHUNK x n_items
+
+
+@dataclass(frozen=True)
+class ItemOutcomes:
+    """Per-item stage-1 and stage-2 correctness of one run, aligned with ``item_ids``."""
+
+    item_ids: tuple[str, ...]
+    correct_before: np.ndarray  # bool
+    correct_after: np.ndarray  # bool
+
+
+@dataclass(frozen=True)
+class PairedBootstrap:
+    """Difference ``mr_t2f(b) - mr_t2f(a)`` on the items both runs scored."""
+
+    n_items: int
+    mr_t2f_a: float | None
+    mr_t2f_b: float | None
+    difference: float | None
+    ci: tuple[float, float] | None  # 95% percentile interval of the difference
+    p_value: float | None  # two-sided, from the bootstrap distribution
+    significant: bool  # the 95% interval excludes zero
+    n_boot: int
+    seed: int
+
+
+def outcomes(predictions: Sequence[ItemPrediction]) -> dict[str, tuple[bool, bool]]:
+    """Item id -> (stage 1 correct, stage 2 correct); items with errors are left out, as in the metric."""
+    return {
+        p.id: (same_answer(p.original_prediction, p.answer), same_answer(p.prediction, p.answer))
+        for p in predictions
+        if p.error is None
+    }
+
+
+def match_items(
+    a: Mapping[str, tuple[bool, bool]], b: Mapping[str, tuple[bool, bool]]
+) -> tuple[ItemOutcomes, ItemOutcomes]:
+    """Both runs restricted to the item ids they share, in one order."""
+    common = tuple(sorted(set(a) & set(b)))
+
+    def aligned(run: Mapping[str, tuple[bool, bool]]) -> ItemOutcomes:
+        pairs = np.array([run[item] for item in common], dtype=bool).reshape(len(common), 2)
+        return ItemOutcomes(common, pairs[:, 0], pairs[:, 1])
+
+    return aligned(a), aligned(b)
+
+
+def _rate(flips: np.ndarray, base: np.ndarray) -> np.ndarray:
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return flips / base
+
+
+def _mr_t2f(run: ItemOutcomes) -> float | None:
+    n_t = int(run.correct_before.sum())
+    return None if n_t == 0 else float((run.correct_before & ~run.correct_after).sum() / n_t)
+
+
+def paired_bootstrap(
+    a: ItemOutcomes, b: ItemOutcomes, *, n_boot: int = DEFAULT_BOOTSTRAP, seed: int = 0
+) -> PairedBootstrap:
+    """Bootstrap the difference in misleading rate, resampling items jointly for both runs.
+
+    Resamples in which either run has no correct stage-1 item (rate undefined)
+    are dropped. Significance at 95% means the percentile interval excludes 0.
+    """
+    if a.item_ids != b.item_ids:
+        raise ValueError("paired_bootstrap needs both runs on the same items in the same order (use match_items)")
+    n = len(a.item_ids)
+    mr_a, mr_b = _mr_t2f(a), _mr_t2f(b)
+    if n == 0 or mr_a is None or mr_b is None:
+        return PairedBootstrap(n, mr_a, mr_b, None, None, None, False, n_boot, seed)
+    columns = np.stack(
+        [a.correct_before, a.correct_before & ~a.correct_after, b.correct_before, b.correct_before & ~b.correct_after],
+        axis=1,
+    ).astype(np.float64)
+    rng = np.random.default_rng(seed)
+    differences = []
+    for start in range(0, n_boot, _CHUNK):
+        # Multinomial counts are the same as drawing n items with replacement.
+        weights = rng.multinomial(n, np.full(n, 1.0 / n), size=min(_CHUNK, n_boot - start))
+        t_a, f_a, t_b, f_b = (weights @ columns).T
+        differences.append(_rate(f_b, t_b) - _rate(f_a, t_a))
+    diffs = np.concatenate(differences)
+    diffs = diffs[np.isfinite(diffs)]
+    low, high = (float(x) for x in np.percentile(diffs, [2.5, 97.5]))
+    p_value = min(1.0, 2.0 * min(float(np.mean(diffs <= 0)), float(np.mean(diffs >= 0))))
+    return PairedBootstrap(n, mr_a, mr_b, mr_b - mr_a, (low, high), p_value, low > 0 or high < 0, n_boot, seed)
+
+
+def compare_predictions(
+    a: Sequence[ItemPrediction], b: Sequence[ItemPrediction], *, n_boot: int = DEFAULT_BOOTSTRAP, seed: int = 0
+) -> PairedBootstrap:
+    """Paired bootstrap of two runs' predictions, matched by item id."""
+    return paired_bootstrap(*match_items(outcomes(a), outcomes(b)), n_boot=n_boot, seed=seed)

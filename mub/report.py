@@ -1,0 +1,527 @@
+"""Comparison reports over several run folders: tables, plots, markdown and HTML.
+
+Assembly is pure: :func:`build_report` reads run folders into
+:class:`RunSummary` records, groups them into one :class:`ModelRow` per model
+(its explicit and implicit runs side by side, as in the paper's table) and
+lays out a :class:`Report` of tables and figure specifications. The writers
+(:func:`write_report`) then draw the PNGs and render ``report.md`` and a
+self-contained ``report.html``.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import re
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from mub_dataset.features import DIFFICULTY_LEVELS
+
+from . import plots
+from .compare import DEFAULT_BOOTSTRAP, PairedBootstrap, compare_predictions
+from .paper import PAPER_AVERAGE, PAPER_CITATION, PAPER_RESULTS
+from .plots import levels_mean
+from .predictions import ItemPrediction
+from .protocol import same_answer
+from .storage import RESULTS_FILE, RunFolder
+
+KINDS = ("explicit", "implicit")
+STATES = ("correct", "wrong", "unparsed")  # rows/columns of the transition matrix
+NON_METRIC_RESULTS = ("stage1_sampling",)  # results.json entries that are not a config's figures
+MISSING = "–"
+
+
+@dataclass
+class RunSummary:
+    """One finished run folder: its config's figures and its per-item predictions."""
+
+    path: Path
+    model: str
+    config: str  # "explicit", "implicit" or a source config (explicit hints on one source)
+    figures: dict[str, Any]
+    dataset: dict[str, Any]
+    predictions: list[ItemPrediction]
+    label: str = ""  # the model as shown in tables and plots; set by assign_labels
+
+    @property
+    def kind(self) -> str:
+        """Source configs use the explicit hint, so they sit in the explicit columns."""
+        return "implicit" if self.config == "implicit" else "explicit"
+
+
+@dataclass
+class ModelRow:
+    """A model's row: its explicit and implicit runs (either may be missing)."""
+
+    label: str
+    runs: dict[str, RunSummary] = field(default_factory=dict)  # kind -> run
+
+    def accuracy_run(self) -> RunSummary:
+        """Stage 1 is the same prompt in both protocols; the explicit run's figure is shown."""
+        return self.runs.get("explicit") or self.runs["implicit"]
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """A table cell holding a rate with its interval and denominator (all as fractions)."""
+
+    value: float | None
+    ci: tuple[float, float] | None
+    n: int
+
+    def text(self) -> str:
+        """``45.24 [38.10, 52.40] n=84``; a rate with an empty denominator reads ``– n=0``."""
+        if self.value is None or self.ci is None:
+            return f"{MISSING} n={self.n}"
+        return f"{percent(self.value)} [{percent(self.ci[0])}, {percent(self.ci[1])}] n={self.n}"
+
+
+Cell = str | Estimate
+
+
+@dataclass
+class Table:
+    title: str
+    headers: list[str]
+    rows: list[list[Cell]]
+    caption: str = ""
+
+
+@dataclass
+class FigureSpec:
+    """A PNG to draw: ``draw(path)`` writes it."""
+
+    filename: str
+    title: str
+    caption: str
+    draw: Callable[[Path], None]
+
+
+Block = Table | FigureSpec
+
+
+@dataclass
+class Report:
+    title: str
+    intro: str
+    blocks: list[Block]
+
+
+# ------------------------------------------------------------------ reading
+
+
+def read_results(path: str | Path) -> tuple[dict[str, Any], str]:
+    """A finished run's ``results.json`` and the config it evaluated."""
+    folder = RunFolder(path)
+    if not folder.results_path.is_file():
+        raise ValueError(
+            f"{folder.path} has no {RESULTS_FILE}: not a finished run (finish it with `mub run ... --resume`)"
+        )
+    document = json.loads(folder.results_path.read_text(encoding="utf-8"))
+    configs = [name for name in document["results"] if name not in NON_METRIC_RESULTS]
+    return document, document.get("run", {}).get("config") or configs[0]
+
+
+def load_run(path: str | Path) -> RunSummary:
+    """Read a finished run folder (``results.json`` and ``predictions.jsonl``)."""
+    folder = RunFolder(path)
+    document, config = read_results(path)
+    return RunSummary(
+        path=folder.path,
+        model=document["model"],
+        config=config,
+        figures=document["results"][config],
+        dataset=document.get("dataset", {}),
+        predictions=list(folder.load_predictions().values()),
+    )
+
+
+def assign_labels(runs: Sequence[RunSummary]) -> None:
+    """Label runs by model; a source config is named; runs that would collide get their folder name."""
+    base = {id(run): run.model if run.config in KINDS else f"{run.model} [{run.config}]" for run in runs}
+    seen: dict[tuple[str, str], int] = {}
+    for run in runs:
+        key = (base[id(run)], run.kind)
+        seen[key] = seen.get(key, 0) + 1
+    clashing = {label for (label, _), count in seen.items() if count > 1}
+    for run in runs:
+        label = base[id(run)]
+        run.label = f"{label} ({run.path.name})" if label in clashing else label
+
+
+def group_by_model(runs: Sequence[RunSummary]) -> list[ModelRow]:
+    """One row per label, in the order the runs were given."""
+    rows: dict[str, ModelRow] = {}
+    for run in runs:
+        rows.setdefault(run.label, ModelRow(run.label)).runs[run.kind] = run
+    return list(rows.values())
+
+
+def transition_counts(predictions: Sequence[ItemPrediction]) -> list[list[int]]:
+    """3x3 counts of (stage-1 state, stage-2 state) over correct / wrong / unparsed; errors left out."""
+    counts = [[0] * len(STATES) for _ in STATES]
+    for p in predictions:
+        if p.error is None:
+            counts[STATES.index(_state(p.original_prediction, p.answer))][
+                STATES.index(_state(p.prediction, p.answer))
+            ] += 1
+    return counts
+
+
+def _state(answer: str | None, reference: str) -> str:
+    if not answer:
+        return "unparsed"
+    return "correct" if same_answer(answer, reference) else "wrong"
+
+
+# ------------------------------------------------------------ formatting
+
+
+def percent(value: float | None) -> str:
+    return MISSING if value is None else f"{100 * value:.2f}"
+
+
+def rate_cell(figures: dict[str, Any] | None, rate: str, denominator: str) -> Cell:
+    """The rate, its 95% interval and its denominator; a plain dash when the run or subset is missing."""
+    if not figures:
+        return MISSING
+    ci = figures.get(f"{rate}_ci")
+    return Estimate(figures.get(rate), tuple(ci) if ci else None, int(figures.get(denominator, 0)))
+
+
+def level_figures(run: RunSummary | None, level: str) -> dict[str, Any] | None:
+    if run is None:
+        return None
+    return run.figures.get("by_difficulty", {}).get(level)
+
+
+# ---------------------------------------------------------------- tables
+
+
+def main_table(rows: Sequence[ModelRow]) -> Table:
+    """The paper's layout: Acc, then explicit L/M/H, then implicit L/M/H misleading rates."""
+    headers = ["Model", "Acc"] + [f"{kind.capitalize()} {level}" for kind in KINDS for level in DIFFICULTY_LEVELS]
+    body = []
+    for row in rows:
+        cells = [row.label, rate_cell(row.accuracy_run().figures, "accuracy_before", "n")]
+        cells += [
+            rate_cell(level_figures(row.runs.get(kind), level), "mr_t2f", "n_t")
+            for kind in KINDS
+            for level in DIFFICULTY_LEVELS
+        ]
+        body.append(cells)
+    caption = (
+        "Percentages with 95% Wilson intervals. Acc: stage-1 accuracy (of the explicit run when there is one), "
+        "n = items. Level columns: misleading rate (correct answers abandoned after the cue), "
+        "n = items answered correctly in stage 1, the rate's denominator."
+    )
+    return Table("Misleading rate by difficulty (paper layout)", headers, body, caption)
+
+
+def summary_table(runs: Sequence[RunSummary]) -> Table:
+    headers = [
+        "Model",
+        "Config",
+        "Items",
+        "Errors",
+        "Acc before",
+        "Acc after",
+        "MR T→F",
+        "MR levels mean",
+        "MR F→T",
+        "Consistency",
+        "McNemar p",
+    ]
+    body = []
+    for run in runs:
+        f = run.figures
+        body.append(
+            [
+                run.label,
+                run.config,
+                str(f.get("n_items", f.get("n", 0))),
+                str(f.get("errors", 0)),
+                rate_cell(f, "accuracy_before", "n"),
+                percent(f.get("accuracy_after")),
+                rate_cell(f, "mr_t2f", "n_t"),
+                percent(levels_mean(f)),
+                rate_cell(f, "mr_f2t", "n_f"),
+                percent(f.get("consistency")),
+                MISSING if f.get("mcnemar_p") is None else f"{f['mcnemar_p']:.3g}",
+            ]
+        )
+    caption = (
+        "All items of each run. MR T→F: misleading rate; MR F→T: wrong or unparsed stage-1 answers that became "
+        "correct after the cue; McNemar p: exact test of T→F against F→T flips. Items with errors are not scored."
+    )
+    return Table("All figures per run", headers, body, caption)
+
+
+@dataclass(frozen=True)
+class Comparison:
+    config: str
+    reference: RunSummary
+    other: RunSummary
+    result: PairedBootstrap
+
+
+def paired_comparisons(runs: Sequence[RunSummary], *, n_boot: int, seed: int) -> list[Comparison]:
+    """Each run against the first run given with the same config, on the items both scored."""
+    first: dict[str, RunSummary] = {}
+    found = []
+    for run in runs:
+        reference = first.setdefault(run.config, run)
+        if reference is not run:
+            result = compare_predictions(reference.predictions, run.predictions, n_boot=n_boot, seed=seed)
+            found.append(Comparison(run.config, reference, run, result))
+    order = list(first)
+    return sorted(found, key=lambda c: order.index(c.config))  # grouped by config, stable within one
+
+
+def bootstrap_p(result: PairedBootstrap) -> str:
+    if result.p_value is None:
+        return MISSING
+    # No resample crossed zero: the p-value is below the bootstrap's resolution, not zero.
+    return f"< {1 / result.n_boot:.1g}" if result.p_value == 0 else f"{result.p_value:.3g}"
+
+
+def comparison_table(comparisons: Sequence[Comparison]) -> Table:
+    headers = [
+        "Config",
+        "Reference (A)",
+        "Compared (B)",
+        "Shared items",
+        "MR A",
+        "MR B",
+        "B − A [95% CI]",
+        "p",
+        "Significant at 95%",
+    ]
+    body = []
+    for c in comparisons:
+        r = c.result
+        difference = MISSING if r.difference is None else f"{100 * r.difference:+.2f}"
+        if r.ci is not None:
+            difference += f" [{100 * r.ci[0]:+.2f}, {100 * r.ci[1]:+.2f}]"
+        body.append(
+            [
+                c.config,
+                c.reference.label,
+                c.other.label,
+                str(r.n_items),
+                percent(r.mr_t2f_a),
+                percent(r.mr_t2f_b),
+                difference,
+                bootstrap_p(r),
+                MISSING if r.difference is None else ("yes" if r.significant else "no"),
+            ]
+        )
+    n_boot, seed = (comparisons[0].result.n_boot, comparisons[0].result.seed) if comparisons else (0, 0)
+    caption = (
+        f"Misleading rate (T→F) of each run against the first run given with the same config, on the items both "
+        f"scored (matched by item id). Paired bootstrap over items ({n_boot} resamples, seed {seed}): the interval is "
+        "the 2.5–97.5 percentile of the difference; significant when it excludes 0."
+    )
+    return Table("Paired comparisons", headers, body, caption)
+
+
+def runs_table(runs: Sequence[RunSummary]) -> Table:
+    headers = ["Model", "Config", "Run folder", "Dataset", "Items fingerprint"]
+    body = [
+        [
+            run.label,
+            run.config,
+            str(run.path),
+            str(run.dataset.get("name", MISSING)),
+            str(run.dataset.get("fingerprint", MISSING)),
+        ]
+        for run in runs
+    ]
+    caption = (
+        "Runs with the same items fingerprint answered the same items; paired comparisons use the items they share."
+    )
+    return Table("Runs", headers, body, caption)
+
+
+def paper_table() -> Table:
+    headers = ["#", "Model", "Acc"] + [f"{kind.capitalize()} {level}" for kind in KINDS for level in DIFFICULTY_LEVELS]
+    numbers = [str(number) for number in range(1, len(PAPER_RESULTS) + 1)] + [""]  # as in the scatter plot
+    body = [
+        [number, row.model, f"{row.acc:.2f}", *(f"{rate:.2f}" for rate in (*row.explicit, *row.implicit))]
+        for number, row in zip(numbers, (*PAPER_RESULTS, PAPER_AVERAGE))
+    ]
+    return Table("Published results (reference)", headers, body, f"{PAPER_CITATION}, main table; percentages.")
+
+
+# ---------------------------------------------------------------- report
+
+
+def build_report(
+    run_dirs: Sequence[str | Path], *, paper: bool = False, n_boot: int = DEFAULT_BOOTSTRAP, seed: int = 0
+) -> Report:
+    """Read the run folders and lay out the report; nothing is written."""
+    if not run_dirs:
+        raise ValueError("mub report needs at least one run folder")
+    runs = [load_run(path) for path in run_dirs]
+    assign_labels(runs)
+    rows = group_by_model(runs)
+    blocks: list[Block] = [
+        main_table(rows),
+        FigureSpec(
+            "misleading_by_difficulty.png",
+            "Misleading rate by difficulty, plotted",
+            "Bars: misleading rate per difficulty level; whiskers: 95% Wilson intervals.",
+            partial(plots.difficulty_bars, rows),
+        ),
+        summary_table(runs),
+    ]
+    comparisons = paired_comparisons(runs, n_boot=n_boot, seed=seed)
+    if comparisons:
+        blocks.append(comparison_table(comparisons))
+    blocks += [
+        FigureSpec(
+            "transitions.png",
+            "Stage 1 → stage 2 transitions",
+            "Rows: stage-1 answer; columns: stage-2 answer after the cue. Cells: item count and share of the row.",
+            partial(plots.transition_matrices, runs, [transition_counts(run.predictions) for run in runs]),
+        ),
+        FigureSpec(
+            "misleading_by_source.png",
+            "Misleading rate by source benchmark",
+            "Misleading rate per source; grey cells: no run, or no item of that source answered correctly in stage 1.",
+            partial(plots.source_heatmap, rows),
+        ),
+        FigureSpec(
+            "accuracy_vs_misleading.png",
+            "Accuracy before misleading vs misleading rate",
+            "x: stage-1 accuracy with its 95% interval; y: misleading rate, mean of the low/medium/high levels "
+            "(the paper's headline convention)" + ("; grey: the paper's models." if paper else "."),
+            partial(plots.accuracy_scatter, rows, paper),
+        ),
+    ]
+    if paper:
+        blocks.append(paper_table())
+    blocks.append(runs_table(runs))
+    datasets = sorted({str(run.dataset.get("name", "?")) for run in runs})
+    intro = (
+        f"{len(runs)} run(s) of {len(rows)} model(s) on dataset {', '.join(datasets)}; "
+        "run folders are listed at the end."
+    )
+    return Report("MUB report", intro, blocks)
+
+
+# ---------------------------------------------------------------- writers
+
+
+def cell_text(cell: Cell) -> str:
+    return cell.text() if isinstance(cell, Estimate) else cell
+
+
+def markdown_table(table: Table) -> str:
+    def line(cells: Sequence[Cell]) -> str:
+        return "| " + " | ".join(cell_text(cell).replace("|", "\\|") for cell in cells) + " |"
+
+    lines = [f"## {table.title}", "", line(table.headers), line(["---"] * len(table.headers))]
+    lines += [line(row) for row in table.rows]
+    if table.caption:
+        lines += ["", table.caption]
+    return "\n".join(lines)
+
+
+def render_markdown(report: Report) -> str:
+    parts = [f"# {report.title}", report.intro]
+    for block in report.blocks:
+        if isinstance(block, Table):
+            parts.append(markdown_table(block))
+        else:
+            parts.append(f"## {block.title}\n\n![{block.title}]({block.filename})\n\n{block.caption}")
+    return "\n\n".join(parts) + "\n"
+
+
+_STYLE = """
+body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1400px; padding: 0 1em; color: #222; }
+table { border-collapse: collapse; font-size: 13px; margin: 0.5em 0; }
+th, td { border: 1px solid #ccc; padding: 4px 8px; text-align: left; white-space: nowrap; vertical-align: top; }
+th { background: #f2f2f2; } .num { text-align: right; } small { color: #666; }
+.scroll { overflow-x: auto; } .caption { color: #555; font-size: 13px; max-width: 60em; }
+img { max-width: 100%; height: auto; border: 1px solid #eee; }
+"""
+
+
+_NUMBER = re.compile(r"^([-+<–]|\d)")
+
+
+def _numeric_columns(table: Table) -> list[bool]:
+    """Columns whose every cell is a number (right-aligned); text columns align left."""
+    columns = list(zip(*table.rows)) or [() for _ in table.headers]
+    return [all(isinstance(c, Estimate) or _NUMBER.match(c) for c in column) for column in columns]
+
+
+def html_cell(cell: Cell, numeric: bool) -> str:
+    css = " class='num'" if numeric else ""
+    if isinstance(cell, Estimate) and cell.value is not None and cell.ci is not None:
+        # Value on top, interval and n below in small type: keeps the wide paper layout on screen.
+        detail = f"[{percent(cell.ci[0])}, {percent(cell.ci[1])}] n={cell.n}"
+        return f"<td{css}>{percent(cell.value)}<br><small>{detail}</small></td>"
+    return f"<td{css}>{html.escape(cell_text(cell))}</td>"
+
+
+def html_table(table: Table) -> str:
+    numeric = _numeric_columns(table)
+    head = "".join(f"<th{' class=num' if num else ''}>{html.escape(h)}</th>" for h, num in zip(table.headers, numeric))
+    body = "".join(
+        "<tr>" + "".join(html_cell(cell, num) for cell, num in zip(row, numeric)) + "</tr>" for row in table.rows
+    )
+    return (
+        f"<h2>{html.escape(table.title)}</h2><div class='scroll'><table><thead><tr>{head}</tr></thead>"
+        f"<tbody>{body}</tbody></table></div><p class='caption'>{html.escape(table.caption)}</p>"
+    )
+
+
+def html_figure(figure: FigureSpec, png: bytes) -> str:
+    # Embedded as a data URL so the HTML file is self-contained (mail it, attach it, open it offline).
+    data = base64.b64encode(png).decode("ascii")
+    return (
+        f"<h2>{html.escape(figure.title)}</h2>"
+        f"<img alt='{html.escape(figure.title)}' src='data:image/png;base64,{data}'>"
+        f"<p class='caption'>{html.escape(figure.caption)}</p>"
+    )
+
+
+def render_html(report: Report, images: dict[str, bytes]) -> str:
+    parts = [
+        "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
+        f"<title>{html.escape(report.title)}</title><style>{_STYLE}</style></head><body>",
+        f"<h1>{html.escape(report.title)}</h1><p>{html.escape(report.intro)}</p>",
+    ]
+    for block in report.blocks:
+        parts.append(html_table(block) if isinstance(block, Table) else html_figure(block, images[block.filename]))
+    parts.append("</body></html>")
+    return "\n".join(parts) + "\n"
+
+
+@dataclass(frozen=True)
+class ReportFiles:
+    markdown: Path
+    html: Path
+    images: list[Path]
+
+
+def write_report(report: Report, out: str | Path) -> ReportFiles:
+    """Draw the PNGs, then write report.md and report.html next to them."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    figures = [block for block in report.blocks if isinstance(block, FigureSpec)]
+    images = {}
+    for figure in figures:
+        figure.draw(out / figure.filename)
+        images[figure.filename] = (out / figure.filename).read_bytes()
+    markdown = out / "report.md"
+    markdown.write_text(render_markdown(report), encoding="utf-8")
+    page = out / "report.html"
+    page.write_text(render_html(report, images), encoding="utf-8")
+    return ReportFiles(markdown, page, [out / figure.filename for figure in figures])
