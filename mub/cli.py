@@ -7,6 +7,8 @@ import json
 import sys
 from typing import Callable, Sequence
 
+from mub.data_cli import SUBCOMMANDS as DATA_SUBCOMMANDS
+
 
 def _cmd_build(args: argparse.Namespace) -> int:
     from mub_dataset.export import export_release, push_to_hub
@@ -48,7 +50,136 @@ def _add_build(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_cmd_build)
 
 
-SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_build]
+def _parse_shard(text: str) -> tuple[int, int]:
+    try:
+        index, count = (int(part) for part in text.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--shard takes I/N, e.g. 0/4; got {text!r}") from None
+    return index, count
+
+
+def _add_run(sub: argparse._SubParsersAction) -> None:
+    from mub.prompts import DEFAULT_HINT_TEMPLATE
+
+    p = sub.add_parser("run", help="evaluate a model on MUB (stage 1, then stage 2 with the misleading cue)")
+    p.add_argument("--model", required=True, help="Hub id, local folder, or tiny:<arch> (a random plumbing-check model)")
+    p.add_argument("--dataset", default="sample", help="'sample' (embedded synthetic set), a release or export folder, or a Hub id")
+    p.add_argument("--config", default="explicit", help="explicit (default), implicit, or a source config such as mmmu")
+    p.add_argument("--backend", default="transformers", help="model backend (default: transformers)")
+    p.add_argument("--difficulty", choices=["low", "medium", "high"])
+    p.add_argument("--misled-count", type=int, help="only items misled exactly N times (6, 9 and 12 reproduce the authors' scripts)")
+    p.add_argument("--limit", type=int, help="first N items after filtering")
+    p.add_argument("--shard", type=_parse_shard, metavar="I/N", help="evaluate only shard I of N (for array jobs)")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--dtype", default="auto", help="auto, float32, bfloat16 or float16")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
+    p.add_argument("--out", help="run folder (default: runs/<model>__<config>)")
+    p.add_argument("--resume", action="store_true", help="continue a killed or failed run in --out")
+    p.add_argument("--overwrite", action="store_true", help="discard an earlier run in --out")
+    p.add_argument("--trust-remote-code", action="store_true", help="allow the model's own code (off unless given)")
+    p.add_argument("--chat-template", metavar="FILE", help="Jinja chat template for models that ship none")
+    p.add_argument("--hint-template", default=DEFAULT_HINT_TEMPLATE, help="explicit hint; {answer} is replaced")
+    p.add_argument("--notes", type=int, default=5, help="implicit: notes tried per item (default 5)")
+    p.add_argument("--max-new-tokens", type=int, default=16)
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--top-k", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--num-samples", type=int, default=1, help="stage-1 samples per item for the consistency figures")
+    p.add_argument("--scoring", choices=["generate", "logprob"], default="generate")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar and no table")
+    api = p.add_argument_group("--backend openai (any OpenAI-compatible chat completions server)")
+    api.add_argument("--base-url", help="server URL up to /v1, e.g. http://127.0.0.1:8000/v1")
+    api.add_argument("--api-key-env", metavar="VAR", help="environment variable holding the API key (default OPENAI_API_KEY)")
+    api.add_argument("--concurrency", type=int, help="requests in flight, at most --batch-size (default 8)")
+    api.add_argument("--max-retries", type=int, help="retries after 429, 5xx, timeouts, broken connections (default 5)")
+    api.add_argument("--timeout", type=float, help="seconds to connect, send, or wait for the reply (default 60)")
+    engine = p.add_argument_group("--backend vllm (vLLM's offline engine; pip install \"mub[vllm]\")")
+    engine.add_argument("--tensor-parallel-size", type=int, metavar="N", help="GPUs per model copy (default 1)")
+    p.set_defaults(func=_cmd_run)
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from mub.runner import RunConfig, run
+
+    options = {name: getattr(args, name) for name in RUN_FLAGS}
+    # Only flags given on the command line: each backend keeps its own defaults.
+    backend_options = {name: getattr(args, name) for name in API_FLAGS + VLLM_FLAGS if getattr(args, name) is not None}
+    run(RunConfig(**options, backend_options=backend_options, progress=not args.no_progress))
+    return 0
+
+
+RUN_FLAGS = (
+    "model", "dataset", "config", "backend", "difficulty", "misled_count", "limit", "shard", "batch_size",
+    "dtype", "device", "out", "resume", "overwrite", "trust_remote_code", "chat_template", "hint_template",
+    "notes", "max_new_tokens", "temperature", "top_p", "top_k", "seed", "num_samples", "scoring",
+)
+API_FLAGS = ("base_url", "api_key_env", "concurrency", "max_retries", "timeout")  # into backend_options
+VLLM_FLAGS = ("tensor_parallel_size",)  # into backend_options
+
+
+def _add_merge(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("merge", help="score the shard folders of one run (mub run --shard I/N) as one run")
+    p.add_argument("dirs", nargs="+", metavar="DIR", help="shard run folders, one per shard")
+    p.add_argument("--out", help="merged run folder (default: runs/<model>__<config>)")
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier run in --out")
+    p.add_argument("--no-progress", action="store_true", help="do not print the table")
+    p.set_defaults(func=_cmd_merge)
+
+
+def _cmd_merge(args: argparse.Namespace) -> int:
+    from mub.merge import merge_runs
+
+    merge_runs(args.dirs, args.out, overwrite=args.overwrite, progress=not args.no_progress)
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    try:
+        from mub.report import build_report, write_report
+    except ModuleNotFoundError as exc:  # matplotlib is an extra
+        raise ValueError(f"{exc}; install the plotting extra: pip install 'mub[report]'") from exc
+
+    report = build_report(args.run_dirs, paper=args.paper, n_boot=args.bootstrap, seed=args.seed)
+    files = write_report(report, args.out)
+    print(f"wrote {files.markdown}, {files.html} and {len(files.images)} plots")
+    return 0
+
+
+def _add_report(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("report", help="tables and plots comparing finished runs (report.md, report.html, PNGs)")
+    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="finished run folders (typically an explicit and an implicit run per model)")
+    p.add_argument("--out", default="report", help="output folder (default: report)")
+    p.add_argument("--paper", action="store_true", help="add the paper's models as reference points and table")
+    p.add_argument("--bootstrap", type=int, default=2000, help="paired-bootstrap resamples for run comparisons")
+    p.add_argument("--seed", type=int, default=0, help="paired-bootstrap seed")
+    p.set_defaults(func=_cmd_report)
+
+
+def _cmd_submit(args: argparse.Namespace) -> int:
+    from mub.submit import build_submission, upload, upload_paths, write_submission
+
+    submission = build_submission(args.run_dirs)
+    files = write_submission(submission, args.out)
+    print("wrote " + ", ".join(map(str, files)))
+    if args.to and args.dry_run:
+        print(f"dry run: would upload to dataset {args.to} as " + ", ".join(upload_paths(submission)))
+    elif args.to:
+        print(f"uploaded to dataset {args.to}: " + ", ".join(upload(submission, files, args.to)))
+    return 0
+
+
+def _add_submit(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("submit", help="leaderboard results file and model-index snippet for a model's runs")
+    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="a model's finished run folders, one per config")
+    p.add_argument("--to", metavar="REPO_ID", help="upload to this Hub dataset repository")
+    p.add_argument("--dry-run", action="store_true", help="write the files only, upload nothing")
+    p.add_argument("--out", default="submission.json", help="results file (the snippet goes beside it as *.model-index.yaml)")
+    p.set_defaults(func=_cmd_submit)
+
+
+SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_build, _add_run, _add_merge, _add_report, _add_submit]
+SUBCOMMANDS += DATA_SUBCOMMANDS  # notes, sft-data, import (mub/data_cli.py)
 
 
 def make_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,123 @@
+"""Subcommands that make data: ``mub notes``, ``mub sft-data`` and ``mub import``.
+
+Each is a thin shell over its module; heavy imports happen when a command
+runs, so ``mub --help`` stays fast. Registered in :mod:`mub.cli`.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_notes(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("notes", help="generate implicit misleading and guiding notes; writes a release folder")
+    p.add_argument("--dataset", required=True, help="release folder, export folder, Hub id, or 'sample'")
+    p.add_argument("--backend", default="transformers", choices=["transformers", "hf", "openai", "vllm"], help="generator backend (hf = transformers)")
+    p.add_argument("--model", required=True, help="generator model: Hub id, local folder, tiny:<arch>, or the server's model name")
+    p.add_argument("--k", type=int, default=5, help="misleading and guiding notes per item (default 5 each)")
+    p.add_argument("--max-attempts", type=int, default=3, help="tries per note before it is left empty (default 3)")
+    p.add_argument("--templates", metavar="DIR", help="folder whose *.txt files replace the default prompt templates")
+    p.add_argument("--out", required=True, help="output release folder (also holds the run's cache and report)")
+    p.add_argument("--limit", type=int, help="first N items only")
+    p.add_argument("--resume", action="store_true", help="continue a killed run in --out (same settings only)")
+    p.add_argument("--overwrite", action="store_true", help="discard an earlier run in --out")
+    p.add_argument("--batch-size", type=int, default=8, help="items per group (each group is appended when done)")
+    p.add_argument("--max-new-tokens", type=int, default=128)
+    p.add_argument("--temperature", type=float, default=0.7, help="sampling keeps an item's notes apart (0 = greedy)")
+    p.add_argument("--top-p", type=float, default=0.95)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--dtype", default="auto")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--trust-remote-code", action="store_true")
+    p.add_argument("--chat-template", metavar="FILE")
+    p.add_argument("--no-progress", action="store_true")
+    add_backend_flags(p)
+    p.set_defaults(func=_cmd_notes)
+
+
+def add_backend_flags(p: argparse.ArgumentParser) -> None:
+    api = p.add_argument_group("--backend openai (any OpenAI-compatible chat completions server)")
+    api.add_argument("--base-url", help="server URL up to /v1")
+    api.add_argument("--api-key-env", metavar="VAR", help="environment variable holding the API key (default OPENAI_API_KEY)")
+    api.add_argument("--concurrency", type=int, help="requests in flight (default 8)")
+    api.add_argument("--max-retries", type=int, help="retries after 429, 5xx, timeouts (default 5)")
+    api.add_argument("--timeout", type=float, help="seconds per request (default 60)")
+    engine = p.add_argument_group("--backend vllm")
+    engine.add_argument("--tensor-parallel-size", type=int, metavar="N")
+
+
+def _cmd_notes(args: argparse.Namespace) -> int:
+    from mub.cli import API_FLAGS, VLLM_FLAGS  # the backend flags `mub run` passes on, the same here
+    from mub.notes import NotesConfig, generate_notes
+
+    backend_options = {name: getattr(args, name) for name in API_FLAGS + VLLM_FLAGS if getattr(args, name) is not None}
+    config = NotesConfig(
+        dataset=args.dataset, out=args.out, model=args.model, backend=args.backend, k=args.k,
+        max_attempts=args.max_attempts, templates=args.templates, limit=args.limit, batch_size=args.batch_size,
+        max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p, seed=args.seed,
+        dtype=args.dtype, device=args.device, trust_remote_code=args.trust_remote_code,
+        chat_template=args.chat_template, resume=args.resume, overwrite=args.overwrite,
+        backend_options=backend_options, progress=not args.no_progress,
+    )  # fmt: skip
+    generate_notes(config)
+    return 0
+
+
+def add_sft_data(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("sft-data", help="mixed explicit/implicit misleading fine-tuning set in TRL's vision chat format")
+    p.add_argument("--dataset", default="sample", help="'sample', a release or export folder, or a Hub id")
+    p.add_argument("--out", required=True, help="output folder (load_from_disk and load_dataset both open it)")
+    p.add_argument("--size", type=int, default=2000, help="examples (default 2000, as in the paper)")
+    p.add_argument("--exclude", nargs="+", default=[], metavar="RUN_OR_DATASET", help="evaluation runs or datasets whose items (by id and image hash) are left out")
+    p.add_argument("--mix", default="explicit=0.4,implicit=0.4,plain=0.2", help="shares of each kind (default explicit=0.4,implicit=0.4,plain=0.2)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    p.set_defaults(func=_cmd_sft_data)
+
+
+def _cmd_sft_data(args: argparse.Namespace) -> int:
+    from mub.sft_data import SftConfig, build_sft_data, parse_mix
+
+    summary = build_sft_data(
+        SftConfig(args.dataset, args.out, args.size, parse_mix(args.mix), args.exclude, args.seed, args.overwrite)
+    )
+    counts = ", ".join(f"{kind} {n}" for kind, n in summary["examples_per_kind"].items())
+    print(f"{summary['size']} examples ({counts}) from {summary['items_used']} items; "
+          f"{summary['excluded_items']} items excluded; written to {args.out}")  # fmt: skip
+    if summary["size"] < summary["size_requested"]:
+        print(f"note: {summary['size_requested']} asked for, but the candidates ({summary['candidates_per_kind']}) "
+              "allow only this many at the requested mix")  # fmt: skip
+    return 0
+
+
+def add_import(sub: argparse._SubParsersAction) -> None:
+    # Literal choices keep `mub --help` free of the importer's heavy imports; the importer checks them too.
+    p = sub.add_parser("import", help="turn your Hugging Face dataset of image questions into a MUB release folder")
+    p.add_argument("--from-dataset", required=True, dest="dataset", metavar="PATH_OR_HUB_ID", help="Hub id, data folder, or save_to_disk folder")
+    p.add_argument("--column", action="append", default=[], metavar="FIELD=COLUMN", help="question=, image=, answer= (required); choices= (a list column or COL1,COL2,...), category=, misled_count=")
+    p.add_argument("--config", dest="config_name", help="the dataset's config name, if it has several")
+    p.add_argument("--split", help="split to import (needed when the dataset has several)")
+    p.add_argument("--source", help="source name written for every item (default: the dataset's name)")
+    p.add_argument("--misled-count", type=int, help="placeholder num (6-12) for items without a count of misled models; documented in the release README")
+    p.add_argument("--answer-format", choices=["auto", "letter", "index", "text"], default="auto", help="how to read the answer column (default auto)")
+    p.add_argument("--limit", type=int, help="first N rows only")
+    p.add_argument("--out", required=True, help="output release folder")
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=_cmd_import)
+
+
+def _cmd_import(args: argparse.Namespace) -> int:
+    from mub.importer import ImportConfig, format_import_summary, import_dataset, parse_column_mappings
+
+    config = ImportConfig(
+        dataset=args.dataset, out=args.out, columns=parse_column_mappings(args.column), config_name=args.config_name,
+        split=args.split, source=args.source, misled_count=args.misled_count, answer_format=args.answer_format,
+        limit=args.limit, overwrite=args.overwrite,
+    )  # fmt: skip
+    print(format_import_summary(import_dataset(config), args.out))
+    return 0
+
+
+SUBCOMMANDS = (add_notes, add_sft_data, add_import)
+
+__all__ = ["SUBCOMMANDS", "add_backend_flags", "add_import", "add_notes", "add_sft_data"]
