@@ -26,22 +26,22 @@ def split_front_matter(text: str) -> tuple[dict[str, Any], str]:
     return yaml.safe_load(header), body
 
 
-def configs_yaml(config_names: list[str]) -> list[dict[str, Any]]:
-    """The card's `configs:` entries for the written configs."""
+def configs_yaml(data_files: dict[str, str]) -> list[dict[str, Any]]:
+    """The card's `configs:` entries: config name -> its Parquet file, relative to the card."""
     return [
         {
             "config_name": name,
             **({"default": True} if name == "explicit" else {}),
-            "data_files": [{"split": "test", "path": f"{name}/test-*.parquet"}],
+            "data_files": [{"split": "test", "path": path}],
         }
-        for name in config_names
+        for name, path in data_files.items()
     ]
 
 
-def render_card(config_names: list[str], summary: dict[str, Any], *, synthetic: bool) -> str:
+def render_card(data_files: dict[str, str], summary: dict[str, Any], *, synthetic: bool) -> str:
     """The card with `configs:` for what was written and the build summary appended."""
     header, body = split_front_matter(CARD_TEMPLATE.read_text(encoding="utf-8"))
-    header["configs"] = configs_yaml(config_names)
+    header["configs"] = configs_yaml(data_files)
     if synthetic:
         header["pretty_name"] = f"{header.get('pretty_name', 'MUB')} (synthetic sample)"
         header.setdefault("tags", []).append("synthetic")

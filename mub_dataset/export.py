@@ -13,18 +13,37 @@ renamed when complete, so a killed build never leaves a half-written export.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .card import render_card
 from .features import CONFIGS
 from .loading import build_from_release
 from .release import read_release
 
-PARQUET_NAME = "test-00000-of-00001.parquet"
+if TYPE_CHECKING:
+    import datasets
+
+
+
+def write_parquet(dataset: "datasets.Dataset", folder: Path) -> Path:
+    """Write ``test-00000-of-00001-<digest>.parquet`` into ``folder``.
+
+    The content digest is in the name, and the card's `configs:` names the
+    exact file, because `datasets` caches a local folder by its card's
+    config: a rebuilt export with an unchanged card would be served from the
+    stale cache.
+    """
+    staging = folder / "test.parquet.partial"
+    dataset.to_parquet(str(staging))
+    digest = hashlib.sha256(staging.read_bytes()).hexdigest()[:12]
+    target = folder / f"test-00000-of-00001-{digest}.parquet"
+    staging.rename(target)
+    return target
 
 
 def export_release(
@@ -44,14 +63,14 @@ def export_release(
             everything = build_from_release(release_dir, "explicit", cache_dir=cache_dir, allow_truncated=allow_truncated)
             # Config membership needs only these columns: no image is decoded to decide it.
             rows = everything.select_columns(["source", "misleading_notes", "guiding_notes"]).to_list()
-            written = []
+            written: dict[str, str] = {}
             for spec in CONFIGS:
                 indices = [i for i, row in enumerate(rows) if spec.includes(row)]
                 if not indices:
                     continue
                 (staging / spec.name).mkdir()
-                everything.select(indices).to_parquet(str(staging / spec.name / PARQUET_NAME))
-                written.append(spec.name)
+                parquet = write_parquet(everything.select(indices), staging / spec.name)
+                written[spec.name] = f"{spec.name}/{parquet.name}"
         (staging / "README.md").write_text(render_card(written, summary, synthetic=synthetic), encoding="utf-8")
         (staging / "build_summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
         if out_dir.exists():

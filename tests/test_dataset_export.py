@@ -48,7 +48,8 @@ def test_export_writes_parquet_per_config_and_a_card_with_configs(exported, rele
     configs = {entry["config_name"]: entry for entry in front_matter(out / "README.md")["configs"]}
     assert set(configs) == written
     for name, entry in configs.items():
-        assert entry["data_files"] == [{"split": "test", "path": f"{name}/test-*.parquet"}]
+        [parquet] = (out / name).glob("test-*.parquet")
+        assert entry["data_files"] == [{"split": "test", "path": f"{name}/{parquet.name}"}]
     assert configs["explicit"].get("default") is True
     assert json.loads((out / "build_summary.json").read_text()) == summary
     assert summary["items_per_config"]["explicit"] == summary["items"]
@@ -114,3 +115,21 @@ def test_a_failing_build_leaves_no_partial_folder_and_an_existing_export_untouch
     assert cli_main(["build", "--release", str(release), "--out", str(existing)]) == 2
     assert snapshot(existing) == before
     assert sorted(p.name for p in existing.parent.iterdir()) == ["mub"]
+
+
+def test_a_rebuilt_export_is_not_served_from_the_stale_datasets_cache(tmp_path):
+    from conftest import copy_release_with_placeholder_images
+
+    release = copy_release_with_placeholder_images(tmp_path / "release")
+    out = tmp_path / "mub"
+    cache = tmp_path / "cache"
+    export_release(release, out)
+    before = datasets.load_dataset(str(out), "explicit", split="test", cache_dir=str(cache))
+    main = release / "all_combined_items.jsonl"
+    records = json.loads(main.read_text(encoding="utf-8"))
+    dropped = next(r for r in records if r["num"] == 7)  # implicit files hold no num-7 items
+    kept = [r for r in records if (r["new_id"], r["question"]) != (dropped["new_id"], dropped["question"])]
+    main.write_text(json.dumps(kept, ensure_ascii=False), encoding="utf-8")
+    export_release(release, out)
+    after = datasets.load_dataset(str(out), "explicit", split="test", cache_dir=str(cache))
+    assert len(after) == len(before) - 1
