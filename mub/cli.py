@@ -7,6 +7,7 @@ import json
 import sys
 from typing import Callable, Sequence
 
+from mub.backend_flags import add_backend_flags, backend_options
 from mub.data_cli import SUBCOMMANDS as DATA_SUBCOMMANDS
 
 
@@ -88,14 +89,7 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--num-samples", type=int, default=1, help="stage-1 samples per item for the consistency figures")
     p.add_argument("--scoring", choices=["generate", "logprob"], default="generate")
     p.add_argument("--no-progress", action="store_true", help="no progress bar and no table")
-    api = p.add_argument_group("--backend openai (any OpenAI-compatible chat completions server)")
-    api.add_argument("--base-url", help="server URL up to /v1, e.g. http://127.0.0.1:8000/v1")
-    api.add_argument("--api-key-env", metavar="VAR", help="environment variable holding the API key (default OPENAI_API_KEY)")
-    api.add_argument("--concurrency", type=int, help="requests in flight, at most --batch-size (default 8)")
-    api.add_argument("--max-retries", type=int, help="retries after 429, 5xx, timeouts, broken connections (default 5)")
-    api.add_argument("--timeout", type=float, help="seconds to connect, send, or wait for the reply (default 60)")
-    engine = p.add_argument_group("--backend vllm (vLLM's offline engine; pip install \"mub[vllm]\")")
-    engine.add_argument("--tensor-parallel-size", type=int, metavar="N", help="GPUs per model copy (default 1)")
+    add_backend_flags(p)
     p.set_defaults(func=_cmd_run)
 
 
@@ -103,9 +97,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from mub.runner import RunConfig, run
 
     options = {name: getattr(args, name) for name in RUN_FLAGS}
-    # Only flags given on the command line: each backend keeps its own defaults.
-    backend_options = {name: getattr(args, name) for name in API_FLAGS + VLLM_FLAGS if getattr(args, name) is not None}
-    run(RunConfig(**options, backend_options=backend_options, progress=not args.no_progress))
+    run(RunConfig(**options, backend_options=backend_options(args), progress=not args.no_progress))
     return 0
 
 
@@ -114,8 +106,6 @@ RUN_FLAGS = (
     "dtype", "device", "out", "resume", "overwrite", "trust_remote_code", "chat_template", "hint_template",
     "notes", "max_new_tokens", "temperature", "top_p", "top_k", "seed", "num_samples", "scoring",
 )
-API_FLAGS = ("base_url", "api_key_env", "concurrency", "max_retries", "timeout")  # into backend_options
-VLLM_FLAGS = ("tensor_parallel_size",)  # into backend_options
 
 
 def _add_merge(sub: argparse._SubParsersAction) -> None:

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 
+from mub.backend_flags import add_backend_flags, backend_options
+
 
 def add_notes(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("notes", help="generate implicit misleading and guiding notes; writes a release folder")
@@ -35,29 +37,16 @@ def add_notes(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_cmd_notes)
 
 
-def add_backend_flags(p: argparse.ArgumentParser) -> None:
-    api = p.add_argument_group("--backend openai (any OpenAI-compatible chat completions server)")
-    api.add_argument("--base-url", help="server URL up to /v1")
-    api.add_argument("--api-key-env", metavar="VAR", help="environment variable holding the API key (default OPENAI_API_KEY)")
-    api.add_argument("--concurrency", type=int, help="requests in flight (default 8)")
-    api.add_argument("--max-retries", type=int, help="retries after 429, 5xx, timeouts (default 5)")
-    api.add_argument("--timeout", type=float, help="seconds per request (default 60)")
-    engine = p.add_argument_group("--backend vllm")
-    engine.add_argument("--tensor-parallel-size", type=int, metavar="N")
-
-
 def _cmd_notes(args: argparse.Namespace) -> int:
-    from mub.cli import API_FLAGS, VLLM_FLAGS  # the backend flags `mub run` passes on, the same here
     from mub.notes import NotesConfig, generate_notes
 
-    backend_options = {name: getattr(args, name) for name in API_FLAGS + VLLM_FLAGS if getattr(args, name) is not None}
     config = NotesConfig(
         dataset=args.dataset, out=args.out, model=args.model, backend=args.backend, k=args.k,
         max_attempts=args.max_attempts, templates=args.templates, limit=args.limit, batch_size=args.batch_size,
         max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p, seed=args.seed,
         dtype=args.dtype, device=args.device, trust_remote_code=args.trust_remote_code,
         chat_template=args.chat_template, resume=args.resume, overwrite=args.overwrite,
-        backend_options=backend_options, progress=not args.no_progress,
+        backend_options=backend_options(args), progress=not args.no_progress,
     )  # fmt: skip
     generate_notes(config)
     return 0

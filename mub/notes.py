@@ -44,7 +44,7 @@ from .note_prompts import Templates, load_templates, note_prompt, strategy_for
 from .note_validation import GUIDING, MISLEADING, clean_note, note_problems
 from .release_writer import cell_bytes, hashed_image_path, load_items, release_record, write_release
 from .runner import RunConfig, generate_in_batches, load_images
-from .storage import RunFolder, RunFolderError, write_json_atomic
+from .storage import RunFolder, RunFolderError, keep_record, write_json_atomic
 
 BACKEND_ALIASES = {"hf": "transformers"}
 SETTINGS_FILE = "notes_run.json"
@@ -165,9 +165,7 @@ class NotesFolder(RunFolder):
                 record = ItemNotes(**json.loads(line))
             except (json.JSONDecodeError, TypeError) as exc:
                 raise RunFolderError(f"{self.predictions_path}: line {number} is not a notes record ({exc})") from exc
-            earlier = notes.get(record.id)
-            if earlier is None or earlier.error is not None or record.error is None:
-                notes[record.id] = record
+            keep_record(notes, record)
         return notes
 
     def append_notes(self, records: Sequence[ItemNotes]) -> None:

@@ -110,9 +110,7 @@ class RunFolder:
         predictions: dict[str, ItemPrediction] = {}
         for path in self.prediction_files():
             for record in _read_records(path):
-                earlier = predictions.get(record.id)
-                if earlier is None or earlier.error is not None or record.error is None:
-                    predictions[record.id] = record
+                keep_record(predictions, record)
         return predictions
 
     def append(self, predictions: Iterable[ItemPrediction]) -> None:
@@ -124,6 +122,13 @@ class RunFolder:
 
     def write_results(self, results: dict[str, Any]) -> None:
         write_json_atomic(self.results_path, results)
+
+
+def keep_record(records: dict[str, Any], record: Any) -> None:
+    """Put ``record`` (anything with ``.id`` and ``.error``) under its id, unless it failed and the one there did not."""
+    earlier = records.get(record.id)
+    if earlier is None or earlier.error is not None or record.error is None:
+        records[record.id] = record
 
 
 def _read_records(path: Path) -> list[ItemPrediction]:

@@ -1,24 +1,51 @@
 """``transformers serve`` for a local model folder on a free loopback port, as a context manager.
 
-The waiting and port helpers are the openai-backend tests' own; this adds the
-start and stop around them so that any test module can serve a model of its
-choice (``test_openai_backend.served_tiny_model`` pins one that only answers
-option letters).
+The one start/wait/stop of a served model for the tests: each test module
+serves a model of its choice (``test_openai_backend.served_tiny_model`` pins
+one that only answers option letters; ``test_notes.served_note_model`` one
+that writes words).
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+import socket
 import subprocess
 import sys
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
 import pytest
 
-from test_openai_backend import _free_port, _wait_until_serving
+SERVE_START_SECONDS = 180
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _wait_until_serving(process: subprocess.Popen, url: str, model: str, log: Path) -> None:
+    """Poll ``/health`` then ``/v1/models`` until the model is listed, for a bounded time."""
+    import httpx
+
+    deadline = time.monotonic() + SERVE_START_SECONDS
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            pytest.fail(f"transformers serve exited with {process.returncode}:\n{log.read_text()[-3000:]}")
+        try:
+            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                listed = httpx.get(f"{url}/v1/models", timeout=2).json()["data"]
+                if any(entry["id"] == model for entry in listed):
+                    return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    pytest.fail(f"transformers serve not ready after {SERVE_START_SECONDS}s:\n{log.read_text()[-3000:]}")
 
 
 @contextmanager

@@ -2,7 +2,7 @@
 
 Two servers, both on loopback: ``tests/fault_server.py`` (stdlib, injects
 429 / 500 / stalls / broken connections / malformed bodies on demand) and
-``transformers serve`` serving a tiny random model built offline.
+``transformers serve`` (``tests/served_model.py``) serving a tiny random model built offline.
 """
 
 from __future__ import annotations
@@ -10,12 +10,7 @@ from __future__ import annotations
 import base64
 import io
 import json
-import os
 import random
-import shutil
-import socket
-import subprocess
-import sys
 import time
 from datetime import datetime, timedelta, timezone
 from email.utils import format_datetime
@@ -287,61 +282,18 @@ def test_failures_are_counted_resumed_to_the_clean_result_and_the_key_never_leak
 
 # The tiny model's every next token is one of these, so a one-token answer parses.
 ANSWER_TOKENS = (" A", " B", " C", " D", " E", " Yes", " No")
-SERVE_START_SECONDS = 180
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def _wait_until_serving(process: subprocess.Popen, url: str, model: str, log: Path) -> None:
-    """Poll ``/health`` then ``/v1/models`` until the model is listed, for a bounded time."""
-    import httpx
-
-    deadline = time.monotonic() + SERVE_START_SECONDS
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            pytest.fail(f"transformers serve exited with {process.returncode}:\n{log.read_text()[-3000:]}")
-        try:
-            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                listed = httpx.get(f"{url}/v1/models", timeout=2).json()["data"]
-                if any(entry["id"] == model for entry in listed):
-                    return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    pytest.fail(f"transformers serve not ready after {SERVE_START_SECONDS}s:\n{log.read_text()[-3000:]}")
 
 
 @pytest.fixture(scope="module")
 def served_tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
-    """``transformers serve`` on a free loopback port, pinned to a tiny llava built offline, on the CPU."""
-    pytest.importorskip("fastapi", reason="transformers serve needs transformers[serving]")
-    pytest.importorskip("uvicorn", reason="transformers serve needs transformers[serving]")
+    """``transformers serve`` (:func:`served_model.serving`) pinned to a tiny llava built offline, on the CPU."""
+    from served_model import serving
+
     from mub.tiny_models import build_tiny_model
 
     model = build_tiny_model("llava", tmp_path_factory.mktemp("served") / "tiny-llava", favour=ANSWER_TOKENS)
-    executable = shutil.which("transformers", path=str(Path(sys.executable).parent)) or shutil.which("transformers")
-    if executable is None:
-        pytest.skip("the transformers CLI is not installed")
-    port = _free_port()
-    command = [executable, "serve", str(model), "--host", "127.0.0.1", "--port", str(port), "--device", "cpu"]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "CUDA_VISIBLE_DEVICES": ""}
-    log = model.parent / "serve.log"
-    with log.open("w") as log_file:
-        process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, env=env)
-    try:
-        _wait_until_serving(process, f"http://127.0.0.1:{port}", str(model), log)
-        yield f"http://127.0.0.1:{port}/v1", model
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=15)
+    with serving(model) as base_url:
+        yield base_url, model
 
 
 def test_mub_run_against_transformers_serve_matches_the_local_backend(served_tiny_model, tmp_path):
