@@ -35,6 +35,7 @@ import datasets
 from PIL import Image
 from tqdm.auto import tqdm
 
+from mub_dataset.files import cell_bytes
 from mub_dataset.loading import SAMPLE, is_release_dir, sample_release_dir
 from mub_dataset.release import MAIN_FILE, read_release
 
@@ -42,7 +43,7 @@ from .backends import Backend, create_backend
 from .backends.base import Request
 from .note_prompts import Templates, load_templates, note_prompt, strategy_for
 from .note_validation import GUIDING, MISLEADING, clean_note, note_problems
-from .release_writer import cell_bytes, hashed_image_path, load_items, release_record, write_release
+from .release_writer import hashed_image_path, load_items, release_record, write_release
 from .runner import RunConfig, generate_in_batches, load_images
 from .storage import RunFolder, RunFolderError, keep_record, write_json_atomic
 

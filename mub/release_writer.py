@@ -14,19 +14,16 @@ writing a row back with its original ``new_id`` keeps its id.
 
 from __future__ import annotations
 
-import hashlib
 import io
-import shutil
-import tempfile
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import datasets
 from PIL import Image
 
 import mub_dataset
 from mub_dataset.features import YES_NO
+from mub_dataset.files import image_digest
 from mub_dataset.records import letters
 from mub_dataset.release import IMPLICIT_DIR, MAIN_FILE, resolve_image
 
@@ -53,36 +50,6 @@ def check_new_folder(out: str | Path, overwrite: bool) -> None:
     out = Path(out)
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise ValueError(f"--out {out} is not empty; pass --overwrite or choose another folder")
-
-
-@contextmanager
-def staged_folder(out: str | Path) -> Iterator[Path]:
-    """A temporary folder beside ``out`` that replaces ``out`` when the block completes.
-
-    A killed or failed write leaves ``out`` as it was, never half written.
-    """
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
-    try:
-        yield staging
-        if out.exists():
-            shutil.rmtree(out)
-        staging.rename(out)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-
-
-def image_digest(data: bytes) -> str:
-    """The image's content hash, as the runner computes ``group_id`` (sha256, first 16 hex digits)."""
-    return hashlib.sha256(data).hexdigest()[:16]
-
-
-def cell_bytes(cell: Mapping[str, Any]) -> bytes:
-    """The bytes of an undecoded ``datasets.Image`` cell (embedded bytes or a file path)."""
-    if cell.get("bytes") is not None:
-        return cell["bytes"]
-    return Path(cell["path"]).read_bytes()
 
 
 def hashed_image_path(data: bytes) -> str:

@@ -19,7 +19,8 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 import mub_dataset
-from mub_dataset.features import DIFFICULTY_LEVELS, YES_NO
+from mub_dataset.features import DIFFICULTY_LEVELS
+from mub_dataset.files import cell_bytes, image_digest
 
 from . import distributed, protocol
 from .backends import Backend, create_backend
@@ -170,10 +171,10 @@ def load_images(dataset: datasets.Dataset, indices: Sequence[int]) -> list[tuple
     """Decoded RGB images and their content hash (the ``group_id`` for clustered intervals)."""
     loaded = []
     for cell in dataset.select_columns(["image"])[list(indices)]["image"]:
-        data = cell["bytes"] if cell.get("bytes") is not None else Path(cell["path"]).read_bytes()
+        data = cell_bytes(cell)
         image = Image.open(io.BytesIO(data))
         image.load()
-        loaded.append((image.convert("RGB"), hashlib.sha256(data).hexdigest()[:16]))
+        loaded.append((image.convert("RGB"), image_digest(data)))
     return loaded
 
 

@@ -45,11 +45,12 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import datasets
 
+from mub_dataset.files import cell_bytes, image_digest, staged_folder
 from mub_dataset.loading import SAMPLE
 
 from .parsing import option_labels
 from .prompts import explicit_cue, implicit_cue, render_prompt
-from .release_writer import cell_bytes, check_new_folder, image_digest, load_items, staged_folder
+from .release_writer import check_new_folder, load_items
 from .storage import RunFolder, write_json_atomic
 
 KINDS = ("explicit", "implicit", "plain")

@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .card import render_card
 from .features import CONFIGS
+from .files import staged_folder
 from .loading import build_from_release
 from .release import read_release
 
@@ -56,28 +56,20 @@ def export_release(
     """Export every non-empty config of a release; returns the build summary."""
     out_dir = Path(out_dir)
     summary = read_release(release_dir, allow_truncated=allow_truncated).summary()
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
-    try:
-        with tempfile.TemporaryDirectory() as cache_dir:
-            everything = build_from_release(release_dir, "explicit", cache_dir=cache_dir, allow_truncated=allow_truncated)
-            # Config membership needs only these columns: no image is decoded to decide it.
-            rows = everything.select_columns(["source", "misleading_notes", "guiding_notes"]).to_list()
-            written: dict[str, str] = {}
-            for spec in CONFIGS:
-                indices = [i for i, row in enumerate(rows) if spec.includes(row)]
-                if not indices:
-                    continue
-                (staging / spec.name).mkdir()
-                parquet = write_parquet(everything.select(indices), staging / spec.name)
-                written[spec.name] = f"{spec.name}/{parquet.name}"
+    with staged_folder(out_dir) as staging, tempfile.TemporaryDirectory() as cache_dir:
+        everything = build_from_release(release_dir, "explicit", cache_dir=cache_dir, allow_truncated=allow_truncated)
+        # Config membership needs only these columns: no image is decoded to decide it.
+        rows = everything.select_columns(["source", "misleading_notes", "guiding_notes"]).to_list()
+        written: dict[str, str] = {}
+        for spec in CONFIGS:
+            indices = [i for i, row in enumerate(rows) if spec.includes(row)]
+            if not indices:
+                continue
+            (staging / spec.name).mkdir()
+            parquet = write_parquet(everything.select(indices), staging / spec.name)
+            written[spec.name] = f"{spec.name}/{parquet.name}"
         (staging / "README.md").write_text(render_card(written, summary, synthetic=synthetic), encoding="utf-8")
         (staging / "build_summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        staging.rename(out_dir)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return summary
 
 

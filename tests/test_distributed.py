@@ -14,7 +14,7 @@ import dist_helpers
 from mub.cli import main
 from mub.distributed import Launch, detect_launch, launch_id, placement_for
 from mub.merge import MergeError, merge_runs
-from mub.runner import RunConfig, run
+from mub.runner import RunConfig
 from mub.tiny_models import resolve_model_spec
 
 HELPER = Path(dist_helpers.__file__)

@@ -14,9 +14,17 @@ from mub.backends.base import Request
 from mub.backends.scripted import ScriptedBackend
 from mub.cli import main
 from mub.prompts import explicit_cue, implicit_cue, render_prompt
-from mub.release_writer import cell_bytes, image_digest, release_record, write_release
+from mub.release_writer import release_record, write_release
 from mub.runner import RunConfig, run
-from mub.sft_data import DEFAULT_MIX, SftConfig, build_sft_data, feasible_size, parse_mix, quotas
+from mub.sft_data import (
+    DEFAULT_MIX,
+    SftConfig,
+    build_sft_data,
+    feasible_size,
+    parse_mix,
+    quotas,
+)
+from mub_dataset.files import cell_bytes, image_digest
 
 
 @pytest.fixture(scope="module")
