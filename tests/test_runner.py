@@ -257,3 +257,24 @@ def test_partial_last_line_from_a_kill_is_dropped_on_resume(tmp_path):
     assert {_item_number(r) for batch in resumed_backend.calls for r in batch} == {3, 4}
     assert results["results"]["explicit"]["n"] == 4
     assert os.path.getsize(path) > 0 and all(json.loads(line) for line in path.read_text().splitlines())
+
+
+def test_num_samples_draws_k_stage1_answers_and_scores_their_consistency(tmp_path):
+    items = [_item(1), _item(2), _item(3)]
+    # item 1: all three samples agree on the truth; item 2: two of three agree (wrong); item 3: all differ
+    samples = {1: ["A", "A", "A"], 2: ["B", "B", "A"], 3: ["A", "B", "C"]}
+
+    def rule(request: Request) -> str:
+        number = _item_number(request)
+        stage, index = request.key.split("/")[1:]
+        return samples[number][int(index)] if stage == "stage1" else "A"
+
+    results = run(_config(tmp_path, num_samples=3, temperature=0.7), backend=ScriptedBackend(rule), dataset=_dataset(items))
+    predictions = _predictions(tmp_path)
+    assert [a["parsed"] for a in predictions["item-2"]["stage1"]] == ["B", "B", "A"]
+    assert predictions["item-2"]["original_prediction"] == "B"  # the first sample is the stage-1 answer
+    sampling = results["results"]["stage1_sampling"]
+    assert sampling["n"] == 3
+    assert sampling["consistency_rate"] == pytest.approx(1 / 3)
+    assert sampling["mean_agreement"] == pytest.approx((1 + 2 / 3 + 1 / 3) / 3)
+    assert sampling["modal_accuracy"] == pytest.approx(2 / 3)  # item 3: a tie goes to the first answer, A
