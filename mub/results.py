@@ -26,6 +26,12 @@ def versions() -> dict[str, str]:
     return found
 
 
+def _metric(config_name: str = "default"):
+    # In memory: evaluate's on-disk cache takes a file lock shared by every
+    # process scoring at the same time (torchrun ranks, parallel runs).
+    return mub_metric.load(config_name, keep_in_memory=True)
+
+
 def _chosen_stage2_probs(prediction: ItemPrediction) -> dict[str, float] | None:
     if not prediction.stage2:
         return None
@@ -63,7 +69,7 @@ def score(predictions: Sequence[ItemPrediction], *, bootstrap: int = 0, seed: in
     if not inputs["references"]:
         return {"n": 0, "errors": errors, "n_items": len(predictions)}
     kwargs = {"bootstrap": bootstrap, "seed": seed} if bootstrap else {}
-    result = mub_metric.load().compute(**inputs, **kwargs)
+    result = _metric().compute(**inputs, **kwargs)
     return {**result, "errors": errors, "n_items": len(predictions)}
 
 
@@ -72,7 +78,7 @@ def score_sampling_consistency(predictions: Sequence[ItemPrediction]) -> dict[st
     scored = [p for p in predictions if p.error is None and len(p.stage1) >= 2]
     if not scored:
         return None
-    return mub_metric.load("consistency").compute(
+    return _metric("consistency").compute(
         samples=[[answer.parsed for answer in p.stage1] for p in scored],
         references=[p.answer for p in scored],
     )

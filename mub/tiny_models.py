@@ -121,6 +121,7 @@ class TinySize:
     image_size: int
     patch_size: int
     vocab_size: int
+    dtype: str = "float32"  # of the saved weights
 
 
 SIZES: dict[str, TinySize] = {
@@ -135,6 +136,14 @@ SIZES: dict[str, TinySize] = {
         hidden=256, layers=4, heads=4, kv_heads=2, intermediate=1024,
         vision_hidden=256, vision_layers=4, vision_heads=4,
         image_size=224, patch_size=16, vocab_size=1024,
+    ),
+    # A 2B-class shape (language model ~1.5B, CLIP-L-like vision tower, 576 image
+    # tokens at 336 px) for GPU speed benchmarks; bfloat16 weights (~3.4 GB).
+    # Random weights all the same: only its speed means anything.
+    "real": TinySize(
+        hidden=2048, layers=24, heads=16, kv_heads=8, intermediate=8192,
+        vision_hidden=1024, vision_layers=24, vision_heads=16,
+        image_size=336, patch_size=14, vocab_size=1024, dtype="bfloat16",
     ),
 }
 
@@ -470,7 +479,7 @@ def build_tiny_model(
     # Fork the RNG so building a model never disturbs the caller's random state.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = AutoModelForImageTextToText.from_config(config, dtype=torch.float32)
+        model = AutoModelForImageTextToText.from_config(config, dtype=getattr(torch, dims.dtype))
     model.eval()
     if favour:
         _favour_tokens(model, [tokenizer.encode(s, add_special_tokens=False)[0] for s in favour])

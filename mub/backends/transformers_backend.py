@@ -15,6 +15,22 @@ Two scoring modes (``DecodingSettings.scoring``):
   option whose *answer token* has the highest next-token probability; see
   :meth:`TransformersBackend.option_token_ids` for how that token is chosen.
 
+No work is done twice for one image. A MUB item's stage-1 and stage-2
+requests carry the same ``PIL.Image`` object, and per image object the backend
+keeps (least recently used first out):
+
+* the image processor's output and the vision encoder's output
+  (``2 * batch_size`` images; exact: outputs are unchanged), so an image is
+  processed and encoded once; ``reuse_images=False`` turns this off; see
+  :class:`_CachingImageProcessor` and :class:`_ImageReuse`;
+* the keys/values of its last fully computed prompt (as many images; about
+  two batches' key/value caches of memory), so a later prompt with the same
+  image runs only the tokens after the prefix it shares with that prompt (for
+  stage 2: the cue and the options, not the image and the question); the same
+  arithmetic on fewer tokens, so results agree up to float rounding;
+  ``reuse_prefix=False`` turns this off (e.g. when memory is tight); see
+  :class:`_PrefixReuse` for the models it applies to.
+
 Reproducible sampling: ``generate(do_sample=True)`` would draw all rows from
 one global RNG, so a request's sample would depend on which requests share its
 batch and in which order. Instead each request gets its own
@@ -33,6 +49,7 @@ import copy
 import hashlib
 import inspect
 import time
+from collections import OrderedDict
 from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Sequence
@@ -141,6 +158,334 @@ def _seeded_sampler(seeds: Sequence[int], decoding: DecodingSettings, device: An
     return SeededSampler()
 
 
+class _ImageCache:
+    """Values per image object (keyed by identity), least recently used evicted first.
+
+    Each entry keeps its image alive, so an ``id`` cannot be reused while cached.
+    Images are treated as immutable.
+    """
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._entries: OrderedDict[int, tuple[Any, Any]] = OrderedDict()
+        self.hits = 0
+        self.misses = 0
+
+    def get(self, image: Any) -> Any:
+        entry = self._entries.get(id(image))
+        if entry is None:
+            self.misses += 1
+            return None
+        self._entries.move_to_end(id(image))
+        self.hits += 1
+        return entry[1]
+
+    def put(self, image: Any, value: Any) -> None:
+        self._entries[id(image)] = (image, value)
+        self._entries.move_to_end(id(image))
+        while len(self._entries) > self.capacity:
+            self._entries.popitem(last=False)
+
+    def clear(self) -> None:
+        self._entries.clear()
+
+
+def _join_rows(parts: list[Any]) -> Any:
+    """Per-image outputs joined along the first axis, or ``None`` if they do not line up."""
+    import numpy as np
+    import torch
+
+    first = parts[0]
+    if all(isinstance(p, torch.Tensor) for p in parts):
+        if any(p.dim() == 0 or p.shape[1:] != first.shape[1:] for p in parts):
+            return None
+        return torch.cat(parts)
+    if all(isinstance(p, np.ndarray) for p in parts):
+        if any(p.ndim == 0 or p.shape[1:] != first.shape[1:] for p in parts):
+            return None
+        return np.concatenate(parts)
+    if all(isinstance(p, list) for p in parts):
+        return [row for p in parts for row in p]
+    return None
+
+
+def _split_rows(output: dict[str, Any], n: int) -> list[dict[str, Any]] | None:
+    """A batch output cut into ``n`` one-row outputs, or ``None`` if some value has no row per image."""
+    import numpy as np
+    import torch
+
+    rows: list[dict[str, Any]] = [{} for _ in range(n)]
+    for name, value in output.items():
+        if isinstance(value, (torch.Tensor, np.ndarray)) and value.ndim >= 1 and value.shape[0] == n:
+            parts = [value[i : i + 1] for i in range(n)]
+        elif isinstance(value, list) and len(value) == n:
+            parts = [[item] for item in value]
+        else:
+            return None
+        for row, part in zip(rows, parts):
+            row[name] = part
+    return rows
+
+
+class _CachingImageProcessor:
+    """Stands in for a processor's image processor and processes each image object once.
+
+    Uncached images are processed together and their output split into rows
+    (one at a time where the output has no row per image); rows are joined
+    along the first axis, which equals a batch call for processors that stack
+    per-image results. If the rows do not line up (processors that pad a batch
+    to a common size, when the sizes differ), or the call is not one image per
+    sample, the wrapped processor handles the batch as usual.
+    """
+
+    def __init__(self, inner: Any, cache: _ImageCache) -> None:
+        self._inner = inner
+        self._cache = cache
+        self._kwargs_key: str | None = None
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    def __call__(self, images: Any, *args: Any, **kwargs: Any) -> Any:
+        from PIL import Image
+        from transformers import BatchFeature
+
+        units = images if isinstance(images, (list, tuple)) else None
+        keys = None
+        if units and not args:
+            keys = [u[0] if isinstance(u, (list, tuple)) and len(u) == 1 else u for u in units]
+            if not all(isinstance(k, Image.Image) for k in keys):
+                keys = None
+        if keys is None:
+            return self._inner(images, *args, **kwargs)
+        kwargs_key = repr(sorted(kwargs.items()))
+        if kwargs_key != self._kwargs_key:  # other settings: cached outputs do not apply
+            self._cache.clear()
+            self._kwargs_key = kwargs_key
+        rows = [self._cache.get(key) for key in keys]
+        missing = [i for i, row in enumerate(rows) if row is None]
+        if missing:
+            fresh = _split_rows(dict(self._inner([units[i] for i in missing], **kwargs)), len(missing))
+            if fresh is None:
+                fresh = [dict(self._inner([units[i]], **kwargs)) for i in missing]
+            for i, row in zip(missing, fresh):
+                self._cache.put(keys[i], row)
+                rows[i] = row
+        joined = {}
+        for name in rows[0]:
+            if any(name not in row for row in rows):
+                return self._inner(images, **kwargs)
+            joined[name] = _join_rows([row[name] for row in rows])
+            if joined[name] is None:
+                return self._inner(images, **kwargs)
+        return BatchFeature(joined)
+
+
+# Keys under which processors hand a model raw pixels; generate() runs the
+# image encoder when one of them is among its inputs.
+_PIXEL_KEYS = ("pixel_values", "pixel_values_images", "image_patches")
+# Encoder output fields the multimodal forward never reads.
+_IGNORED_ENCODER_FIELDS = ("last_hidden_state", "hidden_states", "attentions")
+
+
+class _ImageReuse:
+    """Runs the vision encoder once per image object and reuses its output.
+
+    Uses transformers' own hand-over of precomputed encoder outputs: the
+    ``mm_encoder_outputs={"image": ...}`` argument of ``forward`` and
+    ``generate``, filled by ``model.base_model.get_image_features`` (what
+    ``generate`` itself calls). A batch whose images are all cached gets the
+    cached features and no pixels; otherwise the encoder runs on the batch and
+    each request's share of the output is cached. Only a ``pooler_output`` that
+    splits one entry per request (a list/tuple, or a tensor with a request axis)
+    and no other used field qualifies; any other model keeps the plain path.
+    """
+
+    def __init__(self, model: Any, capacity: int) -> None:
+        self.cache = _ImageCache(capacity)
+        self.encoder = getattr(model.base_model, "get_image_features", None)
+        supported = "mm_encoder_outputs" in inspect.signature(model.forward).parameters
+        self.enabled = supported and self.encoder is not None
+        self._encoder_params = set(inspect.signature(self.encoder).parameters) if self.enabled else set()
+
+    def apply(self, inputs: Any, requests: Sequence[Request], clock: Any) -> Any:
+        """``inputs`` with the images' encoder outputs in place of their pixels."""
+        import torch
+        from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+        if not self.enabled or not any(key in inputs for key in _PIXEL_KEYS):
+            return inputs
+        pooled = self._cached(requests)
+        if pooled is not None:
+            output = BaseModelOutputWithPooling(pooler_output=pooled)
+        else:
+            encoder_inputs = {k: inputs[k] for k in self._encoder_params if k != "kwargs" and k in inputs}
+            start = time.perf_counter()
+            with torch.inference_mode():
+                output = self.encoder(**encoder_inputs, return_dict=True)
+            clock(start)
+            parts = self._per_request(output, len(requests))
+            if parts is None:
+                self.enabled = False  # an output layout this class does not split: keep the plain path
+            else:
+                for request, part in zip(requests, parts):
+                    self.cache.put(request.image, part)
+        for key in _PIXEL_KEYS:
+            inputs.pop(key, None)
+        inputs["mm_encoder_outputs"] = {"image": output}
+        return inputs
+
+    def _cached(self, requests: Sequence[Request]) -> Any:
+        """The batch's ``pooler_output`` rebuilt from the cache, or ``None`` unless every image is cached."""
+        import torch
+
+        cached = [self.cache.get(r.image) for r in requests]
+        if any(c is None for c in cached) or len({kind for kind, _ in cached}) != 1:
+            return None
+        parts = [part for _, part in cached]
+        if cached[0][0] == "list":
+            return parts
+        if any(p.shape != parts[0].shape for p in parts):
+            return None
+        return torch.stack(parts)
+
+    @staticmethod
+    def _per_request(output: Any, n: int) -> list[tuple[str, Any]] | None:
+        import torch
+
+        used = {name for name, value in output.items() if value is not None} - set(_IGNORED_ENCODER_FIELDS)
+        pooled = output.get("pooler_output")
+        if used != {"pooler_output"}:
+            return None
+        if isinstance(pooled, (list, tuple)) and len(pooled) == n:
+            return [("list", p) for p in pooled]
+        if isinstance(pooled, torch.Tensor) and pooled.dim() >= 2 and pooled.shape[0] == n:
+            return [("tensor", p) for p in pooled]
+        return None
+
+
+# Model inputs a prefix-reusing batch may drop, besides the image encoder's own
+# arguments: the images sit in the reused prefix.
+_PREFIX_SAFE_INPUTS = {"input_ids", "attention_mask", "mm_encoder_outputs", *_PIXEL_KEYS}
+
+
+class _Reused:
+    """A batch planned onto cached prefixes: model inputs and the column where new tokens start."""
+
+    def __init__(self, input_ids: Any, attention_mask: Any, cache: Any, cached: int) -> None:
+        self.input_ids = input_ids  # (batch, cached + new): prefix ids right-aligned, then the new tokens
+        self.attention_mask = attention_mask
+        self.cache = cache
+        self.cached = cached
+
+
+def _positions(attention_mask: Any) -> Any:
+    """Each row's positions counting its own tokens only (what ``generate`` derives from the mask)."""
+    positions = attention_mask.long().cumsum(-1) - 1
+    return positions.masked_fill(attention_mask == 0, 0)
+
+
+class _PrefixReuse:
+    """Reuses the keys/values of an image's earlier prompt for the tokens a new prompt shares with it.
+
+    A MUB item's stage-2 prompt repeats its stage-1 prompt, image tokens
+    included, up to the end of the question, and differs only after it. After
+    each batch that ran in full, every row's prompt tokens and their
+    keys/values are kept per image object (least recently used first out). A
+    batch in which every request's image has such an entry runs only the tokens
+    after each row's shared prefix: the prefixes are right-aligned into a batch
+    cache, the remaining tokens left-padded after them, the attention mask hides
+    both paddings, and positions continue each row's own prefix, so the
+    arithmetic is that of the full prompt. Qualifying models only: a language
+    model whose cache is a plain full-attention ``DynamicCache``, 1-D positions
+    (no M-RoPE) and a known image token that must not occur after the prefix;
+    batches with other processor outputs (e.g. ``token_type_ids``) run in full.
+    """
+
+    def __init__(self, model: Any, capacity: int, pad_id: int) -> None:
+        from transformers import DynamicCache
+        from transformers.cache_utils import DynamicLayer
+
+        self.cache = _ImageCache(capacity)
+        self.model = model
+        self.pad_id = pad_id
+        config = model.config
+        self.image_token = next(
+            (getattr(config, name) for name in ("image_token_id", "image_token_index") if getattr(config, name, None) is not None),
+            None,
+        )
+        try:
+            layers = DynamicCache(config=config).layers
+        except Exception:  # noqa: BLE001 - a config this check cannot read: no reuse
+            layers = []
+        encoder = getattr(model.base_model, "get_image_features", None)
+        encoder_args = set(inspect.signature(encoder).parameters) - {"kwargs"} if encoder is not None else set()
+        self.safe_inputs = _PREFIX_SAFE_INPUTS | encoder_args
+        self.enabled = (
+            self.image_token is not None
+            and bool(layers)
+            and all(type(layer) is DynamicLayer for layer in layers)
+            and not hasattr(model.base_model, "get_rope_index")
+        )
+
+    def applies(self, inputs: Any) -> bool:
+        return self.enabled and set(inputs.keys()) <= self.safe_inputs
+
+    def store(self, inputs: Any, requests: Sequence[Request], cache: Any) -> None:
+        """Keep each row's prompt tokens and keys/values (``cache`` from a full, left-padded batch)."""
+        if cache is None:
+            return
+        ids, mask = inputs["input_ids"], inputs["attention_mask"]
+        width = ids.shape[1]
+        layers = [(layer.keys, layer.values) for layer in cache.layers]
+        for row, request in enumerate(requests):
+            n = int(mask[row].sum())
+            kv = [(k[row : row + 1, :, width - n : width], v[row : row + 1, :, width - n : width]) for k, v in layers]
+            self.cache.put(request.image, (ids[row, width - n :].tolist(), kv))
+
+    def plan(self, inputs: Any, requests: Sequence[Request]) -> _Reused | None:
+        """The batch on cached prefixes, or ``None`` when some request has none to reuse."""
+        import torch
+        from transformers import DynamicCache
+
+        entries = [self.cache.get(r.image) for r in requests]
+        if any(e is None for e in entries):
+            return None
+        ids, mask = inputs["input_ids"], inputs["attention_mask"]
+        width = ids.shape[1]
+        rows = []
+        for row, (cached_ids, kv) in enumerate(entries):
+            new = ids[row, width - int(mask[row].sum()) :].tolist()
+            limit = min(len(cached_ids), len(new) - 1)  # at least one token runs, to give logits
+            shared = 0
+            while shared < limit and new[shared] == cached_ids[shared]:
+                shared += 1
+            if shared == 0 or self.image_token in new[shared:]:
+                return None
+            rows.append((shared, new[shared:], kv))
+        cached = max(shared for shared, _, _ in rows)
+        fresh = max(len(rest) for _, rest, _ in rows)
+        batch = len(rows)
+        device = ids.device
+        input_ids = torch.full((batch, cached + fresh), self.pad_id, dtype=ids.dtype, device=device)
+        attention_mask = torch.zeros((batch, cached + fresh), dtype=mask.dtype, device=device)
+        for row, (shared, rest, _) in enumerate(rows):
+            input_ids[row, cached - shared : cached] = torch.tensor(entries[row][0][:shared], device=device)
+            attention_mask[row, cached - shared : cached] = 1
+            input_ids[row, cached + fresh - len(rest) :] = torch.tensor(rest, device=device)
+            attention_mask[row, cached + fresh - len(rest) :] = 1
+        layers = []
+        for index in range(len(rows[0][2])):
+            keys, values = [], []
+            for shared, _, kv in rows:
+                k, v = kv[index]
+                pad = k.new_zeros(1, k.shape[1], cached - shared, k.shape[3])
+                keys.append(torch.cat([pad, k[:, :, :shared]], dim=2))
+                values.append(torch.cat([pad, v[:, :, :shared]], dim=2))
+            layers.append((torch.cat(keys), torch.cat(values)))
+        return _Reused(input_ids, attention_mask, DynamicCache(ddp_cache_data=layers, config=self.model.config), cached)
+
+
 class TransformersBackend:
     """Answer MUB requests with a local Hugging Face vision-language model.
 
@@ -160,6 +505,8 @@ class TransformersBackend:
         chat_template: str | None = None,
         decoding: DecodingSettings = DecodingSettings(),
         batch_size: int = 8,
+        reuse_images: bool = True,
+        reuse_prefix: bool = True,
     ) -> None:
         import torch
         from transformers import AutoModelForImageTextToText, AutoProcessor
@@ -179,6 +526,13 @@ class TransformersBackend:
         self.processor = AutoProcessor.from_pretrained(self.path, trust_remote_code=trust_remote_code)
         self.tokenizer = self.processor.tokenizer
         self._template = self._resolve_template(chat_template)
+        # Two batch groups' worth of images: a runner group's stage 1 and stage 2 share them.
+        self.reuse_images = reuse_images
+        capacity = max(2 * batch_size, 16)
+        if reuse_images and getattr(self.processor, "image_processor", None) is not None:
+            self.processor.image_processor = _CachingImageProcessor(
+                self.processor.image_processor, _ImageCache(capacity)
+            )
         # Left padding puts every prompt's last token in the last column, which
         # both generation and last-position logprob scoring rely on.
         self.tokenizer.padding_side = "left"
@@ -194,6 +548,12 @@ class TransformersBackend:
         self._token_classes: _TokenClasses | None = None
         self._option_ids: dict[str, int] = {}
         self._logits_to_keep = "logits_to_keep" in inspect.signature(self.model.forward).parameters
+        self._image_reuse = _ImageReuse(self.model, capacity) if reuse_images else None
+        prefix = _PrefixReuse(self.model, capacity, self.tokenizer.pad_token_id) if reuse_prefix else None
+        self._prefix = prefix if prefix is not None and prefix.enabled else None
+        self.reuse_prefix = self._prefix is not None
+        if self._prefix is not None:
+            self._generation_config.return_dict_in_generate = True  # for the cache, kept per image
 
     # ----------------------------------------------------------------- setup
 
@@ -253,7 +613,11 @@ class TransformersBackend:
         return [self.render(_user_turn(r.prompt), add_generation_prompt=True) for r in requests]
 
     def _encode(self, texts: list[str], requests: Sequence[Request]) -> Any:
-        """Processor inputs for one batch, on the model's device and dtype."""
+        """Model inputs for one batch, on the model's device and dtype.
+
+        With image reuse, already-encoded images come as ``mm_encoder_outputs``
+        instead of pixels (see :class:`_ImageReuse`).
+        """
         # Templates that write the BOS themselves must not get a second one.
         bos = self.tokenizer.bos_token
         add_special = not (bos and texts[0].startswith(bos))
@@ -265,7 +629,10 @@ class TransformersBackend:
             return_tensors="pt",
             add_special_tokens=add_special,
         )
-        return inputs.to(device=self.device, dtype=self.model.dtype)
+        inputs = inputs.to(device=self.device, dtype=self.model.dtype)
+        if self._image_reuse is not None:
+            inputs = self._image_reuse.apply(inputs, requests, self._clock)
+        return inputs
 
     def _length_order(self, texts: list[str]) -> list[int]:
         """Request indices sorted by prompt length in tokens, so batches pad little."""
@@ -310,6 +677,8 @@ class TransformersBackend:
             "chat_template": self.chat_template_path or "model",
             "chat_template_sha256": hashlib.sha256(str(template_text).encode("utf-8")).hexdigest(),
             "decoding": asdict(self.decoding),
+            "reuse_images": self.reuse_images,
+            "reuse_prefix": self.reuse_prefix,
             "plumbing_check": tiny_model_info(self.path),
             "versions": {"transformers": transformers.__version__, "torch": torch.__version__},
         }
@@ -320,7 +689,14 @@ class TransformersBackend:
         import torch
 
         inputs = self._encode(texts, requests)
-        prompt_len = inputs["input_ids"].shape[1]
+        prefix = self._prefix if self._prefix is not None and self._prefix.applies(inputs) else None
+        reused = prefix.plan(inputs, requests) if prefix is not None else None
+        if reused is not None:
+            # Only the tokens after the cached prefixes run; the images sit in the prefix.
+            model_inputs = {"input_ids": reused.input_ids, "attention_mask": reused.attention_mask, "cache": reused.cache}
+        else:
+            model_inputs = dict(inputs)
+        prompt_len = model_inputs["input_ids"].shape[1]
         if self._token_classes is None:
             head = self.model.get_output_embeddings()
             vocab_size = head.weight.shape[0] if head is not None else 0
@@ -331,13 +707,16 @@ class TransformersBackend:
 
         start = time.perf_counter()
         with torch.inference_mode():
-            sequences = self.model.generate(
-                **inputs,
+            output = self.model.generate(
+                **model_inputs,
                 generation_config=self._generation_config,
                 stopping_criteria=[stop],
                 logits_processor=processors,
             )
         self._clock(start)
+        sequences = getattr(output, "sequences", output)
+        if prefix is not None and reused is None:
+            prefix.store(inputs, requests, getattr(output, "cache", None))
 
         new_tokens = sequences[:, prompt_len:].tolist()
         lengths = stop.lengths.tolist()
@@ -410,12 +789,31 @@ class TransformersBackend:
         import torch
 
         inputs = self._encode(texts, requests)
+        prefix = self._prefix if self._prefix is not None and self._prefix.applies(inputs) else None
+        reused = prefix.plan(inputs, requests) if prefix is not None else None
+        if reused is not None:
+            # Only the tokens after the cached prefixes run; the images sit in the prefix.
+            model_inputs = {
+                "input_ids": reused.input_ids[:, reused.cached :],
+                "attention_mask": reused.attention_mask,
+                "position_ids": _positions(reused.attention_mask)[:, reused.cached :],
+                "cache": reused.cache,
+                "use_cache": True,
+            }
+        elif prefix is not None:
+            # Positions as generate() counts them, so the kept keys/values fit a later suffix.
+            model_inputs = {**inputs, "position_ids": _positions(inputs["attention_mask"]), "use_cache": True}
+        else:
+            model_inputs = {**inputs, "use_cache": False}
         if self._logits_to_keep:
-            inputs["logits_to_keep"] = 1  # only the last position is scored: skip the rest of the LM head
+            model_inputs["logits_to_keep"] = 1  # only the last position is scored: skip the rest of the LM head
         start = time.perf_counter()
         with torch.inference_mode():
-            logits = self.model(**inputs, use_cache=False).logits[:, -1]
+            output = self.model(**model_inputs)
         self._clock(start)
+        logits = output.logits[:, -1]
+        if prefix is not None and reused is None:
+            prefix.store(inputs, requests, getattr(output, "cache", None))
         probs = torch.softmax(logits.float(), dim=-1).cpu()
         return [self._pick_option(r, probs[row]) for row, r in enumerate(requests)]
 
@@ -482,4 +880,6 @@ def from_run_config(config: "RunConfig") -> TransformersBackend:
         chat_template=config.chat_template,
         decoding=config.decoding(),
         batch_size=config.batch_size,
+        reuse_images=bool(config.backend_options.get("reuse_images", True)),
+        reuse_prefix=bool(config.backend_options.get("reuse_prefix", True)),
     )

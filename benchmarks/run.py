@@ -1,0 +1,327 @@
+"""MUB speed benchmarks: one command, one JSON line at the end (issue 7).
+
+    python benchmarks/run.py                      # CPU: tiny "bench" llava model (random weights)
+    python benchmarks/run.py --device cuda --size real --items 160 --naive-items 16 --rounds 3   # a lent GPU
+
+(``--size real``: a 1.7B-parameter llava shape in bfloat16, built on first use
+into the tiny-model cache, ~3.4 GB; ``--threads 1`` pins torch to one thread.)
+
+All runs use the embedded synthetic sample (config ``explicit``), two stages
+per item, greedy decoding, ``--max-new-tokens 16``, and the same randomly
+initialised model (``tiny:<arch>:<size>``; plumbing-check weights, so only the
+speed means anything). Model loading, dataset loading and warm-up are not
+timed. The model figures come from ``--rounds`` rounds of short runs (naive loop,
+generation, logprob; back to back, order alternating); the JSON carries each
+round's ratio and reports the median (neighbours' jobs make single timings on a
+shared machine noisy). The naive loop's window of ``--naive-items`` moves
+through the ``--items`` that every mub run covers.
+
+Figures (last line, one JSON object):
+
+- ``batched_vs_naive``: items/s of ``mub run`` (``mub.runner.run``) at batch 16
+  over items/s of a naive loop written like the reference scripts: one item at a
+  time, per stage load-process-generate-decode with ``model.generate`` (stopping
+  at EOS or max_new_tokens, as they do), then parse and build the stage-2 hint.
+- ``logprob_vs_generate``: items/s of ``mub run --scoring logprob`` over
+  generation mode, both at batch 16.
+- ``overhead_share``: in the batch-16 generation runs, the share of ``run()``'s
+  wall time spent outside the model's generate/forward calls (the backend's
+  ``model_seconds``, which includes the vision encoder): prompts, image decoding
+  and processing, tokenisation, parsing, writing predictions, scoring
+  (``overhead_share_by_run`` gives it for the logprob and naive runs too).
+- ``metric_1m_s``: ``benchmarks/metric_1m.py``'s timed ``compute()`` on 1,000,000
+  rows with every optional input.
+- ``build_items_per_s``: items/s of the ``datasets`` builder on the embedded
+  sample's release folder (a fresh cache each time).
+"""
+
+from __future__ import annotations
+
+import argparse
+import atexit
+import datetime
+import io
+import json
+import os
+import platform
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# evaluate serialises metric instances through lock files in its cache folder; a
+# neighbour's metric run on the same folder stalls ours for a 1 s lock timeout.
+# A private folder keeps other processes out of these timings.
+if "HF_METRICS_CACHE" not in os.environ:
+    os.environ["HF_METRICS_CACHE"] = tempfile.mkdtemp(prefix="mub-bench-metrics-")
+    atexit.register(shutil.rmtree, os.environ["HF_METRICS_CACHE"], ignore_errors=True)
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import torch
+
+import mub_dataset
+from mub import protocol
+from mub.backends.base import DecodingSettings
+from mub.backends.transformers_backend import TransformersBackend
+from mub.parsing import parse_answer
+from mub.prompts import explicit_cue, render_prompt
+from mub.runner import RunConfig, run
+from mub.tiny_models import resolve_model_spec
+
+MAX_NEW_TOKENS = 16
+BATCH_SIZE = 16
+
+
+def log(message: str) -> None:
+    print(message, flush=True)
+
+
+# ------------------------------------------------------------------ naive loop
+
+
+class NaiveLoop:
+    """The reference scripts' way: one item at a time, each stage processed and generated on its own."""
+
+    def __init__(self, path: str, device: str, dtype: Any) -> None:
+        from transformers import AutoModelForImageTextToText, AutoProcessor
+
+        self.processor = AutoProcessor.from_pretrained(path)
+        self.model = AutoModelForImageTextToText.from_pretrained(path, dtype=dtype).to(device).eval()
+        self.device = device
+        self.model_seconds = 0.0
+        self.new_tokens = 0
+
+    def ask(self, image: Any, prompt: str) -> str:
+        conversation = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}]
+        text = self.processor.apply_chat_template(conversation, add_generation_prompt=True)
+        bos = self.processor.tokenizer.bos_token
+        inputs = self.processor(
+            text=text, images=image, return_tensors="pt", add_special_tokens=not (bos and text.startswith(bos))
+        ).to(self.device, dtype=self.model.dtype)
+        start = time.perf_counter()
+        with torch.inference_mode():
+            output = self.model.generate(**inputs, max_new_tokens=MAX_NEW_TOKENS, do_sample=False)
+        _sync(self.device)
+        self.model_seconds += time.perf_counter() - start
+        new = output[0, inputs["input_ids"].shape[1] :]
+        self.new_tokens += len(new)
+        return self.processor.decode(new, skip_special_tokens=True)
+
+    def run(self, dataset: Any, indices: range, out: Path) -> None:
+        from PIL import Image
+
+        raw = dataset.cast_column("image", __import__("datasets").Image(decode=False))
+        with open(out / "predictions.jsonl", "w", encoding="utf-8") as sink:
+            for index in indices:
+                row = raw[index]
+                cell = row["image"]
+                data = cell["bytes"] if cell.get("bytes") is not None else Path(cell["path"]).read_bytes()
+                image = Image.open(io.BytesIO(data)).convert("RGB")
+                first = self.ask(image, render_prompt(row))
+                parsed = parse_answer(first, row["choices"], row["question_type"])
+                cue = explicit_cue(protocol.hinted_answer(row, protocol.is_correct(parsed, row)))
+                second = self.ask(image, render_prompt(row, cue))
+                after = parse_answer(second, row["choices"], row["question_type"])
+                sink.write(json.dumps({"id": row["id"], "stage1": first, "stage2": second, "parsed": [parsed, after]}) + "\n")
+                sink.flush()
+
+
+def _sync(device: str) -> None:
+    if str(device).startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+# --------------------------------------------------------------- mub run timing
+
+
+def count_new_tokens(backend: TransformersBackend) -> list[int]:
+    """Record the new tokens of every generation the backend returns (the counter is outside model time)."""
+    counts: list[int] = []
+    answer = backend.generate
+
+    def counting(requests: Any) -> Any:
+        generations = answer(requests)
+        counts.extend(g.extra.get("new_tokens", 0) for g in generations)
+        return generations
+
+    backend.generate = counting  # type: ignore[method-assign]
+    return counts
+
+
+def timed_run(backend: TransformersBackend, dataset: Any, n_items: int, scoring: str, model: str) -> dict[str, float]:
+    """Wall seconds of ``mub.runner.run`` on the first ``n_items`` and the seconds inside the model."""
+    with tempfile.TemporaryDirectory() as out:
+        config = RunConfig(
+            model=model, limit=n_items, batch_size=BATCH_SIZE, out=out, progress=False,
+            scoring=scoring, max_new_tokens=MAX_NEW_TOKENS,
+        )
+        backend.model_seconds = 0.0
+        start = time.perf_counter()
+        results = run(config, backend=backend, dataset=dataset)
+        wall = time.perf_counter() - start
+    figures = results["results"]["explicit"]
+    assert figures["errors"] == 0 and figures["n_items"] == n_items, figures
+    return {"wall_s": wall, "model_s": backend.model_seconds, "items_per_s": n_items / wall}
+
+
+def timed_naive(loop: NaiveLoop, dataset: Any, first: int, n_items: int) -> dict[str, float]:
+    with tempfile.TemporaryDirectory() as out:
+        loop.model_seconds, loop.new_tokens = 0.0, 0
+        start = time.perf_counter()
+        loop.run(dataset, range(first, first + n_items), Path(out))
+        wall = time.perf_counter() - start
+    return {"wall_s": wall, "model_s": loop.model_seconds, "items_per_s": n_items / wall,
+            "mean_new_tokens": loop.new_tokens / (2 * n_items)}
+
+
+# ---------------------------------------------------------------- other parts
+
+
+def metric_seconds(rows: int) -> float:
+    import metric_1m
+
+    import mub_metric
+
+    inputs = metric_1m.make_inputs(rows)
+    metric = mub_metric.load()
+    return metric_1m.timed_compute(metric, **inputs)
+
+
+def build_items_per_s() -> tuple[float, int]:
+    from mub_dataset.loading import build_from_release, sample_release_dir
+
+    release = sample_release_dir()
+    with tempfile.TemporaryDirectory() as cache:
+        start = time.perf_counter()
+        built = build_from_release(release, "explicit", cache_dir=cache)
+        seconds = time.perf_counter() - start
+    return len(built) / seconds, len(built)
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values)
+
+
+def _rounded(values: list[float], digits: int = 3) -> list[float]:
+    return [round(v, digits) for v in values]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    parser.add_argument("--size", default="bench", help="tiny model size: bench (CPU) or real (2B-class, GPU)")
+    parser.add_argument("--arch", default="llava", help="tiny architecture (llava: the plainest processor)")
+    parser.add_argument("--dtype", default=None, help="default: float32 on CPU, bfloat16 on GPU")
+    parser.add_argument("--items", type=int, default=64, help="items per mub run (two stages each)")
+    parser.add_argument("--naive-items", type=int, default=8, help="items per naive-loop run (a window of the same items)")
+    parser.add_argument("--rounds", type=int, default=8, help="rounds of naive + generate + logprob runs")
+    parser.add_argument("--repeats", type=int, default=3, help="repeats of the metric and build timings")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own)")
+    parser.add_argument("--metric-rows", type=int, default=1_000_000)
+    parser.add_argument("--skip-metric", action="store_true")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    dtype_name = args.dtype or ("float32" if args.device == "cpu" else "bfloat16")
+    spec = f"tiny:{args.arch}:{args.size}"
+
+    log(f"building/loading {spec} ...")
+    path = resolve_model_spec(spec)
+    dataset = mub_dataset.load("explicit", "sample")
+    n_items = min(args.items, len(dataset))
+    n_naive = min(args.naive_items, n_items)
+    backends = {
+        scoring: TransformersBackend(
+            path, dtype=dtype_name, device=args.device, batch_size=BATCH_SIZE,
+            decoding=DecodingSettings(max_new_tokens=MAX_NEW_TOKENS, scoring=scoring),
+        )
+        for scoring in ("generate", "logprob")
+    }
+    naive = NaiveLoop(path, args.device, getattr(torch, dtype_name))
+    new_tokens = count_new_tokens(backends["generate"])
+
+    log("warm-up ...")
+    for scoring, backend in backends.items():
+        timed_run(backend, dataset, BATCH_SIZE, scoring, spec)
+    timed_naive(naive, dataset, 0, 2)
+    new_tokens.clear()
+
+    # Rounds of short runs, back to back and in alternating order, so each round's
+    # ratios compare runs made under the same load. The naive loop's window moves
+    # through the items the mub runs cover, so over the rounds it sees the same mix.
+    rows: dict[str, list[dict[str, float]]] = {"naive": [], "generate": [], "logprob": []}
+    for number in range(args.rounds):
+        start = (number * n_naive) % n_items
+        start = start if start + n_naive <= n_items else 0
+        jobs: dict[str, Callable[[], dict[str, float]]] = {
+            "naive": lambda start=start: timed_naive(naive, dataset, start, n_naive),
+            "generate": lambda: timed_run(backends["generate"], dataset, n_items, "generate", spec),
+            "logprob": lambda: timed_run(backends["logprob"], dataset, n_items, "logprob", spec),
+        }
+        for name in (list(jobs) if number % 2 == 0 else list(reversed(jobs))):
+            rows[name].append(jobs[name]())
+        log(
+            f"round {number + 1}/{args.rounds}: items/s naive {rows['naive'][-1]['items_per_s']:.2f}, "
+            f"batch {BATCH_SIZE} generate {rows['generate'][-1]['items_per_s']:.2f} "
+            f"(model {rows['generate'][-1]['model_s']:.2f} of {rows['generate'][-1]['wall_s']:.2f} s), "
+            f"logprob {rows['logprob'][-1]['items_per_s']:.2f}"
+        )
+    batched_vs_naive = [g["items_per_s"] / n["items_per_s"] for g, n in zip(rows["generate"], rows["naive"])]
+    logprob_vs_generate = [lp["items_per_s"] / g["items_per_s"] for lp, g in zip(rows["logprob"], rows["generate"])]
+    overhead = [(g["wall_s"] - g["model_s"]) / g["wall_s"] for g in rows["generate"]]
+    overhead_logprob = [(lp["wall_s"] - lp["model_s"]) / lp["wall_s"] for lp in rows["logprob"]]
+    naive_overhead = [(n["wall_s"] - n["model_s"]) / n["wall_s"] for n in rows["naive"]]
+
+    metric_s = None
+    if not args.skip_metric:
+        log(f"metric on {args.metric_rows:,} rows ...")
+        metric_s = median([metric_seconds(args.metric_rows) for _ in range(args.repeats)])
+    log("dataset build ...")
+    builds = [build_items_per_s() for _ in range(args.repeats)]
+
+    device_name = torch.cuda.get_device_name() if args.device.startswith("cuda") else platform.processor() or platform.machine()
+    summary = {
+        "benchmark": "mub",
+        "date": datetime.date.today().isoformat(),
+        "machine": {
+            "device": args.device,
+            "device_name": device_name,
+            "cpu_count": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(),
+            "torch": torch.__version__,
+            "load_avg_1m": round(os.getloadavg()[0], 2),
+        },
+        "model": spec,
+        "dtype": dtype_name,
+        "items": {"mub_run": n_items, "naive": n_naive, "rounds": args.rounds, "stages_per_item": 2,
+                  "batch_size": BATCH_SIZE, "max_new_tokens": MAX_NEW_TOKENS, "repeats": args.repeats,
+                  "metric_rows": None if args.skip_metric else args.metric_rows, "build_items": builds[0][1]},
+        "items_per_s": {name: round(median([r["items_per_s"] for r in values]), 3) for name, values in rows.items()},
+        "mean_new_tokens": {"naive": round(median([r["mean_new_tokens"] for r in rows["naive"]]), 2),
+                            "generate": round(sum(new_tokens) / max(1, len(new_tokens)), 2)},
+        "reuse": {k: v for k, v in backends["generate"].describe().items() if k.startswith("reuse_")},
+        "overhead_share_by_run": {"naive": round(median(naive_overhead), 4),
+                                  "logprob": round(median(overhead_logprob), 4)},
+        "model_s_per_item": {name: round(median([r["model_s"] / c for r in values]), 4)
+                             for (name, values), c in zip(rows.items(), (n_naive, n_items, n_items))},
+        "per_round": {
+            "batched_vs_naive": _rounded(batched_vs_naive),
+            "logprob_vs_generate": _rounded(logprob_vs_generate),
+            "overhead_share": _rounded(overhead, 4),
+        },
+        "batched_vs_naive": round(median(batched_vs_naive), 3),
+        "logprob_vs_generate": round(median(logprob_vs_generate), 3),
+        "overhead_share": round(median(overhead), 4),
+        "metric_1m_s": None if metric_s is None else round(metric_s, 3),
+        "build_items_per_s": round(median([b[0] for b in builds]), 2),
+    }
+    print(json.dumps(summary))
+
+
+if __name__ == "__main__":
+    main()
