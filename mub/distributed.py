@@ -187,7 +187,10 @@ def launch_id(environ: Mapping[str, str] = os.environ) -> str | None:
     candidates = [
         environ.get(LAUNCH_ID_ENV),
         environ.get("TORCHELASTIC_RUN_ID"),
-        "-".join(filter(None, (environ.get("SLURM_JOB_ID"), environ.get("SLURM_STEP_ID")))),
+        # A requeued Slurm job keeps its job id; SLURM_RESTART_COUNT tells its launches apart.
+        "-".join(
+            filter(None, (environ.get("SLURM_JOB_ID"), environ.get("SLURM_STEP_ID"), environ.get("SLURM_RESTART_COUNT")))
+        ),
     ]
     for candidate in candidates:
         # torchrun without --rdzv-id reports the placeholder "none", shared by every launch.

@@ -29,7 +29,7 @@ from .parsing import option_labels, parse_answer
 from .predictions import ItemPrediction, StageAnswer
 from .prompts import DEFAULT_HINT_TEMPLATE, explicit_cue, implicit_cue, render_prompt
 from .results import build_results, format_table
-from .storage import RunFolder
+from .storage import RunFolder, RunFolderError
 
 
 @dataclass
@@ -83,7 +83,14 @@ class RunConfig:
             raise ValueError(f"--scoring must be 'generate' or 'logprob', got {self.scoring!r}")
         if self.shard is not None and not 0 <= self.shard[0] < self.shard[1]:
             raise ValueError(f"--shard I/N needs 0 <= I < N, got {self.shard[0]}/{self.shard[1]}")
-        if "{answer}" not in self.hint_template:
+        try:
+            rendered = self.hint_template.format(answer="\0")
+        except (KeyError, IndexError, ValueError) as exc:
+            raise ValueError(
+                f"--hint-template {self.hint_template!r} is not a valid template ({exc!r}); "
+                "use {answer} for the answer and {{ }} for literal braces"
+            ) from None
+        if "\0" not in rendered:
             raise ValueError(f"--hint-template must contain '{{answer}}', got {self.hint_template!r}")
 
     def out_dir(self) -> Path:
@@ -311,7 +318,14 @@ def finish_run(
 ) -> dict[str, Any]:
     """Score the folder's predictions of the selected items, in selection order, and write results.json."""
     predictions = folder.load_predictions()
-    ordered = [predictions[row["id"]] for row in selection.rows if row["id"] in predictions]
+    missing = [row["id"] for row in selection.rows if row["id"] not in predictions]
+    if missing:
+        # Never score a partial run as if it were complete (e.g. a rank that has not finished).
+        raise RunFolderError(
+            f"{folder.path}: {len(missing)} of {len(selection.rows)} selected items have no prediction "
+            f"(first: {', '.join(missing[:3])}); finish them with --resume before scoring"
+        )
+    ordered = [predictions[row["id"]] for row in selection.rows]
     results = build_results(config, settings, selection.info, backend_info, ordered)
     folder.write_results(results)
     if config.progress:

@@ -106,7 +106,7 @@ def read_record_array(path: Path, allow_truncated: bool = False) -> tuple[list[d
         try:
             record, end = decoder.raw_decode(text, pos)
         except json.JSONDecodeError as exc:
-            if not text.rstrip().endswith("]") and not _RECORD_BOUNDARY.search(text, pos):
+            if _ends_inside(text, pos) and not _RECORD_BOUNDARY.search(text, pos):
                 return _truncated(path, records, len(text[:pos].encode("utf-8")), allow_truncated, text[pos:])
             boundary = _RECORD_BOUNDARY.search(text, exc.pos)
             item = _partial_item(text[pos : boundary.start() if boundary else None])
@@ -118,6 +118,33 @@ def read_record_array(path: Path, allow_truncated: bool = False) -> tuple[list[d
             raise ReleaseError(f"{path}: record {len(records) + 1} is a {type(record).__name__}, expected an object")
         records.append(record)
         pos = end
+
+
+def _ends_inside(text: str, pos: int) -> bool:
+    """Whether the text ends before the value starting at ``pos`` closes (inside a string or a bracket).
+
+    That is a file cut off mid-record; a record that closes but does not
+    decode is malformed instead.
+    """
+    depth = 0
+    in_string = escaped = False
+    for char in text[pos:]:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif char == "\\":
+                escaped = True
+            elif char == '"':
+                in_string = False
+        elif char == '"':
+            in_string = True
+        elif char in "{[":
+            depth += 1
+        elif char in "}]":
+            depth -= 1
+            if depth == 0:
+                return False
+    return True
 
 
 def _skip_separators(text: str, pos: int, first: bool) -> int:

@@ -387,3 +387,17 @@ def test_split_inline_options(question, stem, options):
 )
 def test_split_inline_options_needs_two_options_in_order(question):
     assert split_inline_options(question) is None
+
+
+def test_a_file_cut_right_after_a_bracket_inside_a_string_is_cut_off_not_malformed(tmp_path: Path):
+    # Notes and questions hold LaTeX such as "\\]": a cut just after it ends the file with "]".
+    release = copy_release_with_placeholder_images(tmp_path / "release")
+    path = release / IMPLICIT / "allmislead_gpt12_all.jsonl"
+    text = path.read_text(encoding="utf-8")
+    cut = text.rindex("\\\\]") + len("\\\\]")
+    path.write_text(text[:cut], encoding="utf-8")
+    assert path.read_text(encoding="utf-8").endswith("]")
+    with pytest.raises(ReleaseError, match="cut off mid-record"):
+        read_release(release)
+    summary = read_release(release, allow_truncated=True).summary()
+    assert summary["records_lost_to_truncation"] == 1

@@ -278,3 +278,24 @@ def test_num_samples_draws_k_stage1_answers_and_scores_their_consistency(tmp_pat
     assert sampling["consistency_rate"] == pytest.approx(1 / 3)
     assert sampling["mean_agreement"] == pytest.approx((1 + 2 / 3 + 1 / 3) / 3)
     assert sampling["modal_accuracy"] == pytest.approx(2 / 3)  # item 3: a tie goes to the first answer, A
+
+
+@pytest.mark.parametrize("template", ["Hint {answer} (see {x})", "Hint {0}", "Hint {answer"])
+def test_an_invalid_hint_template_is_refused_before_anything_runs(tmp_path, template):
+    with pytest.raises(ValueError, match="--hint-template"):
+        run(_config(tmp_path, hint_template=template), backend=ScriptedBackend(lambda r: "A"), dataset=_dataset([_item(1)]))
+    assert not (tmp_path / "run").exists()
+
+
+def test_scoring_refuses_a_run_with_missing_items(tmp_path):
+    from mub.runner import finish_run, select_items
+    from mub.storage import RunFolder
+
+    dataset = _dataset([_item(1), _item(2), _item(3)])
+    config = _config(tmp_path)
+    run(config, backend=ScriptedBackend(lambda r: "A"), dataset=dataset)
+    predictions = tmp_path / "run" / "predictions.jsonl"
+    predictions.write_text("".join(predictions.read_text().splitlines(keepends=True)[:2]))  # e.g. a rank not done
+    selection = select_items(config, dataset)
+    with pytest.raises(RunFolderError, match="1 of 3 selected items have no prediction"):
+        finish_run(config, config.settings(selection.info), selection, {}, RunFolder(tmp_path / "run"))
