@@ -16,7 +16,9 @@ from datetime import datetime, timedelta, timezone
 from email.utils import format_datetime
 from pathlib import Path
 from typing import Iterator
+from urllib.parse import quote
 
+import httpx
 import pytest
 from PIL import Image
 
@@ -171,7 +173,7 @@ def test_retry_delay_is_exponential_jittered_and_capped():
         assert ceiling / 2 <= min(delays) and max(delays) <= ceiling
         assert len(set(delays)) > 100  # jittered, so concurrent retries spread out
     assert all(2.0 <= retry_delay(0, 2.0, 0.5, 10.0, rng) <= 2.5 for _ in range(100))  # Retry-After is a floor
-    assert retry_delay(0, 500.0, 0.5, 10.0, rng) == 10.0  # nothing waits longer than the cap
+    assert 500.0 <= retry_delay(0, 500.0, 0.5, 10.0, rng) <= 510.0  # the cap bounds backoff, not Retry-After
 
 
 def test_concurrency_is_bounded():
@@ -182,6 +184,86 @@ def test_concurrency_is_bounded():
     assert all(g.error is None for g in generations)
     assert slow.max_in_flight == 3
     assert 0.6 <= elapsed < 1.5  # three rounds of three
+
+
+def test_retry_after_is_honoured_above_backoff_max(server):
+    server.add("429", retry_after="1")
+    start = time.perf_counter()
+    [generation] = _backend(server, backoff_max=0.01, max_retries=1).generate(_requests(1))
+    assert generation.error is None and generation.extra["attempts"] == 2
+    assert 1.0 <= server.received[1].time - server.received[0].time < 1.5
+    assert time.perf_counter() - start < 2.0
+
+
+def test_retry_after_beyond_max_retry_after_is_an_error_not_a_wait(server):
+    server.add("429", retry_after="3600")
+    start = time.perf_counter()
+    [generation] = _backend(server, max_retries=5).generate(_requests(1))
+    assert time.perf_counter() - start < 1.0 and len(server.received) == 1
+    assert generation.error.startswith('HTTP 429: {"error": {"message": "rate limited"}}')
+    assert "retry after 3600s, more than max_retry_after=300s" in generation.error
+    assert generation.extra["attempts"] == 1
+
+
+# ------------------------------------------------------------------ the API key
+
+
+def _pieces(secret: str, size: int = 6) -> set[str]:
+    return {secret[i : i + size] for i in range(len(secret) - size + 1)}
+
+
+def test_surrounding_whitespace_of_the_key_is_stripped(server, monkeypatch):
+    monkeypatch.setenv(KEY_ENV, f" {SECRET}\r\n")
+    [generation] = _backend(server).generate(_requests(1))
+    assert generation.error is None
+    assert server.received[0].headers["Authorization"] == f"Bearer {SECRET}"
+
+
+@pytest.mark.parametrize("illegal, kind", [("\n", "a control character"), ("\x7f", "a control character"),
+                                           (" ", "a space"), ("é", "a non-ASCII character")])  # fmt: skip
+def test_a_key_unfit_for_a_header_is_refused_without_showing_it(server, monkeypatch, tmp_path, capfd, caplog, illegal, kind):
+    secret = SECRET[:15] + illegal + SECRET[15:]
+    monkeypatch.setenv(KEY_ENV, secret)
+    with pytest.raises(ValueError, match=f"API key in \\${KEY_ENV} holds {kind} at position 16 of {len(secret)}"):
+        _backend(server)
+    argv = ["run", "--backend", "openai", "--base-url", server.base_url, "--model", "fault-model",
+            "--api-key-env", KEY_ENV, "--limit", "2", "--out", str(tmp_path / "run"), "--no-progress"]  # fmt: skip
+    assert main(argv) == 2
+    captured = capfd.readouterr()
+    assert "holds" in captured.err and not server.received
+    texts = [captured.out, captured.err, caplog.text] + [p.read_text() for p in tmp_path.rglob("*") if p.is_file()]
+    assert not [piece for piece in _pieces(secret) | _pieces(repr(secret)) for text in texts if piece in text]
+
+
+def test_a_key_echoed_at_the_truncation_edge_leaves_no_piece(server, api_key):
+    backend = _backend(server)
+    for offset in (960, 980, 990, 995, 999, 1000):  # the key straddles character 1000 of the kept text
+        server.add("status", status=401, body="x" * offset + f"{SECRET} invalid credentials: Bearer {SECRET}")
+        [generation] = backend.generate(_requests(1))
+        assert generation.error.startswith("HTTP 401: xxx") and "more characters]" in generation.error
+        assert not [piece for piece in _pieces(SECRET) if piece in generation.error], offset
+
+
+def test_exception_texts_are_redacted_in_every_escaped_form_and_local_errors_not_retried(server, monkeypatch):
+    secret = SECRET + '\\"\'/+=~'  # escaped differently by repr, JSON and URL quoting
+    monkeypatch.setenv(KEY_ENV, secret)
+    backend = _backend(server, max_retries=3)
+    for form in (secret, repr(secret), repr(secret.encode()), json.dumps(secret), quote(secret, safe="")):
+        assert backend.redact(f"<{form}>") in ("<[REDACTED]>", "<'[REDACTED]'>", "<b'[REDACTED]'>", '<"[REDACTED]">'), form
+
+    def failing_post(url, **kwargs):
+        calls.append(url)
+        raise error
+    monkeypatch.setattr(backend._client, "post", failing_post)
+    for error, expected in [
+        (httpx.LocalProtocolError(f"Illegal header value {('Bearer ' + secret).encode()!r}"), "invalid request (LocalProtocolError"),
+        (RuntimeError(json.dumps({"auth": secret})), "request failed (RuntimeError"),
+    ]:
+        calls = []
+        [generation] = backend.generate(_requests(1))
+        assert generation.error.startswith(expected) and "[REDACTED]" in generation.error
+        assert len(calls) == 1 and generation.extra["attempts"] == 1  # asking again cannot help
+        assert not [piece for piece in _pieces(SECRET) if piece in generation.error]
 
 
 @pytest.mark.parametrize(
@@ -255,7 +337,7 @@ def test_failures_are_counted_resumed_to_the_clean_result_and_the_key_never_leak
     assert faulty["run"]["backend_info"] == {
         "backend": "openai", "model": "fault-model", "base_url": server.base_url, "api_key_env": KEY_ENV,
         "concurrency": 4, "max_retries": 2, "timeout": 0.5, "backoff_base": 0.5, "backoff_max": 60.0,
-        "image_format": "png", "api_key_set": True,
+        "max_retry_after": 300.0, "image_format": "png", "api_key_set": True,
     }  # fmt: skip
 
     assert {"429", "500", "stall", "drop", "malformed", "echo_auth"} <= {r.fault for r in server.received}

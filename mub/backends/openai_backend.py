@@ -20,15 +20,25 @@ clash with callers already running one, such as notebooks). At most
 
 Failures: 429, 408, 5xx, timeouts, broken connections and unreadable bodies
 (invalid JSON, no ``choices``) are retried with exponential backoff and
-jitter, never sooner than the server's ``Retry-After`` asks. What still fails,
-and any other status or an empty answer, becomes ``Generation(error=...)``
-with the server's text kept (truncated, key redacted): the runner counts it as
-an error and ``--resume`` asks again.
+jitter (each wait at most ``backoff_max``), never sooner than the server's
+``Retry-After`` asks, however much longer than ``backoff_max`` that is. A
+server asking for more than ``max_retry_after`` seconds (default 300) is not
+waited for: that request fails at once. What still fails, and any other
+status, an empty answer, or an error raised while building the request
+(such as h11's ``LocalProtocolError``), becomes ``Generation(error=...)``
+with the server's text kept (key redacted, then truncated): the runner counts
+it as an error and ``--resume`` asks again.
 
-The API key is read from the environment variable named by ``api_key_env``
-and goes only into the ``Authorization`` header: ``describe()`` names the
-variable, never its value, and every error or log text passes through
-:meth:`OpenAIBackend.redact`.
+The API key is read from the environment variable named by ``api_key_env``,
+surrounding whitespace stripped (``export KEY=$(cat key.txt)`` and ``.env``
+files often leave a trailing newline or carriage return); a key that still
+holds characters other than visible ASCII cannot go into an HTTP header and
+is refused when the backend is built, with a message that does not show the
+key. The key goes only into the ``Authorization`` header: ``describe()`` names
+the variable, never its value, and every error or log text, including that of
+any exception raised while sending, passes through
+:meth:`OpenAIBackend.redact`, which also catches the key's escaped forms
+(Python ``repr``, bytes ``repr``, JSON, percent-encoding).
 """
 
 from __future__ import annotations
@@ -45,8 +55,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, fields
 from datetime import datetime, timezone
 from email.utils import parsedate_to_datetime
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
-from urllib.parse import urlsplit, urlunsplit
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
+from urllib.parse import quote, urlsplit, urlunsplit
 
 from PIL import Image
 
@@ -74,7 +84,8 @@ class ApiSettings:
     max_retries: int = 5
     timeout: float = 60.0  # seconds for each of connect, write, and every read
     backoff_base: float = 0.5  # first retry waits 0.25-0.5 s, doubling each time
-    backoff_max: float = 60.0  # no single wait is longer, Retry-After included
+    backoff_max: float = 60.0  # no backoff wait is longer; a server's Retry-After may ask for more
+    max_retry_after: float = 300.0  # a longer Retry-After is not waited for: the request fails at once
     image_format: str = "png"  # "png" (lossless) or "jpeg" (smaller for photographs)
 
     def validate(self) -> None:
@@ -84,7 +95,7 @@ class ApiSettings:
             raise ValueError(f"--base-url must start with http:// or https://, got {self.base_url!r}")
         if self.concurrency < 1 or self.max_retries < 0:
             raise ValueError("--concurrency must be at least 1 and --max-retries at least 0")
-        if self.timeout <= 0 or self.backoff_base < 0 or self.backoff_max < 0:
+        if self.timeout <= 0 or min(self.backoff_base, self.backoff_max, self.max_retry_after) < 0:
             raise ValueError("--timeout must be positive and backoff times not negative")
         if self.image_format not in ("png", "jpeg"):
             raise ValueError(f"image_format must be 'png' or 'jpeg', got {self.image_format!r}")
@@ -99,8 +110,13 @@ class RequestFailed(Exception):
         self.retry_after = retry_after
 
 
-def server_text(text: str, limit: int = SERVER_TEXT_LIMIT) -> str:
-    """A server's reply for an error message: whitespace-collapsed and cut to ``limit`` characters."""
+def server_text(text: str, limit: int = SERVER_TEXT_LIMIT, redact: Callable[[str], str] | None = None) -> str:
+    """A server's reply for an error message: redacted, whitespace-collapsed, and cut to ``limit`` characters.
+
+    Redaction comes first: cutting first could leave part of a key at the edge.
+    """
+    if redact is not None:
+        text = redact(text)
     text = " ".join(text.split())
     if len(text) <= limit:
         return text
@@ -135,40 +151,42 @@ def retry_delay(attempt: int, retry_after: float | None, base: float, cap: float
     """Wait before retry number ``attempt`` (0-based).
 
     Exponential with "equal jitter" (a random point in the upper half of
-    ``base * 2**attempt``) so that concurrent requests failing together do not
-    come back together. A server's ``Retry-After`` is a floor, plus a little
-    jitter for the same reason. Nothing waits longer than ``cap``.
+    ``base * 2**attempt``, at most ``cap``) so that concurrent requests failing
+    together do not come back together. A server's ``Retry-After`` is a floor,
+    honoured in full even above ``cap`` (callers refuse absurd ones, see
+    ``max_retry_after``), plus a little jitter for the same reason.
     """
     ceiling = min(cap, base * 2**attempt)
     delay = rng.uniform(ceiling / 2, ceiling)
     if retry_after is not None:
-        delay = max(delay, retry_after + rng.uniform(0, base))
-    return min(delay, cap)
+        delay = max(delay, retry_after + rng.uniform(0, min(base, cap)))
+    return delay
 
 
-def completion_text(body: str) -> tuple[str, dict[str, Any]]:
+def completion_text(body: str, redact: Callable[[str], str] | None = None) -> tuple[str, dict[str, Any]]:
     """The answer text of a chat completion body, and its finish reason; ``RequestFailed`` if malformed.
 
     Invalid JSON or a body without choices is retryable (typically a proxy
     or an overloaded server cut the reply); an empty answer is not, since a
     greedy model would give it again. A refusal is an answer (the parser marks
-    it unparsed), not an error.
+    it unparsed), not an error. Error messages quote ``body`` through ``redact``.
     """
     try:
         data = json.loads(body)
     except ValueError:
-        raise RequestFailed(f"malformed response (not JSON): {server_text(body)}", retryable=True) from None
+        raise RequestFailed(f"malformed response (not JSON): {server_text(body, redact=redact)}", retryable=True) from None
     choices = data.get("choices") if isinstance(data, dict) else None
     if not choices or not isinstance(choices, list) or not isinstance(choices[0], dict):
-        raise RequestFailed(f"malformed response (no choices): {server_text(body)}", retryable=True)
-    message = choices[0].get("message") or {}
+        raise RequestFailed(f"malformed response (no choices): {server_text(body, redact=redact)}", retryable=True)
+    message = choices[0].get("message")
+    message = message if isinstance(message, dict) else {}
     content = message.get("content")
     if isinstance(content, list):  # some servers return content parts
-        content = "".join(part.get("text") or "" for part in content if isinstance(part, dict))
+        content = "".join(part["text"] for part in content if isinstance(part, dict) and isinstance(part.get("text"), str))
     if not content:
         content = message.get("refusal")
     if not isinstance(content, str) or not content:
-        raise RequestFailed(f"malformed response (empty content): {server_text(body)}", retryable=False)
+        raise RequestFailed(f"malformed response (empty content): {server_text(body, redact=redact)}", retryable=False)
     return content, {"finish_reason": choices[0].get("finish_reason")}
 
 
@@ -191,6 +209,42 @@ def request_seed(seed: int, key: str) -> int:
     from mub.backends.transformers_backend import request_seed as full_seed
 
     return full_seed(seed, key) % 2**31
+
+
+def read_api_key(variable: str) -> str:
+    """The key in environment variable ``variable`` ("" if unset), surrounding whitespace stripped.
+
+    A key that still holds anything but visible ASCII (a control character, a
+    space, a non-ASCII letter) cannot go into an HTTP header: ``ValueError``
+    naming the variable and the position, never the key.
+    """
+    key = os.environ.get(variable, "").strip()
+    for position, char in enumerate(key, start=1):
+        if not "\x21" <= char <= "\x7e":
+            kind = "a non-ASCII character" if not char.isascii() else "a space" if char == " " else "a control character"
+            raise ValueError(
+                f"the API key in ${variable} holds {kind} at position {position} of {len(key)}: an HTTP header "
+                "takes visible ASCII only; check how the variable was set (the key is not shown)"
+            )
+    return key
+
+
+def key_forms(key: str) -> list[str]:
+    """``key`` as it may appear in a text: raw, and escaped by ``repr``, bytes ``repr``, JSON, or URL quoting.
+
+    Longest first, so that replacing them in order leaves no piece of a longer form behind.
+    """
+    if not key:
+        return []
+    forms = {
+        key,
+        repr(key)[1:-1],
+        repr(key.encode("utf-8", "backslashreplace"))[2:-1],
+        json.dumps(key)[1:-1],
+        json.dumps(key, ensure_ascii=False)[1:-1],
+        quote(key, safe=""),
+    }
+    return sorted(forms, key=len, reverse=True)
 
 
 def _public_url(url: str) -> str:
@@ -217,7 +271,8 @@ class OpenAIBackend:
         self.settings = settings
         self.decoding = decoding
         self._rng = random.Random()  # jitter only: unseeded on purpose, so clients spread out
-        self._api_key = os.environ.get(settings.api_key_env, "")
+        self._api_key = read_api_key(settings.api_key_env)
+        self._key_forms = key_forms(self._api_key)
         self._endpoint = settings.base_url.rstrip("/") + "/chat/completions"
         self._client = self._make_client()
         self._pool = ThreadPoolExecutor(max_workers=settings.concurrency, thread_name_prefix="mub-openai")
@@ -239,8 +294,10 @@ class OpenAIBackend:
         )
 
     def redact(self, text: str) -> str:
-        """``text`` with the API key replaced, for anything that is logged or recorded."""
-        return text.replace(self._api_key, REDACTED) if self._api_key else text
+        """``text`` with the API key, raw or escaped, replaced: for anything that is logged or recorded."""
+        for form in self._key_forms:
+            text = text.replace(form, REDACTED)
+        return text
 
     def generate(self, requests: Sequence[Request]) -> list[Generation]:
         # Encoding here, in the caller's thread, keeps the image cache single-threaded.
@@ -288,15 +345,25 @@ class OpenAIBackend:
         for attempt in range(1, attempts + 1):
             try:
                 text, extra = self._attempt(body)
-            except RequestFailed as failure:
+            except Exception as exc:  # noqa: BLE001 - whatever it is, its text is redacted before it goes anywhere
+                if isinstance(exc, RequestFailed):
+                    failure = exc
+                else:  # a surprise (a bug, a client library error): recorded, not raised through the run
+                    failure = RequestFailed(f"request failed ({self._describe(exc)})", retryable=False)
                 reason = self.redact(str(failure))
-                if failure.retryable and attempt < attempts:
+                limit = self.settings.max_retry_after
+                if failure.retry_after is not None and failure.retry_after > limit:  # not worth hours of waiting
+                    reason += f" (the server asks to retry after {failure.retry_after:g}s, more than max_retry_after={limit:g}s)"
+                elif failure.retryable and attempt < attempts:
                     self._wait_before_retry(attempt, attempts, failure.retry_after, reason)
                     continue
                 error = f"{reason} (after {attempt} attempt{'s' if attempt > 1 else ''})"
                 return Generation(text="", seconds=time.perf_counter() - start, error=error, extra={"attempts": attempt})
             return Generation(text=text, seconds=time.perf_counter() - start, extra={**extra, "attempts": attempt})
         raise AssertionError("unreachable: the last attempt returns")
+
+    def _describe(self, exc: BaseException) -> str:
+        return f"{type(exc).__name__}: {self.redact(str(exc))}"
 
     def _wait_before_retry(self, attempt: int, attempts: int, retry_after: float | None, reason: str) -> None:
         settings = self.settings
@@ -311,14 +378,16 @@ class OpenAIBackend:
             response = self._client.post(self._endpoint, json=body)
         except httpx.TimeoutException as exc:
             raise RequestFailed(f"timed out after {self.settings.timeout:g}s ({type(exc).__name__})", retryable=True) from None
+        except (httpx.LocalProtocolError, httpx.UnsupportedProtocol) as exc:  # our request is wrong: again is the same
+            raise RequestFailed(f"invalid request ({self._describe(exc)})", retryable=False) from None
         except httpx.RequestError as exc:  # refused, reset, cut off mid-reply, undecodable body
-            raise RequestFailed(f"connection failed ({type(exc).__name__}: {exc})", retryable=True) from None
+            raise RequestFailed(f"connection failed ({self._describe(exc)})", retryable=True) from None
         status = response.status_code
         if 200 <= status < 300:
-            return completion_text(response.text)
+            return completion_text(response.text, redact=self.redact)
         retryable = status in RETRYABLE_STATUS or status >= 500
         raise RequestFailed(
-            f"HTTP {status}: {server_text(response.text)}",
+            f"HTTP {status}: {server_text(response.text, redact=self.redact)}",
             retryable=retryable,
             retry_after=retry_after_seconds(response.headers) if retryable else None,
         )
