@@ -144,6 +144,11 @@ class TorchCoordinator:
 
     def close(self) -> None:
         if self.owns_default_group and self.dist.is_initialized():
+            # Without this barrier a rank could tear gloo down while its peer
+            # was still completing the last exchange; that aborted the peer
+            # ("terminate called without an active exception") in about one
+            # launch in eight here, after the results had been written.
+            self.dist.barrier()
             self.dist.destroy_process_group()
 
 
