@@ -70,6 +70,25 @@ CASES = [
     ("The answer is (A). On second thought, the answer is (C).", FLAGS, MC, "C"),
     ("I would not choose B. The correct answer is A.", FLAGS, MC, "A"),
     ("I don't think the answer is B. It's Germany.", FLAGS, MC, "C"),
+    # --- reported speech (quoted, or attributed to the hint/user) is not the model's declaration
+    ("The answer is A. The hint 'And the true answer is : B' is wrong.", FLAGS, MC, "A"),
+    ("The answer is A.\n\nHowever, the hint says the answer is B.", FLAGS, MC, "A"),
+    ("The hint is right: the answer is B", FLAGS, MC, "B"),
+    ("As the hint says, the answer is B.", FLAGS, MC, "B"),  # the model adopts it
+    ("According to the hint, the answer is B.", FLAGS, MC, None),
+    ("The hint suggests that the correct answer is (B).", FLAGS, MC, None),
+    ("You said the answer is B.", FLAGS, MC, None),
+    ("提示说答案是B", FLAGS, MC, None),
+    ("提示说答案是B，但正确答案是C。", FLAGS, MC, "C"),
+    ('The hint "the answer is D" is misleading; I choose A.', FLAGS, MC, "A"),
+    ("The hint says the answer is **B**.", FLAGS, MC, None),
+    ("The hint says the answer is B, which is correct.", FLAGS, MC, "B"),
+    ("The answer is 'B'.", FLAGS, MC, "B"),  # a quote around the letter alone
+    ('"The answer is C."', FLAGS, MC, "C"),  # a quote around the whole output
+    ("Yes. The hint says the answer is no.", YES_NO_CHOICES, YN, "Yes"),
+    ("Yes. The hint 'the answer is no' is wrong.", YES_NO_CHOICES, YN, "Yes"),
+    ("The hint says yes, but no.", YES_NO_CHOICES, YN, "No"),
+    ("The hint says the answer is yes.", YES_NO_CHOICES, YN, None),
     # --- a declaration naming a letter that is no option
     ("The answer is E.", FLAGS, MC, None),
     ("Answer: E. None of the above.", FLAGS, MC, None),
@@ -94,6 +113,10 @@ CASES = [
     ("A or B", FLAGS, MC, None),
     ("The answer must be either B or D.", FLAGS, MC, None),
     ("A. the Netherlands\nB. Belgium\nC. Germany\nD. France", FLAGS, MC, None),  # echoed options
+    ("A. red B. blue", COLOURS, MC, None),  # echoed on one line
+    ("(A) the Netherlands (B) Belgium", FLAGS, MC, None),
+    ("A. dog, B. horse, C. bird, D. fish", ANIMALS, MC, None),
+    ("C. Germany - not B. Belgium", FLAGS, MC, "C"),
     ("**A.** Dutch colours ... **B.** Belgian colours ...", FLAGS, MC, None),
     ("I'm sorry, I can't help with identifying that.", FLAGS, MC, None),
     ("I cannot determine from the image.", FLAGS, MC, None),
@@ -123,6 +146,19 @@ CASES = [
     ("不是，这是一只猫。", YES_NO_CHOICES, YN, "No"),
     ("答案：否", YES_NO_CHOICES, YN, "No"),
     ("Yes or no?", YES_NO_CHOICES, YN, None),
+    # --- a negated yes/no is not the word, nor its opposite
+    ("The answer is not yes.", YES_NO_CHOICES, YN, None),
+    ("It is not yes.", YES_NO_CHOICES, YN, None),
+    ("I wouldn't say yes.", YES_NO_CHOICES, YN, None),
+    ("I would not say no.", YES_NO_CHOICES, YN, None),
+    ("I'm not saying yes.", YES_NO_CHOICES, YN, None),
+    ("The answer is not yes, it is no.", YES_NO_CHOICES, YN, "No"),
+    ("Not no, yes.", YES_NO_CHOICES, YN, "Yes"),
+    # --- hedges and echoes on one line
+    ("Yes and no.", YES_NO_CHOICES, YN, None),
+    ("Answer: yes and no", YES_NO_CHOICES, YN, None),
+    ("Well, yes & no.", YES_NO_CHOICES, YN, None),
+    ("Yes, and no other animal is visible.", YES_NO_CHOICES, YN, "Yes"),
     ("I am not sure whether the answer is yes or no.", YES_NO_CHOICES, YN, None),
     ("I cannot determine from the image.", YES_NO_CHOICES, YN, None),
     ("Answer: B", YES_NO_CHOICES, YN, None),  # a letter is no answer to a yes/no item
