@@ -19,7 +19,7 @@ from pathlib import Path
 import datasets
 
 from mub_dataset.features import CONFIGS, DEFAULT_CONFIG, FEATURES, ConfigSpec
-from mub_dataset.release import read_image_bytes, read_release
+from mub_dataset.release import Release, read_image_bytes, read_release
 
 _CITATION = """\
 @inproceedings{dang2025mub,
@@ -83,11 +83,11 @@ class Mub(datasets.GeneratorBasedBuilder):
             if self.config.spec.includes(row):
                 read_image_bytes(release.image_files[row["id"]], release.item_descriptions[row["id"]])
         return [
-            datasets.SplitGenerator(name=datasets.Split.TEST, gen_kwargs={"release_dir": self.config.data_dir}),
+            # The release parsed above is handed on, so the files are read once per build.
+            datasets.SplitGenerator(name=datasets.Split.TEST, gen_kwargs={"release": release}),
         ]
 
-    def _generate_examples(self, release_dir: str):
-        release = read_release(Path(release_dir), allow_truncated=self.config.allow_truncated)
+    def _generate_examples(self, release: Release):
         spec = self.config.spec
         for row in release.rows:
             if not spec.includes(row):

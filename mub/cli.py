@@ -59,7 +59,8 @@ def _parse_shard(text: str) -> tuple[int, int]:
 
 
 def _add_run(sub: argparse._SubParsersAction) -> None:
-    from mub.prompts import DEFAULT_HINT_TEMPLATE
+    # protocol.py imports nothing heavy: `mub --help` stays fast.
+    from mub.protocol import DEFAULT_HINT_TEMPLATE
 
     p = sub.add_parser("run", help="evaluate a model on MUB (stage 1, then stage 2 with the misleading cue)")
     p.add_argument("--model", required=True, help="Hub id, local folder, or tiny:<arch> (a random plumbing-check model)")
@@ -93,18 +94,14 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    from dataclasses import fields
+
     from mub.runner import RunConfig, run
 
-    options = {name: getattr(args, name) for name in RUN_FLAGS}
+    # Every RunConfig field with a flag of the same name; the rest are set here.
+    options = {field.name: getattr(args, field.name) for field in fields(RunConfig) if hasattr(args, field.name)}
     run(RunConfig(**options, backend_options=backend_options(args), progress=not args.no_progress))
     return 0
-
-
-RUN_FLAGS = (
-    "model", "dataset", "config", "backend", "difficulty", "misled_count", "limit", "shard", "batch_size",
-    "dtype", "device", "out", "resume", "overwrite", "trust_remote_code", "chat_template", "hint_template",
-    "notes", "max_new_tokens", "temperature", "top_p", "top_k", "seed", "num_samples", "scoring",
-)
 
 
 def _add_merge(sub: argparse._SubParsersAction) -> None:

@@ -13,7 +13,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 PAPER_CITATION = 'Dang et al., "Exploring Response Uncertainty in MLLMs", arXiv 2411.02708 (EMNLP 2025)'
-LEVELS = ("low", "medium", "high")
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,8 @@ from typing import Mapping
 from mub_dataset.features import YES_NO
 from mub_dataset.records import letters, split_inline_options
 
-DEFAULT_HINT_TEMPLATE = "And the true answer is : {answer}"
+from .protocol import DEFAULT_HINT_TEMPLATE
+
 IMPLICIT_TEMPLATE = " Please pay attention to this instruction: {note}"
 INSTRUCTIONS = {
     "multiple_choice": "Answer with the option's letter from the given choices directly.",

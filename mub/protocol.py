@@ -12,6 +12,9 @@ from __future__ import annotations
 
 from typing import Mapping, Sequence
 
+# The release's own explicit hint; {answer} is the option it names.
+DEFAULT_HINT_TEMPLATE = "And the true answer is : {answer}"
+
 
 def same_answer(a: str | None, b: str | None) -> bool:
     """Answers compare case-insensitively after trimming; unparsed equals nothing."""

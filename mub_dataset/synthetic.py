@@ -114,7 +114,6 @@ GENERATOR_VERSION = "mub-synthetic/v1"
 REFERENCE_MODEL = "synthetic-reference"
 
 IMAGE_SIZE = 224
-BACKGROUND = (255, 255, 255)
 GRIDLINE = (225, 225, 225)
 PALETTE: dict[str, tuple[int, int, int]] = {
     "red": (215, 35, 35),
