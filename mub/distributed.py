@@ -41,7 +41,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Protocol, Sequence, TypeVar
 
-from .storage import PREDICTIONS_FILE, RESULTS_FILE, RunFolder, write_json_atomic
+from .storage import PREDICTIONS_FILE, RunFolder, write_json_atomic
 
 if TYPE_CHECKING:
     from .runner import RunConfig
@@ -326,7 +326,7 @@ class Placement:
                 results = score()
         self.coordinator.close()
         if results is None:
-            results = json.loads((folder.path / RESULTS_FILE).read_text(encoding="utf-8"))
+            results = folder.read_results()
         return results
 
 

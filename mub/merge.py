@@ -11,14 +11,13 @@ it only rescores.
 
 from __future__ import annotations
 
-import json
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from .predictions import ItemPrediction
 from .runner import RunConfig, Selection, finish_run, select_items
-from .storage import RunFolder, RunFolderError
+from .storage import RunFolder, RunFolderError, settings_diff
 
 # Settings that legitimately differ between the shards of one run.
 PER_SHARD_SETTINGS = ("shard", "items_fingerprint")
@@ -33,14 +32,13 @@ class MergeError(ValueError):
 def _read_settings(folder: RunFolder) -> dict[str, Any]:
     if not folder.settings_path.is_file():
         raise MergeError(f"{folder.path} is not a run folder (no {folder.settings_path.name})")
-    return json.loads(folder.settings_path.read_text(encoding="utf-8"))
+    return folder.read_settings()
 
 
 def _check_same_run(folders: Sequence[RunFolder], settings: Sequence[Mapping[str, Any]]) -> None:
     reference = settings[0]
     for folder, other in zip(folders[1:], settings[1:]):
-        keys = (set(reference) | set(other)) - set(PER_SHARD_SETTINGS)
-        differing = sorted(key for key in keys if reference.get(key) != other.get(key))
+        differing = settings_diff(reference, other, ignore=PER_SHARD_SETTINGS)
         if differing:
             details = "; ".join(f"{key}: {reference.get(key)!r} vs {other.get(key)!r}" for key in differing)
             raise MergeError(
@@ -129,7 +127,7 @@ def _shard_results(folders: Sequence[RunFolder]) -> dict[str, Any]:
     """The first finished shard's results.json (for backend identity, batch size, device), if any."""
     for folder in folders:
         if folder.results_path.is_file():
-            return json.loads(folder.results_path.read_text(encoding="utf-8"))
+            return folder.read_results()
     return {}
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import base64
 import html
-import json
 import re
 from dataclasses import dataclass, field
 from functools import partial
@@ -121,7 +120,7 @@ def read_results(path: str | Path) -> tuple[dict[str, Any], str]:
         raise ValueError(
             f"{folder.path} has no {RESULTS_FILE}: not a finished run (finish it with `mub run ... --resume`)"
         )
-    document = json.loads(folder.results_path.read_text(encoding="utf-8"))
+    document = folder.read_results()
     configs = [name for name in document["results"] if name not in NON_METRIC_RESULTS]
     return document, document.get("run", {}).get("config") or configs[0]
 

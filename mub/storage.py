@@ -46,6 +46,12 @@ def write_json_atomic(path: Path, data: Any) -> None:
         raise
 
 
+def settings_diff(a: dict[str, Any], b: dict[str, Any], ignore: Iterable[str] = ()) -> list[str]:
+    """The settings keys whose values differ between two runs."""
+    keys = (set(a) | set(b)) - set(ignore)
+    return sorted(key for key in keys if a.get(key) != b.get(key))
+
+
 class RunFolder:
     """A run folder; ``predictions_file`` is the file this process appends to."""
 
@@ -82,14 +88,20 @@ class RunFolder:
     def _check_settings(self, settings: dict[str, Any]) -> None:
         if not self.settings_path.is_file():
             raise RunFolderError(f"{self.path}: predictions without {SETTINGS_FILE}; cannot check what made them")
-        earlier = json.loads(self.settings_path.read_text(encoding="utf-8"))
-        differing = sorted(key for key in set(earlier) | set(settings) if earlier.get(key) != settings.get(key))
+        earlier = self.read_settings()
+        differing = settings_diff(earlier, settings)
         if differing:
             details = "; ".join(f"{key}: was {earlier.get(key)!r}, now {settings.get(key)!r}" for key in differing)
             raise RunFolderError(
                 f"cannot resume {self.path}: it was made with other settings ({details}); "
                 "use the same settings or another --out"
             )
+
+    def read_settings(self) -> dict[str, Any]:
+        return json.loads(self.settings_path.read_text(encoding="utf-8"))
+
+    def read_results(self) -> dict[str, Any]:
+        return json.loads(self.results_path.read_text(encoding="utf-8"))
 
     def _drop_partial_last_line(self) -> None:
         """A kill during a write can leave half a line at the end: cut it, its item is redone."""
