@@ -18,7 +18,7 @@ def add_backend_flags(p: argparse.ArgumentParser) -> None:
     api = p.add_argument_group("--backend openai (any OpenAI-compatible chat completions server)")
     api.add_argument("--base-url", help="server URL up to /v1, e.g. http://127.0.0.1:8000/v1")
     api.add_argument("--api-key-env", metavar="VAR", help="environment variable holding the API key (default OPENAI_API_KEY)")
-    api.add_argument("--concurrency", type=int, help="requests in flight, at most --batch-size (default 8)")
+    api.add_argument("--concurrency", type=int, help="requests in flight (default 8); one call carries a stage of --batch-size items, so keep --batch-size >= this")
     api.add_argument("--max-retries", type=int, help="retries after 429, 5xx, timeouts, broken connections (default 5)")
     api.add_argument("--timeout", type=float, help="seconds to connect, send, or wait for the reply (default 60)")
     engine = p.add_argument_group("--backend vllm (vLLM's offline engine; pip install \"mub[vllm]\")")

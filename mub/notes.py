@@ -41,10 +41,11 @@ from mub_dataset.release import MAIN_FILE, read_release
 
 from .backends import Backend, create_backend
 from .backends.base import Request
+from .backends.common import chunks
 from .note_prompts import Templates, load_templates, note_prompt, strategy_for
 from .note_validation import GUIDING, MISLEADING, clean_note, note_problems
 from .release_writer import hashed_image_path, load_items, release_record, write_release
-from .runner import RunConfig, generate_in_batches, load_images
+from .runner import RunConfig, load_images
 from .storage import RunFolder, RunFolderError, keep_record, write_json_atomic
 
 BACKEND_ALIASES = {"hf": "transformers"}
@@ -266,7 +267,7 @@ def notes_for_items(
             for slot in pending
         ]
         still_pending = []
-        for slot, generation in zip(pending, generate_in_batches(backend, requests, config.batch_size)):
+        for slot, generation in zip(pending, backend.generate(requests)):
             record = records[slot.item]
             record.requests += 1
             if generation.error is not None:
@@ -296,11 +297,6 @@ def notes_for_items(
     return records
 
 
-def _groups(indices: Sequence[int], size: int) -> Iterator[list[int]]:
-    for start in range(0, len(indices), size):
-        yield list(indices[start : start + size])
-
-
 def _check_out_dir(config: NotesConfig) -> None:
     out = Path(config.out)
     root = _release_root(config.dataset)
@@ -325,7 +321,7 @@ def generate_notes(config: NotesConfig, backend: Backend | None = None) -> dict[
     if todo and backend is None:
         backend = create_backend(config.run_config())
     with tqdm(total=len(todo), unit="item", desc="mub notes", disable=not config.progress) as progress:
-        for group in _groups(todo, config.batch_size):
+        for group in chunks(todo, config.batch_size):
             images = [image for image, _ in load_images(source.dataset, group)]
             rows = [source.rows[i] for i in group]
             folder.append_notes(notes_for_items(rows, images, backend, config, templates))

@@ -12,7 +12,7 @@ import re
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import datasets
 from PIL import Image
@@ -25,6 +25,7 @@ from mub_dataset.files import cell_bytes, image_digest
 from . import distributed, protocol
 from .backends import Backend, create_backend
 from .backends.base import DecodingSettings, Generation, Request
+from .backends.common import chunks
 from .parsing import option_labels, parse_answer
 from .predictions import ItemPrediction, StageAnswer
 from .prompts import DEFAULT_HINT_TEMPLATE, explicit_cue, implicit_cue, render_prompt
@@ -79,8 +80,7 @@ class RunConfig:
             raise ValueError(f"--difficulty must be one of {', '.join(DIFFICULTY_LEVELS)}, got {self.difficulty!r}")
         if self.batch_size < 1 or self.notes < 1 or self.num_samples < 1 or self.max_new_tokens < 1:
             raise ValueError("--batch-size, --notes, --num-samples and --max-new-tokens must be at least 1")
-        if self.scoring not in ("generate", "logprob"):
-            raise ValueError(f"--scoring must be 'generate' or 'logprob', got {self.scoring!r}")
+        self.decoding()  # DecodingSettings checks the scoring mode
         if self.shard is not None and not 0 <= self.shard[0] < self.shard[1]:
             raise ValueError(f"--shard I/N needs 0 <= I < N, got {self.shard[0]}/{self.shard[1]}")
         try:
@@ -185,13 +185,6 @@ def load_images(dataset: datasets.Dataset, indices: Sequence[int]) -> list[tuple
     return loaded
 
 
-def generate_in_batches(backend: Backend, requests: Sequence[Request], batch_size: int) -> list[Generation]:
-    generations: list[Generation] = []
-    for start in range(0, len(requests), batch_size):
-        generations.extend(backend.generate(requests[start : start + batch_size]))
-    return generations
-
-
 def _answer(generation: Generation, cue: str, row: Mapping[str, Any]) -> StageAnswer:
     parsed = None
     if generation.error is None:
@@ -216,13 +209,17 @@ def run_batch(
     backend: Backend,
     config: RunConfig,
 ) -> list[ItemPrediction]:
-    """Both stages for a batch of items; each item's decoded image serves both stages."""
+    """Both stages for a batch of items; each item's decoded image serves both stages.
+
+    Each stage's requests go to the backend in one call, which batches them
+    by its own batch size (a local model sorts them by length first).
+    """
     stage1_requests = [
         Request(f"{row['id']}/stage1/{sample}", image, render_prompt(row), _options(row))
         for row, (image, _) in zip(rows, images)
         for sample in range(config.num_samples)
     ]
-    stage1 = generate_in_batches(backend, stage1_requests, config.batch_size)
+    stage1 = backend.generate(stage1_requests)
     records: list[ItemPrediction] = []
     stage2_requests: list[Request] = []
     stage2_cues: list[list[str]] = []
@@ -252,7 +249,7 @@ def run_batch(
         stage2_cues.append(cues)
         for number, cue in enumerate(cues):
             stage2_requests.append(Request(f"{row['id']}/stage2/{number}", image, render_prompt(row, cue), _options(row)))
-    stage2 = iter(generate_in_batches(backend, stage2_requests, config.batch_size))
+    stage2 = iter(backend.generate(stage2_requests))
     for record, row, cues in zip(records, rows, stage2_cues):
         record.stage2 = [_answer(next(stage2), cue.strip(), row) for cue in cues]
         if record.error is not None:
@@ -265,11 +262,6 @@ def run_batch(
         if config.config != "implicit":
             record.flipped_by_note = None
     return records
-
-
-def _batches(indices: Sequence[int], size: int) -> Iterator[list[int]]:
-    for start in range(0, len(indices), size):
-        yield list(indices[start : start + size])
 
 
 def run(config: RunConfig, backend: Backend | None = None, dataset: datasets.Dataset | None = None) -> dict[str, Any]:
@@ -293,7 +285,7 @@ def run(config: RunConfig, backend: Backend | None = None, dataset: datasets.Dat
 
         # Items are processed in groups of batch_size; the next group's images are
         # decoded on a worker thread while the model answers the current one.
-        groups = list(_batches(range(len(todo)), config.batch_size))
+        groups = list(chunks(range(len(todo)), config.batch_size))
         with ThreadPoolExecutor(max_workers=1) as pool, tqdm(
             total=len(todo), unit="item", desc=f"mub {config.config}", disable=not config.progress
         ) as progress:

@@ -119,6 +119,31 @@ def test_prefix_reuse_matches_full_prompts(models: dict, arch: str, scoring: str
             assert a.option_probs == pytest.approx(b.option_probs, abs=1e-5)
 
 
+@pytest.mark.parametrize("scoring", ["generate", "logprob"])
+def test_a_whole_stage_of_notes_reuses_every_items_prefix(models: dict, scoring: str) -> None:
+    """Stage 2 of an implicit run: batch x notes requests in one call, sorted by length across them all."""
+    first = _stage1()
+    notes = [
+        replace(r, key=r.key.replace("stage1/0", f"stage2/{n}"), prompt=r.prompt.replace("\n", f" Note {n}: {'look ' * n}closely.\n", 1))
+        for n in range(3)
+        for r in first
+    ]
+    reused = _backend(models["llava"], scoring, reuse_prefix=True)
+    plain = _backend(models["llava"], scoring, reuse_prefix=False)
+    # Caches smaller than the group (a runner group larger than the backend's batch):
+    # a call's images must all stay cached until the next call.
+    for cache in reused._image_caches:
+        cache.capacity = 2
+    with_reuse = reused.generate(first) + reused.generate(notes)
+    without = plain.generate(first) + plain.generate(notes)
+    assert reused._prefix.cache.hits == len(notes)  # every stage-2 batch ran on its items' cached prefixes
+    assert reused._image_reuse.cache.hits == len(notes) and reused.processor.image_processor._cache.hits == len(notes)
+    assert [(g.text, g.extra.get("new_tokens")) for g in with_reuse] == [(g.text, g.extra.get("new_tokens")) for g in without]
+    if scoring == "logprob":
+        for a, b in zip(with_reuse, without):
+            assert a.option_probs == pytest.approx(b.option_probs, abs=1e-5)
+
+
 def test_logprob_run_records_confidences(models: dict, tmp_path: Path) -> None:
     out = tmp_path / "logprob"
     config = RunConfig(model=models["llava"], scoring="logprob", limit=6, batch_size=3, out=str(out), progress=False)

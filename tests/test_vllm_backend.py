@@ -24,7 +24,7 @@ from PIL import Image
 
 from mub.backends import create_backend
 from mub.backends.base import DecodingSettings, Request
-from mub.backends.transformers_backend import request_seed
+from mub.backends.common import request_seed
 from mub.backends.vllm_backend import (
     INSTALL_HINT,
     LOGPROB_TOP_N,
@@ -253,6 +253,21 @@ def test_one_chat_call_with_the_image_and_the_models_template(engine: Engine) ->
         assert decoded.size == request.image.size and decoded.tobytes() == request.image.tobytes()
     urls = [conversation[0]["content"][0]["image_url"]["url"] for conversation in call["messages"]]
     assert urls[0] == urls[2] != urls[1]  # stage 1 and stage 2 of an item send the same image
+
+
+def test_an_image_is_encoded_once_for_both_stages(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    from mub.backends import common
+
+    encoded: list[int] = []
+    plain = common.image_data_url
+    monkeypatch.setattr(common, "image_data_url", lambda image, fmt: encoded.append(id(image)) or plain(image, fmt))
+    backend = VLLMBackend("org/model")
+    first, second, third = _requests()
+    backend.generate([first, second])
+    backend.generate([third])  # stage 2, a later call, same image object as `first`
+    assert encoded == [id(first.image), id(second.image)]
+    urls = [call["messages"][0][0]["content"][0]["image_url"]["url"] for call in engine.calls]
+    assert urls[0] == urls[1]
 
 
 def test_greedy_sampling_params(engine: Engine) -> None:

@@ -12,11 +12,12 @@ responses into objects, which hides the raw body of a malformed answer. Here
 every retry decision and every error text is ours, and the only dependency is
 ``httpx`` (``pip install 'mub[api]'``).
 
-Concurrency: ``generate`` is synchronous (the runner calls it batch by batch),
-so requests go through a bounded thread pool sharing one connection pool; the
-work is network-bound, threads are enough and need no event loop (which would
-clash with callers already running one, such as notebooks). At most
-``min(concurrency, batch size)`` requests are in flight.
+Concurrency: ``generate`` is synchronous (the runner calls it once per stage
+of a group of ``--batch-size`` items), so requests go through a bounded thread
+pool sharing one connection pool; the work is network-bound, threads are
+enough and need no event loop (which would clash with callers already running
+one, such as notebooks). At most ``concurrency`` requests of a call are in
+flight, and a free thread takes the call's next request at once.
 
 Failures: 429, 408, 5xx, timeouts, broken connections and unreadable bodies
 (invalid JSON, no ``choices``) are retried with exponential backoff and
@@ -43,14 +44,11 @@ any exception raised while sending, passes through
 
 from __future__ import annotations
 
-import base64
-import io
 import json
 import logging
 import os
 import random
 import time
-import weakref
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, fields
 from datetime import datetime, timezone
@@ -58,8 +56,7 @@ from email.utils import parsedate_to_datetime
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 from urllib.parse import quote, urlsplit, urlunsplit
 
-from PIL import Image
-
+from mub.backends import common
 from mub.backends.base import DecodingSettings, Generation, Request
 
 if TYPE_CHECKING:
@@ -97,8 +94,7 @@ class ApiSettings:
             raise ValueError("--concurrency must be at least 1 and --max-retries at least 0")
         if self.timeout <= 0 or min(self.backoff_base, self.backoff_max, self.max_retry_after) < 0:
             raise ValueError("--timeout must be positive and backoff times not negative")
-        if self.image_format not in ("png", "jpeg"):
-            raise ValueError(f"image_format must be 'png' or 'jpeg', got {self.image_format!r}")
+        common.check_image_format(self.image_format)
 
 
 class RequestFailed(Exception):
@@ -190,25 +186,13 @@ def completion_text(body: str, redact: Callable[[str], str] | None = None) -> tu
     return content, {"finish_reason": choices[0].get("finish_reason")}
 
 
-def image_data_url(image: Image.Image, image_format: str = "png") -> str:
-    buffer = io.BytesIO()
-    if image_format == "jpeg":
-        image.convert("RGB").save(buffer, format="JPEG", quality=95)
-    else:
-        image.save(buffer, format="PNG")
-    return f"data:image/{image_format};base64,{base64.b64encode(buffer.getvalue()).decode('ascii')}"
-
-
 def request_seed(seed: int, key: str) -> int:
-    """Per-request seed (as the transformers backend derives it), within 31 bits for every server.
+    """Per-request seed (as the local backends derive it), within 31 bits for every server.
 
     Sampled answers then depend on the request, not on which thread sent it
     first, where the server honours ``seed``.
     """
-    # Imported here: that module is light today, but it is the torch backend's home.
-    from mub.backends.transformers_backend import request_seed as full_seed
-
-    return full_seed(seed, key) % 2**31
+    return common.request_seed(seed, key) % 2**31
 
 
 def read_api_key(variable: str) -> str:
@@ -277,8 +261,7 @@ class OpenAIBackend:
         self._client = self._make_client()
         self._pool = ThreadPoolExecutor(max_workers=settings.concurrency, thread_name_prefix="mub-openai")
         # Stage 1 and stage 2 (and every implicit note) send the same image: encode it once.
-        # Keyed by id() as PIL images are unhashable; an entry leaves when its image dies.
-        self._image_urls: dict[int, tuple[weakref.ref[Image.Image], str]] = {}
+        self._image_urls = common.ImageUrls(settings.image_format)
 
     def _make_client(self) -> "httpx.Client":
         try:
@@ -301,7 +284,7 @@ class OpenAIBackend:
 
     def generate(self, requests: Sequence[Request]) -> list[Generation]:
         # Encoding here, in the caller's thread, keeps the image cache single-threaded.
-        bodies = [self._body(request, self._image_url(request.image)) for request in requests]
+        bodies = [self._body(request, self._image_urls(request.image)) for request in requests]
         return list(self._pool.map(self._complete, bodies))
 
     def describe(self) -> dict[str, Any]:
@@ -317,15 +300,6 @@ class OpenAIBackend:
     def close(self) -> None:
         self._pool.shutdown(wait=True)
         self._client.close()
-
-    def _image_url(self, image: Image.Image) -> str:
-        key = id(image)
-        cached = self._image_urls.get(key)
-        if cached is not None and cached[0]() is image:
-            return cached[1]
-        url = image_data_url(image, self.settings.image_format)
-        self._image_urls[key] = (weakref.ref(image, lambda _: self._image_urls.pop(key, None)), url)
-        return url
 
     def _body(self, request: Request, image_url: str) -> dict[str, Any]:
         content = [{"type": "image_url", "image_url": {"url": image_url}}, {"type": "text", "text": request.prompt}]

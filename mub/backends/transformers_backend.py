@@ -1,8 +1,10 @@
 """Backend for any model loadable with ``AutoModelForImageTextToText`` + ``AutoProcessor``.
 
-Requests are sorted by prompt length, cut into batches of ``batch_size`` and
-left-padded, so every prompt ends at the last column and the new tokens start
-at the same column for all rows. Results come back in request order.
+The requests of one :meth:`~TransformersBackend.generate` call (from the
+runner: a whole stage of a group of items) are sorted by prompt length, cut
+into batches of ``batch_size`` and left-padded, so every prompt ends at the
+last column and the new tokens start at the same column for all rows. Results
+come back in request order.
 
 Two scoring modes (``DecodingSettings.scoring``):
 
@@ -20,7 +22,8 @@ requests carry the same ``PIL.Image`` object, and per image object the backend
 keeps (least recently used first out):
 
 * the image processor's output and the vision encoder's output
-  (``2 * batch_size`` images; exact: outputs are unchanged), so an image is
+  (``max(2 * batch_size, 16)`` images, raised to the distinct images of a
+  ``generate`` call where these are more; exact: outputs are unchanged), so an image is
   processed and encoded once; ``reuse_images=False`` turns this off; see
   :class:`_CachingImageProcessor` and :class:`_ImageReuse`;
 * the keys/values of its last fully computed prompt (as many images; about
@@ -52,9 +55,10 @@ import time
 from collections import OrderedDict
 from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 from mub.backends.base import DecodingSettings, Generation, Request
+from mub.backends.common import chunks, request_seed
 from mub.tiny_models import resolve_model_spec, tiny_model_info
 
 if TYPE_CHECKING:
@@ -68,19 +72,8 @@ class MissingChatTemplateError(ValueError):
     """The model ships no chat template and none was given."""
 
 
-def request_seed(seed: int, key: str) -> int:
-    """Per-request sampling seed: stable across runs, batch sizes and request order."""
-    digest = hashlib.sha256(f"{seed}:{key}".encode("utf-8")).digest()
-    return int.from_bytes(digest[:8], "big") & (2**63 - 1)
-
-
 def _user_turn(prompt: str) -> list[dict[str, Any]]:
     return [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}]
-
-
-def _chunks(items: Sequence[int], size: int) -> Iterator[list[int]]:
-    for start in range(0, len(items), size):
-        yield list(items[start : start + size])
 
 
 class _TokenClasses:
@@ -511,8 +504,6 @@ class TransformersBackend:
         import torch
         from transformers import AutoModelForImageTextToText, AutoProcessor
 
-        if decoding.scoring not in ("generate", "logprob"):
-            raise ValueError(f"scoring must be 'generate' or 'logprob', not {decoding.scoring!r}")
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
         self.model_id = model_id
@@ -527,12 +518,13 @@ class TransformersBackend:
         self.tokenizer = self.processor.tokenizer
         self._template = self._resolve_template(chat_template)
         # Two batch groups' worth of images: a runner group's stage 1 and stage 2 share them.
+        # generate() raises the bound to the distinct images of a call when these are more.
         self.reuse_images = reuse_images
         capacity = max(2 * batch_size, 16)
+        self._image_caches: list[_ImageCache] = []
         if reuse_images and getattr(self.processor, "image_processor", None) is not None:
-            self.processor.image_processor = _CachingImageProcessor(
-                self.processor.image_processor, _ImageCache(capacity)
-            )
+            self._image_caches.append(_ImageCache(capacity))
+            self.processor.image_processor = _CachingImageProcessor(self.processor.image_processor, self._image_caches[-1])
         # Left padding puts every prompt's last token in the last column, which
         # both generation and last-position logprob scoring rely on.
         self.tokenizer.padding_side = "left"
@@ -554,6 +546,7 @@ class TransformersBackend:
         self.reuse_prefix = self._prefix is not None
         if self._prefix is not None:
             self._generation_config.return_dict_in_generate = True  # for the cache, kept per image
+        self._image_caches += [part.cache for part in (self._image_reuse, self._prefix) if part is not None]
 
     # ----------------------------------------------------------------- setup
 
@@ -642,13 +635,21 @@ class TransformersBackend:
     # ---------------------------------------------------------- public API
 
     def generate(self, requests: Sequence[Request]) -> list[Generation]:
-        """Answer every request; results are in request order."""
+        """Answer every request, in batches of ``batch_size`` by prompt length; results are in request order.
+
+        Give it all requests that are ready (e.g. a whole stage): the length
+        sort then has the most to choose from.
+        """
         if not requests:
             return []
+        # Every image of the call keeps its cached work until the next call (stage 1 -> stage 2).
+        distinct_images = len({id(r.image) for r in requests})
+        for cache in self._image_caches:
+            cache.capacity = max(cache.capacity, distinct_images)
         texts = self._prompt_texts(requests)
         results: list[Generation | None] = [None] * len(requests)
         run_batch = self._score_batch if self.decoding.scoring == "logprob" else self._generate_batch
-        for batch in _chunks(self._length_order(texts), self.batch_size):
+        for batch in chunks(self._length_order(texts), self.batch_size):
             start = time.perf_counter()
             outputs = run_batch([requests[i] for i in batch], [texts[i] for i in batch])
             # Each request is charged an equal share of its batch's wall time.

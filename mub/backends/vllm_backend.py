@@ -13,8 +13,9 @@ How it maps MUB onto vLLM's documented interfaces:
   requests, so the engine schedules them together; the engine runs with
   ``enable_prefix_caching=True``, so a stage-2 prompt reuses the cached work
   of its stage-1 prompt (same image and question; the cue comes after them).
-  The runner hands over ``--batch-size`` requests per call: give vLLM a large
-  one (e.g. 256).
+  The runner hands over one stage's requests for a group of ``--batch-size``
+  items per call: give vLLM a large one (e.g. 256). Each image is PNG-encoded
+  once for both stages (see :class:`mub.backends.common.ImageUrls`).
 * Decoding (:class:`SamplingParams`) means what it means in the
   transformers backend: temperature 0 is greedy; otherwise temperature /
   top-p / top-k sampling with a per-request seed derived from the run seed and
@@ -39,9 +40,7 @@ How it maps MUB onto vLLM's documented interfaces:
 
 from __future__ import annotations
 
-import base64
 import hashlib
-import io
 import math
 import os
 import time
@@ -49,10 +48,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
-from PIL import Image
-
 from mub.backends.base import DecodingSettings, Generation, Request
-from mub.backends.transformers_backend import request_seed
+from mub.backends.common import ImageUrls, request_seed
 from mub.tiny_models import resolve_model_spec, tiny_model_info
 
 if TYPE_CHECKING:
@@ -87,13 +84,6 @@ def answer_length(token_texts: Sequence[str]) -> int:
             return count
         seen_text = seen_text or text.strip() != ""
     return len(token_texts)
-
-
-def image_data_url(image: Image.Image) -> str:
-    """The image as a PNG data URL: lossless, so the engine sees the exact pixels."""
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
 def conversation(prompt: str, image_url: str) -> list[dict[str, Any]]:
@@ -153,8 +143,6 @@ class VLLMBackend:
         llm: Any = None,
     ) -> None:
         self.vllm = import_vllm()
-        if decoding.scoring not in ("generate", "logprob"):
-            raise ValueError(f"scoring must be 'generate' or 'logprob', not {decoding.scoring!r}")
         if tensor_parallel_size < 1:
             raise ValueError("--tensor-parallel-size must be at least 1")
         self.model_id = model_id
@@ -177,6 +165,7 @@ class VLLMBackend:
         }
         self.model_seconds = 0.0
         self._token_texts: dict[int, str] = {}
+        self._image_urls = ImageUrls("png")  # lossless: the engine sees the exact pixels
         self.llm = llm if llm is not None else self._start_engine()
 
     def _start_engine(self) -> Any:
@@ -213,15 +202,12 @@ class VLLMBackend:
         return self.vllm.SamplingParams(**options)
 
     def conversations(self, requests: Sequence[Request]) -> list[list[dict[str, Any]]]:
-        """One conversation per request; an image shared by stage 1 and stage 2 is encoded once."""
-        urls: dict[int, str] = {}
-        built = []
-        for request in requests:
-            key = id(request.image)
-            if key not in urls:
-                urls[key] = image_data_url(request.image)
-            built.append(conversation(request.prompt, urls[key]))
-        return built
+        """One conversation per request.
+
+        Each image object is PNG-encoded once, across calls too: its stage-1
+        and stage-2 requests (separate calls) share the data URL.
+        """
+        return [conversation(request.prompt, self._image_urls(request.image)) for request in requests]
 
     def generate(self, requests: Sequence[Request]) -> list[Generation]:
         """Answer every request in one engine call; results are in request order."""
