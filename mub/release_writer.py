@@ -40,7 +40,7 @@ def load_items(name: str, flag: str) -> datasets.Dataset:
     """
     try:
         dataset = mub_dataset.load("explicit", name)
-    except FileNotFoundError as exc:
+    except (FileNotFoundError, ValueError) as exc:
         raise ValueError(f"{flag} {name}: not a MUB dataset (release folder, export folder, Hub id or 'sample'): {exc}") from None
     return dataset.cast_column("image", datasets.Image(decode=False))
 

@@ -95,4 +95,13 @@ def load(
     if is_release_dir(dataset):
         return build_from_release(dataset, config, cache_dir=cache_dir, allow_truncated=allow_truncated)
     config_spec(config)
-    return datasets.load_dataset(str(dataset), config, split="test", cache_dir=cache_dir)
+    local = Path(dataset).expanduser()
+    if not local.is_dir() and str(dataset).startswith((".", "/", "~")):
+        raise ValueError(f"dataset {dataset}: no such folder")
+    try:
+        return datasets.load_dataset(str(local) if local.is_dir() else str(dataset), config, split="test", cache_dir=cache_dir)
+    except (OSError, ValueError) as exc:  # ConnectionError and FileNotFoundError are OSErrors
+        raise ValueError(
+            f"dataset {dataset}: cannot load config {config!r} ({exc}); give 'sample', a release folder "
+            f"(with {MAIN_FILE}), a folder written by `mub build`, or a Hub dataset id (needs network)"
+        ) from None

@@ -68,6 +68,18 @@ if TYPE_CHECKING:
 _PROBE_QUESTION = "Question?"
 
 
+def _loaded(auto_class: Any, path: str, model_id: str, **kwargs: Any) -> Any:
+    """``auto_class.from_pretrained`` with a message that names the model and the fix, not a Hub traceback."""
+    try:
+        return auto_class.from_pretrained(path, **kwargs)
+    except (OSError, ValueError) as exc:
+        raise ValueError(
+            f"--model {model_id}: cannot load it with {auto_class.__name__} ({exc}); give a Hub id (needs network, "
+            "or a copy in the Hugging Face cache), a local model folder, or tiny:<arch>; models with their own code "
+            "also need --trust-remote-code"
+        ) from None
+
+
 class MissingChatTemplateError(ValueError):
     """The model ships no chat template and none was given."""
 
@@ -514,7 +526,7 @@ class TransformersBackend:
         self.chat_template_path = chat_template
         self.model_seconds = 0.0
 
-        self.processor = AutoProcessor.from_pretrained(self.path, trust_remote_code=trust_remote_code)
+        self.processor = _loaded(AutoProcessor, self.path, model_id, trust_remote_code=trust_remote_code)
         self.tokenizer = self.processor.tokenizer
         self._template = self._resolve_template(chat_template)
         # Two batch groups' worth of images: a runner group's stage 1 and stage 2 share them.
@@ -532,8 +544,12 @@ class TransformersBackend:
             self.tokenizer.pad_token = self.tokenizer.eos_token
 
         self.device = torch.device(_pick_device(device))
-        self.model = AutoModelForImageTextToText.from_pretrained(
-            self.path, dtype=_pick_dtype(dtype, self.device), trust_remote_code=trust_remote_code
+        self.model = _loaded(
+            AutoModelForImageTextToText,
+            self.path,
+            model_id,
+            dtype=_pick_dtype(dtype, self.device),
+            trust_remote_code=trust_remote_code,
         ).to(self.device)
         self.model.eval()
         self._generation_config = self._make_generation_config()
