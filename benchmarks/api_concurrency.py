@@ -23,9 +23,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 import datasets
-import mub_dataset
 from fault_server import FaultServer
-from mub.runner import RunConfig, run
+
+import mub_dataset
+from mub.config import RunConfig
+from mub.runs.runner import run
 
 
 def items_per_second(

@@ -18,7 +18,7 @@ through the ``--items`` that every mub run covers.
 
 Figures (last line, one JSON object):
 
-- ``batched_vs_naive``: items/s of ``mub run`` (``mub.runner.run``) at batch 16
+- ``batched_vs_naive``: items/s of ``mub run`` (``mub.runs.runner.run``) at batch 16
   over items/s of a naive loop written like the reference scripts: one item at a
   time, per stage load-process-generate-decode with ``model.generate`` (stopping
   at EOS or max_new_tokens, as they do), then parse and build the stage-2 hint.
@@ -65,13 +65,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torch
 
 import mub_dataset
-from mub import protocol
-from mub.backends.base import DecodingSettings
 from mub.backends.transformers_backend import TransformersBackend
-from mub.parsing import parse_answer
-from mub.prompts import explicit_cue, render_prompt
-from mub.runner import RunConfig, run
-from mub.tiny_models import resolve_model_spec
+from mub.config import DecodingSettings, RunConfig
+from mub.protocol import stages
+from mub.protocol.parsing import parse_answer
+from mub.protocol.prompts import explicit_cue, render_prompt
+from mub.runs.runner import run
+from mub.testing.tiny_models import resolve_model_spec
 
 MAX_NEW_TOKENS = 16
 BATCH_SIZE = 16
@@ -124,7 +124,7 @@ class NaiveLoop:
                 image = Image.open(io.BytesIO(data)).convert("RGB")
                 first = self.ask(image, render_prompt(row))
                 parsed = parse_answer(first, row["choices"], row["question_type"])
-                cue = explicit_cue(protocol.hinted_answer(row, protocol.is_correct(parsed, row)))
+                cue = explicit_cue(stages.hinted_answer(row, stages.is_correct(parsed, row)))
                 second = self.ask(image, render_prompt(row, cue))
                 after = parse_answer(second, row["choices"], row["question_type"])
                 sink.write(json.dumps({"id": row["id"], "stage1": first, "stage2": second, "parsed": [parsed, after]}) + "\n")
@@ -154,7 +154,7 @@ def count_new_tokens(backend: TransformersBackend) -> list[int]:
 
 
 def timed_run(backend: TransformersBackend, dataset: Any, n_items: int, scoring: str, model: str) -> dict[str, float]:
-    """Wall seconds of ``mub.runner.run`` on the first ``n_items`` and the seconds inside the model."""
+    """Wall seconds of ``mub.runs.runner.run`` on the first ``n_items`` and the seconds inside the model."""
     with tempfile.TemporaryDirectory() as out:
         config = RunConfig(
             model=model, limit=n_items, batch_size=BATCH_SIZE, out=out, progress=False,

@@ -12,8 +12,12 @@ __all__ = ["RunConfig", "run"]
 
 
 def __getattr__(name: str) -> Any:
-    if name in __all__:
-        from . import runner
+    if name == "RunConfig":
+        from mub.config import RunConfig
 
-        return getattr(runner, name)
+        return RunConfig
+    if name == "run":
+        from mub.runs.runner import run
+
+        return run
     raise AttributeError(f"module 'mub' has no attribute {name!r}")

@@ -60,7 +60,7 @@ def _parse_shard(text: str) -> tuple[int, int]:
 
 def _add_run(sub: argparse._SubParsersAction) -> None:
     # protocol.py imports nothing heavy: `mub --help` stays fast.
-    from mub.protocol import DEFAULT_HINT_TEMPLATE
+    from mub.protocol.stages import DEFAULT_HINT_TEMPLATE
 
     p = sub.add_parser("run", help="evaluate a model on MUB (stage 1, then stage 2 with the misleading cue)")
     p.add_argument("--model", required=True, help="Hub id, local folder, or tiny:<arch> (a random plumbing-check model)")
@@ -96,7 +96,8 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
 def _cmd_run(args: argparse.Namespace) -> int:
     from dataclasses import fields
 
-    from mub.runner import RunConfig, run
+    from mub.config import RunConfig
+    from mub.runs.runner import run
 
     # Every RunConfig field with a flag of the same name; the rest are set here.
     options = {field.name: getattr(args, field.name) for field in fields(RunConfig) if hasattr(args, field.name)}
@@ -114,7 +115,7 @@ def _add_merge(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_merge(args: argparse.Namespace) -> int:
-    from mub.merge import merge_runs
+    from mub.runs.merge import merge_runs
 
     merge_runs(args.dirs, args.out, overwrite=args.overwrite, progress=not args.no_progress)
     return 0
@@ -122,7 +123,7 @@ def _cmd_merge(args: argparse.Namespace) -> int:
 
 def _cmd_report(args: argparse.Namespace) -> int:
     try:
-        from mub.report import build_report, write_report
+        from mub.report.report import build_report, write_report
     except ModuleNotFoundError as exc:  # matplotlib is an extra
         raise ValueError(f"{exc}; install the plotting extra: pip install 'mub[report]'") from exc
 
@@ -143,7 +144,12 @@ def _add_report(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_submit(args: argparse.Namespace) -> int:
-    from mub.submit import build_submission, upload, upload_paths, write_submission
+    from mub.report.submit import (
+        build_submission,
+        upload,
+        upload_paths,
+        write_submission,
+    )
 
     submission = build_submission(args.run_dirs)
     files = write_submission(submission, args.out)

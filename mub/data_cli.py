@@ -38,7 +38,7 @@ def add_notes(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_notes(args: argparse.Namespace) -> int:
-    from mub.notes import NotesConfig, generate_notes
+    from mub.extend.notes import NotesConfig, generate_notes
 
     config = NotesConfig(
         dataset=args.dataset, out=args.out, model=args.model, backend=args.backend, k=args.k,
@@ -65,7 +65,7 @@ def add_sft_data(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_sft_data(args: argparse.Namespace) -> int:
-    from mub.sft_data import SftConfig, build_sft_data, parse_mix
+    from mub.extend.sft_data import SftConfig, build_sft_data, parse_mix
 
     summary = build_sft_data(
         SftConfig(args.dataset, args.out, args.size, parse_mix(args.mix), args.exclude, args.seed, args.overwrite)
@@ -96,7 +96,12 @@ def add_import(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_import(args: argparse.Namespace) -> int:
-    from mub.importer import ImportConfig, format_import_summary, import_dataset, parse_column_mappings
+    from mub.extend.importer import (
+        ImportConfig,
+        format_import_summary,
+        import_dataset,
+        parse_column_mappings,
+    )
 
     config = ImportConfig(
         dataset=args.dataset, out=args.out, columns=parse_column_mappings(args.column), config_name=args.config_name,

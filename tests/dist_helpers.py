@@ -13,8 +13,8 @@ import sys
 
 from mub.backends import BACKENDS
 from mub.backends.base import Request
-from mub.backends.scripted import ScriptedBackend
 from mub.cli import main
+from mub.testing.scripted import ScriptedBackend
 
 SCRIPTED = "test-scripted"
 

@@ -10,9 +10,8 @@ import pytest
 from PIL import Image
 
 from mub.backends import common
-from mub.backends.base import DecodingSettings
 from mub.backends.common import ImageUrls, chunks, image_data_url, request_seed
-from mub.runner import RunConfig
+from mub.config import DecodingSettings, RunConfig
 
 
 def test_scoring_mode_is_checked_once_by_the_decoding_settings() -> None:

@@ -6,7 +6,7 @@ import subprocess
 import sys
 from dataclasses import fields
 
-from mub.runner import RunConfig
+from mub.config import RunConfig
 
 
 def test_building_the_parser_imports_no_heavy_library():

@@ -8,14 +8,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import dist_helpers
 import pytest
 
-import dist_helpers
 from mub.cli import main
-from mub.distributed import Launch, detect_launch, launch_id, placement_for
-from mub.merge import MergeError, merge_runs
-from mub.runner import RunConfig
-from mub.tiny_models import resolve_model_spec
+from mub.config import RunConfig
+from mub.runs.distributed import Launch, detect_launch, launch_id, placement_for
+from mub.runs.merge import MergeError, merge_runs
+from mub.testing.tiny_models import resolve_model_spec
 
 HELPER = Path(dist_helpers.__file__)
 ITEMS = 12

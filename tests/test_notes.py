@@ -15,14 +15,32 @@ from PIL import Image
 
 import mub_dataset
 from mub.backends.base import Generation, Request
-from mub.backends.scripted import ScriptedBackend
 from mub.cli import main
-from mub.importer import DatasetImportError, ImportConfig, answer_label, choices_of, import_dataset
-from mub.note_prompts import GUIDING_STRATEGIES, TemplateError, load_templates, strategy_for
-from mub.note_validation import PROBLEMS, clean_note, count_sentences, named_option_letters, note_problems
-from mub.notes import NotesConfig, generate_notes
-from mub.runner import RunConfig, run
-from mub.storage import RunFolderError
+from mub.config import RunConfig
+from mub.extend.importer import (
+    DatasetImportError,
+    ImportConfig,
+    answer_label,
+    choices_of,
+    import_dataset,
+)
+from mub.extend.note_prompts import (
+    GUIDING_STRATEGIES,
+    TemplateError,
+    load_templates,
+    strategy_for,
+)
+from mub.extend.note_validation import (
+    PROBLEMS,
+    clean_note,
+    count_sentences,
+    named_option_letters,
+    note_problems,
+)
+from mub.extend.notes import NotesConfig, generate_notes
+from mub.runs.runner import run
+from mub.runs.storage import RunFolderError
+from mub.testing.scripted import ScriptedBackend
 
 MC = {"question": "How many red circles are there?", "choices": ["3", "4", "5"], "answer": "B", "question_type": "multiple_choice"}
 YN = {"question": "Is there a cat?", "choices": ["Yes", "No"], "answer": "No", "question_type": "yes_no"}
@@ -389,7 +407,7 @@ def served_note_model(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tupl
     """
     from served_model import serving
 
-    from mub.tiny_models import build_tiny_model
+    from mub.testing.tiny_models import build_tiny_model
 
     model = build_tiny_model("llava", tmp_path_factory.mktemp("served-notes") / "tiny-llava-words", favour=NOTE_WORDS)
     with serving(model) as base_url:

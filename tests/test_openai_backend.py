@@ -20,10 +20,10 @@ from urllib.parse import quote
 
 import httpx
 import pytest
+from fault_server import FaultServer, healthy_answer
 from PIL import Image
 
-from fault_server import FaultServer, healthy_answer
-from mub.backends.base import DecodingSettings, Request
+from mub.backends.base import Request
 from mub.backends.openai_backend import (
     ApiSettings,
     OpenAIBackend,
@@ -33,8 +33,9 @@ from mub.backends.openai_backend import (
     retry_delay,
 )
 from mub.cli import main
-from mub.prompts import question_text, render_prompt
-from mub.runner import RunConfig, select_items
+from mub.config import DecodingSettings, RunConfig
+from mub.protocol.prompts import question_text, render_prompt
+from mub.runs.runner import select_items
 
 KEY_ENV = "MUB_TEST_API_KEY"
 SECRET = "sk-mub-test-" + "".join(random.Random().choices("0123456789abcdef", k=24))
@@ -371,7 +372,7 @@ def served_tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tupl
     """``transformers serve`` (:func:`served_model.serving`) pinned to a tiny llava built offline, on the CPU."""
     from served_model import serving
 
-    from mub.tiny_models import build_tiny_model
+    from mub.testing.tiny_models import build_tiny_model
 
     model = build_tiny_model("llava", tmp_path_factory.mktemp("served") / "tiny-llava", favour=ANSWER_TOKENS)
     with serving(model) as base_url:
@@ -380,7 +381,7 @@ def served_tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tupl
 
 def test_mub_run_against_transformers_serve_matches_the_local_backend(served_tiny_model, tmp_path):
     from mub.backends.transformers_backend import TransformersBackend
-    from mub.runner import run
+    from mub.runs.runner import run
 
     base_url, model = served_tiny_model
     out = tmp_path / "served"

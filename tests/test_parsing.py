@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from mub.parsing import MULTIPLE_CHOICE, YES_NO, option_labels, parse_answer
+from mub.protocol.parsing import MULTIPLE_CHOICE, YES_NO, option_labels, parse_answer
 
 MC = MULTIPLE_CHOICE
 YN = YES_NO

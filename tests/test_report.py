@@ -19,17 +19,16 @@ from typing import Callable
 import numpy as np
 import pytest
 import yaml
+from conftest import SHARED
 from PIL import Image
 
 import mub_dataset
-from conftest import SHARED
 from mub.backends.base import Request
-from mub.backends.scripted import ScriptedBackend
 from mub.cli import main
-from mub.compare import ItemOutcomes, compare_predictions, paired_bootstrap
-from mub.paper import PAPER_AVERAGE, PAPER_RESULTS
-from mub.predictions import ItemPrediction, StageAnswer
-from mub.report import (
+from mub.config import RunConfig
+from mub.report.compare import ItemOutcomes, compare_predictions, paired_bootstrap
+from mub.report.paper import PAPER_AVERAGE, PAPER_RESULTS
+from mub.report.report import (
     Estimate,
     assign_labels,
     build_report,
@@ -37,8 +36,10 @@ from mub.report import (
     transition_counts,
     write_report,
 )
-from mub.runner import RunConfig, run
-from mub.submit import build_submission, upload_paths
+from mub.report.submit import build_submission, upload_paths
+from mub.runs.predictions import ItemPrediction, StageAnswer
+from mub.runs.runner import run
+from mub.testing.scripted import ScriptedBackend
 
 FIGURES = ("misleading_by_difficulty.png", "transitions.png", "misleading_by_source.png", "accuracy_vs_misleading.png")
 CELL = re.compile(r"^(?P<value>\d+\.\d{2}) \[(?P<low>\d+\.\d{2}), (?P<high>\d+\.\d{2})\] n=(?P<n>\d+)$")
@@ -83,7 +84,7 @@ def _scripted_run(root: Path, model: str, config: str, flip_share: int, limit: i
 def _tiny_run(root: Path) -> Path | None:
     try:
         import mub.backends.transformers_backend  # noqa: F401
-        import mub.tiny_models  # noqa: F401
+        import mub.testing.tiny_models  # noqa: F401
     except ImportError:
         return None
     out = root / "tiny_llava__explicit"

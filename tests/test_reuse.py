@@ -22,10 +22,11 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 
 from PIL import Image
 
-from mub.backends.base import DecodingSettings, Generation, Request
+from mub.backends.base import Generation, Request
 from mub.backends.transformers_backend import TransformersBackend, from_run_config
-from mub.runner import RunConfig, run
-from mub.tiny_models import TINY_ARCHITECTURES, build_tiny_model
+from mub.config import DecodingSettings, RunConfig
+from mub.runs.runner import run
+from mub.testing.tiny_models import TINY_ARCHITECTURES, build_tiny_model
 
 QUESTIONS = (
     "What is shown?",

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from mub.cli import main as cli_main
-from mub.tiny_models import TINY_ARCHITECTURES, build_tiny_model
+from mub.testing.tiny_models import TINY_ARCHITECTURES, build_tiny_model
 
 # Tokens the tiny models are pushed towards (option letters and the newline
 # that ends an answer), so outputs look like answers and stop early; the exact

@@ -17,10 +17,11 @@ import pytest
 from PIL import Image
 
 from mub.backends.base import Generation, Request
-from mub.backends.scripted import ScriptedBackend
-from mub.prompts import render_prompt
-from mub.runner import RunConfig, run
-from mub.storage import RunFolderError
+from mub.config import RunConfig
+from mub.protocol.prompts import render_prompt
+from mub.runs.runner import run
+from mub.runs.storage import RunFolderError
+from mub.testing.scripted import ScriptedBackend
 from mub_dataset.features import FEATURES
 
 
@@ -205,8 +206,9 @@ KILLABLE_RUN = textwrap.dedent(
     import sys, time
     sys.path.insert(0, {tests!r})
     from test_runner import _dataset, _item
-    from mub.backends.scripted import ScriptedBackend
-    from mub.runner import RunConfig, run
+    from mub.testing.scripted import ScriptedBackend
+    from mub.config import RunConfig
+    from mub.runs.runner import run
 
     def rule(request):
         time.sleep({delay})
@@ -298,8 +300,8 @@ def test_an_invalid_hint_template_is_refused_before_anything_runs(tmp_path, temp
 
 
 def test_scoring_refuses_a_run_with_missing_items(tmp_path):
-    from mub.runner import finish_run, select_items
-    from mub.storage import RunFolder
+    from mub.runs.runner import finish_run, select_items
+    from mub.runs.storage import RunFolder
 
     dataset = _dataset([_item(1), _item(2), _item(3)])
     config = _config(tmp_path)

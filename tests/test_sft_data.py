@@ -11,12 +11,10 @@ import pytest
 
 import mub_dataset
 from mub.backends.base import Request
-from mub.backends.scripted import ScriptedBackend
 from mub.cli import main
-from mub.prompts import explicit_cue, implicit_cue, render_prompt
-from mub.release_writer import release_record, write_release
-from mub.runner import RunConfig, run
-from mub.sft_data import (
+from mub.config import RunConfig
+from mub.extend.release_writer import release_record, write_release
+from mub.extend.sft_data import (
     DEFAULT_MIX,
     SftConfig,
     build_sft_data,
@@ -24,6 +22,9 @@ from mub.sft_data import (
     parse_mix,
     quotas,
 )
+from mub.protocol.prompts import explicit_cue, implicit_cue, render_prompt
+from mub.runs.runner import run
+from mub.testing.scripted import ScriptedBackend
 from mub_dataset.files import cell_bytes, image_digest
 
 

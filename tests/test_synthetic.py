@@ -15,7 +15,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mub_dataset.synthetic import PALETTE, SYNTHETIC_SOURCES, hardness_to_num, write_synthetic_release
+from mub_dataset.synthetic import (
+    PALETTE,
+    SYNTHETIC_SOURCES,
+    hardness_to_num,
+    write_synthetic_release,
+)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 MAIN = "all_combined_items.jsonl"

@@ -18,9 +18,14 @@ import pytest
 pytest.importorskip("torch")
 from PIL import Image
 
-from mub.backends.base import Backend, DecodingSettings, Generation, Request
-from mub.backends.transformers_backend import MissingChatTemplateError, TransformersBackend, request_seed
-from mub.tiny_models import (
+from mub.backends.base import Backend, Generation, Request
+from mub.backends.transformers_backend import (
+    MissingChatTemplateError,
+    TransformersBackend,
+    request_seed,
+)
+from mub.config import DecodingSettings
+from mub.testing.tiny_models import (
     MARKER_FILE,
     TINY_ARCHITECTURES,
     build_tiny_model,

@@ -23,7 +23,7 @@ import pytest
 from PIL import Image
 
 from mub.backends import create_backend
-from mub.backends.base import DecodingSettings, Request
+from mub.backends.base import Request
 from mub.backends.common import request_seed
 from mub.backends.vllm_backend import (
     INSTALL_HINT,
@@ -35,7 +35,8 @@ from mub.backends.vllm_backend import (
     visible_devices,
 )
 from mub.cli import main
-from mub.runner import RunConfig, run
+from mub.config import DecodingSettings, RunConfig
+from mub.runs.runner import run
 
 EOS = 2
 # Token id -> text, as the fake tokenizer decodes them one by one.

@@ -9,10 +9,11 @@ from __future__ import annotations
 from importlib import import_module
 from typing import TYPE_CHECKING, Callable
 
-from .base import Backend, DecodingSettings, Generation, Request
+from mub.backends.base import Backend, Generation, Request
+from mub.config import DecodingSettings
 
 if TYPE_CHECKING:
-    from ..runner import RunConfig
+    from mub.config import RunConfig
 
 # name -> "module:function" building the backend from a RunConfig; imported
 # lazily so that a backend's heavy dependencies load only when it is used.

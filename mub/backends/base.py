@@ -12,31 +12,6 @@ from typing import Any, Protocol, Sequence, runtime_checkable
 
 from PIL import Image
 
-# How answers are read: "generate" decodes text; "logprob" ranks the options by next-token probability.
-SCORING_MODES = ("generate", "logprob")
-
-
-@dataclass(frozen=True)
-class DecodingSettings:
-    """How answers are decoded; identical meaning for every backend."""
-
-    max_new_tokens: int = 16
-    temperature: float = 0.0  # 0 means greedy decoding
-    top_p: float = 1.0
-    top_k: int = 0  # 0 means no top-k filter
-    seed: int = 0
-    scoring: str = "generate"  # one of SCORING_MODES
-
-    def __post_init__(self) -> None:
-        if self.scoring not in SCORING_MODES:
-            raise ValueError(
-                f"scoring (--scoring) must be {' or '.join(map(repr, SCORING_MODES))}, got {self.scoring!r}"
-            )
-
-    @property
-    def greedy(self) -> bool:
-        return self.temperature <= 0.0
-
 
 @dataclass(frozen=True)
 class Request:

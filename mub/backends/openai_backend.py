@@ -57,12 +57,13 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 from urllib.parse import quote, urlsplit, urlunsplit
 
 from mub.backends import common
-from mub.backends.base import DecodingSettings, Generation, Request
+from mub.backends.base import Generation, Request
+from mub.config import DecodingSettings
 
 if TYPE_CHECKING:
     import httpx
 
-    from mub.runner import RunConfig
+    from mub.config import RunConfig
 
 logger = logging.getLogger(__name__)
 

@@ -57,12 +57,13 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
-from mub.backends.base import DecodingSettings, Generation, Request
+from mub.backends.base import Generation, Request
 from mub.backends.common import chunks, request_seed
-from mub.tiny_models import resolve_model_spec, tiny_model_info
+from mub.config import DecodingSettings
+from mub.testing.tiny_models import resolve_model_spec, tiny_model_info
 
 if TYPE_CHECKING:
-    from mub.runner import RunConfig
+    from mub.config import RunConfig
 
 # A neutral one-turn conversation used to see how the template renders an answer.
 _PROBE_QUESTION = "Question?"
@@ -142,7 +143,12 @@ def _answer_complete_criteria(classes: _TokenClasses, prompt_len: int, batch: in
 def _seeded_sampler(seeds: Sequence[int], decoding: DecodingSettings, device: Any) -> Any:
     """A LogitsProcessor that samples every row from its own generator (see module docstring)."""
     import torch
-    from transformers import LogitsProcessor, TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
+    from transformers import (
+        LogitsProcessor,
+        TemperatureLogitsWarper,
+        TopKLogitsWarper,
+        TopPLogitsWarper,
+    )
 
     warpers: list[Any] = [TemperatureLogitsWarper(decoding.temperature)]
     if decoding.top_k > 0:
@@ -495,7 +501,7 @@ class TransformersBackend:
     """Answer MUB requests with a local Hugging Face vision-language model.
 
     ``model_id`` is a Hub id, a local folder, or ``tiny:<arch>`` (a cached
-    plumbing-check model from :mod:`mub.tiny_models`). ``model_seconds``
+    plumbing-check model from :mod:`mub.testing.tiny_models`). ``model_seconds``
     accumulates the wall time spent inside ``generate``/forward calls, so
     callers can compute how much of a run is overhead.
     """

@@ -48,12 +48,13 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
-from mub.backends.base import DecodingSettings, Generation, Request
+from mub.backends.base import Generation, Request
 from mub.backends.common import ImageUrls, request_seed
-from mub.tiny_models import resolve_model_spec, tiny_model_info
+from mub.config import DecodingSettings
+from mub.testing.tiny_models import resolve_model_spec, tiny_model_info
 
 if TYPE_CHECKING:
-    from mub.runner import RunConfig
+    from mub.config import RunConfig
 
 INSTALL_HINT = 'the vllm backend needs vLLM, which is not installed: pip install "mub[vllm]" (Linux with a CUDA GPU)'
 LOGPROB_TOP_N = 20

@@ -8,7 +8,7 @@ above 1, :func:`placement_for` splits a run across the processes:
   same interleaving as ``--shard r/n``) and appends to its own file,
   ``predictions.rank{r}-of-{n}.jsonl``, in the shared run folder. A run
   folder's predictions are the union of its predictions files
-  (:class:`mub.storage.RunFolder`), so ``--resume`` works per rank, and even
+  (:class:`mub.runs.storage.RunFolder`), so ``--resume`` works per rank, and even
   with another number of processes than the killed launch had.
 - Rank 0 alone prepares the folder (checks or writes ``run.json``, clears it
   on ``--overwrite``) before any rank reads it, and alone scores the union
@@ -41,10 +41,10 @@ from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Protocol, Sequence, TypeVar
 
-from .storage import PREDICTIONS_FILE, RunFolder, write_json_atomic
+from mub.runs.storage import PREDICTIONS_FILE, RunFolder, write_json_atomic
 
 if TYPE_CHECKING:
-    from .runner import RunConfig
+    from mub.config import RunConfig
 
 T = TypeVar("T")
 

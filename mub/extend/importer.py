@@ -37,12 +37,22 @@ from typing import Any, Mapping, Sequence
 
 import datasets
 
+from mub.extend.release_writer import (
+    check_new_folder,
+    hashed_image_path,
+    release_record,
+    write_release,
+)
+from mub.runs.storage import write_json_atomic
 from mub_dataset.features import MULTIPLE_CHOICE, YES_NO, difficulty_for
 from mub_dataset.files import cell_bytes, staged_folder
-from mub_dataset.records import RecordError, item_id, letters, misleading_answer_for, normalise_record
-
-from .release_writer import check_new_folder, hashed_image_path, release_record, write_release
-from .storage import write_json_atomic
+from mub_dataset.records import (
+    RecordError,
+    item_id,
+    letters,
+    misleading_answer_for,
+    normalise_record,
+)
 
 REQUIRED_COLUMNS = ("question", "image", "answer")
 OPTIONAL_COLUMNS = ("choices", "category", "misled_count")

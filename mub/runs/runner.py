@@ -22,108 +22,18 @@ import mub_dataset
 from mub_dataset.features import DIFFICULTY_LEVELS
 from mub_dataset.files import cell_bytes, image_digest
 
-from . import distributed, protocol
-from .backends import Backend, create_backend
-from .backends.base import DecodingSettings, Generation, Request
-from .backends.common import chunks
-from .parsing import option_labels, parse_answer
-from .predictions import ItemPrediction, StageAnswer
-from .prompts import DEFAULT_HINT_TEMPLATE, explicit_cue, implicit_cue, render_prompt
-from .results import build_results, format_table
-from .storage import RunFolder, RunFolderError
-
-
-@dataclass
-class RunConfig:
-    """Everything that defines a run; the CLI flags map one to one."""
-
-    model: str
-    dataset: str = "sample"
-    config: str = "explicit"
-    backend: str = "transformers"
-    difficulty: str | None = None
-    misled_count: int | None = None
-    limit: int | None = None
-    shard: tuple[int, int] | None = None  # (index, count): this process's share of the items
-    batch_size: int = 8
-    dtype: str = "auto"
-    device: str = "auto"
-    out: str | None = None
-    resume: bool = False
-    overwrite: bool = False
-    trust_remote_code: bool = False
-    chat_template: str | None = None
-    hint_template: str = DEFAULT_HINT_TEMPLATE
-    notes: int = 5
-    max_new_tokens: int = 16
-    temperature: float = 0.0
-    top_p: float = 1.0
-    top_k: int = 0
-    seed: int = 0
-    num_samples: int = 1
-    scoring: str = "generate"
-    backend_options: dict[str, Any] = field(default_factory=dict)
-    progress: bool = True
-
-    def decoding(self) -> DecodingSettings:
-        return DecodingSettings(
-            max_new_tokens=self.max_new_tokens,
-            temperature=self.temperature,
-            top_p=self.top_p,
-            top_k=self.top_k,
-            seed=self.seed,
-            scoring=self.scoring,
-        )
-
-    def validate(self) -> None:
-        if self.difficulty is not None and self.difficulty not in DIFFICULTY_LEVELS:
-            raise ValueError(f"--difficulty must be one of {', '.join(DIFFICULTY_LEVELS)}, got {self.difficulty!r}")
-        if self.batch_size < 1 or self.notes < 1 or self.num_samples < 1 or self.max_new_tokens < 1:
-            raise ValueError("--batch-size, --notes, --num-samples and --max-new-tokens must be at least 1")
-        self.decoding()  # DecodingSettings checks the scoring mode
-        if self.shard is not None and not 0 <= self.shard[0] < self.shard[1]:
-            raise ValueError(f"--shard I/N needs 0 <= I < N, got {self.shard[0]}/{self.shard[1]}")
-        try:
-            rendered = self.hint_template.format(answer="\0")
-        except (KeyError, IndexError, ValueError) as exc:
-            raise ValueError(
-                f"--hint-template {self.hint_template!r} is not a valid template ({exc!r}); "
-                "use {answer} for the answer and {{ }} for literal braces"
-            ) from None
-        if "\0" not in rendered:
-            raise ValueError(f"--hint-template must contain '{{answer}}', got {self.hint_template!r}")
-
-    def out_dir(self) -> Path:
-        if self.out:
-            return Path(self.out)
-        slug = re.sub(r"[^A-Za-z0-9._-]+", "_", self.model.strip("/")).strip("_") or "model"
-        # Shards of one run get distinct default folders, so array jobs never share one.
-        shard = f"__shard{self.shard[0]}-of-{self.shard[1]}" if self.shard else ""
-        return Path("runs") / f"{slug}__{self.config}{shard}"
-
-    def settings(self, dataset_info: Mapping[str, Any]) -> dict[str, Any]:
-        """What determines the results; a resumed run must match it exactly."""
-        chat_template_sha = None
-        if self.chat_template:
-            chat_template_sha = hashlib.sha256(Path(self.chat_template).read_bytes()).hexdigest()
-        return {
-            "model": self.model,
-            "backend": self.backend,
-            "dataset": dataset_info["name"],
-            "config": self.config,
-            "items_fingerprint": dataset_info["fingerprint"],
-            "difficulty": self.difficulty,
-            "misled_count": self.misled_count,
-            "limit": self.limit,
-            "shard": list(self.shard) if self.shard else None,
-            "dtype": self.dtype,
-            "chat_template_sha256": chat_template_sha,
-            "hint_template": self.hint_template,
-            "notes": self.notes,
-            "num_samples": self.num_samples,
-            "decoding": asdict(self.decoding()),
-            "trust_remote_code": self.trust_remote_code,
-        }
+from mub.config import RunConfig
+from mub.protocol import stages
+from mub.runs import distributed
+from mub.backends import Backend, create_backend
+from mub.config import DecodingSettings
+from mub.backends.base import Generation, Request
+from mub.backends.common import chunks
+from mub.protocol.parsing import option_labels, parse_answer
+from mub.runs.predictions import ItemPrediction, StageAnswer
+from mub.protocol.prompts import DEFAULT_HINT_TEMPLATE, explicit_cue, implicit_cue, render_prompt
+from mub.runs.results import build_results, format_table
+from mub.runs.storage import RunFolder, RunFolderError
 
 
 @dataclass
@@ -241,11 +151,11 @@ def run_batch(
         records.append(record)
         cues: list[str] = []
         if record.error is None:
-            correct = protocol.is_correct(record.original_prediction, row)
+            correct = stages.is_correct(record.original_prediction, row)
             if config.config == "implicit":
-                cues = [implicit_cue(note) for note in protocol.notes_for(row, correct, config.notes)]
+                cues = [implicit_cue(note) for note in stages.notes_for(row, correct, config.notes)]
             else:
-                cues = [explicit_cue(protocol.hinted_answer(row, correct), config.hint_template)]
+                cues = [explicit_cue(stages.hinted_answer(row, correct), config.hint_template)]
         stage2_cues.append(cues)
         for number, cue in enumerate(cues):
             stage2_requests.append(Request(f"{row['id']}/stage2/{number}", image, render_prompt(row, cue), _options(row)))
@@ -255,8 +165,8 @@ def run_batch(
         if record.error is not None:
             continue
         record.error = next((a.error for a in record.stage2 if a.error), None)
-        correct = protocol.is_correct(record.original_prediction, row)
-        record.prediction, record.flipped_by_note = protocol.combine_note_answers(
+        correct = stages.is_correct(record.original_prediction, row)
+        record.prediction, record.flipped_by_note = stages.combine_note_answers(
             row, correct, [a.parsed for a in record.stage2]
         )
         if config.config != "implicit":
@@ -268,7 +178,7 @@ def run(config: RunConfig, backend: Backend | None = None, dataset: datasets.Dat
     """Evaluate a model on MUB; writes the run folder and returns the results document.
 
     Under torchrun / accelerate launch, each process evaluates its share of
-    the items and rank 0 scores them all (see :mod:`mub.distributed`).
+    the items and rank 0 scores them all (see :mod:`mub.runs.distributed`).
     """
     config.validate()
     placement = distributed.placement_for(config)

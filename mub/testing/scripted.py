@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from typing import Any, Callable, Sequence
 
-from .base import DecodingSettings, Generation, Request
+from mub.backends.base import Generation, Request
+from mub.config import DecodingSettings
 
 Rule = Callable[[Request], str | Generation]
 

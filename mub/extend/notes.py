@@ -4,11 +4,11 @@ For every item a generator model (any backend of ``mub run``; it sees the
 item's image) writes ``k`` misleading notes, steering towards the item's
 ``misleading_answer`` (the wrong option the explicit hint also names), and
 ``k`` guiding notes, one of the paper's four strategies each (see
-:mod:`mub.note_prompts`). Each note is checked by :mod:`mub.note_validation`;
+:mod:`mub.extend.note_prompts`). Each note is checked by :mod:`mub.extend.note_validation`;
 a rejected note is asked for again, with the reason, up to ``max_attempts``
 times. Rejections are kept in ``notes_report.json``.
 
-The output folder is a release folder (see :mod:`mub.release_writer`), so
+The output folder is a release folder (see :mod:`mub.extend.release_writer`), so
 ``mub build --release OUT`` and ``mub_dataset.load("implicit", OUT)`` read it.
 Beside the release files it holds the run's own files:
 
@@ -35,18 +35,23 @@ import datasets
 from PIL import Image
 from tqdm.auto import tqdm
 
+from mub.backends import Backend, create_backend
+from mub.backends.base import Request
+from mub.backends.common import chunks
+from mub.config import RunConfig
+from mub.extend.note_prompts import Templates, load_templates, note_prompt, strategy_for
+from mub.extend.note_validation import GUIDING, MISLEADING, clean_note, note_problems
+from mub.extend.release_writer import (
+    hashed_image_path,
+    load_items,
+    release_record,
+    write_release,
+)
+from mub.runs.runner import load_images
+from mub.runs.storage import RunFolder, RunFolderError, keep_record, write_json_atomic
 from mub_dataset.files import cell_bytes
 from mub_dataset.loading import SAMPLE, is_release_dir, sample_release_dir
 from mub_dataset.release import MAIN_FILE, read_release
-
-from .backends import Backend, create_backend
-from .backends.base import Request
-from .backends.common import chunks
-from .note_prompts import Templates, load_templates, note_prompt, strategy_for
-from .note_validation import GUIDING, MISLEADING, clean_note, note_problems
-from .release_writer import hashed_image_path, load_items, release_record, write_release
-from .runner import RunConfig, load_images
-from .storage import RunFolder, RunFolderError, keep_record, write_json_atomic
 
 BACKEND_ALIASES = {"hf": "transformers"}
 SETTINGS_FILE = "notes_run.json"

@@ -22,12 +22,11 @@ import datasets
 from PIL import Image
 
 import mub_dataset
+from mub.runs.storage import write_json_atomic
 from mub_dataset.features import YES_NO
 from mub_dataset.files import image_digest
 from mub_dataset.records import letters
 from mub_dataset.release import IMPLICIT_DIR, MAIN_FILE, resolve_image
-
-from .storage import write_json_atomic
 
 NOTE_SEPARATOR = " /// "  # what the release's implicit files use between notes
 IMAGE_DIR = "images"

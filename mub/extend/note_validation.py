@@ -14,7 +14,7 @@ A generated note is first cleaned (:func:`clean_note`), then checked
   is deliberately conservative: a note about "point B" of a diagram is
   rejected too, since a model reads it as the option;
 - does not give the true answer away: it is not parsed as the true answer by
-  the runner's own answer parser (:func:`mub.parsing.parse_answer`, so "The
+  the runner's own answer parser (:func:`mub.protocol.parsing.parse_answer`, so "The
   answer is 4" or "Yes, ..." count), and for multiple choice it does not
   contain the true option's text as a whole phrase (unless the question
   itself contains that text, where only the parser decides). For a
@@ -34,10 +34,9 @@ from __future__ import annotations
 import re
 from typing import Mapping, Sequence
 
+from mub.protocol.parsing import option_labels, parse_answer
 from mub_dataset.features import YES_NO
 from mub_dataset.records import split_notes
-
-from .parsing import option_labels, parse_answer
 
 MISLEADING = "misleading"
 GUIDING = "guiding"

@@ -14,8 +14,8 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from .predictions import ItemPrediction
-from .protocol import same_answer
+from mub.protocol.stages import same_answer
+from mub.runs.predictions import ItemPrediction
 
 DEFAULT_BOOTSTRAP = 2000
 _CHUNK = 256  # resamples per matrix product: bounds memory to _CHUNK x n_items

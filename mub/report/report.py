@@ -13,55 +13,23 @@ from __future__ import annotations
 import base64
 import html
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from mub.protocol.stages import same_answer
+from mub.report import plots
+from mub.report.compare import DEFAULT_BOOTSTRAP, PairedBootstrap, compare_predictions
+from mub.report.paper import PAPER_AVERAGE, PAPER_CITATION, PAPER_RESULTS
+from mub.report.plots import levels_mean
+from mub.report.rows import KINDS, STATES, ModelRow, RunSummary
+from mub.runs.predictions import ItemPrediction
+from mub.runs.storage import RESULTS_FILE, RunFolder
 from mub_dataset.features import DIFFICULTY_LEVELS
 
-from . import plots
-from .compare import DEFAULT_BOOTSTRAP, PairedBootstrap, compare_predictions
-from .paper import PAPER_AVERAGE, PAPER_CITATION, PAPER_RESULTS
-from .plots import levels_mean
-from .predictions import ItemPrediction
-from .protocol import same_answer
-from .storage import RESULTS_FILE, RunFolder
-
-KINDS = ("explicit", "implicit")
-STATES = ("correct", "wrong", "unparsed")  # rows/columns of the transition matrix
 NON_METRIC_RESULTS = ("stage1_sampling",)  # results.json entries that are not a config's figures
 MISSING = "–"
-
-
-@dataclass
-class RunSummary:
-    """One finished run folder: its config's figures and its per-item predictions."""
-
-    path: Path
-    model: str
-    config: str  # "explicit", "implicit" or a source config (explicit hints on one source)
-    figures: dict[str, Any]
-    dataset: dict[str, Any]
-    predictions: list[ItemPrediction]
-    label: str = ""  # the model as shown in tables and plots; set by assign_labels
-
-    @property
-    def kind(self) -> str:
-        """Source configs use the explicit hint, so they sit in the explicit columns."""
-        return "implicit" if self.config == "implicit" else "explicit"
-
-
-@dataclass
-class ModelRow:
-    """A model's row: its explicit and implicit runs (either may be missing)."""
-
-    label: str
-    runs: dict[str, RunSummary] = field(default_factory=dict)  # kind -> run
-
-    def accuracy_run(self) -> RunSummary:
-        """Stage 1 is the same prompt in both protocols; the explicit run's figure is shown."""
-        return self.runs.get("explicit") or self.runs["implicit"]
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,7 @@
 - ``predictions.jsonl``: one line per finished item, appended and flushed to
   disk as batches finish, so a kill loses at most the batch in flight.
   Processes of a data-parallel launch each append to their own file
-  (``predictions.rank{r}-of-{n}.jsonl``, see :mod:`mub.distributed`); the
+  (``predictions.rank{r}-of-{n}.jsonl``, see :mod:`mub.runs.distributed`); the
   folder's predictions are the union of all its ``predictions*.jsonl`` files.
 - ``results.json``: written once at the end, atomically (temporary file, then
   rename), so a half-written results file never exists.
@@ -19,7 +19,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterable
 
-from .predictions import ItemPrediction
+from mub.runs.predictions import ItemPrediction
 
 SETTINGS_FILE = "run.json"
 PREDICTIONS_FILE = "predictions.jsonl"

@@ -8,10 +8,10 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import mub_metric
 
-from .predictions import ItemPrediction
+from mub.runs.predictions import ItemPrediction
 
 if TYPE_CHECKING:
-    from .runner import RunConfig
+    from mub.config import RunConfig
 
 VERSIONED_PACKAGES = ("mub", "transformers", "torch", "datasets", "evaluate", "huggingface_hub", "vllm", "openai")
 

@@ -22,9 +22,8 @@ from typing import Any, Sequence
 
 import yaml
 
+from mub.report.report import read_results
 from mub_dataset.features import DIFFICULTY_LEVELS
-
-from .report import read_results
 
 RATES = ("mr_t2f", "mr_f2t", "accuracy_before", "accuracy_after", "consistency")
 COUNTS = ("n", "n_t", "n_f", "t2f", "f2t", "unparsed_before", "unparsed_after", "errors", "n_items")

@@ -1,6 +1,6 @@
 """Prompt templates of ``mub notes``: files users can change, rendered per note.
 
-The defaults live in ``mub/templates/``; ``--templates DIR`` replaces any of
+The defaults live in ``mub/extend/templates/``; ``--templates DIR`` replaces any of
 them with a file of the same name in DIR. Templates are ``str.format``
 strings (write ``{{`` and ``}}`` for literal braces) with these fields:
 
@@ -12,7 +12,7 @@ strings (write ``{{`` and ``}}`` for literal braces) with these fields:
 - ``{note_number}`` / ``{notes_per_item}``: which note of how many.
 
 ``retry.txt`` is appended after a rejected attempt, with ``{problem}`` (what
-the validator found, see :data:`mub.note_validation.PROBLEMS`) and
+the validator found, see :data:`mub.extend.note_validation.PROBLEMS`) and
 ``{rejected_note}``: the changed prompt also makes greedy decoding produce a
 different note.
 
@@ -29,11 +29,10 @@ from importlib import resources
 from pathlib import Path
 from typing import Mapping, Sequence
 
+from mub.extend.note_validation import GUIDING, MISLEADING, PROBLEMS
+from mub.protocol.prompts import question_text
 from mub_dataset.features import YES_NO
 from mub_dataset.records import letters
-
-from .note_validation import GUIDING, MISLEADING, PROBLEMS
-from .prompts import question_text
 
 # Guiding strategies, in the paper's order: what makes the right option fit,
 # why the others do not, the calculation method and range, the reasoning up to the last step.
@@ -87,7 +86,7 @@ def load_templates(directory: str | Path | None = None) -> Templates:
     """The default templates, each replaced by ``directory``'s file of the same name if there is one."""
     texts: dict[str, str] = {}
     origins: dict[str, str] = {}
-    defaults = resources.files("mub") / "templates"
+    defaults = resources.files("mub.extend") / "templates"
     override = Path(directory) if directory is not None else None
     if override is not None:
         if not override.is_dir():
@@ -101,7 +100,7 @@ def load_templates(directory: str | Path | None = None) -> Templates:
     for name, file_name in TEMPLATE_FILES.items():
         source = override / file_name if override is not None and (override / file_name).is_file() else None
         text = source.read_text(encoding="utf-8") if source else (defaults / file_name).read_text(encoding="utf-8")
-        origin = str(source) if source else f"mub/templates/{file_name}"
+        origin = str(source) if source else f"mub/extend/templates/{file_name}"
         check_template(name, text, origin)
         texts[name], origins[name] = text, origin
     return Templates(texts, origins)

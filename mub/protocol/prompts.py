@@ -20,10 +20,9 @@ from __future__ import annotations
 import re
 from typing import Mapping
 
+from mub.protocol.stages import DEFAULT_HINT_TEMPLATE
 from mub_dataset.features import YES_NO
 from mub_dataset.records import letters, split_inline_options
-
-from .protocol import DEFAULT_HINT_TEMPLATE
 
 IMPLICIT_TEMPLATE = " Please pay attention to this instruction: {note}"
 INSTRUCTIONS = {

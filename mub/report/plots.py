@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 import textwrap
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import Sequence
 
 import numpy as np
 from matplotlib import colormaps
@@ -27,15 +27,10 @@ from matplotlib.image import AxesImage
 from matplotlib.lines import Line2D
 from matplotlib.patches import Rectangle
 
+from mub.report.paper import PAPER_RESULTS
+from mub.report.rows import KINDS, STATES, ModelRow, RunSummary
 from mub_dataset.features import DIFFICULTY_LEVELS
 
-from .paper import PAPER_RESULTS
-
-if TYPE_CHECKING:
-    from .report import ModelRow, RunSummary
-
-KINDS = ("explicit", "implicit")
-STATES = ("correct", "wrong", "unparsed")
 OKABE_ITO = ("#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F0E442", "#000000")
 MARKERS = ("o", "s", "^", "D", "v", "P", "X")
 LEVEL_COLOURS = {"low": "#56B4E9", "medium": "#E69F00", "high": "#D55E00"}
@@ -64,7 +59,7 @@ def levels_mean(figures: dict) -> float | None:
     return mean if mean is not None else figures.get("mr_t2f")
 
 
-def present_kinds(rows: Sequence["ModelRow"]) -> list[str]:
+def present_kinds(rows: Sequence[ModelRow]) -> list[str]:
     return [kind for kind in KINDS if any(kind in row.runs for row in rows)]
 
 
@@ -99,7 +94,7 @@ def _rate_and_error(figures: dict | None) -> tuple[float, float, float] | None:
     return 100 * rate, below, above
 
 
-def _difficulty_panel(ax: Axes, rows: Sequence["ModelRow"], kind: str) -> None:
+def _difficulty_panel(ax: Axes, rows: Sequence[ModelRow], kind: str) -> None:
     bar = 0.26
     for y, row in enumerate(rows):
         if kind not in row.runs:  # say so once, rather than leave a gap that reads as 0%
@@ -123,7 +118,7 @@ def _difficulty_panel(ax: Axes, rows: Sequence["ModelRow"], kind: str) -> None:
     ax.set_axisbelow(True)
 
 
-def difficulty_bars(rows: Sequence["ModelRow"], path: Path) -> None:
+def difficulty_bars(rows: Sequence[ModelRow], path: Path) -> None:
     """Grouped horizontal bars: one group per model, one bar per difficulty, one panel per protocol."""
     kinds = present_kinds(rows)
     height = 1.8 + 0.62 * len(rows) * max(1, _label_lines([r.label for r in rows]) / 2)
@@ -165,7 +160,7 @@ def _transition_panel(ax: Axes, counts: Sequence[Sequence[int]], title: str) -> 
     return image
 
 
-def transition_matrices(runs: Sequence["RunSummary"], counts: Sequence[Sequence[Sequence[int]]], path: Path) -> None:
+def transition_matrices(runs: Sequence[RunSummary], counts: Sequence[Sequence[Sequence[int]]], path: Path) -> None:
     """One 3x3 matrix per run (correct / wrong / unparsed, stage 1 by stage 2), in a grid."""
     # At most four columns: the figure grows downwards, so that the HTML page (about
     # 1400 px wide) shows it at full size instead of shrinking the cell text.
@@ -196,11 +191,11 @@ def transition_matrices(runs: Sequence["RunSummary"], counts: Sequence[Sequence[
 # ------------------------------------------------------------ sources
 
 
-def _sources(rows: Sequence["ModelRow"]) -> list[str]:
+def _sources(rows: Sequence[ModelRow]) -> list[str]:
     return sorted({source for row in rows for run in row.runs.values() for source in run.figures.get("by_source", {})})
 
 
-def _source_matrix(rows: Sequence["ModelRow"], kind: str, sources: Sequence[str]) -> np.ndarray:
+def _source_matrix(rows: Sequence[ModelRow], kind: str, sources: Sequence[str]) -> np.ndarray:
     matrix = np.full((len(rows), len(sources)), np.nan)
     for i, row in enumerate(rows):
         by_source = row.runs[kind].figures.get("by_source", {}) if kind in row.runs else {}
@@ -211,7 +206,7 @@ def _source_matrix(rows: Sequence["ModelRow"], kind: str, sources: Sequence[str]
     return matrix
 
 
-def source_heatmap(rows: Sequence["ModelRow"], path: Path) -> None:
+def source_heatmap(rows: Sequence[ModelRow], path: Path) -> None:
     """Models x sources heatmap of the misleading rate, one panel per protocol; blank = no rate."""
     kinds, sources = present_kinds(rows), _sources(rows)
     width = 2.6 + len(kinds) * (0.75 * max(len(sources), 2) + 0.6) + 1.0
@@ -247,7 +242,7 @@ def _paper_points(ax: Axes, kind: str) -> None:
         ax.annotate(str(number), (x, y), xytext=(3, 2), textcoords="offset points", fontsize=6.5, color="#666")
 
 
-def accuracy_scatter(rows: Sequence["ModelRow"], paper: bool, path: Path) -> None:
+def accuracy_scatter(rows: Sequence[ModelRow], paper: bool, path: Path) -> None:
     """Stage-1 accuracy vs the misleading rate (mean of levels); optional paper models in grey."""
     kinds = present_kinds(rows)
     legend_columns = min(len(rows), 3)

@@ -15,9 +15,10 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from .predictions import ItemPrediction
-from .runner import RunConfig, Selection, finish_run, select_items
-from .storage import RunFolder, RunFolderError, settings_diff
+from mub.runs.predictions import ItemPrediction
+from mub.config import RunConfig
+from mub.runs.runner import Selection, finish_run, select_items
+from mub.runs.storage import RunFolder, RunFolderError, settings_diff
 
 # Settings that legitimately differ between the shards of one run.
 PER_SHARD_SETTINGS = ("shard", "items_fingerprint")

@@ -504,7 +504,7 @@ def _write_labels(out: Path, arch: str, size: str, seed: int, favour: Sequence[s
     (out / MARKER_FILE).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
     (out / "README.md").write_text(
         f"# Tiny random `{arch}` ({size}, seed {seed})\n\n{PLUMBING_NOTE}\n\n"
-        "Built offline by `mub.tiny_models.build_tiny_model`.\n",
+        "Built offline by `mub.testing.tiny_models.build_tiny_model`.\n",
         encoding="utf-8",
     )
 

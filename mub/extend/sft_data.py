@@ -12,7 +12,7 @@ is one MUB item shown one way:
 - ``plain``: the stage-1 prompt, so the plain question format is kept.
 
 The target is always the true answer, written as ``mub run`` asks for it (the
-option letter, or Yes/No). Prompts are built with :mod:`mub.prompts`, exactly
+option letter, or Yes/No). Prompts are built with :mod:`mub.protocol.prompts`, exactly
 as the runner builds them.
 
 Mix: the available material states the total (about 2,000) and that explicit
@@ -45,13 +45,12 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import datasets
 
+from mub.extend.release_writer import check_new_folder, load_items
+from mub.protocol.parsing import option_labels
+from mub.protocol.prompts import explicit_cue, implicit_cue, render_prompt
+from mub.runs.storage import RunFolder, write_json_atomic
 from mub_dataset.files import cell_bytes, image_digest, staged_folder
 from mub_dataset.loading import SAMPLE
-
-from .parsing import option_labels
-from .prompts import explicit_cue, implicit_cue, render_prompt
-from .release_writer import check_new_folder, load_items
-from .storage import RunFolder, write_json_atomic
 
 KINDS = ("explicit", "implicit", "plain")
 DEFAULT_MIX: dict[str, float] = {"explicit": 0.4, "implicit": 0.4, "plain": 0.2}

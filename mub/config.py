@@ -1,0 +1,139 @@
+"""The settings every layer shares: what a run is (:class:`RunConfig`) and how it decodes (:class:`DecodingSettings`).
+
+They live below the runner, the backends and the reports, so that each of
+those imports them without importing the others. Nothing heavy is imported
+here: ``mub --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from mub.protocol.stages import DEFAULT_HINT_TEMPLATE
+
+# How answers are read: "generate" decodes text; "logprob" ranks the options by next-token probability.
+SCORING_MODES = ("generate", "logprob")
+
+
+@dataclass(frozen=True)
+class DecodingSettings:
+    """How answers are decoded; identical meaning for every backend."""
+
+    max_new_tokens: int = 16
+    temperature: float = 0.0  # 0 means greedy decoding
+    top_p: float = 1.0
+    top_k: int = 0  # 0 means no top-k filter
+    seed: int = 0
+    scoring: str = "generate"  # one of SCORING_MODES
+
+    def __post_init__(self) -> None:
+        if self.scoring not in SCORING_MODES:
+            raise ValueError(
+                f"scoring (--scoring) must be {' or '.join(map(repr, SCORING_MODES))}, got {self.scoring!r}"
+            )
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature <= 0.0
+
+
+
+@dataclass
+class RunConfig:
+    """Everything that defines a run; the CLI flags map one to one."""
+
+    model: str
+    dataset: str = "sample"
+    config: str = "explicit"
+    backend: str = "transformers"
+    difficulty: str | None = None
+    misled_count: int | None = None
+    limit: int | None = None
+    shard: tuple[int, int] | None = None  # (index, count): this process's share of the items
+    batch_size: int = 8
+    dtype: str = "auto"
+    device: str = "auto"
+    out: str | None = None
+    resume: bool = False
+    overwrite: bool = False
+    trust_remote_code: bool = False
+    chat_template: str | None = None
+    hint_template: str = DEFAULT_HINT_TEMPLATE
+    notes: int = 5
+    max_new_tokens: int = 16
+    temperature: float = 0.0
+    top_p: float = 1.0
+    top_k: int = 0
+    seed: int = 0
+    num_samples: int = 1
+    scoring: str = "generate"
+    backend_options: dict[str, Any] = field(default_factory=dict)
+    progress: bool = True
+
+    def decoding(self) -> DecodingSettings:
+        return DecodingSettings(
+            max_new_tokens=self.max_new_tokens,
+            temperature=self.temperature,
+            top_p=self.top_p,
+            top_k=self.top_k,
+            seed=self.seed,
+            scoring=self.scoring,
+        )
+
+    def validate(self) -> None:
+        from mub_dataset.features import (
+            DIFFICULTY_LEVELS,  # imports datasets: only when a run starts
+        )
+
+        if self.difficulty is not None and self.difficulty not in DIFFICULTY_LEVELS:
+            raise ValueError(f"--difficulty must be one of {', '.join(DIFFICULTY_LEVELS)}, got {self.difficulty!r}")
+        if self.batch_size < 1 or self.notes < 1 or self.num_samples < 1 or self.max_new_tokens < 1:
+            raise ValueError("--batch-size, --notes, --num-samples and --max-new-tokens must be at least 1")
+        self.decoding()  # DecodingSettings checks the scoring mode
+        if self.shard is not None and not 0 <= self.shard[0] < self.shard[1]:
+            raise ValueError(f"--shard I/N needs 0 <= I < N, got {self.shard[0]}/{self.shard[1]}")
+        try:
+            rendered = self.hint_template.format(answer="\0")
+        except (KeyError, IndexError, ValueError) as exc:
+            raise ValueError(
+                f"--hint-template {self.hint_template!r} is not a valid template ({exc!r}); "
+                "use {answer} for the answer and {{ }} for literal braces"
+            ) from None
+        if "\0" not in rendered:
+            raise ValueError(f"--hint-template must contain '{{answer}}', got {self.hint_template!r}")
+
+    def out_dir(self) -> Path:
+        if self.out:
+            return Path(self.out)
+        slug = re.sub(r"[^A-Za-z0-9._-]+", "_", self.model.strip("/")).strip("_") or "model"
+        # Shards of one run get distinct default folders, so array jobs never share one.
+        shard = f"__shard{self.shard[0]}-of-{self.shard[1]}" if self.shard else ""
+        return Path("runs") / f"{slug}__{self.config}{shard}"
+
+    def settings(self, dataset_info: Mapping[str, Any]) -> dict[str, Any]:
+        """What determines the results; a resumed run must match it exactly."""
+        chat_template_sha = None
+        if self.chat_template:
+            chat_template_sha = hashlib.sha256(Path(self.chat_template).read_bytes()).hexdigest()
+        return {
+            "model": self.model,
+            "backend": self.backend,
+            "dataset": dataset_info["name"],
+            "config": self.config,
+            "items_fingerprint": dataset_info["fingerprint"],
+            "difficulty": self.difficulty,
+            "misled_count": self.misled_count,
+            "limit": self.limit,
+            "shard": list(self.shard) if self.shard else None,
+            "dtype": self.dtype,
+            "chat_template_sha256": chat_template_sha,
+            "hint_template": self.hint_template,
+            "notes": self.notes,
+            "num_samples": self.num_samples,
+            "decoding": asdict(self.decoding()),
+            "trust_remote_code": self.trust_remote_code,
+        }

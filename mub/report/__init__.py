@@ -1,0 +1,1 @@
+"""What is made from finished runs: reports, plots, paired comparisons, the paper's table and leaderboard submissions."""

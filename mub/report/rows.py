@@ -1,0 +1,46 @@
+"""The records a report is made of: one :class:`RunSummary` per run folder, one :class:`ModelRow` per model.
+
+Both the report's tables (:mod:`mub.report.report`) and its figures
+(:mod:`mub.report.plots`) read them, so they live below both.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mub.runs.predictions import ItemPrediction
+
+KINDS = ("explicit", "implicit")
+STATES = ("correct", "wrong", "unparsed")  # rows/columns of the transition matrix
+
+
+@dataclass
+class RunSummary:
+    """One finished run folder: its config's figures and its per-item predictions."""
+
+    path: Path
+    model: str
+    config: str  # "explicit", "implicit" or a source config (explicit hints on one source)
+    figures: dict[str, Any]
+    dataset: dict[str, Any]
+    predictions: list[ItemPrediction]
+    label: str = ""  # the model as shown in tables and plots; set by assign_labels
+
+    @property
+    def kind(self) -> str:
+        """Source configs use the explicit hint, so they sit in the explicit columns."""
+        return "implicit" if self.config == "implicit" else "explicit"
+
+
+@dataclass
+class ModelRow:
+    """A model's row: its explicit and implicit runs (either may be missing)."""
+
+    label: str
+    runs: dict[str, RunSummary] = field(default_factory=dict)  # kind -> run
+
+    def accuracy_run(self) -> RunSummary:
+        """Stage 1 is the same prompt in both protocols; the explicit run's figure is shown."""
+        return self.runs.get("explicit") or self.runs["implicit"]
