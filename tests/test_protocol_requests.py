@@ -76,4 +76,4 @@ def test_deterministic_preset_sends_the_requests_mub_sent_before_presets(server,
             assert got == want, run
 
 
-DETERMINISTIC: tuple[str, ...] = ()
+DETERMINISTIC = ("--protocol", "deterministic")
