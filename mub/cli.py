@@ -125,6 +125,23 @@ def _cmd_merge(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_rescore(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("rescore", help="read a finished run's outputs again with another parser (no model calls)")
+    p.add_argument("run_dir", metavar="RUN", help="a finished run folder")
+    p.add_argument("--parser", required=True, choices=["reference", "mub"], help="reference: the authors' extraction; mub: ours")
+    p.add_argument("--out", required=True, help="folder for the rescored run (compare both with mub report)")
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier run in --out")
+    p.add_argument("--no-progress", action="store_true", help="do not print the table")
+    p.set_defaults(func=_cmd_rescore)
+
+
+def _cmd_rescore(args: argparse.Namespace) -> int:
+    from mub.runs.rescore import rescore_run
+
+    rescore_run(args.run_dir, args.parser, args.out, overwrite=args.overwrite, progress=not args.no_progress)
+    return 0
+
+
 def _cmd_report(args: argparse.Namespace) -> int:
     try:
         from mub.report.report import build_report, write_report
@@ -174,7 +191,9 @@ def _add_submit(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_cmd_submit)
 
 
-SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_build, _add_run, _add_merge, _add_report, _add_submit]
+SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
+    _add_build, _add_run, _add_merge, _add_rescore, _add_report, _add_submit,
+]  # fmt: skip
 SUBCOMMANDS += DATA_SUBCOMMANDS  # notes, sft-data, import (mub/data_cli.py)
 
 

@@ -105,12 +105,16 @@ def load_run(path: str | Path) -> RunSummary:
         dataset=document.get("dataset", {}),
         predictions=list(folder.load_predictions().values()),
         protocol=protocol_name(document.get("run", {})),
+        parser=document.get("run", {}).get("parser", "mub"),
     )
 
 
 def assign_labels(runs: Sequence[RunSummary]) -> None:
     """Label runs by model; a source config is named; runs that would collide get their folder name."""
     base = {id(run): run.model if run.config in KINDS else f"{run.model} [{run.config}]" for run in runs}
+    for run in runs:
+        if run.parser != "mub":  # a rescored run sits beside its original: name how it was read
+            base[id(run)] += f" [{run.parser} parser]"
     seen: dict[tuple[str, str], int] = {}
     for run in runs:
         key = (base[id(run)], run.kind)
@@ -298,12 +302,13 @@ def comparison_table(comparisons: Sequence[Comparison]) -> Table:
 
 
 def runs_table(runs: Sequence[RunSummary]) -> Table:
-    headers = ["Model", "Config", "Protocol", "Run folder", "Dataset", "Items fingerprint"]
+    headers = ["Model", "Config", "Protocol", "Parser", "Run folder", "Dataset", "Items fingerprint"]
     body = [
         [
             run.label,
             run.config,
             run.protocol,
+            run.parser,
             str(run.path),
             str(run.dataset.get("name", MISSING)),
             str(run.dataset.get("fingerprint", MISSING)),
@@ -311,7 +316,9 @@ def runs_table(runs: Sequence[RunSummary]) -> Table:
         for run in runs
     ]
     caption = (
-        "Runs with the same items fingerprint answered the same items; paired comparisons use the items they share."
+        "Runs with the same items fingerprint answered the same items; paired comparisons use the items they share. "
+        "Parser: how outputs were read (reference: the authors' extraction, via mub rescore); a rescored run "
+        "compared with its original shows what the choice of parser moves."
     )
     return Table("Runs", headers, body, caption)
 

@@ -27,6 +27,7 @@ class RunSummary:
     dataset: dict[str, Any]
     predictions: list[ItemPrediction]
     protocol: str = "paper"  # the preset it ran under (mub.protocol.presets)
+    parser: str = "mub"  # how its outputs were read: "mub", or "reference" after mub rescore
     label: str = ""  # the model as shown in tables and plots; set by assign_labels
 
     @property

@@ -57,7 +57,7 @@ def _shown(ids: Sequence[str]) -> str:
     return ", ".join(ids[:SHOWN_IDS]) + more
 
 
-def _config(settings: Mapping[str, Any], out: str | Path | None) -> RunConfig:
+def config_from_settings(settings: Mapping[str, Any], out: str | Path | None) -> RunConfig:
     """The RunConfig fields that select the items and head the results (batch size etc. do not)."""
     return RunConfig(
         model=settings["model"],
@@ -148,7 +148,7 @@ def merge_runs(
     settings = [_read_settings(folder) for folder in folders]
     _check_same_run(folders, settings)
 
-    config = _config(settings[0], out)
+    config = config_from_settings(settings[0], out)
     target = config.out_dir()
     if target.resolve() in paths:
         raise MergeError(f"--out {target} is one of the folders being merged; choose another")

@@ -171,13 +171,16 @@ def run_batch(
         if record.error is not None:
             continue
         record.error = next((a.error for a in record.stage2 if a.error), None)
-        correct = stages.is_correct(record.original_prediction, row)
-        record.prediction, record.flipped_by_note = stages.combine_note_answers(
-            row, correct, [a.parsed for a in record.stage2]
-        )
-        if config.config != "implicit":
-            record.flipped_by_note = None
+        settle(record, row, implicit=config.config == "implicit")
     return records
+
+
+def settle(record: ItemPrediction, row: Mapping[str, Any], *, implicit: bool) -> None:
+    """Set the stage-2 answer (and, implicit, the flipping note) from the stages' parsed answers."""
+    correct = stages.is_correct(record.original_prediction, row)
+    record.prediction, record.flipped_by_note = stages.combine_note_answers(row, correct, [a.parsed for a in record.stage2])
+    if not implicit:
+        record.flipped_by_note = None
 
 
 def run(config: RunConfig, backend: Backend | None = None, dataset: datasets.Dataset | None = None) -> dict[str, Any]:
