@@ -33,6 +33,16 @@ Figures (last line, one JSON object):
   rows with every optional input.
 - ``build_items_per_s``: items/s of the ``datasets`` builder on the embedded
   sample's release folder (a fresh cache each time).
+- ``paper``: one ``mub run`` under the default ``--protocol paper`` (the
+  authors' prompts; sampling at 0.4, top-k 80, top-p 0.9, up to 256 new
+  tokens) on ``--paper-items`` items: items/s, mean new tokens per generation
+  and the share of generations that ran to the 256-token limit. Early stopping
+  (EOS, or the line after an answer) is what keeps a letter answer from paying
+  for 256 tokens; random weights rarely write a letter and a newline, so on the
+  plumbing model this figure is the worst case, not a real model's.
+
+The other model figures use ``--protocol deterministic`` (greedy, 16 new
+tokens), so they compare with earlier runs of this benchmark.
 """
 
 from __future__ import annotations
@@ -153,12 +163,13 @@ def count_new_tokens(backend: TransformersBackend) -> list[int]:
     return counts
 
 
-def timed_run(backend: TransformersBackend, dataset: Any, n_items: int, scoring: str, model: str) -> dict[str, float]:
+def timed_run(
+    backend: TransformersBackend, dataset: Any, n_items: int, scoring: str, model: str, protocol: str = "deterministic"
+) -> dict[str, float]:
     """Wall seconds of ``mub.runs.runner.run`` on the first ``n_items`` and the seconds inside the model."""
     with tempfile.TemporaryDirectory() as out:
         config = RunConfig(
-            model=model, limit=n_items, batch_size=BATCH_SIZE, out=out, progress=False,
-            scoring=scoring, max_new_tokens=MAX_NEW_TOKENS,
+            model=model, limit=n_items, batch_size=BATCH_SIZE, out=out, progress=False, scoring=scoring, protocol=protocol,
         )
         backend.model_seconds = 0.0
         start = time.perf_counter()
@@ -222,6 +233,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=8, help="rounds of naive + generate + logprob runs")
     parser.add_argument("--repeats", type=int, default=3, help="repeats of the metric and build timings")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own)")
+    parser.add_argument("--paper-items", type=int, default=16, help="items of the --protocol paper run (0: skip it)")
     parser.add_argument("--metric-rows", type=int, default=1_000_000)
     parser.add_argument("--skip-metric", action="store_true")
     args = parser.parse_args()
@@ -277,6 +289,21 @@ def main() -> None:
     overhead_logprob = [(lp["wall_s"] - lp["model_s"]) / lp["wall_s"] for lp in rows["logprob"]]
     naive_overhead = [(n["wall_s"] - n["model_s"]) / n["wall_s"] for n in rows["naive"]]
 
+    paper = None
+    if args.paper_items:
+        log(f"--protocol paper on {args.paper_items} items ...")
+        decoding = RunConfig(model=spec, protocol="paper").decoding()
+        paper_backend = TransformersBackend(path, dtype=dtype_name, device=args.device, batch_size=BATCH_SIZE, decoding=decoding)
+        paper_tokens = count_new_tokens(paper_backend)
+        paper_run = timed_run(paper_backend, dataset, min(args.paper_items, len(dataset)), "generate", spec, "paper")
+        paper = {
+            "items": min(args.paper_items, len(dataset)),
+            "decoding": {k: getattr(decoding, k) for k in ("temperature", "top_k", "top_p", "max_new_tokens")},
+            "items_per_s": round(paper_run["items_per_s"], 3),
+            "mean_new_tokens": round(sum(paper_tokens) / max(1, len(paper_tokens)), 2),
+            "share_at_limit": round(sum(t >= decoding.max_new_tokens for t in paper_tokens) / max(1, len(paper_tokens)), 4),
+        }
+
     metric_s = None
     if not args.skip_metric:
         log(f"metric on {args.metric_rows:,} rows ...")
@@ -319,6 +346,7 @@ def main() -> None:
         "overhead_share": round(median(overhead), 4),
         "metric_1m_s": None if metric_s is None else round(metric_s, 3),
         "build_items_per_s": round(median([b[0] for b in builds]), 2),
+        "paper": paper,
     }
     print(json.dumps(summary))
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-API_FLAGS = ("base_url", "api_key_env", "concurrency", "max_retries", "timeout")  # into backend_options
+API_FLAGS = ("base_url", "api_key_env", "concurrency", "max_retries", "timeout", "send_top_k")  # into backend_options
 VLLM_FLAGS = ("tensor_parallel_size",)  # into backend_options
 
 
@@ -21,6 +21,10 @@ def add_backend_flags(p: argparse.ArgumentParser) -> None:
     api.add_argument("--concurrency", type=int, help="requests in flight (default 8); one call carries a stage of --batch-size items, so keep --batch-size >= this")
     api.add_argument("--max-retries", type=int, help="retries after 429, 5xx, timeouts, broken connections (default 5)")
     api.add_argument("--timeout", type=float, help="seconds to connect, send, or wait for the reply (default 60)")
+    api.add_argument(
+        "--send-top-k", action="store_true", default=None,
+        help="send the preset's top_k (paper: 80) too; vLLM's server accepts it, the OpenAI API does not (default: not sent)",
+    )  # fmt: skip
     engine = p.add_argument_group("--backend vllm (vLLM's offline engine; pip install \"mub[vllm]\")")
     engine.add_argument("--tensor-parallel-size", type=int, metavar="N", help="GPUs per model copy (default 1)")
 

@@ -59,16 +59,20 @@ def _parse_shard(text: str) -> tuple[int, int]:
 
 
 def _add_run(sub: argparse._SubParsersAction) -> None:
-    # protocol.py imports nothing heavy: `mub --help` stays fast.
-    from mub.protocol.stages import DEFAULT_HINT_TEMPLATE
+    # presets.py imports nothing heavy: `mub --help` stays fast.
+    from mub.protocol.presets import DEFAULT_PROTOCOL, PROTOCOLS
 
     p = sub.add_parser("run", help="evaluate a model on MUB (stage 1, then stage 2 with the misleading cue)")
     p.add_argument("--model", required=True, help="Hub id, local folder, or tiny:<arch> (a random plumbing-check model)")
     p.add_argument("--dataset", default="sample", help="'sample' (embedded synthetic set), a release or export folder, or a Hub id")
     p.add_argument("--config", default="explicit", help="explicit (default), implicit, or a source config such as mmmu")
     p.add_argument("--backend", default="transformers", help="model backend (default: transformers)")
-    p.add_argument("--difficulty", choices=["low", "medium", "high"])
-    p.add_argument("--misled-count", type=int, help="only items misled exactly N times (6, 9 and 12 reproduce the authors' scripts)")
+    p.add_argument(
+        "--protocol", default=DEFAULT_PROTOCOL,
+        help=f"prompts, decoding and levels: {', '.join(PROTOCOLS)} (default {DEFAULT_PROTOCOL}); the flags below override one field each",
+    )  # fmt: skip
+    p.add_argument("--difficulty", choices=["low", "medium", "high"], help="only items on this level (misled count exactly 6, 9 or 12)")
+    p.add_argument("--misled-count", type=int, help="only items misled by exactly N of the 12 reference models")
     p.add_argument("--limit", type=int, help="first N items after filtering")
     p.add_argument("--shard", type=_parse_shard, metavar="I/N", help="evaluate only shard I of N (for array jobs)")
     p.add_argument("--batch-size", type=int, default=8)
@@ -79,12 +83,12 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--overwrite", action="store_true", help="discard an earlier run in --out")
     p.add_argument("--trust-remote-code", action="store_true", help="allow the model's own code (off unless given)")
     p.add_argument("--chat-template", metavar="FILE", help="Jinja chat template for models that ship none")
-    p.add_argument("--hint-template", default=DEFAULT_HINT_TEMPLATE, help="explicit hint; {answer} is replaced")
+    p.add_argument("--hint-template", help="explicit hint; {answer} is replaced (default: the release's 'And the true answer is : {answer}')")
     p.add_argument("--notes", type=int, default=5, help="implicit: notes tried per item (default 5)")
-    p.add_argument("--max-new-tokens", type=int, default=16)
-    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
-    p.add_argument("--top-p", type=float, default=1.0)
-    p.add_argument("--top-k", type=int, default=0)
+    p.add_argument("--max-new-tokens", type=int, help="default: the preset's (paper 256, deterministic 16)")
+    p.add_argument("--temperature", type=float, help="0 = greedy; default: the preset's (paper 0.4 explicit, 0.1 implicit; deterministic 0)")
+    p.add_argument("--top-p", type=float, help="default: the preset's (paper 0.9 explicit, 1 implicit; deterministic 1)")
+    p.add_argument("--top-k", type=int, help="0 = off; default: the preset's (paper 80 explicit, 0 implicit; deterministic 0)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--num-samples", type=int, default=1, help="stage-1 samples per item for the consistency figures")
     p.add_argument("--scoring", choices=["generate", "logprob"], default="generate")
@@ -118,6 +122,23 @@ def _cmd_merge(args: argparse.Namespace) -> int:
     from mub.runs.merge import merge_runs
 
     merge_runs(args.dirs, args.out, overwrite=args.overwrite, progress=not args.no_progress)
+    return 0
+
+
+def _add_rescore(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("rescore", help="read a finished run's outputs again with another parser (no model calls)")
+    p.add_argument("run_dir", metavar="RUN", help="a finished run folder")
+    p.add_argument("--parser", required=True, choices=["reference", "mub"], help="reference: the authors' extraction; mub: ours")
+    p.add_argument("--out", required=True, help="folder for the rescored run (compare both with mub report)")
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier run in --out")
+    p.add_argument("--no-progress", action="store_true", help="do not print the table")
+    p.set_defaults(func=_cmd_rescore)
+
+
+def _cmd_rescore(args: argparse.Namespace) -> int:
+    from mub.runs.rescore import rescore_run
+
+    rescore_run(args.run_dir, args.parser, args.out, overwrite=args.overwrite, progress=not args.no_progress)
     return 0
 
 
@@ -170,7 +191,9 @@ def _add_submit(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_cmd_submit)
 
 
-SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_build, _add_run, _add_merge, _add_report, _add_submit]
+SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
+    _add_build, _add_run, _add_merge, _add_rescore, _add_report, _add_submit,
+]  # fmt: skip
 SUBCOMMANDS += DATA_SUBCOMMANDS  # notes, sft-data, import (mub/data_cli.py)
 
 

@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from mub.protocol.stages import DEFAULT_HINT_TEMPLATE
+from mub.protocol.presets import DEFAULT_PROTOCOL, Protocol, protocol_named, setting_of
 
 # How answers are read: "generate" decodes text; "logprob" ranks the options by next-token probability.
 SCORING_MODES = ("generate", "logprob")
@@ -42,6 +42,10 @@ class DecodingSettings:
 
 
 
+# RunConfig fields that override one field of the protocol preset when set.
+OVERRIDABLE = ("max_new_tokens", "temperature", "top_p", "top_k", "hint_template")
+
+
 @dataclass
 class RunConfig:
     """Everything that defines a run; the CLI flags map one to one."""
@@ -62,27 +66,36 @@ class RunConfig:
     overwrite: bool = False
     trust_remote_code: bool = False
     chat_template: str | None = None
-    hint_template: str = DEFAULT_HINT_TEMPLATE
+    protocol: str = DEFAULT_PROTOCOL  # a preset of mub.protocol.presets
+    # None: the preset's value; anything else overrides that one field.
+    hint_template: str | None = None
     notes: int = 5
-    max_new_tokens: int = 16
-    temperature: float = 0.0
-    top_p: float = 1.0
-    top_k: int = 0
+    max_new_tokens: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int | None = None
     seed: int = 0
     num_samples: int = 1
     scoring: str = "generate"
     backend_options: dict[str, Any] = field(default_factory=dict)
     progress: bool = True
 
+    def preset(self) -> Protocol:
+        return protocol_named(self.protocol)
+
+    def overrides(self) -> dict[str, Any]:
+        """The preset fields this run sets itself (flags given), by field name."""
+        return {name: getattr(self, name) for name in OVERRIDABLE if getattr(self, name) is not None}
+
     def decoding(self) -> DecodingSettings:
-        return DecodingSettings(
-            max_new_tokens=self.max_new_tokens,
-            temperature=self.temperature,
-            top_p=self.top_p,
-            top_k=self.top_k,
-            seed=self.seed,
-            scoring=self.scoring,
-        )
+        """The preset's decoding for this config's setting, with the run's overrides."""
+        preset = asdict(self.preset().decoding[setting_of(self.config)])
+        chosen = {name: value for name, value in self.overrides().items() if name in preset}
+        return DecodingSettings(**{**preset, **chosen}, seed=self.seed, scoring=self.scoring)
+
+    def hint(self) -> str:
+        """The explicit hint template: the preset's unless --hint-template gave one."""
+        return self.hint_template if self.hint_template is not None else self.preset().hint_template
 
     def validate(self) -> None:
         from mub_dataset.features import (
@@ -91,20 +104,27 @@ class RunConfig:
 
         if self.difficulty is not None and self.difficulty not in DIFFICULTY_LEVELS:
             raise ValueError(f"--difficulty must be one of {', '.join(DIFFICULTY_LEVELS)}, got {self.difficulty!r}")
-        if self.batch_size < 1 or self.notes < 1 or self.num_samples < 1 or self.max_new_tokens < 1:
+        preset = self.preset()  # an unknown --protocol fails here
+        decoding = self.decoding()  # DecodingSettings checks the scoring mode
+        if self.batch_size < 1 or self.notes < 1 or self.num_samples < 1 or decoding.max_new_tokens < 1:
             raise ValueError("--batch-size, --notes, --num-samples and --max-new-tokens must be at least 1")
-        self.decoding()  # DecodingSettings checks the scoring mode
+        if decoding.scoring == "logprob" and not decoding.greedy:
+            origin = "--temperature" if self.temperature is not None else f"--protocol {preset.name}"
+            raise ValueError(
+                f"--scoring logprob ranks the options once and cannot sample, but {origin} samples at temperature "
+                f"{decoding.temperature:g}; use --protocol deterministic with --scoring logprob"
+            )
         if self.shard is not None and not 0 <= self.shard[0] < self.shard[1]:
             raise ValueError(f"--shard I/N needs 0 <= I < N, got {self.shard[0]}/{self.shard[1]}")
         try:
-            rendered = self.hint_template.format(answer="\0")
+            rendered = self.hint().format(answer="\0")
         except (KeyError, IndexError, ValueError) as exc:
             raise ValueError(
-                f"--hint-template {self.hint_template!r} is not a valid template ({exc!r}); "
+                f"--hint-template {self.hint()!r} is not a valid template ({exc!r}); "
                 "use {answer} for the answer and {{ }} for literal braces"
             ) from None
         if "\0" not in rendered:
-            raise ValueError(f"--hint-template must contain '{{answer}}', got {self.hint_template!r}")
+            raise ValueError(f"--hint-template must contain '{{answer}}', got {self.hint()!r}")
 
     def out_dir(self) -> Path:
         if self.out:
@@ -131,7 +151,8 @@ class RunConfig:
             "shard": list(self.shard) if self.shard else None,
             "dtype": self.dtype,
             "chat_template_sha256": chat_template_sha,
-            "hint_template": self.hint_template,
+            "protocol": {"preset": self.protocol, "overrides": self.overrides()},
+            "hint_template": self.hint(),
             "notes": self.notes,
             "num_samples": self.num_samples,
             "decoding": asdict(self.decoding()),

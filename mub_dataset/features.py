@@ -24,6 +24,7 @@ FEATURES = datasets.Features(
         "misled_count": datasets.Value("int32"),
         "difficulty": datasets.Value("string"),
         "misleading_answer": datasets.Value("string"),
+        "misleading_answer_source": datasets.Value("string"),  # MISLEADING_ANSWER_SOURCES
         "misleading_notes": datasets.Sequence(datasets.Value("string")),
         "guiding_notes": datasets.Sequence(datasets.Value("string")),
         "reference_model": datasets.Value("string"),
@@ -36,6 +37,13 @@ FEATURES = datasets.Features(
 MULTIPLE_CHOICE = "multiple_choice"
 YES_NO = "yes_no"
 DIFFICULTY_LEVELS = ("low", "medium", "high")
+# The paper's levels: items misled by exactly 6, 9 or 12 of the 12 reference models
+# (the authors' MR_test.sh: nums=(6 9 12), is_equal='='). Other counts are on no level.
+DIFFICULTY_COUNTS = {"low": 6, "medium": 9, "high": 12}
+MISLED_COUNT_RANGE = (6, 12)  # the release holds items that misled at least 6 of the 12 models
+# Where an item's misleading_answer comes from: the wrong option the release's own
+# hint (`guide`) names, or a choice seeded by the item's id where the release names none.
+MISLEADING_ANSWER_SOURCES = ("release", "seeded")
 
 # Source benchmarks of the full MUB release, then the project's synthetic ones
 # (the embedded sample). ConBench_CH and ConBench_YN share one config.
@@ -59,15 +67,12 @@ SYNTHETIC_SOURCES = (
 )
 
 
-def difficulty_for(misled_count: int) -> str:
-    """Difficulty level from how many of the 12 reference models were misled."""
-    if 6 <= misled_count <= 8:
-        return "low"
-    if 9 <= misled_count <= 11:
-        return "medium"
-    if misled_count == 12:
-        return "high"
-    raise ValueError(f"misled_count must be between 6 and 12, got {misled_count}")
+def difficulty_for(misled_count: int) -> str | None:
+    """The paper's level of a misled count (exactly 6, 9 or 12), or None for the counts in between."""
+    low, high = MISLED_COUNT_RANGE
+    if not low <= misled_count <= high:
+        raise ValueError(f"misled_count must be between {low} and {high}, got {misled_count}")
+    return next((level for level, count in DIFFICULTY_COUNTS.items() if count == misled_count), None)
 
 
 def source_config_name(source: str) -> str:

@@ -123,6 +123,33 @@ def misleading_answer_for(row_id: str, answer: str, labels: list[str]) -> str:
     return wrong[seed % len(wrong)]
 
 
+# The release's hint, "And the true answer is : B" (its `guide` field).
+_GUIDE = re.compile(r"the true answer is\s*:\s*(\S+)\s*$", re.IGNORECASE)
+
+
+def guide_option(guide: Any, labels: list[str]) -> str | None:
+    """The option a released hint names (as one of ``labels``), or None when it names none."""
+    match = _GUIDE.search(str(guide or ""))
+    if match is None:
+        return None
+    named = match.group(1).casefold()
+    return next((label for label in labels if label.casefold() == named), None)
+
+
+def misleading_answer_of(row_id: str, answer: str, labels: list[str], guide: Any) -> tuple[str, str]:
+    """The wrong option the explicit hint names, and where it comes from (MISLEADING_ANSWER_SOURCES).
+
+    The release's hint names the wrong option its reference model was given
+    wherever that model was right at stage 1; that option is kept. Elsewhere
+    the hint names the true answer (or nothing) and a seeded choice stands in
+    for the authors' random one (utils.py, ``select_random_choice``).
+    """
+    named = guide_option(guide, labels)
+    if named is not None and named != answer:
+        return named, "release"
+    return misleading_answer_for(row_id, answer, labels), "seeded"
+
+
 _NOTE_SEPARATOR = re.compile(r"/{2,}")
 # "1. ", "2) " or "3、" (Chinese numbering takes no space) at the start of a line.
 _NUMBERED_LINE = re.compile(r"(?m)^\s*\d{1,2}\s*(?:[.)]\s+|、\s*)")
@@ -168,6 +195,7 @@ def normalise_record(record: Mapping[str, Any], notes_record: Mapping[str, Any] 
         raise RecordError(f"num {record['num']!r} is not a count between 6 and 12") from exc
     image_path, question = item_key(record)
     row_id = item_id(image_path, question)
+    misleading_answer, misleading_source = misleading_answer_of(row_id, answer, labels, record.get("guide"))
     notes_source = notes_record or {}
     return {
         "id": row_id,
@@ -179,7 +207,8 @@ def normalise_record(record: Mapping[str, Any], notes_record: Mapping[str, Any] 
         "category": str(record.get("all_category", "")),
         "misled_count": misled_count,
         "difficulty": difficulty,
-        "misleading_answer": misleading_answer_for(row_id, answer, labels),
+        "misleading_answer": misleading_answer,
+        "misleading_answer_source": misleading_source,
         "misleading_notes": split_notes(notes_source.get("closed_model_response_F")),
         "guiding_notes": split_notes(notes_source.get("closed_model_response_T")),
         "reference_model": str(record.get("model", "")),

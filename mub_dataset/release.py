@@ -79,7 +79,8 @@ class Release:
             },
             "items_per_source": dict(sorted(Counter(row["source"] for row in self.rows).items())),
             "items_per_question_type": dict(sorted(Counter(row["question_type"] for row in self.rows).items())),
-            "items_per_difficulty": dict(sorted(Counter(row["difficulty"] for row in self.rows).items())),
+            # Items whose misled count is on no level (7, 8, 10, 11) are counted under "none".
+            "items_per_difficulty": dict(sorted(Counter(row["difficulty"] or "none" for row in self.rows).items())),
         }
 
 

@@ -32,7 +32,7 @@ import threading
 import time
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, Callable
 
 
 @dataclass
@@ -85,8 +85,9 @@ def completion(content: str | None, model: str) -> dict[str, Any]:
 class FaultServer:
     """Start with :meth:`start` (or ``with``), stop with :meth:`stop`; ``base_url`` ends in ``/v1``."""
 
-    def __init__(self, latency: float = 0.0) -> None:
+    def __init__(self, latency: float = 0.0, answer: Callable[[str], str] | None = None) -> None:
         self.latency = latency  # seconds added to every reply
+        self.answer = answer or healthy_answer  # the healthy reply to a prompt
         self.received: list[Received] = []
         self.in_flight = 0
         self.max_in_flight = 0
@@ -209,7 +210,7 @@ def _handler_for(server: FaultServer) -> type[BaseHTTPRequestHandler]:
             elif kind == "empty":
                 self._send(200, json.dumps(completion("", body["model"])))
             else:
-                self._send(200, json.dumps(completion(healthy_answer(prompt_of(body)), body["model"])))
+                self._send(200, json.dumps(completion(server.answer(prompt_of(body)), body["model"])))
 
         def _send(self, status: int, text: str, headers: dict[str, str] | None = None) -> None:
             data = text.encode()

@@ -44,6 +44,7 @@ EXPECTED_FEATURES = {
     "misled_count": datasets.Value("int32"),
     "difficulty": datasets.Value("string"),
     "misleading_answer": datasets.Value("string"),
+    "misleading_answer_source": datasets.Value("string"),  # issue 12
     "misleading_notes": datasets.Sequence(datasets.Value("string")),
     "guiding_notes": datasets.Sequence(datasets.Value("string")),
     "reference_model": datasets.Value("string"),
@@ -96,13 +97,10 @@ def raw_items(release: Path) -> tuple[dict, dict]:
     return items, with_notes
 
 
-def plain_difficulty(num: int) -> str:
-    if num == 12:
-        return "high"
-    if num >= 9:
-        return "medium"
-    assert num >= 6, num
-    return "low"
+def plain_difficulty(num: int) -> str | None:
+    """The authors' levels (MR_test.sh: nums=(6 9 12), is_equal='='): exact counts, other counts on none."""
+    assert 6 <= num <= 12, num
+    return {6: "low", 9: "medium", 12: "high"}.get(num)
 
 
 def plain_id(new_id: str, question: str) -> str:
@@ -112,6 +110,12 @@ def plain_id(new_id: str, question: str) -> str:
 def plain_misleading(row_id: str, answer: str, labels: list[str]) -> str:
     wrong = [label for label in labels if label != answer]
     return wrong[int(hashlib.sha256(("misleading-answer:" + row_id).encode("utf-8")).hexdigest()[:16], 16) % len(wrong)]
+
+
+def plain_guide_option(guide: str, labels: list[str]) -> str | None:
+    """The option the release's hint names: its text after the last ':', matched case-insensitively."""
+    named = guide.rsplit(":", 1)[-1].strip() if "true answer is" in guide else ""
+    return next((label for label in labels if label.lower() == named.lower()), None)
 
 
 def plain_labels(row: dict) -> list[str]:
@@ -344,10 +348,18 @@ def test_building_twice_gives_identical_rows(built, release_dir, tmp_path):
 def test_id_and_misleading_answer_follow_the_documented_rule(explicit_rows, expected):
     keys = {plain_id(*key): key for key in expected["items"]}
     assert set(keys) == {row["id"] for row in explicit_rows}
+    sources = Counter()
     for row in explicit_rows:
         assert row["id"] == plain_id(*keys[row["id"]])
         labels = plain_labels(row)
-        assert row["misleading_answer"] == plain_misleading(row["id"], row["answer"], labels)
+        named = plain_guide_option(expected["items"][keys[row["id"]]]["guide"], labels)
+        if named is not None and named != row["answer"]:  # the release's own wrong option
+            assert (row["misleading_answer"], row["misleading_answer_source"]) == (named, "release")
+        else:
+            seeded = plain_misleading(row["id"], row["answer"], labels)
+            assert (row["misleading_answer"], row["misleading_answer_source"]) == (seeded, "seeded")
+        sources[row["misleading_answer_source"]] += 1
+    assert sources["release"] > 0 and sources["seeded"] > 0  # the sample holds both kinds
 
 
 def test_golden_ids_of_two_release_items(explicit_rows):

@@ -385,9 +385,9 @@ def test_add_batch_with_confidences_and_bootstrap_in_compute(fresh):
 
 
 def test_label_given_in_some_batches_only_is_an_error(fresh):
-    fresh.add_batch(predictions=["A"], original_predictions=["A"], references=["A"], difficulty=["low"])
+    fresh.add_batch(predictions=["A"], original_predictions=["A"], references=["A"], source=["MMMU"])
     fresh.add_batch(predictions=["B"], original_predictions=["A"], references=["A"])
-    with pytest.raises(ValueError, match=r"difficulty is missing .* for 1 of 2 rows"):
+    with pytest.raises(ValueError, match=r"source is missing .* for 1 of 2 rows"):
         fresh.compute()
 
 
@@ -560,3 +560,29 @@ def test_card_examples_run_and_print_what_the_card_says(index):
         exec(compile(code, f"{CARD.name} example {index + 1}", "exec"), {"__name__": "__card__"})
     assert expected is not None, "each card example is followed by its output"
     assert stdout.getvalue().strip() == expected.strip()
+
+
+def test_rows_on_no_level_count_overall_and_by_misled_count_but_not_by_difficulty(fresh):
+    # counts 6 (low), 7 (on no level), 9 (medium): the 7 rows flip, the others do not
+    rows = [("6", "low", "A"), ("6", "low", "A"), ("7", None, "B"), ("7", None, "B"), ("9", "medium", "A")]
+    result = fresh.compute(
+        predictions=[answer for _, _, answer in rows],
+        original_predictions=["A"] * len(rows),
+        references=["A"] * len(rows),
+        difficulty=[level for _, level, _ in rows],
+        misled_count=[count for count, _, _ in rows],
+    )
+    assert (result["n"], result["t2f"]) == (5, 2)
+    assert list(result["by_difficulty"]) == ["low", "medium"]
+    assert result["by_difficulty"]["low"]["n"] == 2 and result["by_difficulty"]["low"]["mr_t2f"] == 0.0
+    assert list(result["by_misled_count"]) == ["6", "7", "9"]
+    assert result["by_misled_count"]["7"]["mr_t2f"] == 1.0 and result["by_misled_count"]["7"]["n"] == 2
+    assert result["mr_t2f_levels_mean"] == 0.0  # only the levels enter the headline
+
+
+def test_counts_are_ordered_as_numbers(fresh):
+    counts = ["12", "6", "10", "9"]
+    result = fresh.compute(
+        predictions=["A"] * 4, original_predictions=["A"] * 4, references=["A"] * 4, misled_count=counts
+    )
+    assert list(result["by_misled_count"]) == ["6", "9", "10", "12"]

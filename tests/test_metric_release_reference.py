@@ -1,4 +1,10 @@
-"""The metric reproduces the misleading rates of the reference models in the released MUB records.
+"""The metric reproduces the counts and rates computed by hand from the released MUB records.
+
+What the released records are: one record per item and per reference model (the model named in `model`),
+holding that model's hint (`guide`) and stage-2 answer (`response`). They are mostly answer flips (in the
+sample, TF and FT outcomes are about nine records in ten), kept because the model was misled; so a rate
+over them is NOT that model's misleading rate over a level, nor comparable with the paper's table. This
+test checks the metric's arithmetic on real records, nothing more.
 
 Source: ../shared/mub_release_sample (read in place, never copied): `all_combined_items.jsonl`, one
 JSON array despite the name, holds the explicit-hint runs; `implicit/mislead_output/
@@ -10,7 +16,8 @@ Reading the outcome (issue 3), without `question_correction`, whose TT/FF codes 
   stage-1 answer was correct, so a wrong hint marks a T item and a hint naming the answer an F item;
 - `response` is the stage-2 answer; a non-string (the release uses -2) is unparsed, and a string is
   trimmed with one trailing full stop removed (' Yes', 'Yes.' -> 'Yes'); case is ignored.
-- difficulty: the misled count `num` 6-8 is low, 9-11 medium, 12 high.
+- difficulty: the misled count `num` exactly 6 is low, 9 medium, 12 high (the authors' MR_test.sh:
+  nums=(6 9 12), is_equal='='); other counts are on no level and stay out of by_difficulty.
 
 The stage-1 answers themselves are not released. The metric is fed `original_predictions` built so
 that mr_t2f and mr_f2t are exactly determined: for a T item the reference answer itself (it was
@@ -62,15 +69,11 @@ def load_items(setting: str) -> tuple[dict[str, Any], ...]:
     return tuple(items.values())
 
 
-def level(num: int) -> str:
+def level(num: int) -> Optional[str]:
     """MUB's level of a misled count, restated from the protocol (not imported) so the test stays independent."""
-    if 6 <= num <= 8:
-        return "low"
-    if 9 <= num <= 11:
-        return "medium"
-    if num == 12:
-        return "high"
-    raise ValueError(f"misled count {num} is outside MUB's levels 6-12")
+    if not 6 <= num <= 12:
+        raise ValueError(f"misled count {num} is outside MUB's range 6-12")
+    return {6: "low", 9: "medium", 12: "high"}.get(num)
 
 
 def parse_response(response: Any) -> Optional[str]:
@@ -147,8 +150,9 @@ def test_per_difficulty_misleading_rates_match_the_release(metric, setting, mode
     result = metric.compute(**metric_inputs(items))
     by_level: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for item in items:
-        by_level[level(item["num"])].append(item)
-    assert set(result["by_difficulty"]) == set(by_level)
+        if level(item["num"]) is not None:
+            by_level[level(item["num"])].append(item)
+    assert set(result.get("by_difficulty", {})) == set(by_level)
     for name, level_items in by_level.items():
         figures = result["by_difficulty"][name]
         assert {field: figures[field] for field in COMPARED} == expected_figures(level_items), (setting, model, name)

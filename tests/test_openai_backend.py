@@ -291,7 +291,8 @@ def _run_cli(server: FaultServer, out: Path, *extra: str) -> dict:
     argv = [
         "run", "--backend", "openai", "--base-url", server.base_url, "--model", "fault-model",
         "--api-key-env", KEY_ENV, "--concurrency", "4", "--max-retries", "2", "--timeout", "0.5",
-        "--limit", "8", "--batch-size", "4", "--out", str(out), *extra,
+        "--limit", "8", "--batch-size", "4", "--out", str(out),
+        "--protocol", "deterministic", *extra,  # the faults below match the clean prompt
     ]  # fmt: skip
     assert main(argv) == 0
     return json.loads((out / "results.json").read_text())
@@ -314,7 +315,7 @@ def test_failures_are_counted_resumed_to_the_clean_result_and_the_key_never_leak
     clean = _run_cli(server, tmp_path / "clean")
     assert clean["results"]["explicit"]["errors"] == 0 and clean["results"]["explicit"]["n"] == 8
 
-    rows = select_items(RunConfig(model="m", limit=8)).rows
+    rows = select_items(RunConfig(model="m", limit=8, protocol="deterministic")).rows
     server.add("429", retry_after="1")
     server.add("500")
     server.add("stall", stall=2.0)
@@ -338,7 +339,7 @@ def test_failures_are_counted_resumed_to_the_clean_result_and_the_key_never_leak
     assert faulty["run"]["backend_info"] == {
         "backend": "openai", "model": "fault-model", "base_url": server.base_url, "api_key_env": KEY_ENV,
         "concurrency": 4, "max_retries": 2, "timeout": 0.5, "backoff_base": 0.5, "backoff_max": 60.0,
-        "max_retry_after": 300.0, "image_format": "png", "api_key_set": True,
+        "max_retry_after": 300.0, "image_format": "png", "send_top_k": False, "api_key_set": True,
     }  # fmt: skip
 
     assert {"429", "500", "stall", "drop", "malformed", "echo_auth"} <= {r.fault for r in server.received}

@@ -69,12 +69,16 @@ def _rule(items: dict[str, dict], flip_share: int) -> Callable[[Request], str]:
     return answer
 
 
-def _scripted_run(root: Path, model: str, config: str, flip_share: int, limit: int | None = None) -> Path:
+def _scripted_run(
+    root: Path, model: str, config: str, flip_share: int, limit: int | None = None, protocol: str = "paper"
+) -> Path:
     dataset = mub_dataset.load(config, "sample")
     items = {row["id"]: row for row in dataset.remove_columns("image").to_list()}
-    out = root / f"{model.replace('/', '_')}__{config}"
+    out = root / f"{model.replace('/', '_')}__{config}__{protocol}"
     run(
-        RunConfig(model=model, config=config, backend="scripted", out=str(out), limit=limit, progress=False),
+        RunConfig(
+            model=model, config=config, backend="scripted", out=str(out), limit=limit, progress=False, protocol=protocol
+        ),
         backend=ScriptedBackend(_rule(items, flip_share), name=model),
         dataset=dataset,
     )
@@ -423,3 +427,38 @@ def test_tiny_model_run_goes_into_the_report(runs: dict[str, Path], report_dir: 
         pytest.skip("tiny transformers models are not available")
     rows = _markdown_table((report_dir / "report.md").read_text(), "All figures per run")
     assert any(row[0] == "tiny:llava" for row in rows)
+
+
+def test_implicit_rates_by_notes_are_shown_for_3_and_5(runs, report_dir) -> None:
+    rows = _markdown_table((report_dir / "report.md").read_text(encoding="utf-8"), "Implicit misleading rate by notes tried")
+    implicit = [_results(runs[name])["results"]["implicit"] for name in ("steady_implicit", "fickle_implicit")]
+    assert len(rows) == 2
+    for row, figures in zip(rows, implicit):
+        expected = [figures[key][k] for key in ("mr_t2f_by_notes", "mr_f2t_by_notes") for k in ("3", "5")]
+        assert [float(cell) for cell in row[1:]] == pytest.approx([100 * value for value in expected], abs=0.005)
+        assert figures["mr_t2f_by_notes"]["5"] == figures["mr_t2f"]  # --notes 5: the run's own rate
+        by_k = [figures["mr_t2f_by_notes"][str(k)] for k in range(1, 6)]
+        assert by_k == sorted(by_k)  # more notes can only flip more items
+
+
+def test_paper_comparison_takes_only_runs_under_the_paper_protocol(runs, tmp_path) -> None:
+    deterministic = _scripted_run(tmp_path, "scripted/clean", "explicit", 3, limit=12, protocol="deterministic")
+    out = tmp_path / "report"
+    assert main(["report", str(runs["steady_explicit"]), str(deterministic), "--out", str(out), "--paper", "--bootstrap", "50"]) == 0
+    markdown = (out / "report.md").read_text(encoding="utf-8")
+    published = _markdown_table(markdown, "Published results (reference)")
+    assert [row[1] for row in published if row[0] == "run"] == ["scripted/steady"]
+    assert "Not placed beside the paper's models" in markdown and "scripted/clean (explicit, --protocol deterministic)" in markdown
+    assert "the paper's models are not shown: not every run used --protocol paper" in markdown
+    protocols = {row[0]: row[2] for row in _markdown_table(markdown, "Runs")}
+    assert protocols == {"scripted/steady": "paper", "scripted/clean": "deterministic"}
+
+
+def test_submission_records_the_protocol_and_refuses_mixed_ones(runs, tmp_path) -> None:
+    from mub.report.submit import build_submission
+
+    submission = build_submission([runs["steady_explicit"], runs["steady_implicit"]])
+    assert submission.results["config"]["protocol"] == {"preset": "paper", "overrides": {}}
+    clean = _scripted_run(tmp_path, "scripted/steady", "implicit", 0, limit=8, protocol="deterministic")
+    with pytest.raises(ValueError, match="must share one protocol.*--protocol deterministic"):
+        build_submission([runs["steady_explicit"], clean])

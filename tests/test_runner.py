@@ -44,6 +44,7 @@ def _item(number: int, *, answer: str = "A", misleading: str = "C", yes_no: bool
         "misled_count": {"low": 6, "medium": 9, "high": 12}[difficulty],
         "difficulty": difficulty,
         "misleading_answer": misleading,
+        "misleading_answer_source": "seeded",
         "misleading_notes": [f"mislead {number}-{k}" for k in range(4)],
         "guiding_notes": [f"guide {number}-{k}" for k in range(3)],
         "reference_model": "",
@@ -62,7 +63,9 @@ def _item_number(request: Request) -> int:
 
 
 def _config(tmp_path: Path, **overrides) -> RunConfig:
-    return RunConfig(model="scripted", backend="scripted", out=str(tmp_path / "run"), progress=False, **overrides)
+    # The clean prompt's "A. text" lines are what the scripted rules read; the paper preset has its own tests.
+    settings = {"protocol": "deterministic", **overrides}
+    return RunConfig(model="scripted", backend="scripted", out=str(tmp_path / "run"), progress=False, **settings)
 
 
 def _predictions(tmp_path: Path) -> dict[str, dict]:

@@ -85,6 +85,8 @@ class ApiSettings:
     backoff_max: float = 60.0  # no backoff wait is longer; a server's Retry-After may ask for more
     max_retry_after: float = 300.0  # a longer Retry-After is not waited for: the request fails at once
     image_format: str = "png"  # "png" (lossless) or "jpeg" (smaller for photographs)
+    # top_k is no OpenAI chat parameter; vLLM's server (and some others) accept it, others reject the request.
+    send_top_k: bool = False
 
     def validate(self) -> None:
         if not self.base_url:
@@ -250,8 +252,6 @@ class OpenAIBackend:
         settings.validate()
         if decoding.scoring != "generate":
             raise ValueError("--backend openai supports --scoring generate only (chat APIs return no option scores)")
-        if decoding.top_k:
-            raise ValueError("--top-k is not part of the OpenAI chat API; use --top-p or a local backend")
         self.model = model
         self.settings = settings
         self.decoding = decoding
@@ -311,6 +311,7 @@ class OpenAIBackend:
             "temperature": max(self.decoding.temperature, 0.0),
             "top_p": self.decoding.top_p,
             "seed": request_seed(self.decoding.seed, request.key),
+            **({"top_k": self.decoding.top_k} if self.settings.send_top_k and self.decoding.top_k > 0 else {}),
         }
 
     def _complete(self, body: dict[str, Any]) -> Generation:
@@ -376,4 +377,9 @@ def from_run_config(config: "RunConfig") -> OpenAIBackend:
     known = {f.name for f in fields(ApiSettings)}
     options = {key: value for key, value in config.backend_options.items() if key in known}
     options.setdefault("base_url", "")
+    if config.top_k and not options.get("send_top_k"):
+        raise ValueError(
+            "--top-k reaches an OpenAI-compatible server only with --send-top-k (vLLM's server accepts it; "
+            "the OpenAI API rejects it); add --send-top-k or drop --top-k"
+        )
     return OpenAIBackend(config.model, ApiSettings(**options), config.decoding())

@@ -214,6 +214,7 @@ def to_row(example: Mapping[str, Any], config: ImportConfig, new_id: str) -> dic
         "misled_count": count,
         "difficulty": difficulty_for(count),
         "misleading_answer": misleading_answer_for(row_id, answer, labels),
+        "misleading_answer_source": "seeded",  # an import has no released hint to take it from
     }
 
 
@@ -241,12 +242,17 @@ class ImportResult:
     per_difficulty: dict[str, int] = field(default_factory=dict)
 
 
+def _level_name(count: int) -> str:
+    level = difficulty_for(count)
+    return f"level `{level}`" if level else "no level (levels are misled counts 6, 9 and 12 exactly)"
+
+
 def _readme(config: ImportConfig, split: str | None, result: ImportResult) -> str:
     if config.misled_count is not None:
         num = (
             f"**`num` is a placeholder.** These items have no count of misled reference models; every item was "
-            f"given `num` = {config.misled_count} (`--misled-count`), so all are `{difficulty_for(config.misled_count)}` "
-            "difficulty and per-difficulty figures mean nothing. The reference-model fields are empty."
+            f"given `num` = {config.misled_count} (`--misled-count`), so all are on "
+            f"{_level_name(config.misled_count)} and per-difficulty figures mean nothing. The reference-model fields are empty."
         )
     else:
         num = f"`num` comes from the dataset's column `{config.columns['misled_count']}`."
@@ -302,7 +308,7 @@ def import_dataset(config: ImportConfig) -> ImportResult:
         items=len(rows),
         exact_duplicates_dropped=duplicates,
         per_question_type=dict(Counter("yes_no" if r["question_type_CHorYN"] == "YN" else "multiple_choice" for r in rows)),
-        per_difficulty=dict(Counter(difficulty_for(r["num"]) for r in rows)),
+        per_difficulty=dict(Counter(difficulty_for(r["num"]) or "none" for r in rows)),
     )
     with staged_folder(out) as staging:
         write_release(staging, rows, images.items(), _readme(config, split, result))

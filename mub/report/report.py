@@ -25,7 +25,7 @@ from mub.report.paper import PAPER_AVERAGE, PAPER_CITATION, PAPER_RESULTS
 from mub.report.plots import levels_mean
 from mub.report.rows import KINDS, STATES, ModelRow, RunSummary
 from mub.runs.predictions import ItemPrediction
-from mub.runs.storage import RESULTS_FILE, RunFolder
+from mub.runs.storage import RESULTS_FILE, RunFolder, protocol_name
 from mub_dataset.features import DIFFICULTY_LEVELS
 
 NON_METRIC_RESULTS = ("stage1_sampling",)  # results.json entries that are not a config's figures
@@ -104,12 +104,17 @@ def load_run(path: str | Path) -> RunSummary:
         figures=document["results"][config],
         dataset=document.get("dataset", {}),
         predictions=list(folder.load_predictions().values()),
+        protocol=protocol_name(document.get("run", {})),
+        parser=document.get("run", {}).get("parser", "mub"),
     )
 
 
 def assign_labels(runs: Sequence[RunSummary]) -> None:
     """Label runs by model; a source config is named; runs that would collide get their folder name."""
     base = {id(run): run.model if run.config in KINDS else f"{run.model} [{run.config}]" for run in runs}
+    for run in runs:
+        if run.parser != "mub":  # a rescored run sits beside its original: name how it was read
+            base[id(run)] += f" [{run.parser} parser]"
     seen: dict[tuple[str, str], int] = {}
     for run in runs:
         key = (base[id(run)], run.kind)
@@ -297,11 +302,13 @@ def comparison_table(comparisons: Sequence[Comparison]) -> Table:
 
 
 def runs_table(runs: Sequence[RunSummary]) -> Table:
-    headers = ["Model", "Config", "Run folder", "Dataset", "Items fingerprint"]
+    headers = ["Model", "Config", "Protocol", "Parser", "Run folder", "Dataset", "Items fingerprint"]
     body = [
         [
             run.label,
             run.config,
+            run.protocol,
+            run.parser,
             str(run.path),
             str(run.dataset.get("name", MISSING)),
             str(run.dataset.get("fingerprint", MISSING)),
@@ -309,19 +316,50 @@ def runs_table(runs: Sequence[RunSummary]) -> Table:
         for run in runs
     ]
     caption = (
-        "Runs with the same items fingerprint answered the same items; paired comparisons use the items they share."
+        "Runs with the same items fingerprint answered the same items; paired comparisons use the items they share. "
+        "Parser: how outputs were read (reference: the authors' extraction, via mub rescore); a rescored run "
+        "compared with its original shows what the choice of parser moves."
     )
     return Table("Runs", headers, body, caption)
 
 
-def paper_table() -> Table:
+def paper_table(rows: Sequence[ModelRow], left_out: Sequence[RunSummary]) -> Table:
+    """The published rows, then the given models' rows (runs under the ``paper`` protocol only)."""
     headers = ["#", "Model", "Acc"] + [f"{kind.capitalize()} {level}" for kind in KINDS for level in DIFFICULTY_LEVELS]
     numbers = [str(number) for number in range(1, len(PAPER_RESULTS) + 1)] + [""]  # as in the scatter plot
-    body = [
+    body: list[list[Cell]] = [
         [number, row.model, f"{row.acc:.2f}", *(f"{rate:.2f}" for rate in (*row.explicit, *row.implicit))]
         for number, row in zip(numbers, (*PAPER_RESULTS, PAPER_AVERAGE))
     ]
-    return Table("Published results (reference)", headers, body, f"{PAPER_CITATION}, main table; percentages.")
+    for row in rows:
+        cells: list[Cell] = ["run", row.label, percent(row.accuracy_run().figures.get("accuracy_before"))]
+        cells += [percent((level_figures(row.runs.get(kind), level) or {}).get("mr_t2f")) for kind in KINDS for level in DIFFICULTY_LEVELS]
+        body.append(cells)
+    caption = f"{PAPER_CITATION}, main table; percentages. Rows marked 'run': the runs given, under --protocol paper."
+    if left_out:
+        caption += (
+            " Not placed beside the paper's models, since their prompts and decoding are not the paper's: "
+            + ", ".join(f"{run.label} ({run.config}, --protocol {run.protocol})" for run in left_out)
+            + "."
+        )
+    return Table("Published results (reference)", headers, body, caption)
+
+
+def by_notes_table(runs: Sequence[RunSummary]) -> Table | None:
+    """Implicit rates had up to 3 or up to 5 notes been tried (the paper runs both), from one run."""
+    implicit = [run for run in runs if "mr_t2f_by_notes" in run.figures]
+    if not implicit:
+        return None
+    headers = ["Model", "MR T→F, ≤3 notes", "MR T→F, ≤5 notes", "MR F→T, ≤3 notes", "MR F→T, ≤5 notes"]
+    body = [
+        [run.label, *(percent(run.figures[key].get(k)) for key in ("mr_t2f_by_notes", "mr_f2t_by_notes") for k in ("3", "5"))]
+        for run in implicit
+    ]
+    caption = (
+        "An item counts as flipped within k notes when one of its first k notes flipped it; both columns come "
+        "from the same requests (the first 3 notes' requests are those of a 3-note run)."
+    )
+    return Table("Implicit misleading rate by notes tried", headers, body, caption)
 
 
 # ---------------------------------------------------------------- report
@@ -336,6 +374,11 @@ def build_report(
     runs = [load_run(path) for path in run_dirs]
     assign_labels(runs)
     rows = group_by_model(runs)
+    # The paper's figures are comparable only with runs that asked and decoded as the paper did.
+    beside_paper = paper and all(run.protocol == "paper" for run in runs)
+    scatter_note = "; grey: the paper's models." if beside_paper else "."
+    if paper and not beside_paper:
+        scatter_note = "; the paper's models are not shown: not every run used --protocol paper."
     blocks: list[Block] = [
         main_table(rows),
         FigureSpec(
@@ -366,12 +409,16 @@ def build_report(
             "accuracy_vs_misleading.png",
             "Accuracy before misleading vs misleading rate",
             "x: stage-1 accuracy with its 95% interval; y: misleading rate, mean of the low/medium/high levels "
-            "(the paper's headline convention)" + ("; grey: the paper's models." if paper else "."),
-            partial(plots.accuracy_scatter, rows, paper),
+            "(the paper's headline convention)" + scatter_note,
+            partial(plots.accuracy_scatter, rows, beside_paper),
         ),
     ]
+    notes = by_notes_table(runs)
+    if notes is not None:
+        blocks.append(notes)
     if paper:
-        blocks.append(paper_table())
+        under_paper = [run for run in runs if run.protocol == "paper"]
+        blocks.append(paper_table(group_by_model(under_paper), [run for run in runs if run.protocol != "paper"]))
     blocks.append(runs_table(runs))
     datasets = sorted({str(run.dataset.get("name", "?")) for run in runs})
     intro = (

@@ -26,6 +26,8 @@ class RunSummary:
     figures: dict[str, Any]
     dataset: dict[str, Any]
     predictions: list[ItemPrediction]
+    protocol: str = "paper"  # the preset it ran under (mub.protocol.presets)
+    parser: str = "mub"  # how its outputs were read: "mub", or "reference" after mub rescore
     label: str = ""  # the model as shown in tables and plots; set by assign_labels
 
     @property
@@ -42,5 +44,5 @@ class ModelRow:
     runs: dict[str, RunSummary] = field(default_factory=dict)  # kind -> run
 
     def accuracy_run(self) -> RunSummary:
-        """Stage 1 is the same prompt in both protocols; the explicit run's figure is shown."""
+        """Stage 1 asks the same question in both settings; the explicit run's figure is shown."""
         return self.runs.get("explicit") or self.runs["implicit"]

@@ -23,6 +23,7 @@ from typing import Any, Sequence
 import yaml
 
 from mub.report.report import read_results
+from mub.runs.storage import protocol_name
 from mub_dataset.features import DIFFICULTY_LEVELS
 
 RATES = ("mr_t2f", "mr_f2t", "accuracy_before", "accuracy_after", "consistency")
@@ -67,6 +68,10 @@ def read_runs(run_dirs: Sequence[str | Path]) -> list[RunResults]:
     repeated = sorted({config for config in configs if configs.count(config) > 1})
     if repeated:
         raise ValueError(f"more than one run for config {', '.join(repeated)}; submit one run per config")
+    protocols = {run.path.name: protocol_name(run.document.get("run", {})) for run in runs}
+    if len(set(protocols.values())) > 1:
+        listed = ", ".join(f"{name} --protocol {protocol}" for name, protocol in protocols.items())
+        raise ValueError(f"a submission's runs must share one protocol, these differ ({listed}); rerun one of them")
     return runs
 
 
@@ -79,6 +84,8 @@ def model_config(runs: Sequence[RunResults]) -> dict[str, Any]:
         "model_sha": backend.get("revision"),
         "model_dtype": backend.get("dtype") or first.get("run", {}).get("dtype"),
         "backend": backend.get("backend"),
+        # The preset and any overrides: figures compare with the paper's under "paper" only.
+        "protocol": first.get("run", {}).get("protocol") or {"preset": protocol_name(first.get("run", {})), "overrides": {}},
         "dataset": first.get("dataset", {}).get("name"),
         "items_fingerprint": {
             task_name(run.config): run.document.get("dataset", {}).get("fingerprint") for run in runs

@@ -18,7 +18,7 @@ from typing import Any, Mapping, Sequence
 from mub.runs.predictions import ItemPrediction
 from mub.config import RunConfig
 from mub.runs.runner import Selection, finish_run, select_items
-from mub.runs.storage import RunFolder, RunFolderError, settings_diff
+from mub.runs.storage import RunFolder, RunFolderError, protocol_name, settings_diff
 
 # Settings that legitimately differ between the shards of one run.
 PER_SHARD_SETTINGS = ("shard", "items_fingerprint")
@@ -57,7 +57,7 @@ def _shown(ids: Sequence[str]) -> str:
     return ", ".join(ids[:SHOWN_IDS]) + more
 
 
-def _config(settings: Mapping[str, Any], out: str | Path | None) -> RunConfig:
+def config_from_settings(settings: Mapping[str, Any], out: str | Path | None) -> RunConfig:
     """The RunConfig fields that select the items and head the results (batch size etc. do not)."""
     return RunConfig(
         model=settings["model"],
@@ -67,6 +67,8 @@ def _config(settings: Mapping[str, Any], out: str | Path | None) -> RunConfig:
         difficulty=settings["difficulty"],
         misled_count=settings["misled_count"],
         limit=settings["limit"],
+        protocol=protocol_name(settings),  # the levels and the rates by notes depend on it
+        notes=settings.get("notes", RunConfig.notes),
         out=str(out) if out is not None else None,
         progress=False,
     )
@@ -146,7 +148,7 @@ def merge_runs(
     settings = [_read_settings(folder) for folder in folders]
     _check_same_run(folders, settings)
 
-    config = _config(settings[0], out)
+    config = config_from_settings(settings[0], out)
     target = config.out_dir()
     if target.resolve() in paths:
         raise MergeError(f"--out {target} is one of the folders being merged; choose another")

@@ -35,7 +35,7 @@ class ItemPrediction:
     id: str
     answer: str
     source: str
-    difficulty: str
+    difficulty: str | None  # None: the misled count is on no level
     misled_count: int
     question_type: str
     group_id: str

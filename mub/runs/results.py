@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import mub_metric
 
+from mub.protocol import stages
 from mub.runs.predictions import ItemPrediction
 
 if TYPE_CHECKING:
@@ -45,7 +46,8 @@ def metric_inputs(predictions: Sequence[ItemPrediction]) -> dict[str, list]:
         "predictions": [p.prediction for p in scored],
         "original_predictions": [p.original_prediction for p in scored],
         "references": [p.answer for p in scored],
-        "difficulty": [p.difficulty for p in scored],
+        "difficulty": [p.difficulty for p in scored],  # None: on no level (in by_misled_count only)
+        "misled_count": [str(p.misled_count) for p in scored],
         "source": [p.source for p in scored],
         "question_type": [p.question_type for p in scored],
         "group_id": [p.group_id for p in scored],
@@ -73,6 +75,25 @@ def score(predictions: Sequence[ItemPrediction], *, bootstrap: int = 0, seed: in
     return {**result, "errors": errors, "n_items": len(predictions)}
 
 
+def rates_by_notes(predictions: Sequence[ItemPrediction], max_notes: int) -> dict[str, dict[str, float | None]]:
+    """Implicit rates had only the first k notes been tried, k = 1..max_notes (``--notes``).
+
+    An item counts as flipped within k notes when the note that flipped it
+    (``flipped_by_note``, 0-based) is among its first k; the paper's runs with up
+    to 3 and up to 5 notes are k = 3 and k = 5 of one run (the first k notes'
+    requests are the same in both). ``None`` where no item is in the denominator.
+    """
+    scored = [p for p in predictions if p.error is None]
+    correct = [stages.same_answer(p.original_prediction, p.answer) for p in scored]
+    out: dict[str, dict[str, float | None]] = {"mr_t2f_by_notes": {}, "mr_f2t_by_notes": {}}
+    for k in range(1, max_notes + 1):
+        for key, wanted in (("mr_t2f_by_notes", True), ("mr_f2t_by_notes", False)):
+            group = [p for p, right in zip(scored, correct) if right is wanted]
+            flipped = sum(1 for p in group if p.flipped_by_note is not None and p.flipped_by_note < k)
+            out[key][str(k)] = flipped / len(group) if group else None
+    return out
+
+
 def score_sampling_consistency(predictions: Sequence[ItemPrediction]) -> dict[str, Any] | None:
     """The metric's `consistency` config over repeated stage-1 samples, when there are several."""
     scored = [p for p in predictions if p.error is None and len(p.stage1) >= 2]
@@ -92,6 +113,8 @@ def build_results(
     predictions: Sequence[ItemPrediction],
 ) -> dict[str, Any]:
     results: dict[str, Any] = {config.config: score(predictions)}
+    if config.config == "implicit":
+        results[config.config].update(rates_by_notes(predictions, config.notes))
     sampling = score_sampling_consistency(predictions)
     if sampling is not None:
         results["stage1_sampling"] = sampling

@@ -19,7 +19,6 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 import mub_dataset
-from mub_dataset.features import DIFFICULTY_LEVELS
 from mub_dataset.files import cell_bytes, image_digest
 
 from mub.config import RunConfig
@@ -31,7 +30,8 @@ from mub.backends.base import Generation, Request
 from mub.backends.common import chunks
 from mub.protocol.parsing import option_labels, parse_answer
 from mub.runs.predictions import ItemPrediction, StageAnswer
-from mub.protocol.prompts import DEFAULT_HINT_TEMPLATE, explicit_cue, implicit_cue, render_prompt
+from mub.protocol.presets import level_of, setting_of
+from mub.protocol.prompts import explicit_cue, implicit_cue, render
 from mub.runs.results import build_results, format_table
 from mub.runs.storage import RunFolder, RunFolderError
 
@@ -52,6 +52,10 @@ def select_items(config: RunConfig, dataset: datasets.Dataset | None = None) -> 
         dataset = mub_dataset.load(config.config, config.dataset)
     dataset = dataset.cast_column("image", datasets.Image(decode=False))
     all_rows = dataset.remove_columns("image").to_list()
+    levels = config.preset().levels
+    for row in all_rows:
+        # The preset defines the levels, so a build made under another definition is read the same way.
+        row["difficulty"] = level_of(levels, row["misled_count"])
     indices = [
         i
         for i, row in enumerate(all_rows)
@@ -124,8 +128,10 @@ def run_batch(
     Each stage's requests go to the backend in one call, which batches them
     by its own batch size (a local model sorts them by length first).
     """
+    preset = config.preset()
+    prompts = preset.prompts[setting_of(config.config)]
     stage1_requests = [
-        Request(f"{row['id']}/stage1/{sample}", image, render_prompt(row), _options(row))
+        Request(f"{row['id']}/stage1/{sample}", image, render(row, prompts), _options(row))
         for row, (image, _) in zip(rows, images)
         for sample in range(config.num_samples)
     ]
@@ -153,25 +159,28 @@ def run_batch(
         if record.error is None:
             correct = stages.is_correct(record.original_prediction, row)
             if config.config == "implicit":
-                cues = [implicit_cue(note) for note in stages.notes_for(row, correct, config.notes)]
+                cues = [implicit_cue(note, preset.note_template) for note in stages.notes_for(row, correct, config.notes)]
             else:
-                cues = [explicit_cue(stages.hinted_answer(row, correct), config.hint_template)]
+                cues = [explicit_cue(stages.hinted_answer(row, correct), config.hint())]
         stage2_cues.append(cues)
         for number, cue in enumerate(cues):
-            stage2_requests.append(Request(f"{row['id']}/stage2/{number}", image, render_prompt(row, cue), _options(row)))
+            stage2_requests.append(Request(f"{row['id']}/stage2/{number}", image, render(row, prompts, cue), _options(row)))
     stage2 = iter(backend.generate(stage2_requests))
     for record, row, cues in zip(records, rows, stage2_cues):
         record.stage2 = [_answer(next(stage2), cue.strip(), row) for cue in cues]
         if record.error is not None:
             continue
         record.error = next((a.error for a in record.stage2 if a.error), None)
-        correct = stages.is_correct(record.original_prediction, row)
-        record.prediction, record.flipped_by_note = stages.combine_note_answers(
-            row, correct, [a.parsed for a in record.stage2]
-        )
-        if config.config != "implicit":
-            record.flipped_by_note = None
+        settle(record, row, implicit=config.config == "implicit")
     return records
+
+
+def settle(record: ItemPrediction, row: Mapping[str, Any], *, implicit: bool) -> None:
+    """Set the stage-2 answer (and, implicit, the flipping note) from the stages' parsed answers."""
+    correct = stages.is_correct(record.original_prediction, row)
+    record.prediction, record.flipped_by_note = stages.combine_note_answers(row, correct, [a.parsed for a in record.stage2])
+    if not implicit:
+        record.flipped_by_note = None
 
 
 def run(config: RunConfig, backend: Backend | None = None, dataset: datasets.Dataset | None = None) -> dict[str, Any]:

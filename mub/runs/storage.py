@@ -31,6 +31,11 @@ class RunFolderError(ValueError):
     """A run folder that cannot be used as asked."""
 
 
+def protocol_name(settings: dict[str, Any]) -> str:
+    """The protocol preset recorded in run settings; runs made before presets used today's ``deterministic``."""
+    return (settings.get("protocol") or {}).get("preset", "deterministic")
+
+
 def write_json_atomic(path: Path, data: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
@@ -89,6 +94,12 @@ class RunFolder:
         if not self.settings_path.is_file():
             raise RunFolderError(f"{self.path}: predictions without {SETTINGS_FILE}; cannot check what made them")
         earlier = self.read_settings()
+        before, now = protocol_name(earlier), protocol_name(settings)
+        if before != now:
+            raise RunFolderError(
+                f"cannot resume {self.path}: it was made under --protocol {before}, not {now}; "
+                f"resume with --protocol {before} or start another --out"
+            )
         differing = settings_diff(earlier, settings)
         if differing:
             details = "; ".join(f"{key}: was {earlier.get(key)!r}, now {settings.get(key)!r}" for key in differing)

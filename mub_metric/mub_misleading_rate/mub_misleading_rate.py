@@ -48,8 +48,10 @@ Args (config "default"):
     predictions (list of str or None): stage-2 answers, given the misleading instruction.
     original_predictions (list of str or None): stage-1 answers, no misleading instruction.
     references (list of str): the correct answers (never None or empty).
-    difficulty, source, question_type (list of str, optional): per-row labels; each one given adds
-        by_difficulty / by_source / by_question_type. Give a label for every row or leave the input out.
+    difficulty, misled_count, source, question_type (list of str, optional): per-row labels; each one
+        given adds by_difficulty / by_misled_count / by_source / by_question_type. Give a label for every
+        row or leave the input out; only difficulty may be None on some rows (items on no level: they
+        count in every figure but by_difficulty). misled_count labels are counts as strings ("6").
     group_id (list of str, optional): cluster of the row (e.g. the image) for the bootstrap.
     original_confidence (list of float in [0, 1], optional): probability the model put on its stage-1
         answer at stage 1.
@@ -65,7 +67,7 @@ Returns (config "default"):
     mr_t2f, mr_f2t, accuracy_before, accuracy_after, consistency (float, None when the denominator is 0),
     each with <rate>_ci = [low, high] (95% Wilson) and, with bootstrap, <rate>_bootstrap_ci;
     mcnemar_p (float); with confidences: confidence_before, confidence_after_on_original, confidence_drop;
-    by_difficulty / by_source / by_question_type (dict label -> the same figures);
+    by_difficulty / by_misled_count / by_source / by_question_type (dict label -> the same figures);
     mr_t2f_levels_mean (unweighted mean of the per-difficulty mr_t2f).
 Returns (config "consistency"):
     n, k_min, k_max, consistency_rate (+ _ci), mean_agreement, modal_accuracy (+ _ci), mean_entropy (nats).
@@ -82,7 +84,15 @@ Examples:
 Z_95 = statistics.NormalDist().inv_cdf(0.975)
 
 ANSWER_INPUTS = ("predictions", "original_predictions", "references")
-GROUP_INPUTS = {"difficulty": "by_difficulty", "source": "by_source", "question_type": "by_question_type"}
+GROUP_INPUTS = {
+    "difficulty": "by_difficulty",
+    "misled_count": "by_misled_count",
+    "source": "by_source",
+    "question_type": "by_question_type",
+}
+# Group inputs where a row may carry no label: it counts overall but in no group of that breakdown
+# (an item misled by 7 of the 12 reference models is on none of the paper's levels).
+PARTIAL_GROUP_INPUTS = ("difficulty",)
 CLUSTER_INPUT = "group_id"
 CONFIDENCE_INPUTS = ("original_confidence", "confidence_on_original_after")
 LEVEL_ORDER = ("low", "medium", "high")
@@ -433,10 +443,25 @@ def misleading_rate_report(
     }
     result = summarise_groups(indicators, np.zeros(n, dtype=np.int64), ["all"], **common)["all"]
     for name, key in GROUP_INPUTS.items():
-        encoded = optional_labels(name, (groups or {}).get(name))
-        if encoded is not None:
-            preferred = LEVEL_ORDER if name == "difficulty" else ()
+        values = (groups or {}).get(name)
+        rows = None
+        if name in PARTIAL_GROUP_INPUTS:
+            found = labelled_rows(values)
+            rows, encoded = (None, None) if found is None else (found[0], found[1:])
+        else:
+            encoded = optional_labels(name, values)
+        if encoded is None:
+            continue
+        preferred = LEVEL_ORDER if name == "difficulty" else count_order(encoded[1]) if name == "misled_count" else ()
+        if rows is None:
             result[key] = summarise_groups(indicators, *encoded, preferred_order=preferred, **common)
+        else:
+            subset = {
+                **common,
+                "confidences": None if common["confidences"] is None else common["confidences"][:, rows],
+                "clusters": None if common["clusters"] is None else common["clusters"][rows],
+            }
+            result[key] = summarise_groups(indicators[:, rows], *encoded, preferred_order=preferred, **subset)
     if "by_difficulty" in result:
         result["mr_t2f_levels_mean"] = levels_mean(result["by_difficulty"])
     return result
@@ -528,6 +553,27 @@ def optional_labels(name: str, values: Optional[Sequence[Optional[str]]]) -> Opt
     if n_missing == len(values):
         return None
     raise partly_missing(name, "None or empty", n_missing, len(values))
+
+
+def labelled_rows(values: Optional[Sequence[Optional[str]]]) -> Optional[Tuple[np.ndarray, np.ndarray, List[str]]]:
+    """The rows that carry a label, their codes among the labels, and the labels; None when no row does.
+
+    For PARTIAL_GROUP_INPUTS: rows without a label are in no group of the breakdown.
+    """
+    if values is None:
+        return None
+    codes, labels = encode_labels(values)
+    labelled = np.array([not _is_missing_label(label) for label in labels], dtype=bool)
+    if not labelled.any():
+        return None
+    rows = np.flatnonzero(labelled[codes])
+    new_codes = (np.cumsum(labelled) - 1)[codes[rows]]
+    return rows, new_codes, [label for label, kept in zip(labels, labelled) if kept]
+
+
+def count_order(labels: Sequence[str]) -> List[str]:
+    """Count labels ("6", "12") in numeric order."""
+    return sorted(labels, key=lambda label: (len(label.strip()), label.strip()))
 
 
 def confidence_matrix(

@@ -1,0 +1,213 @@
+"""Protocol presets: how a run words its prompts, places its cues, decodes and levels items, as data.
+
+``paper`` (the default) reproduces the authors' released code (github
+Yunkaidang/uncertainty, commit e5a4bbd): their system texts, ``A: text``
+options, questions as released, sampling settings and exact-count levels.
+``deterministic`` is mub's earlier protocol: a one-line instruction, the
+question without ``<image N>`` placeholders or inline options, ``A. text``
+options, greedy decoding with 16 new tokens.
+
+A preset is plain data (:class:`Protocol`); :mod:`mub.protocol.prompts`
+renders it and :class:`mub.config.RunConfig` resolves its decoding with the
+flags a user gave (each flag overrides one field). New presets, cue families
+or decoding rules are new entries here, not new code paths. Nothing heavy is
+imported: ``mub --help`` reads the preset names.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Mapping
+
+from mub.protocol.stages import DEFAULT_HINT_TEMPLATE as RELEASE_HINT_TEMPLATE
+
+# Kinds of item a prompt layout is chosen by.
+MULTIPLE_CHOICE = "multiple_choice"  # options listed after the question
+INLINE_CHOICE = "inline_choice"  # options written inside the question, sent as released (ConBench_CH)
+YES_NO = "yes_no"
+SETTINGS = ("explicit", "implicit")  # what stage 2 adds: a hint, or notes
+
+
+@dataclass(frozen=True)
+class PromptFormat:
+    """How one setting words its prompts.
+
+    ``stage1`` and ``stage2`` map an item kind to a ``str.format`` template over
+    ``{system}`` (the text for the item's question type), ``{question}``,
+    ``{cue}`` (empty in stage 1) and ``{options}`` (the ``option_line`` of each
+    option, one per line). ``question`` is ``"as_released"`` or ``"clean"``
+    (``<image N>`` placeholders and inline options removed).
+    """
+
+    system: Mapping[str, str]
+    stage1: Mapping[str, str]
+    stage2: Mapping[str, str]
+    option_line: str
+    question: str
+    inline_option_sources: tuple[str, ...] = ()  # sources whose questions carry their options (INLINE_CHOICE)
+
+
+@dataclass(frozen=True)
+class Decoding:
+    """A preset's decoding for one setting; each field is overridden by the flag of the same name."""
+
+    max_new_tokens: int
+    temperature: float  # 0 = greedy
+    top_p: float = 1.0
+    top_k: int = 0  # 0 = no top-k filter
+
+    @property
+    def samples(self) -> bool:
+        return self.temperature > 0
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """One preset: prompts and decoding per setting, cue texts, and which misled counts make a level."""
+
+    name: str
+    summary: str
+    prompts: Mapping[str, PromptFormat]  # by setting
+    decoding: Mapping[str, Decoding]  # by setting
+    hint_template: str  # explicit cue; {answer} is the option it names
+    note_template: str  # implicit cue; {note} is the note
+    levels: Mapping[str, tuple[int, ...]] = field(default_factory=dict)  # level -> misled counts on it
+
+
+def setting_of(config_name: str) -> str:
+    """``implicit`` for the implicit config; every other config (explicit, a source) is explicit."""
+    return "implicit" if config_name == "implicit" else "explicit"
+
+
+def level_of(levels: Mapping[str, tuple[int, ...]], misled_count: int | None) -> str | None:
+    """The level a misled count is on, or ``None`` when it is on none."""
+    return next((name for name, counts in levels.items() if misled_count in counts), None)
+
+
+# --- paper -------------------------------------------------------------------
+# Strings are what the authors' Python source evaluates to: leading newline,
+# four-space indentation, the space before the newline after "Yes or No. " and
+# the stray quote after "No" included.
+
+# utils.py, SYSTEM_MSG_MC
+PAPER_SYSTEM_MC = '''
+    You are an AI assistant who will help me to answer the question based on the given picture.
+    Your output answer must be strictly one of the following: A, B or other capital letter given in the options.
+    We hope you strictly follow the following format: only output \"A\" or \"B\" or \"Other letter\".
+'''
+
+# utils.py, SYSTEM_MSG_YN
+PAPER_SYSTEM_YN = '''
+    You are an AI assistant who will help me to answer the question based on the given picture.
+    The answer options are only Yes or No. 
+    We hope you strictly follow the following format: only output \"Yes\" or \"No\"".
+'''
+
+# implicit/Implicit_MR_test/utils.py, SYSTEM_MSG_MC
+PAPER_IMPLICIT_SYSTEM_MC = '''
+    You are an AI assistant who will help me to answer the question based on the given picture and instructions after the question.
+    Your output answer must be strictly one of the following: A, B or other capital letter given in the options,  don’t give any other words.
+    We hope you strictly follow the following format: only output \"A\" or \"B\" or other capital letter given in the options.
+'''
+
+# implicit/Implicit_MR_test/utils.py, SYSTEM_MSG_YN
+PAPER_IMPLICIT_SYSTEM_YN = '''
+    You are an AI assistant who will help me to answer the question based on the given picture and instructions after the question.
+    The answer options are only Yes or No ,  don’t give any other words. 
+    We hope you strictly follow the following format: only output \"Yes\" or \"No\"".
+'''
+
+# utils.py, construct_query_base_MC(question, choices); the explicit hint has no
+# place in the released script (stage 2 is built like stage 1), so it follows
+# the question, before the options, as in the paper's Figure 1.
+_PAPER_MC = "\n    {system}\n    {question}{cue}\n    {options}\n    "
+# test_dataset.py: SYSTEM_MSG_MC+question (ConBench_CH), SYSTEM_MSG_YN + question
+_PAPER_CONCATENATED = "{system}{question}{cue}"
+# implicit/Implicit_MR_test/test_dataset2.py: SYSTEM_MSG_MC+question+dictionary_to_text(choices)
+_PAPER_IMPLICIT_MC_STAGE1 = "{system}{question}{options}"
+# implicit/Implicit_MR_test/utils.py, construct_query_base_MC(question, hint, choices)
+_PAPER_IMPLICIT_MC_STAGE2 = "\n    {system}\n    {question}\n    {cue}\n    {options}\n    "
+
+PAPER_EXPLICIT_PROMPTS = PromptFormat(
+    system=MappingProxyType({MULTIPLE_CHOICE: PAPER_SYSTEM_MC, YES_NO: PAPER_SYSTEM_YN}),
+    stage1=MappingProxyType({MULTIPLE_CHOICE: _PAPER_MC, INLINE_CHOICE: _PAPER_CONCATENATED, YES_NO: _PAPER_CONCATENATED}),
+    stage2=MappingProxyType({MULTIPLE_CHOICE: _PAPER_MC, INLINE_CHOICE: _PAPER_CONCATENATED, YES_NO: _PAPER_CONCATENATED}),
+    option_line="{letter}: {text}",  # utils.py, dictionary_to_text
+    question="as_released",
+    inline_option_sources=("ConBench_CH",),  # test_dataset.py: dataset=='ConBench_CH'
+)
+PAPER_IMPLICIT_PROMPTS = PromptFormat(
+    system=MappingProxyType({MULTIPLE_CHOICE: PAPER_IMPLICIT_SYSTEM_MC, YES_NO: PAPER_IMPLICIT_SYSTEM_YN}),
+    stage1=MappingProxyType(
+        {MULTIPLE_CHOICE: _PAPER_IMPLICIT_MC_STAGE1, INLINE_CHOICE: _PAPER_CONCATENATED, YES_NO: _PAPER_CONCATENATED}
+    ),
+    stage2=MappingProxyType(
+        {MULTIPLE_CHOICE: _PAPER_IMPLICIT_MC_STAGE2, INLINE_CHOICE: _PAPER_CONCATENATED, YES_NO: _PAPER_CONCATENATED}
+    ),
+    option_line="{letter}: {text}",
+    question="as_released",
+    inline_option_sources=("ConBench_CH",),
+)
+
+# The release's own hint (its `guide` field) is RELEASE_HINT_TEMPLATE; mub puts a space before it.
+# implicit/Implicit_MR_test/test_dataset2.py: note=' Please pay attention to this instruction: '+note
+PAPER_NOTE_TEMPLATE = " Please pay attention to this instruction: {note}"
+# MR_test.sh: nums=(6 9 12) with is_equal='=' (items misled by exactly that many reference models)
+PAPER_LEVELS = MappingProxyType({"low": (6,), "medium": (9,), "high": (12,)})
+
+PAPER = Protocol(
+    name="paper",
+    summary="the authors' released prompts and sampling (Dang et al., github Yunkaidang/uncertainty)",
+    prompts=MappingProxyType({"explicit": PAPER_EXPLICIT_PROMPTS, "implicit": PAPER_IMPLICIT_PROMPTS}),
+    decoding=MappingProxyType(
+        {
+            # run.py: max_new_tokens 256, do_sample, top_k 80, top_p 0.9, --tempeature 0.4
+            "explicit": Decoding(max_new_tokens=256, temperature=0.4, top_p=0.9, top_k=80),
+            # implicit/Implicit_MR_test/run.py: max_new_tokens 256, temperature 0.1 (no top-k / top-p set)
+            "implicit": Decoding(max_new_tokens=256, temperature=0.1),
+        }
+    ),
+    hint_template=RELEASE_HINT_TEMPLATE,
+    note_template=PAPER_NOTE_TEMPLATE,
+    levels=PAPER_LEVELS,
+)
+
+# --- deterministic -------------------------------------------------------------
+
+_CLEAN = "{system}\n{question}{cue}\n{options}"
+_CLEAN_YES_NO = "{system}\n{question}{cue}"
+CLEAN_PROMPTS = PromptFormat(
+    system=MappingProxyType(
+        {
+            MULTIPLE_CHOICE: "Answer with the option's letter from the given choices directly.",
+            YES_NO: "Answer with Yes or No only.",
+        }
+    ),
+    stage1=MappingProxyType({MULTIPLE_CHOICE: _CLEAN, YES_NO: _CLEAN_YES_NO}),
+    stage2=MappingProxyType({MULTIPLE_CHOICE: _CLEAN, YES_NO: _CLEAN_YES_NO}),
+    option_line="{letter}. {text}",
+    question="clean",
+)
+GREEDY = Decoding(max_new_tokens=16, temperature=0.0)
+
+DETERMINISTIC = Protocol(
+    name="deterministic",
+    summary="a one-line instruction, clean question, 'A. text' options, greedy decoding, 16 new tokens",
+    prompts=MappingProxyType({"explicit": CLEAN_PROMPTS, "implicit": CLEAN_PROMPTS}),
+    decoding=MappingProxyType({"explicit": GREEDY, "implicit": GREEDY}),
+    hint_template=RELEASE_HINT_TEMPLATE,
+    note_template=PAPER_NOTE_TEMPLATE,
+    levels=PAPER_LEVELS,
+)
+
+PROTOCOLS: Mapping[str, Protocol] = MappingProxyType({p.name: p for p in (PAPER, DETERMINISTIC)})
+DEFAULT_PROTOCOL = "paper"
+
+
+def protocol_named(name: str) -> Protocol:
+    """The preset called ``name``; a ``ValueError`` naming the presets otherwise."""
+    try:
+        return PROTOCOLS[name]
+    except KeyError:
+        raise ValueError(f"unknown --protocol {name!r}; choose one of {', '.join(PROTOCOLS)}") from None
