@@ -409,7 +409,7 @@ def served_note_model(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tupl
 
     from mub.testing.tiny_models import build_tiny_model
 
-    model = build_tiny_model("llava", tmp_path_factory.mktemp("served-notes") / "tiny-llava-words", favour=NOTE_WORDS)
+    model = build_tiny_model("llava", tmp_path_factory.mktemp("served-notes") / "tiny-llava-words", favour=NOTE_WORDS, answers=False)
     with serving(model) as base_url:
         yield base_url, model
 

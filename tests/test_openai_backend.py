@@ -374,7 +374,7 @@ def served_tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tupl
 
     from mub.testing.tiny_models import build_tiny_model
 
-    model = build_tiny_model("llava", tmp_path_factory.mktemp("served") / "tiny-llava", favour=ANSWER_TOKENS)
+    model = build_tiny_model("llava", tmp_path_factory.mktemp("served") / "tiny-llava", favour=ANSWER_TOKENS, answers=False)
     with serving(model) as base_url:
         yield base_url, model
 
