@@ -311,3 +311,25 @@ def test_scoring_refuses_a_run_with_missing_items(tmp_path):
     selection = select_items(config, dataset)
     with pytest.raises(RunFolderError, match="1 of 3 selected items have no prediction"):
         finish_run(config, config.settings(selection.info), selection, {}, RunFolder(tmp_path / "run"))
+
+
+@pytest.mark.parametrize("count", [7, 9, 11])
+def test_misled_count_selects_the_items_misled_exactly_that_often(count: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import dist_helpers
+
+    from mub.cli import main
+    from mub_dataset.loading import load
+
+    monkeypatch.setitem(dist_helpers.BACKENDS, dist_helpers.SCRIPTED, "dist_helpers:scripted_backend")
+    out = tmp_path / "run"
+    args = ["run", "--model", "m", "--backend", dist_helpers.SCRIPTED, "--misled-count", str(count), "--out", str(out), "--no-progress"]
+    assert main(args) == 0
+    rows = load("explicit", "sample").remove_columns("image").to_list()
+    expected = sorted(row["id"] for row in rows if row["misled_count"] == count)
+    # The case tells == from >= and <=: items misled more and less often exist.
+    assert expected
+    assert any(row["misled_count"] < count for row in rows) and any(row["misled_count"] > count for row in rows)
+    records = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+    assert sorted(record["id"] for record in records) == expected
+    assert {record["misled_count"] for record in records} == {count}
+    assert json.loads((out / "results.json").read_text())["results"]["explicit"]["n"] == len(expected)
