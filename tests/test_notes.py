@@ -44,6 +44,11 @@ from mub.testing.scripted import ScriptedBackend
 
 MC = {"question": "How many red circles are there?", "choices": ["3", "4", "5"], "answer": "B", "question_type": "multiple_choice"}
 YN = {"question": "Is there a cat?", "choices": ["Yes", "No"], "answer": "No", "question_type": "yes_no"}
+# The true option's text ("red") is part of the question, so a note may say it.
+MC_ANSWER_IN_QUESTION = {
+    "question": "Which shape is red?", "choices": ["the circle", "red", "the square"], "answer": "B",
+    "question_type": "multiple_choice",
+}  # fmt: skip
 ORDINALS = ("first", "second", "third", "fourth", "fifth")
 
 
@@ -71,6 +76,11 @@ ORDINALS = ("first", "second", "third", "fourth", "fifth")
         ("No, the cat is missing.", "guiding", YN, ["states_answer"]),
         ("The answer is no.", "misleading", YN, ["copies_answer"]),
         ("See the corner // then the middle.", "guiding", MC, ["breaks_format"]),
+        # Exempt: repeating the question's own words gives nothing away ...
+        ("Compare the red shapes with the circle.", "misleading", MC_ANSWER_IN_QUESTION, []),
+        ("Compare the red shapes with the circle.", "guiding", MC_ANSWER_IN_QUESTION, []),
+        # ... but the same answer text for an item whose question lacks it does.
+        ("Compare the red shapes with the circle.", "misleading", {**MC_ANSWER_IN_QUESTION, "question": "Which colour?"}, ["copies_answer"]),
     ],
 )
 def test_note_rules(note, kind, item, problems):
