@@ -211,13 +211,14 @@ KILLABLE_RUN = textwrap.dedent(
     from mub.runs.runner import run
 
     def rule(request):
-        time.sleep({delay})
         number = int(request.key.split("/")[0].split("-")[1])
+        if number > {block_after}:
+            time.sleep(3600)  # until killed: the kill lands after exactly {block_after} items
         if "/stage1/" in request.key:
             return "A" if number % 3 else "B"
         return "C" if number % 2 else "A"
 
-    items = [_item(n) for n in range(1, 25)]
+    items = [_item(n) for n in range(1, {items} + 1)]
     config = RunConfig(model="scripted", backend="scripted", out={out!r}, batch_size=4, progress=False,
                        resume={resume})
     run(config, backend=ScriptedBackend(rule), dataset=_dataset(items))
@@ -225,35 +226,41 @@ KILLABLE_RUN = textwrap.dedent(
 )
 
 
-def _script(out: Path, *, resume: bool, delay: float) -> list[str]:
-    code = KILLABLE_RUN.format(tests=str(Path(__file__).parent), out=str(out), resume=resume, delay=delay)
+ITEMS = 24
+
+
+def _script(out: Path, *, resume: bool, block_after: int = ITEMS) -> list[str]:
+    code = KILLABLE_RUN.format(
+        tests=str(Path(__file__).parent), out=str(out), resume=resume, block_after=block_after, items=ITEMS
+    )
     return [sys.executable, "-c", code]
 
 
 def test_killed_run_resumes_to_the_same_results(tmp_path):
     reference_out = tmp_path / "uninterrupted"
-    subprocess.run(_script(reference_out, resume=False, delay=0.0), check=True, timeout=120)
+    subprocess.run(_script(reference_out, resume=False), check=True, timeout=120)
     reference = json.loads((reference_out / "results.json").read_text())
 
     out = tmp_path / "killed"
-    process = subprocess.Popen(_script(out, resume=False, delay=0.05))
     predictions = out / "predictions.jsonl"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if predictions.is_file() and len(predictions.read_text().splitlines()) >= 4:
-            break
-        time.sleep(0.02)
-    process.send_signal(signal.SIGKILL)
-    process.wait(timeout=30)
-    finished = len(predictions.read_text().splitlines())
-    assert 4 <= finished < 24, "the kill must land mid-run"
+    block_after = 8  # two batches of 4 are written, then the backend hangs until the kill
+    process = subprocess.Popen(_script(out, resume=False, block_after=block_after))
+    try:
+        for _ in range(3000):  # a bounded wait for the two batches (at most ~60 s), no timing assertion
+            if predictions.is_file() and len(predictions.read_text().splitlines()) == block_after:
+                break
+            time.sleep(0.02)
+    finally:
+        process.send_signal(signal.SIGKILL)
+        process.wait(timeout=30)
+    assert len(predictions.read_text().splitlines()) == block_after
     assert not (out / "results.json").exists()
 
-    subprocess.run(_script(out, resume=True, delay=0.0), check=True, timeout=120)
+    subprocess.run(_script(out, resume=True), check=True, timeout=120)
     resumed = json.loads((out / "results.json").read_text())
     assert resumed["results"] == reference["results"]
     ids = [json.loads(line)["id"] for line in predictions.read_text().splitlines()]
-    assert len(ids) == len(set(ids)) == 24, "finished items are not redone"
+    assert len(ids) == len(set(ids)) == ITEMS, "finished items are not redone"
 
 
 def test_partial_last_line_from_a_kill_is_dropped_on_resume(tmp_path):

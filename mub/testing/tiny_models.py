@@ -648,24 +648,27 @@ def parse_tiny_spec(spec: str) -> tuple[str, str, int]:
     return arch, size, seed
 
 
-def resolve_model_spec(spec: str) -> str:
+def resolve_model_spec(spec: str, *, answers: bool = True) -> str:
     """Map ``tiny:<arch>[:<size>[:<seed>]]`` to a cached built folder; return other specs unchanged.
 
-    The model is built into a temporary folder beside the cache entry and
-    renamed into place, so a killed build never leaves a half-written model.
+    ``answers=False`` gives the all-random variant (for benchmarks that time
+    full-length generations). The model is built into a temporary folder beside
+    the cache entry and renamed into place, so a killed build never leaves a
+    half-written model.
     """
     if not spec.startswith("tiny:"):
         return spec
     arch, size, seed = parse_tiny_spec(spec)
     root = cache_root()
-    final = root / f"{arch}-{size}-{seed}-v{TINY_FORMAT_VERSION}"
+    variant = "" if answers else "-random"
+    final = root / f"{arch}-{size}-{seed}{variant}-v{TINY_FORMAT_VERSION}"
     if (final / MARKER_FILE).is_file():
         return str(final)
     root.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=root))
     staging.chmod(0o755)  # mkdtemp makes it private; the cache entry should not be
     try:
-        build_tiny_model(arch, staging, size=size, seed=seed)
+        build_tiny_model(arch, staging, size=size, seed=seed, answers=answers)
         try:
             os.rename(staging, final)
         except OSError:
