@@ -434,9 +434,15 @@ def test_mub_notes_against_transformers_serve_then_build_and_run(served_note_mod
     report = json.loads((out / "notes_report.json").read_text())
     summary = report["summary"]
     assert summary["items_with_errors"] == 0
-    assert summary["items_with_notes"] >= 1, report
+    # Every item is accounted for: with notes of both kinds, or reported with its unfilled slots.
+    assert summary["items_with_notes"] + summary["items_lacking_a_kind_of_note"] == summary["items"] == 3
+    lacking = {item["id"] for item in report["items"] if item["unfilled"]}
+    assert len(lacking) == summary["items_lacking_a_kind_of_note"]
     assert report["backend"]["base_url"] == base_url
     notes = mub_dataset.load("implicit", str(out))
+    assert len(notes) == summary["items_with_notes"] > 0 and not lacking & set(notes["id"])
+    stored = {"misleading": sum(map(len, notes["misleading_notes"])), "guiding": sum(map(len, notes["guiding_notes"]))}
+    assert stored == summary["notes"]
     for row in notes:  # the served model's words, as validated and stored
         assert row["misleading_notes"] and row["guiding_notes"]
         assert not any(named_option_letters(note, row) for note in row["misleading_notes"] + row["guiding_notes"])

@@ -116,9 +116,12 @@ def test_generates_and_batched_equals_one_at_a_time(models: dict, arch: str) -> 
     for g in together:
         assert g.error is None and g.option_probs is None
         assert isinstance(g.text, str) and 1 <= g.extra["new_tokens"] <= 8
-        assert g.seconds > 0
     assert _outputs(together) == _outputs(alone)
-    assert batched.model_seconds > 0
+    # Each request is charged an equal share of its batch's wall time, and the model's own
+    # time lies inside those batch times.
+    shares = [g.seconds for g in together]
+    assert len(set(shares)) <= -(-len(requests) // 4)
+    assert 0 < batched.model_seconds <= sum(shares) * (1 + 1e-9)
 
     info = batched.describe()
     assert info["model"] == models[arch, "plain"]

@@ -12,6 +12,13 @@ template) that ``from_pretrained`` loads like any checkpoint. The tokenizer is
 a byte-level BPE trained on the spot on a fixed built-in corpus, so every
 string can be encoded and the prompt vocabulary gets whole-word tokens.
 
+By default the models *answer*: their output layer is biased (seeded, see
+:func:`_bias_towards_answers`) so that any prompt gets one of
+:data:`ANSWER_LABELS` and then the end of sequence, which letter depending on
+the prompt. Runs on them therefore go through parsed answers, flips and
+defined misleading rates, and a test can tell a right result from a wrong one.
+``answers=False`` keeps the all-random weights (outputs run to the token limit).
+
 ``resolve_model_spec("tiny:<arch>[:<size>[:<seed>]]")`` builds such a model
 once into a cache folder and returns its path; other specs pass through.
 
