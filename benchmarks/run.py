@@ -9,7 +9,8 @@ into the tiny-model cache, ~3.4 GB; ``--threads 1`` pins torch to one thread.)
 All runs use the embedded synthetic sample (config ``explicit``), two stages
 per item, greedy decoding, ``--max-new-tokens 16``, and the same randomly
 initialised model (``tiny:<arch>:<size>``; plumbing-check weights, so only the
-speed means anything). Model loading, dataset loading and warm-up are not
+speed means anything; the all-random variant, ``answers=False``, so that
+generations run to the token limit like a real model's explanations). Model loading, dataset loading and warm-up are not
 timed. The model figures come from ``--rounds`` rounds of short runs (naive loop,
 generation, logprob; back to back, order alternating); the JSON carries each
 round's ratio and reports the median (neighbours' jobs make single timings on a
@@ -82,6 +83,7 @@ from mub.protocol.parsing import parse_answer
 from mub.protocol.prompts import explicit_cue, render_prompt
 from mub.runs.runner import run
 from mub.testing.tiny_models import resolve_model_spec
+from targets import misses, readme_targets
 
 MAX_NEW_TOKENS = 16
 BATCH_SIZE = 16
@@ -236,6 +238,10 @@ def main() -> None:
     parser.add_argument("--paper-items", type=int, default=16, help="items of the --protocol paper run (0: skip it)")
     parser.add_argument("--metric-rows", type=int, default=1_000_000)
     parser.add_argument("--skip-metric", action="store_true")
+    parser.add_argument(
+        "--check", action="store_true",
+        help="exit with status 1 when a figure misses its target in README's performance table",
+    )  # fmt: skip
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -243,7 +249,7 @@ def main() -> None:
     spec = f"tiny:{args.arch}:{args.size}"
 
     log(f"building/loading {spec} ...")
-    path = resolve_model_spec(spec)
+    path = resolve_model_spec(spec, answers=False)
     dataset = mub_dataset.load("explicit", "sample")
     n_items = min(args.items, len(dataset))
     n_naive = min(args.naive_items, n_items)
@@ -324,6 +330,7 @@ def main() -> None:
             "load_avg_1m": round(os.getloadavg()[0], 2),
         },
         "model": spec,
+        "tiny_variant": "all-random",
         "dtype": dtype_name,
         "items": {"mub_run": n_items, "naive": n_naive, "rounds": args.rounds, "stages_per_item": 2,
                   "batch_size": BATCH_SIZE, "max_new_tokens": MAX_NEW_TOKENS, "repeats": args.repeats,
@@ -349,6 +356,13 @@ def main() -> None:
         "paper": paper,
     }
     print(json.dumps(summary))
+    if args.check:
+        missed = misses(summary, readme_targets())
+        for line in missed:
+            print(f"check: {line}", file=sys.stderr)
+        if missed:
+            sys.exit(1)
+        print("check: every figure meets README's target", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
@@ -24,6 +25,20 @@ def _isolated_caches(tmp_path_factory: pytest.TempPathFactory) -> None:
     root = tmp_path_factory.mktemp("caches")
     os.environ["MUB_CACHE"] = str(root / "mub")
     os.environ["HF_DATASETS_CACHE"] = str(root / "datasets")
+
+
+# Set by pytest itself, or by a library the first time it is used (torch's compiler), not by tests.
+_NOT_TESTS_BUSINESS = {"PYTEST_CURRENT_TEST", "TORCHINDUCTOR_CACHE_DIR"}
+
+
+@pytest.fixture(autouse=True)
+def _environment_unchanged(_isolated_caches: None) -> Iterator[None]:
+    """A test changes environment variables through monkeypatch only, so nothing leaks into later tests."""
+    before = {k: v for k, v in os.environ.items() if k not in _NOT_TESTS_BUSINESS}
+    yield
+    after = {k: v for k, v in os.environ.items() if k not in _NOT_TESTS_BUSINESS}
+    changed = sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
+    assert not changed, f"the test left environment variables changed: {changed}; use monkeypatch.setenv/delenv"
 
 
 def release_image_paths(release: Path) -> set[str]:

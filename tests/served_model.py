@@ -21,6 +21,13 @@ from typing import Iterator
 import pytest
 
 SERVE_START_SECONDS = 180
+# transformers serve binds the port itself, so a free port found here can be taken by another
+# process before the server binds it; the server is then started again on a new port.
+PORT_ATTEMPTS = 3
+
+
+class _PortTaken(Exception):
+    pass
 
 
 def _free_port() -> int:
@@ -36,6 +43,8 @@ def _wait_until_serving(process: subprocess.Popen, url: str, model: str, log: Pa
     deadline = time.monotonic() + SERVE_START_SECONDS
     while time.monotonic() < deadline:
         if process.poll() is not None:
+            if "address already in use" in log.read_text().lower():
+                raise _PortTaken
             pytest.fail(f"transformers serve exited with {process.returncode}:\n{log.read_text()[-3000:]}")
         try:
             if httpx.get(f"{url}/health", timeout=2).status_code == 200:
@@ -56,19 +65,30 @@ def serving(model: Path) -> Iterator[str]:
     executable = shutil.which("transformers", path=str(Path(sys.executable).parent)) or shutil.which("transformers")
     if executable is None:
         pytest.skip("the transformers CLI is not installed")
-    port = _free_port()
-    command = [executable, "serve", str(model), "--host", "127.0.0.1", "--port", str(port), "--device", "cpu"]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "CUDA_VISIBLE_DEVICES": ""}
     log = model.parent / "serve.log"
-    with log.open("w") as log_file:
-        process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, env=env)
-    try:
-        _wait_until_serving(process, f"http://127.0.0.1:{port}", str(model), log)
-        yield f"http://127.0.0.1:{port}/v1"
-    finally:
-        process.terminate()
+    for attempt in range(PORT_ATTEMPTS):
+        port = _free_port()
+        command = [executable, "serve", str(model), "--host", "127.0.0.1", "--port", str(port), "--device", "cpu"]
+        with log.open("w") as log_file:
+            process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, env=env)
         try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=15)
+            try:
+                _wait_until_serving(process, f"http://127.0.0.1:{port}", str(model), log)
+            except _PortTaken:
+                if attempt + 1 == PORT_ATTEMPTS:
+                    pytest.fail(f"transformers serve found its port taken {PORT_ATTEMPTS} times:\n{log.read_text()[-3000:]}")
+                continue
+            yield f"http://127.0.0.1:{port}/v1"
+            return
+        finally:
+            _stop(process)
+
+
+def _stop(process: subprocess.Popen) -> None:
+    process.terminate()
+    try:
+        process.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=15)

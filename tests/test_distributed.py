@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import dist_helpers
 import pytest
@@ -18,8 +21,12 @@ from mub.runs.merge import MergeError, merge_runs
 from mub.testing.tiny_models import resolve_model_spec
 
 HELPER = Path(dist_helpers.__file__)
+REPO_ROOT = HELPER.parents[1]
 ITEMS = 12
-TIMEOUT_S = 240
+# A rank that waits longer than this for the others gives up (MUB_DIST_TIMEOUT);
+# the test waits a little longer for the processes, then kills them.
+RANK_WAIT_S = 120
+TIMEOUT_S = RANK_WAIT_S + 60
 
 
 @pytest.fixture(autouse=True)
@@ -45,6 +52,26 @@ def _comparable(results: dict) -> dict:
     return {key: value for key, value in results.items() if key != "merged_from"}
 
 
+def _items(folder: Path) -> list[dict]:
+    """Every item of a run folder (all predictions files), in id order, without timings."""
+    records = [
+        json.loads(line)
+        for path in sorted(folder.glob("predictions*.jsonl"))
+        for line in path.read_text(encoding="utf-8").splitlines()
+        if line.strip()
+    ]
+    for record in records:
+        for answer in record["stage1"] + record["stage2"]:
+            answer.pop("seconds")
+    return sorted(records, key=lambda record: record["id"])
+
+
+def _assert_same_run(folder: Path, single_dir: Path) -> None:
+    """Same items with the same raw outputs, parsed answers and outcomes, and the same results."""
+    assert _items(folder) == _items(single_dir)
+    assert _comparable(_results(folder)) == _results(single_dir)
+
+
 def _single(tmp_path: Path, backend: str = dist_helpers.SCRIPTED, model: str = "scripted") -> dict:
     out = tmp_path / "single"
     assert main(_run_args(out, backend, model)) == 0
@@ -52,34 +79,55 @@ def _single(tmp_path: Path, backend: str = dist_helpers.SCRIPTED, model: str = "
 
 
 def _child_env(**extra: str) -> dict[str, str]:
+    """The environment of a rank: it imports the tree under test (repo root first on its path), not an installed mub."""
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
-    env.update(OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join(filter(None, [str(HELPER.parent), env.get("PYTHONPATH")])))
+    path = [str(REPO_ROOT), str(HELPER.parent), env.get("PYTHONPATH")]
+    env.update(OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join(filter(None, path)), MUB_DIST_TIMEOUT=str(RANK_WAIT_S))
     env.update(extra)
     return env
 
 
-def _torchrun(args: list[str]) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(HELPER), *args]
-    return subprocess.run(command, env=_child_env(), capture_output=True, text=True, timeout=TIMEOUT_S)
+@contextmanager
+def _processes(commands: list[tuple[list[str], dict[str, str]]]) -> Iterator[list[subprocess.Popen]]:
+    """Start each command in its own process group; at exit, whatever happened, kill what still runs."""
+    procs: list[subprocess.Popen] = []
+    try:
+        for command, env in commands:
+            procs.append(
+                subprocess.Popen(
+                    command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+                )
+            )
+        yield procs
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)  # the group: torchrun's ranks too
+            proc.communicate(timeout=10)
 
 
-def _file_synchronised(args: list[str], launch: str) -> list[subprocess.CompletedProcess]:
-    """Two ranks without MASTER_ADDR/PORT: they meet through marker files."""
-    procs = [
-        subprocess.Popen(
-            [sys.executable, str(HELPER), *args],
-            env=_child_env(RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank), MUB_LAUNCH_ID=launch),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for rank in range(2)
-    ]
+def _finish(procs: list[subprocess.Popen]) -> list[subprocess.CompletedProcess]:
     finished = []
     for proc in procs:
         out, err = proc.communicate(timeout=TIMEOUT_S)
         finished.append(subprocess.CompletedProcess(proc.args, proc.returncode, out, err))
     return finished
+
+
+def _torchrun(args: list[str]) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(HELPER), *args]
+    with _processes([(command, _child_env())]) as procs:
+        return _finish(procs)[0]
+
+
+def _file_synchronised(args: list[str], launch: str) -> list[subprocess.CompletedProcess]:
+    """Two ranks without MASTER_ADDR/PORT: they meet through marker files."""
+    commands = [
+        ([sys.executable, str(HELPER), *args], _child_env(RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank), MUB_LAUNCH_ID=launch))
+        for rank in range(2)
+    ]
+    with _processes(commands) as procs:
+        return _finish(procs)
 
 
 def _record_ids(path: Path) -> list[str]:
@@ -127,15 +175,26 @@ def test_shards_get_their_own_default_folders() -> None:
     assert RunConfig(model="org/m", shard=(1, 4)).out_dir() == Path("runs/org_m__explicit__shard1-of-4")
 
 
+def test_ranks_import_the_tree_under_test() -> None:
+    code = "import dist_helpers, mub; print(mub.__file__); print(dist_helpers.__file__)"
+    with _processes([([sys.executable, "-c", code], _child_env())]) as procs:
+        (done,) = _finish(procs)
+    assert done.returncode == 0, done.stderr
+    mub_file, helper_file = done.stdout.split()
+    assert Path(mub_file).resolve() == (REPO_ROOT / "mub" / "__init__.py").resolve()
+    assert Path(helper_file).resolve() == HELPER.resolve()
+
+
 # ------------------------------------------------------ scripted backend
 
 
 def test_file_synchronised_ranks_resume_and_refuse_together(tmp_path: Path) -> None:
-    single = _single(tmp_path)
+    _single(tmp_path)
+    single_dir = tmp_path / "single"
     out = tmp_path / "ranks"
     for proc in _file_synchronised(_run_args(out), launch="first"):
         assert proc.returncode == 0, proc.stderr[-3000:]
-    assert _results(out) == single
+    _assert_same_run(out, single_dir)
 
     # Kill-like damage to rank 1's share: two records lost, half a line left.
     rank1 = out / "predictions.rank1-of-2.jsonl"
@@ -150,12 +209,12 @@ def test_file_synchronised_ranks_resume_and_refuse_together(tmp_path: Path) -> N
 
     resumed = _file_synchronised(_run_args(out, dist_helpers.SCRIPTED, "scripted", "--resume"), launch="third")
     assert [proc.returncode for proc in resumed] == [0, 0], resumed[1].stderr[-3000:]
-    assert _results(out) == single
+    _assert_same_run(out, single_dir)
     assert len(set(_record_ids(rank1))) == len(lines)
 
 
 def test_shards_then_merge_equal_single_process(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    single = _single(tmp_path)
+    _single(tmp_path)
     shards = [tmp_path / f"shard{i}" for i in range(2)]
     for index, folder in enumerate(shards):
         assert main(_run_args(folder, dist_helpers.SCRIPTED, "scripted", "--shard", f"{index}/2")) == 0
@@ -163,7 +222,7 @@ def test_shards_then_merge_equal_single_process(tmp_path: Path, capsys: pytest.C
     merged = tmp_path / "merged"
     assert main(["merge", *map(str, shards), "--out", str(merged)]) == 0
     results = _results(merged)
-    assert _comparable(results) == single
+    _assert_same_run(merged, tmp_path / "single")
     assert results["merged_from"] == [str(p.resolve()) for p in shards]
     assert _record_ids(merged / "predictions.jsonl") == _record_ids(tmp_path / "single" / "predictions.jsonl")
     assert "mr_t2f" in capsys.readouterr().out  # the table is printed
@@ -217,19 +276,22 @@ def test_merge_reports_errors_in_one_line(tmp_path: Path, capsys: pytest.Capture
 
 @pytest.fixture(scope="module")
 def tiny_single(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
-    """A single-process run of the tiny random Llava (a plumbing check: its answers mean nothing)."""
+    """A single-process run of the tiny Llava, which answers (a plumbing check: its answers mean nothing)."""
     resolve_model_spec("tiny:llava")  # build it once here, not concurrently in every rank
     out = tmp_path_factory.mktemp("tiny") / "single"
     assert main(_run_args(out, "transformers", "tiny:llava")) == 0
+    figures = _results(out)["results"]["explicit"]
+    # Equality below is only worth something if there are answers and flips to get wrong.
+    assert figures["n"] - figures["unparsed_before"] > 0 and figures["t2f"] + figures["f2t"] > 0
     return out, _results(out)
 
 
 def test_torchrun_two_ranks_equal_single_process(tmp_path: Path, tiny_single: tuple[Path, dict]) -> None:
-    single_dir, single = tiny_single
+    single_dir, _ = tiny_single
     out = tmp_path / "torchrun"
     done = _torchrun(_run_args(out, "transformers", "tiny:llava"))
     assert done.returncode == 0, done.stderr[-3000:]
-    assert _results(out) == single
+    _assert_same_run(out, single_dir)
     rank_files = sorted(p.name for p in out.glob("predictions*.jsonl"))
     assert rank_files == ["predictions.rank0-of-2.jsonl", "predictions.rank1-of-2.jsonl"]
     single_ids = _record_ids(single_dir / "predictions.jsonl")
@@ -238,9 +300,14 @@ def test_torchrun_two_ranks_equal_single_process(tmp_path: Path, tiny_single: tu
     assert json.loads((out / "run.json").read_text())["shard"] is None
 
 
-def test_tiny_shards_then_merge_equal_single_process(tmp_path: Path, tiny_single: tuple[Path, dict]) -> None:
+def test_tiny_shards_resumed_then_merged_equal_single_process(tmp_path: Path, tiny_single: tuple[Path, dict]) -> None:
     shards = [tmp_path / f"shard{i}" for i in range(2)]
     for index, folder in enumerate(shards):
         assert main(_run_args(folder, "transformers", "tiny:llava", "--shard", f"{index}/2")) == 0
+    # Kill-like damage to shard 1: two records lost, half a line left; --resume redoes them.
+    predictions = shards[1] / "predictions.jsonl"
+    lines = predictions.read_text(encoding="utf-8").splitlines(keepends=True)
+    predictions.write_text("".join(lines[:-2]) + lines[-2][: len(lines[-2]) // 2], encoding="utf-8")
+    assert main(_run_args(shards[1], "transformers", "tiny:llava", "--shard", "1/2", "--resume")) == 0
     assert main(["merge", *map(str, shards), "--out", str(tmp_path / "merged"), "--no-progress"]) == 0
-    assert _comparable(_results(tmp_path / "merged")) == tiny_single[1]
+    _assert_same_run(tmp_path / "merged", tiny_single[0])

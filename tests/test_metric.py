@@ -586,3 +586,82 @@ def test_counts_are_ordered_as_numbers(fresh):
         predictions=["A"] * 4, original_predictions=["A"] * 4, references=["A"] * 4, misled_count=counts
     )
     assert list(result["by_misled_count"]) == ["6", "9", "10", "12"]
+
+
+# ------------------------------------------------------------------ large inputs
+
+
+def test_over_100000_rows_in_arrow_batches_with_a_chunked_bootstrap(fresh):
+    """250,000 rows added in uneven batches (the cache file holds 100,000-row Arrow batches),
+    clustered so that the bootstrap's distinct cluster rows force several chunks; every count
+    and rate, overall and per source, against a naive recount, and the bootstrap interval
+    against an unchunked computation and against naive cluster resampling."""
+    n, n_boot, seed = 250_000, 1100, 4
+    rng = np.random.default_rng(21)
+    answers = np.array(["A", "B", "c", "", "yes"], dtype=object)
+    originals = answers[rng.choice(5, n, p=[0.5, 0.2, 0.1, 0.1, 0.1])].tolist()
+    predictions = answers[rng.choice(5, n, p=[0.3, 0.4, 0.1, 0.1, 0.1])].tolist()
+    references = np.array(["A", "B", "C"], dtype=object)[rng.choice(3, n, p=[0.6, 0.2, 0.2])].tolist()
+    sources = np.array(["x", "y", "z"], dtype=object)[rng.integers(0, 3, n)].tolist()
+    cluster_of = np.repeat(np.arange(n), rng.integers(1, 60, n))[:n]  # clusters of 1-59 consecutive rows
+    group_id = [f"img{c}" for c in cluster_of]
+    for start, stop in ((0, 70_000), (70_000, 190_000), (190_000, n)):
+        fresh.add_batch(
+            predictions=predictions[start:stop], original_predictions=originals[start:stop],
+            references=references[start:stop], group_id=group_id[start:stop],
+        )  # fmt: skip
+    result = fresh.compute(bootstrap=n_boot, seed=seed)  # the bootstrap of the overall figures only
+    for start, stop in ((0, 130_000), (130_000, n)):
+        fresh.add_batch(
+            predictions=predictions[start:stop], original_predictions=originals[start:stop],
+            references=references[start:stop], source=sources[start:stop],
+        )  # fmt: skip
+    by_source = fresh.compute()["by_source"]
+
+    def key(answer):
+        return answer.strip().casefold() if answer and answer.strip() else None
+
+    def row_counts(i):
+        """The row's 0/1 contribution to each of mm.COUNT_FIELDS, by hand."""
+        before, after, ref = key(originals[i]), key(predictions[i]), key(references[i])
+        right_before, right_after = before == ref, after == ref
+        c = {
+            "n": 1, "n_t": right_before, "n_f": not right_before, "t2f": right_before and not right_after,
+            "f2t": right_after and not right_before, "unparsed_before": before is None, "unparsed_after": after is None,
+            "correct_after": right_after, "consistent": after is not None and after == before,
+        }  # fmt: skip
+        return [int(c[name]) for name in mm.COUNT_FIELDS]
+
+    rows = [row_counts(i) for i in range(n)]
+
+    def check(figures, picked):
+        c = dict(zip(mm.COUNT_FIELDS, (sum(column) for column in zip(*picked))))
+        assert {name: figures[name] for name in mm.REPORTED_COUNTS} == {name: c[name] for name in mm.REPORTED_COUNTS}
+        for name, (top, bottom) in mm.RATES.items():
+            assert figures[name] == c[top] / c[bottom], name
+
+    check(result, rows)
+    for label in "xyz":
+        check(by_source[label], [row for row, source in zip(rows, sources) if source == label])
+
+    # Per-cluster count rows, by hand; the bootstrap works on their distinct values.
+    per_cluster: dict[int, list[int]] = {}
+    for cluster, row in zip(cluster_of.tolist(), rows):
+        totals = per_cluster.setdefault(cluster, [0] * len(row))
+        for j, value in enumerate(row):
+            totals[j] += value
+    matrix = np.array(list(per_cluster.values()), dtype=np.int64)
+    distinct, multiplicity = np.unique(matrix, axis=0, return_counts=True)
+    assert n_boot > mm.BOOTSTRAP_CHUNK_CELLS // len(distinct)  # more than one chunk
+    drawn = np.random.default_rng(seed).multinomial(len(matrix), multiplicity / len(matrix), size=n_boot) @ distinct
+    top, bottom = mm.RATES["mr_t2f"]
+    rates = drawn[:, mm.FIELD_INDEX[top]] / drawn[:, mm.FIELD_INDEX[bottom]]
+    assert result["mr_t2f_bootstrap_ci"] == pytest.approx(np.percentile(rates, [2.5, 97.5]).tolist(), rel=1e-12)
+
+    # Naive cluster resampling: draw clusters with replacement, add up their rows.
+    picks = np.random.default_rng(8).integers(0, len(matrix), size=(400, len(matrix)))
+    naive = np.array([matrix[row].sum(axis=0) for row in picks])
+    naive_rates = naive[:, mm.FIELD_INDEX[top]] / naive[:, mm.FIELD_INDEX[bottom]]
+    low, high = np.percentile(naive_rates, [2.5, 97.5])
+    width = high - low
+    assert result["mr_t2f_bootstrap_ci"] == pytest.approx([low, high], abs=0.25 * width)

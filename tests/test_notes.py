@@ -44,6 +44,11 @@ from mub.testing.scripted import ScriptedBackend
 
 MC = {"question": "How many red circles are there?", "choices": ["3", "4", "5"], "answer": "B", "question_type": "multiple_choice"}
 YN = {"question": "Is there a cat?", "choices": ["Yes", "No"], "answer": "No", "question_type": "yes_no"}
+# The true option's text ("red") is part of the question, so a note may say it.
+MC_ANSWER_IN_QUESTION = {
+    "question": "Which shape is red?", "choices": ["the circle", "red", "the square"], "answer": "B",
+    "question_type": "multiple_choice",
+}  # fmt: skip
 ORDINALS = ("first", "second", "third", "fourth", "fifth")
 
 
@@ -71,6 +76,11 @@ ORDINALS = ("first", "second", "third", "fourth", "fifth")
         ("No, the cat is missing.", "guiding", YN, ["states_answer"]),
         ("The answer is no.", "misleading", YN, ["copies_answer"]),
         ("See the corner // then the middle.", "guiding", MC, ["breaks_format"]),
+        # Exempt: repeating the question's own words gives nothing away ...
+        ("Compare the red shapes with the circle.", "misleading", MC_ANSWER_IN_QUESTION, []),
+        ("Compare the red shapes with the circle.", "guiding", MC_ANSWER_IN_QUESTION, []),
+        # ... but the same answer text for an item whose question lacks it does.
+        ("Compare the red shapes with the circle.", "misleading", {**MC_ANSWER_IN_QUESTION, "question": "Which colour?"}, ["copies_answer"]),
     ],
 )
 def test_note_rules(note, kind, item, problems):
@@ -409,7 +419,7 @@ def served_note_model(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tupl
 
     from mub.testing.tiny_models import build_tiny_model
 
-    model = build_tiny_model("llava", tmp_path_factory.mktemp("served-notes") / "tiny-llava-words", favour=NOTE_WORDS)
+    model = build_tiny_model("llava", tmp_path_factory.mktemp("served-notes") / "tiny-llava-words", favour=NOTE_WORDS, answers=False)
     with serving(model) as base_url:
         yield base_url, model
 
@@ -424,9 +434,15 @@ def test_mub_notes_against_transformers_serve_then_build_and_run(served_note_mod
     report = json.loads((out / "notes_report.json").read_text())
     summary = report["summary"]
     assert summary["items_with_errors"] == 0
-    assert summary["items_with_notes"] >= 1, report
+    # Every item is accounted for: with notes of both kinds, or reported with its unfilled slots.
+    assert summary["items_with_notes"] + summary["items_lacking_a_kind_of_note"] == summary["items"] == 3
+    lacking = {item["id"] for item in report["items"] if item["unfilled"]}
+    assert len(lacking) == summary["items_lacking_a_kind_of_note"]
     assert report["backend"]["base_url"] == base_url
     notes = mub_dataset.load("implicit", str(out))
+    assert len(notes) == summary["items_with_notes"] > 0 and not lacking & set(notes["id"])
+    stored = {"misleading": sum(map(len, notes["misleading_notes"])), "guiding": sum(map(len, notes["guiding_notes"]))}
+    assert stored == summary["notes"]
     for row in notes:  # the served model's words, as validated and stored
         assert row["misleading_notes"] and row["guiding_notes"]
         assert not any(named_option_letters(note, row) for note in row["misleading_notes"] + row["guiding_notes"])

@@ -11,8 +11,10 @@ import base64
 import hashlib
 import io
 import json
+import math
 import re
 import shutil
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
@@ -183,7 +185,9 @@ def test_markdown_table_numbers_equal_results_json(report_dir: Path, runs: dict[
 
 def test_summary_table_covers_every_run(report_dir: Path, runs: dict[str, Path]) -> None:
     rows = _markdown_table((report_dir / "report.md").read_text(), "All figures per run")
-    assert len(rows) == len(runs)
+    # One row per model and config of the run folders, as their results.json name them.
+    expected = sorted((_results(run)["model"], config) for run in runs.values() for config in _results(run)["results"])
+    assert sorted((row[0], row[1]) for row in rows) == expected
     steady = _results(runs["steady_explicit"])["results"]["explicit"]
     row = next(r for r in rows if r[0] == "scripted/steady" and r[1] == "explicit")
     _check_cell(row[6], steady, "mr_t2f", "n_t")
@@ -324,6 +328,62 @@ def test_bootstrap_is_seeded_and_a_small_difference_is_not_significant() -> None
     first, second = paired_bootstrap(a, b, n_boot=800, seed=11), paired_bootstrap(a, b, n_boot=800, seed=11)
     assert first == second
     assert first.difference < 0 and not first.significant
+
+
+def _binomial_cdf(k: int, n: int, p: float) -> float:
+    return sum(math.comb(n, i) * p**i * (1 - p) ** (n - i) for i in range(k + 1))
+
+
+def _binomial_quantile(q: float, n: int, p: float) -> int:
+    """The smallest k with P(X <= k) >= q.
+
+    Asserts that q is more than 0.005 from the CDF's steps on both sides, over four
+    standard errors of a 20,000-draw bootstrap's empirical quantile: a clear-cut case.
+    """
+    k = next(k for k in range(n + 1) if _binomial_cdf(k, n, p) >= q)
+    assert abs(_binomial_cdf(k, n, p) - q) > 0.005 and (k == 0 or abs(_binomial_cdf(k - 1, n, p) - q) > 0.005)
+    return k
+
+
+def _steady_and_k_flips(n: int, k: int) -> tuple[ItemOutcomes, ItemOutcomes]:
+    """Every item correct in stage 1; run a keeps them all, run b drops k of n.
+
+    On a resample of n items, a's rate is 0 and b's is X/n with X ~ Binomial(n, k/n)
+    (X counts the drawn flipped items): the bootstrap distribution of the difference
+    is known exactly.
+    """
+    before = [True] * n
+    return _outcomes(before, before), _outcomes(before, [False] * k + [True] * (n - k))
+
+
+def test_bootstrap_p_value_is_two_sided() -> None:
+    n, k = 20, 2
+    a, b = _steady_and_k_flips(n, k)
+    result = paired_bootstrap(a, b, n_boot=20000, seed=5)
+    # The difference is never negative, and 0 exactly when no flipped item is drawn:
+    # two-sided p = 2 * min(P(d <= 0), P(d >= 0)) = 2 * (1 - k/n)^n.
+    expected = 2 * (1 - k / n) ** n
+    assert result.p_value == pytest.approx(expected, abs=0.015)
+    assert result.difference == k / n
+
+
+def test_bootstrap_interval_is_the_central_95_percent() -> None:
+    n, k = 30, 7
+    a, b = _steady_and_k_flips(n, k)
+    result = paired_bootstrap(a, b, n_boot=20000, seed=2)
+    expected = (_binomial_quantile(0.025, n, k / n) / n, _binomial_quantile(0.975, n, k / n) / n)
+    assert result.ci == pytest.approx(expected, abs=1e-9)
+    assert result.significant == (expected[0] > 0)
+
+
+def test_bootstrap_leaves_out_items_with_errors() -> None:
+    steady = [_prediction(f"i{n}", "A", "A") for n in range(30)]
+    failed = [replace(_prediction(f"e{n}", "A", "B"), error="timeout") for n in range(10)]
+    result = compare_predictions(steady + failed, steady + failed, n_boot=200)
+    # The failed items would be flips in both runs; left out, neither run flips.
+    assert result.n_items == 30 and (result.mr_t2f_a, result.mr_t2f_b) == (0.0, 0.0)
+    only_b_failed = compare_predictions(steady + [replace(f, error=None) for f in failed], steady + failed, n_boot=200)
+    assert only_b_failed.n_items == 30 and only_b_failed.mr_t2f_a == 0.0
 
 
 def _prediction(item_id: str, before: str | None, after: str | None, answer: str = "A") -> ItemPrediction:

@@ -214,13 +214,14 @@ KILLABLE_RUN = textwrap.dedent(
     from mub.runs.runner import run
 
     def rule(request):
-        time.sleep({delay})
         number = int(request.key.split("/")[0].split("-")[1])
+        if number > {block_after}:
+            time.sleep(3600)  # until killed: the kill lands after exactly {block_after} items
         if "/stage1/" in request.key:
             return "A" if number % 3 else "B"
         return "C" if number % 2 else "A"
 
-    items = [_item(n) for n in range(1, 25)]
+    items = [_item(n) for n in range(1, {items} + 1)]
     config = RunConfig(model="scripted", backend="scripted", out={out!r}, batch_size=4, progress=False,
                        resume={resume})
     run(config, backend=ScriptedBackend(rule), dataset=_dataset(items))
@@ -228,35 +229,41 @@ KILLABLE_RUN = textwrap.dedent(
 )
 
 
-def _script(out: Path, *, resume: bool, delay: float) -> list[str]:
-    code = KILLABLE_RUN.format(tests=str(Path(__file__).parent), out=str(out), resume=resume, delay=delay)
+ITEMS = 24
+
+
+def _script(out: Path, *, resume: bool, block_after: int = ITEMS) -> list[str]:
+    code = KILLABLE_RUN.format(
+        tests=str(Path(__file__).parent), out=str(out), resume=resume, block_after=block_after, items=ITEMS
+    )
     return [sys.executable, "-c", code]
 
 
 def test_killed_run_resumes_to_the_same_results(tmp_path):
     reference_out = tmp_path / "uninterrupted"
-    subprocess.run(_script(reference_out, resume=False, delay=0.0), check=True, timeout=120)
+    subprocess.run(_script(reference_out, resume=False), check=True, timeout=120)
     reference = json.loads((reference_out / "results.json").read_text())
 
     out = tmp_path / "killed"
-    process = subprocess.Popen(_script(out, resume=False, delay=0.05))
     predictions = out / "predictions.jsonl"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if predictions.is_file() and len(predictions.read_text().splitlines()) >= 4:
-            break
-        time.sleep(0.02)
-    process.send_signal(signal.SIGKILL)
-    process.wait(timeout=30)
-    finished = len(predictions.read_text().splitlines())
-    assert 4 <= finished < 24, "the kill must land mid-run"
+    block_after = 8  # two batches of 4 are written, then the backend hangs until the kill
+    process = subprocess.Popen(_script(out, resume=False, block_after=block_after))
+    try:
+        for _ in range(3000):  # a bounded wait for the two batches (at most ~60 s), no timing assertion
+            if predictions.is_file() and len(predictions.read_text().splitlines()) == block_after:
+                break
+            time.sleep(0.02)
+    finally:
+        process.send_signal(signal.SIGKILL)
+        process.wait(timeout=30)
+    assert len(predictions.read_text().splitlines()) == block_after
     assert not (out / "results.json").exists()
 
-    subprocess.run(_script(out, resume=True, delay=0.0), check=True, timeout=120)
+    subprocess.run(_script(out, resume=True), check=True, timeout=120)
     resumed = json.loads((out / "results.json").read_text())
     assert resumed["results"] == reference["results"]
     ids = [json.loads(line)["id"] for line in predictions.read_text().splitlines()]
-    assert len(ids) == len(set(ids)) == 24, "finished items are not redone"
+    assert len(ids) == len(set(ids)) == ITEMS, "finished items are not redone"
 
 
 def test_partial_last_line_from_a_kill_is_dropped_on_resume(tmp_path):
@@ -314,3 +321,25 @@ def test_scoring_refuses_a_run_with_missing_items(tmp_path):
     selection = select_items(config, dataset)
     with pytest.raises(RunFolderError, match="1 of 3 selected items have no prediction"):
         finish_run(config, config.settings(selection.info), selection, {}, RunFolder(tmp_path / "run"))
+
+
+@pytest.mark.parametrize("count", [7, 9, 11])
+def test_misled_count_selects_the_items_misled_exactly_that_often(count: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import dist_helpers
+
+    from mub.cli import main
+    from mub_dataset.loading import load
+
+    monkeypatch.setitem(dist_helpers.BACKENDS, dist_helpers.SCRIPTED, "dist_helpers:scripted_backend")
+    out = tmp_path / "run"
+    args = ["run", "--model", "m", "--backend", dist_helpers.SCRIPTED, "--misled-count", str(count), "--out", str(out), "--no-progress"]
+    assert main(args) == 0
+    rows = load("explicit", "sample").remove_columns("image").to_list()
+    expected = sorted(row["id"] for row in rows if row["misled_count"] == count)
+    # The case tells == from >= and <=: items misled more and less often exist.
+    assert expected
+    assert any(row["misled_count"] < count for row in rows) and any(row["misled_count"] > count for row in rows)
+    records = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+    assert sorted(record["id"] for record in records) == expected
+    assert {record["misled_count"] for record in records} == {count}
+    assert json.loads((out / "results.json").read_text())["results"]["explicit"]["n"] == len(expected)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from fractions import Fraction
 from pathlib import Path
 
 import datasets
@@ -81,11 +82,25 @@ def test_the_mix_is_the_documented_one_and_recorded(tmp_path):
     assert "| explicit | 40% | 100 |" in readme and "| plain | 20% | 50 |" in readme
 
 
-def test_too_few_candidates_shrink_the_set_but_keep_the_mix(tmp_path):
-    summary = _build(tmp_path / "sft", "--size", "2000")  # the sample's 160 items cannot give 2000 examples
-    # The limit is the 302 explicit candidates (one per wrong option): 302 = 40% of 755.
-    assert summary["candidates_per_kind"]["explicit"] == 302
-    assert summary["size"] == 755 and summary["examples_per_kind"] == {"explicit": 302, "implicit": 302, "plain": 151}
+def test_too_few_candidates_shrink_the_set_but_keep_the_mix(tmp_path, sample_rows):
+    summary = _build(tmp_path / "sft", "--size", "2000")  # the sample's items cannot give 2000 examples
+    # Candidates counted from the sample: one explicit per wrong option, one implicit per
+    # misleading note, one plain per item.
+    rows = list(sample_rows.values())
+    available = {
+        "explicit": sum(1 if row["question_type"] == "yes_no" else len(row["choices"]) - 1 for row in rows),
+        "implicit": sum(len(row["misleading_notes"]) for row in rows),
+        "plain": len(rows),
+    }
+    assert summary["candidates_per_kind"] == available
+    # The largest size whose 40/40/20 split fits: 2/5 of it within the explicit and implicit
+    # candidates, 1/5 within the plain ones.
+    size = min(available["explicit"] * 5 // 2, available["implicit"] * 5 // 2, available["plain"] * 5, 2000)
+    assert size < 2000  # the case this test is about
+    assert summary["size"] == size and sum(summary["examples_per_kind"].values()) == size
+    for kind, share in (("explicit", Fraction(2, 5)), ("implicit", Fraction(2, 5)), ("plain", Fraction(1, 5))):
+        assert abs(summary["examples_per_kind"][kind] - share * size) < 1
+        assert summary["examples_per_kind"][kind] <= available[kind]
     examples = datasets.load_from_disk(str(tmp_path / "sft"))["train"]
     keys = [(e["id"], e["kind"], e["cue"]) for e in examples.remove_columns("images")]
     assert len(set(keys)) == len(keys)  # no example repeats

@@ -26,8 +26,10 @@ from mub.backends.transformers_backend import (
 )
 from mub.config import DecodingSettings
 from mub.testing.tiny_models import (
+    ANSWER_LABELS,
     MARKER_FILE,
     TINY_ARCHITECTURES,
+    answer_token_ids,
     build_tiny_model,
     parse_tiny_spec,
     resolve_model_spec,
@@ -77,14 +79,16 @@ def one_thread() -> Iterator[None]:
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[str, str], str]:
-    """Per architecture: a plain model, one whose every token is one of A-E
-    (" A" ... " E"), and one that favours A-C and the newline."""
+    """Per architecture: an all-random model (long outputs exercise padding and
+    caches over many steps), one whose every token is one of A-E (" A" ... " E"),
+    one that favours A-C and the newline, and the default answering model."""
     root = tmp_path_factory.mktemp("tiny")
     built = {}
     for arch in TINY_ARCHITECTURES:
-        built[arch, "plain"] = build_tiny_model(arch, root / f"{arch}-plain")
-        built[arch, "options"] = build_tiny_model(arch, root / f"{arch}-options", favour=LETTER_TOKENS)
-        built[arch, "newline"] = build_tiny_model(arch, root / f"{arch}-newline", favour=(" A", " B", " C", "\n"))
+        built[arch, "plain"] = build_tiny_model(arch, root / f"{arch}-plain", answers=False)
+        built[arch, "answers"] = build_tiny_model(arch, root / f"{arch}-answers")
+        built[arch, "options"] = build_tiny_model(arch, root / f"{arch}-options", favour=LETTER_TOKENS, answers=False)
+        built[arch, "newline"] = build_tiny_model(arch, root / f"{arch}-newline", favour=(" A", " B", " C", "\n"), answers=False)
     return {key: str(path) for key, path in built.items()}
 
 
@@ -112,9 +116,12 @@ def test_generates_and_batched_equals_one_at_a_time(models: dict, arch: str) -> 
     for g in together:
         assert g.error is None and g.option_probs is None
         assert isinstance(g.text, str) and 1 <= g.extra["new_tokens"] <= 8
-        assert g.seconds > 0
     assert _outputs(together) == _outputs(alone)
-    assert batched.model_seconds > 0
+    # Each request is charged an equal share of its batch's wall time, and the model's own
+    # time lies inside those batch times.
+    shares = [g.seconds for g in together]
+    assert len(set(shares)) <= -(-len(requests) // 4)
+    assert 0 < batched.model_seconds <= sum(shares) * (1 + 1e-9)
 
     info = batched.describe()
     assert info["model"] == models[arch, "plain"]
@@ -123,6 +130,47 @@ def test_generates_and_batched_equals_one_at_a_time(models: dict, arch: str) -> 
     assert info["plumbing_check"]["arch"] == arch
     assert set(info["versions"]) == {"transformers", "torch"}
     json.dumps(info)
+
+
+def _hinted(requests: list[Request]) -> list[Request]:
+    """Stage-2-like variants: the prompt itself contains an answer token (" B", " Yes")."""
+    return [
+        replace(r, key=r.key + "/hinted", prompt=f"{r.prompt}\nAnd the true answer is : {r.options[1]}")
+        for r in requests
+    ]
+
+
+@pytest.mark.parametrize("arch", TINY_ARCHITECTURES)
+@pytest.mark.parametrize("decoding", [{}, {"temperature": 1.0, "seed": 3}], ids=["greedy", "sampled"])
+def test_default_tiny_models_answer_with_one_label_then_stop(models: dict, arch: str, decoding: dict) -> None:
+    requests = _requests() + _hinted(_requests())
+    generations = _backend(models[arch, "answers"], max_new_tokens=8, **decoding).generate(requests)
+    labels = {" " + label for label in ANSWER_LABELS}
+    for request, gen in zip(requests, generations):
+        assert gen.error is None
+        # The answer token, then the end-of-sequence token (not in the text).
+        assert gen.text in labels and gen.extra["new_tokens"] == 2, (request.key, gen.text)
+    # Which label wins depends on the prompt.
+    assert len({gen.text for gen in generations}) >= 2
+
+
+@pytest.mark.parametrize("arch", TINY_ARCHITECTURES)
+def test_answer_marker_is_exactly_zero_except_on_answer_tokens(models: dict, arch: str) -> None:
+    """The mechanism of the answer bias, checked in the residual stream of every layer."""
+    import torch
+
+    backend = _backend(models[arch, "answers"])
+    requests = _hinted(_requests())
+    inputs = backend._encode(backend._prompt_texts(requests), requests)
+    with torch.inference_mode():
+        hidden_states = backend.model(**inputs, output_hidden_states=True).hidden_states
+    is_answer = torch.isin(inputs["input_ids"], torch.tensor(answer_token_ids(backend.tokenizer)))
+    real = inputs["attention_mask"].bool()
+    assert (is_answer & real).any()  # the hints put answer tokens into the prompts
+    for layer, states in enumerate(hidden_states):
+        marker = states[..., 0]
+        assert (marker[real & ~is_answer] == 0).all(), layer
+        assert (marker[real & is_answer] > 0).all(), layer
 
 
 @pytest.mark.parametrize("arch", TINY_ARCHITECTURES)
@@ -240,9 +288,13 @@ def test_tiny_builds_are_deterministic(tmp_path: Path) -> None:
     first = build_tiny_model("gemma3", tmp_path / "a", seed=5)
     second = build_tiny_model("gemma3", tmp_path / "b", seed=5)
     other = build_tiny_model("gemma3", tmp_path / "c", seed=6)
+    random = build_tiny_model("gemma3", tmp_path / "d", seed=5, answers=False)
     assert _file_hashes(first) == _file_hashes(second)
     assert _file_hashes(first)["model.safetensors"] != _file_hashes(other)["model.safetensors"]
-    assert "mean nothing" in json.loads((first / MARKER_FILE).read_text())["note"]
+    assert _file_hashes(first)["model.safetensors"] != _file_hashes(random)["model.safetensors"]
+    label = json.loads((first / MARKER_FILE).read_text())
+    assert "mean nothing" in label["note"] and label["answers"] == list(ANSWER_LABELS)
+    assert json.loads((random / MARKER_FILE).read_text())["answers"] == []
 
 
 def test_resolve_model_spec_builds_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

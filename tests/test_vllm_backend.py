@@ -176,7 +176,11 @@ def top_logprobs(probabilities: dict[int, float]) -> CompletionOutput:
 def engine(monkeypatch: pytest.MonkeyPatch) -> Engine:
     state = Engine(reply=lambda conversation, params: completion([10, EOS]))
     monkeypatch.setitem(sys.modules, "vllm", fake_vllm(state))
-    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    # The backend sets these for the engine's workers. setenv first, so that monkeypatch
+    # restores the variables (or their absence) after the test, whatever the backend wrote.
+    for name in ("CUDA_VISIBLE_DEVICES", "VLLM_WORKER_MULTIPROC_METHOD"):
+        monkeypatch.setenv(name, "")
+        monkeypatch.delenv(name)
     return state
 
 

@@ -12,6 +12,13 @@ template) that ``from_pretrained`` loads like any checkpoint. The tokenizer is
 a byte-level BPE trained on the spot on a fixed built-in corpus, so every
 string can be encoded and the prompt vocabulary gets whole-word tokens.
 
+By default the models *answer*: their output layer is biased (seeded, see
+:func:`_bias_towards_answers`) so that any prompt gets one of
+:data:`ANSWER_LABELS` and then the end of sequence, which letter depending on
+the prompt. Runs on them therefore go through parsed answers, flips and
+defined misleading rates, and a test can tell a right result from a wrong one.
+``answers=False`` keeps the all-random weights (outputs run to the token limit).
+
 ``resolve_model_spec("tiny:<arch>[:<size>[:<seed>]]")`` builds such a model
 once into a cache folder and returns its path; other specs pass through.
 
@@ -20,6 +27,7 @@ Everything architecture-specific lives here, never in the backends.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -34,7 +42,11 @@ PLUMBING_NOTE = (
 )
 
 # Bump when the builder's output changes, so stale cache folders are not reused.
-TINY_FORMAT_VERSION = 1
+TINY_FORMAT_VERSION = 2
+
+# What an answering tiny model (the default, see _bias_towards_answers) says:
+# one of these, written as the first token of an assistant turn ("Assistant: B").
+ANSWER_LABELS: tuple[str, ...] = ("A", "B", "C", "D", "Yes", "No")
 
 MARKER_FILE = "MUB_TINY_MODEL.json"
 
@@ -162,6 +174,14 @@ class _Arch:
     placeholder: str
     config: Callable[[TinySize, Any], Any]
     processor: Callable[[TinySize, Any, str], Any]
+    # Parameters outside the layers and linear maps that write into the language
+    # model's residual stream, as (name, axis of the hidden size): the image
+    # features' own writers, which _bias_towards_answers must also clear.
+    residual_writers: tuple[tuple[str, int], ...] = ()
+    # Factor on the initial input embeddings: Gemma 3 multiplies them by
+    # sqrt(hidden) in the forward pass, which lets the last prompt token alone
+    # decide the answer; undoing it keeps answers prompt-dependent.
+    embedding_gain: Callable[[TinySize], float] = lambda size: 1.0
 
 
 def _text(size: TinySize, tok: Any, model_type: str, **extra: Any) -> dict[str, Any]:
@@ -370,7 +390,12 @@ _IDEFICS3_GRID = tuple(f"<row_{r}_col_{c}>" for r in range(1, 7) for c in range(
 _ARCHS: dict[str, _Arch] = {
     "llava": _Arch(("<image>",), {"image_token": "<image>"}, "<image>", _llava_config, _llava_processor),
     "llava_next": _Arch(
-        ("<image>",), {"image_token": "<image>"}, "<image>", _llava_next_config, _llava_next_processor
+        ("<image>",),
+        {"image_token": "<image>"},
+        "<image>",
+        _llava_next_config,
+        _llava_next_processor,
+        residual_writers=(("model.image_newline", 0),),
     ),
     "idefics3": _Arch(
         ("<image>", "<fake_token_around_image>", "<global-img>", "<end_of_utterance>", *_IDEFICS3_GRID),
@@ -385,6 +410,8 @@ _ARCHS: dict[str, _Arch] = {
         "<start_of_image>",
         _gemma3_config,
         _gemma3_processor,
+        residual_writers=(("model.multi_modal_projector.mm_input_projection_weight", 1),),
+        embedding_gain=lambda size: size.hidden**-0.5,
     ),
 }
 
@@ -425,6 +452,79 @@ def _arch(arch: str) -> _Arch:
     return _ARCHS[arch]
 
 
+# Scales of the answer bias: the answer rows' norm, the stop row's weight on the
+# marker coordinate, and an answer token's input embedding (on that coordinate
+# only). The embedding must dwarf what the layers add to the residual stream, so
+# that the final state after an answer token points along the marker coordinate.
+_ANSWER_ROW_NORM = 24.0
+_STOP_WEIGHT = 24.0
+_ANSWER_EMBEDDING = 1000.0
+
+
+def bias_seed(arch: str, size: str, seed: int) -> int:
+    """The seed of the answer rows: a stable content hash, the same on every machine."""
+    return int.from_bytes(hashlib.sha256(f"mub-tiny-answers:{arch}:{size}:{seed}".encode()).digest()[:8], "big")
+
+
+def _is_vision(name: str) -> bool:
+    return "vision" in name
+
+
+def _bias_towards_answers(model: Any, spec: _Arch, answer_ids: Sequence[int], stop_id: int, seed: int) -> None:
+    """Make the model answer with one answer token, then stop, whatever the prompt.
+
+    Coordinate 0 of the language model's residual stream becomes a marker of
+    "the current token is an answer token":
+
+    - every input embedding and every writer into the residual stream (the
+      linear maps with the hidden size as output outside the vision tower, and
+      the architecture's ``residual_writers``) gets 0 on it, so the marker is
+      exactly 0 at every position except where the input token is itself an
+      answer token, whose embedding is ``_ANSWER_EMBEDDING`` on coordinate 0
+      and nothing else (norms scale coordinates one by one, so a 0 stays 0);
+    - the output layer: every row is shrunk to almost nothing; the answer rows
+      are redrawn from ``seed`` (0 on the marker, centred so they sum to zero,
+      norm ``_ANSWER_ROW_NORM``), so for any state one answer logit is positive
+      and large, and which one still depends on the prompt (stage 2 can flip);
+      the stop row is ``_STOP_WEIGHT`` on the marker coordinate alone, so it is
+      exactly 0 after a prompt and dominates right after an answer token.
+
+    Greedy decoding therefore gives " B</s>"-like outputs, and sampling at any
+    usual temperature almost always does too. This is a bias in the output
+    layer, not knowledge: which letter wins means nothing.
+    """
+    import torch
+
+    head = model.get_output_embeddings().weight
+    embeddings = model.get_input_embeddings().weight
+    hidden = head.shape[1]
+    ids = torch.tensor(sorted(set(answer_ids)))
+    generator = torch.Generator().manual_seed(seed)
+    rows = torch.randn(len(ids), hidden, generator=generator, dtype=torch.float64)
+    rows[:, 0] = 0.0
+    rows -= rows.mean(dim=0, keepdim=True)
+    rows *= _ANSWER_ROW_NORM / rows.norm(dim=1, keepdim=True).clamp_min(1e-6)
+    with torch.no_grad():
+        for name, module in model.named_modules():
+            if isinstance(module, torch.nn.Linear) and module.out_features == hidden and not _is_vision(name):
+                if module.weight is head:
+                    continue
+                module.weight[0] = 0.0
+                if module.bias is not None:
+                    module.bias[0] = 0.0
+        parameters = dict(model.named_parameters())
+        for name, axis in spec.residual_writers:
+            parameters[name].select(axis, 0).zero_()
+        embeddings[:, 0] = 0.0
+        embeddings[ids] = 0.0
+        embeddings[ids, 0] = _ANSWER_EMBEDDING
+        head.mul_(1e-3)
+        head[:, 0] = 0.0
+        head[ids] = rows.to(head.dtype)
+        head[stop_id] = 0.0
+        head[stop_id, 0] = _STOP_WEIGHT
+
+
 def _favour_tokens(model: Any, token_ids: Sequence[int]) -> None:
     """Make one of ``token_ids`` win every next-token choice; which one still depends on the input.
 
@@ -446,6 +546,11 @@ def _favour_tokens(model: Any, token_ids: Sequence[int]) -> None:
         weight[ids] = rows
 
 
+def answer_token_ids(tokenizer: Any) -> list[int]:
+    """The first token of each answer label as an assistant turn writes it (``" B"``)."""
+    return [tokenizer.encode(" " + label, add_special_tokens=False)[0] for label in ANSWER_LABELS]
+
+
 def build_tiny_model(
     arch: str,
     out_dir: str | os.PathLike[str],
@@ -453,19 +558,25 @@ def build_tiny_model(
     size: str = "test",
     seed: int = 0,
     favour: Sequence[str] = (),
+    answers: bool = True,
 ) -> Path:
     """Build a tiny random ``arch`` model into ``out_dir`` and return its path.
 
-    Same ``arch``, ``size``, ``seed`` and ``favour`` give identical files.
-    ``favour`` lists strings whose first token (as the tokenizer encodes the
-    string on its own, e.g. ``" B"`` or ``"\\n"``) should dominate every
-    next-token distribution; see :func:`_favour_tokens`.
+    Same ``arch``, ``size``, ``seed``, ``favour`` and ``answers`` give identical files.
+    By default (``answers=True``) the model answers every prompt with one of
+    :data:`ANSWER_LABELS` and stops (see :func:`_bias_towards_answers`).
+    ``answers=False`` leaves the weights all random (outputs are gibberish).
+    ``favour`` (with ``answers=False``) lists strings whose first token (as the
+    tokenizer encodes the string on its own, e.g. ``" B"`` or ``"\\n"``) should
+    dominate every next-token distribution instead; see :func:`_favour_tokens`.
     """
     import torch
     from transformers import AutoModelForImageTextToText, GenerationConfig
 
     if size not in SIZES:
         raise ValueError(f"unknown size {size!r}; choose from {', '.join(SIZES)}")
+    if favour and answers:
+        raise ValueError("favour replaces the answer bias: pass answers=False with it")
     spec, dims = _arch(arch), SIZES[size]
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -481,6 +592,12 @@ def build_tiny_model(
         torch.manual_seed(seed)
         model = AutoModelForImageTextToText.from_config(config, dtype=getattr(torch, dims.dtype))
     model.eval()
+    with torch.no_grad():
+        model.get_input_embeddings().weight.mul_(spec.embedding_gain(dims))
+    if answers:
+        _bias_towards_answers(
+            model, spec, answer_token_ids(tokenizer), tokenizer.eos_token_id, bias_seed(arch, size, seed)
+        )
     if favour:
         _favour_tokens(model, [tokenizer.encode(s, add_special_tokens=False)[0] for s in favour])
     model.generation_config = GenerationConfig(**_special_ids(tokenizer), do_sample=False)
@@ -488,16 +605,17 @@ def build_tiny_model(
     model.save_pretrained(out)
     processor.save_pretrained(out)
     tokenizer.save_pretrained(out)
-    _write_labels(out, arch, size, seed, favour)
+    _write_labels(out, arch, size, seed, favour, answers)
     return out
 
 
-def _write_labels(out: Path, arch: str, size: str, seed: int, favour: Sequence[str]) -> None:
+def _write_labels(out: Path, arch: str, size: str, seed: int, favour: Sequence[str], answers: bool) -> None:
     info = {
         "note": PLUMBING_NOTE,
         "arch": arch,
         "size": size,
         "seed": seed,
+        "answers": list(ANSWER_LABELS) if answers else [],
         "favour": list(favour),
         "format_version": TINY_FORMAT_VERSION,
     }
@@ -537,24 +655,27 @@ def parse_tiny_spec(spec: str) -> tuple[str, str, int]:
     return arch, size, seed
 
 
-def resolve_model_spec(spec: str) -> str:
+def resolve_model_spec(spec: str, *, answers: bool = True) -> str:
     """Map ``tiny:<arch>[:<size>[:<seed>]]`` to a cached built folder; return other specs unchanged.
 
-    The model is built into a temporary folder beside the cache entry and
-    renamed into place, so a killed build never leaves a half-written model.
+    ``answers=False`` gives the all-random variant (for benchmarks that time
+    full-length generations). The model is built into a temporary folder beside
+    the cache entry and renamed into place, so a killed build never leaves a
+    half-written model.
     """
     if not spec.startswith("tiny:"):
         return spec
     arch, size, seed = parse_tiny_spec(spec)
     root = cache_root()
-    final = root / f"{arch}-{size}-{seed}-v{TINY_FORMAT_VERSION}"
+    variant = "" if answers else "-random"
+    final = root / f"{arch}-{size}-{seed}{variant}-v{TINY_FORMAT_VERSION}"
     if (final / MARKER_FILE).is_file():
         return str(final)
     root.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=root))
     staging.chmod(0o755)  # mkdtemp makes it private; the cache entry should not be
     try:
-        build_tiny_model(arch, staging, size=size, seed=seed)
+        build_tiny_model(arch, staging, size=size, seed=seed, answers=answers)
         try:
             os.rename(staging, final)
         except OSError:
