@@ -154,7 +154,7 @@ class NotesFolder(RunFolder):
     """The run files of ``mub notes`` inside the output release: settings and appended item notes."""
 
     def __init__(self, path: str | Path):
-        super().__init__(path, predictions_file=NOTES_FILE)
+        super().__init__(path, predictions_file=NOTES_FILE, command="notes")
         self.settings_path = self.path / SETTINGS_FILE
 
     def prediction_files(self) -> list[Path]:
@@ -318,25 +318,25 @@ def generate_notes(config: NotesConfig, backend: Backend | None = None) -> dict[
     source = load_source(config.dataset, config.limit)
     settings = config.settings(source.info, templates)
     _check_out_dir(config)
-    folder = NotesFolder(config.out)
-    folder.prepare(settings, resume=config.resume, overwrite=config.overwrite)
+    with NotesFolder(config.out) as folder:
+        folder.prepare(settings, resume=config.resume, overwrite=config.overwrite)
 
-    done = {item_id for item_id, record in folder.load_notes().items() if record.error is None}
-    todo = [i for i, row in enumerate(source.rows) if row["id"] not in done]
-    if todo and backend is None:
-        backend = create_backend(config.run_config())
-    with tqdm(total=len(todo), unit="item", desc="mub notes", disable=not config.progress) as progress:
-        for group in chunks(todo, config.batch_size):
-            images = [image for image, _ in load_images(source.dataset, group)]
-            rows = [source.rows[i] for i in group]
-            folder.append_notes(notes_for_items(rows, images, backend, config, templates))
-            progress.update(len(group))
+        done = {item_id for item_id, record in folder.load_notes().items() if record.error is None}
+        todo = [i for i, row in enumerate(source.rows) if row["id"] not in done]
+        if todo and backend is None:
+            backend = create_backend(config.run_config())
+        with tqdm(total=len(todo), unit="item", desc="mub notes", disable=not config.progress) as progress:
+            for group in chunks(todo, config.batch_size):
+                images = [image for image, _ in load_images(source.dataset, group)]
+                rows = [source.rows[i] for i in group]
+                folder.append_notes(notes_for_items(rows, images, backend, config, templates))
+                progress.update(len(group))
 
-    backend_info = backend.describe() if backend is not None else None
-    summary = finish_notes(config, source, folder.load_notes(), settings, templates, backend_info)
-    if config.progress:
-        print(format_notes_summary(summary, config.out))
-    return summary
+        backend_info = backend.describe() if backend is not None else None
+        summary = finish_notes(config, source, folder.load_notes(), settings, templates, backend_info)
+        if config.progress:
+            print(format_notes_summary(summary, config.out))
+        return summary
 
 
 # ---------------------------------------------------------------- output

@@ -183,32 +183,32 @@ def run(config: RunConfig, backend: Backend | None = None, dataset: datasets.Dat
     config.validate()
     placement = distributed.placement_for(config)
     selection = select_items(config, dataset)
-    folder = RunFolder(config.out_dir(), predictions_file=placement.predictions_file)
-    settings = config.settings(selection.info)
-    placement.prepare(folder, settings, resume=config.resume, overwrite=config.overwrite)
-    with placement.working():
-        done = {item_id for item_id, p in folder.load_predictions().items() if p.error is None}
-        mine = placement.share(list(zip(selection.indices, selection.rows)))
-        todo = [(i, row) for i, row in mine if row["id"] not in done]
-        if backend is None:
-            backend = create_backend(placement.backend_config(config))
+    with RunFolder(config.out_dir(), predictions_file=placement.predictions_file) as folder:
+        settings = config.settings(selection.info)
+        placement.prepare(folder, settings, resume=config.resume, overwrite=config.overwrite)
+        with placement.working():
+            done = {item_id for item_id, p in folder.load_predictions().items() if p.error is None}
+            mine = placement.share(list(zip(selection.indices, selection.rows)))
+            todo = [(i, row) for i, row in mine if row["id"] not in done]
+            if backend is None:
+                backend = create_backend(placement.backend_config(config))
 
-        # Items are processed in groups of batch_size; the next group's images are
-        # decoded on a worker thread while the model answers the current one.
-        groups = list(chunks(range(len(todo)), config.batch_size))
-        with ThreadPoolExecutor(max_workers=1) as pool, tqdm(
-            total=len(todo), unit="item", desc=f"mub {config.config}", disable=not config.progress
-        ) as progress:
-            pending = pool.submit(load_images, selection.dataset, [todo[i][0] for i in groups[0]]) if groups else None
-            for number, group in enumerate(groups):
-                images = pending.result()
-                if number + 1 < len(groups):
-                    pending = pool.submit(load_images, selection.dataset, [todo[i][0] for i in groups[number + 1]])
-                folder.append(run_batch([todo[i][1] for i in group], images, backend, config))
-                progress.update(len(group))
+            # Items are processed in groups of batch_size; the next group's images are
+            # decoded on a worker thread while the model answers the current one.
+            groups = list(chunks(range(len(todo)), config.batch_size))
+            with ThreadPoolExecutor(max_workers=1) as pool, tqdm(
+                total=len(todo), unit="item", desc=f"mub {config.config}", disable=not config.progress
+            ) as progress:
+                pending = pool.submit(load_images, selection.dataset, [todo[i][0] for i in groups[0]]) if groups else None
+                for number, group in enumerate(groups):
+                    images = pending.result()
+                    if number + 1 < len(groups):
+                        pending = pool.submit(load_images, selection.dataset, [todo[i][0] for i in groups[number + 1]])
+                    folder.append(run_batch([todo[i][1] for i in group], images, backend, config))
+                    progress.update(len(group))
 
-    backend_info = backend.describe()
-    return placement.finish(folder, lambda: finish_run(config, settings, selection, backend_info, folder))
+        backend_info = backend.describe()
+        return placement.finish(folder, lambda: finish_run(config, settings, selection, backend_info, folder))
 
 
 def finish_run(
