@@ -32,6 +32,7 @@ import hashlib
 import json
 import re
 import socket
+import sys
 import threading
 import time
 import zlib
@@ -98,6 +99,13 @@ def completion(content: str | None, model: str) -> dict[str, Any]:
     }
 
 
+class _QuietHTTPServer(ThreadingHTTPServer):
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        if isinstance(sys.exc_info()[1], (BrokenPipeError, ConnectionResetError)):
+            return  # a client that gave up on a reply (a cut bomb, a deadline): expected here
+        super().handle_error(request, client_address)
+
+
 class FaultServer:
     """Start with :meth:`start` (or ``with``), stop with :meth:`stop`; ``base_url`` ends in ``/v1``."""
 
@@ -110,7 +118,7 @@ class FaultServer:
         self._faults: list[Fault] = []
         self._lock = threading.Lock()
         self._stopping = threading.Event()
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), _handler_for(self))
+        self._httpd = _QuietHTTPServer(("127.0.0.1", 0), _handler_for(self))
         self._httpd.daemon_threads = True  # a stalled handler never blocks stop()
         # A short poll interval makes stop() prompt.
         self._thread = threading.Thread(
