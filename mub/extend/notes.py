@@ -47,7 +47,7 @@ from mub.extend.release_writer import (
     release_record,
     write_release,
 )
-from mub.runs.runner import load_images
+from mub.runs.runner import LoadedImage, load_images
 from mub.runs.storage import RunFolder, RunFolderError, keep_record, write_json_atomic
 from mub_dataset.files import cell_bytes
 from mub_dataset.loading import SAMPLE, is_release_dir, sample_release_dir
@@ -302,6 +302,12 @@ def notes_for_items(
     return records
 
 
+def _decoded(loaded: LoadedImage, row: Mapping[str, Any]) -> Image.Image:
+    if loaded.image is None:
+        raise ValueError(f"item {row['id']}: {loaded.error}; fix or replace the image in the dataset")
+    return loaded.image
+
+
 def _check_out_dir(config: NotesConfig) -> None:
     out = Path(config.out)
     root = _release_root(config.dataset)
@@ -327,8 +333,8 @@ def generate_notes(config: NotesConfig, backend: Backend | None = None) -> dict[
             backend = create_backend(config.run_config())
         with tqdm(total=len(todo), unit="item", desc="mub notes", disable=not config.progress) as progress:
             for group in chunks(todo, config.batch_size):
-                images = [image for image, _ in load_images(source.dataset, group)]
                 rows = [source.rows[i] for i in group]
+                images = [_decoded(loaded, row) for loaded, row in zip(load_images(source.dataset, group), rows)]
                 folder.append_notes(notes_for_items(rows, images, backend, config, templates))
                 progress.update(len(group))
 

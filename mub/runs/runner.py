@@ -84,15 +84,57 @@ def _check_notes(rows: Sequence[Mapping[str, Any]]) -> None:
             )
 
 
-def load_images(dataset: datasets.Dataset, indices: Sequence[int]) -> list[tuple[Image.Image, str]]:
-    """Decoded RGB images and their content hash (the ``group_id`` for clustered intervals)."""
+@dataclass(frozen=True)
+class LoadedImage:
+    """An item's decoded RGB image and content hash (the ``group_id``), or why it could not be decoded."""
+
+    image: Image.Image | None
+    group_id: str
+    error: str | None = None
+
+
+def load_images(dataset: datasets.Dataset, indices: Sequence[int]) -> list[LoadedImage]:
+    """The items' images, fully decoded; one that cannot be decoded (truncated, not an image) carries the reason."""
     loaded = []
     for cell in dataset.select_columns(["image"])[list(indices)]["image"]:
         data = cell_bytes(cell)
-        image = Image.open(io.BytesIO(data))
-        image.load()
-        loaded.append((image.convert("RGB"), image_digest(data)))
+        try:
+            with Image.open(io.BytesIO(data)) as image:
+                image.load()
+                loaded.append(LoadedImage(image.convert("RGB"), image_digest(data)))
+        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:  # what Pillow raises for bad data
+            error = f"the image ({cell.get('path') or 'embedded'}) cannot be decoded ({type(exc).__name__}: {exc})"
+            loaded.append(LoadedImage(None, image_digest(data), error))
     return loaded
+
+
+def image_error_record(row: Mapping[str, Any], loaded: LoadedImage) -> ItemPrediction:
+    """The record of an item whose image could not be decoded: an item error, retried by ``--resume``."""
+    error = f"item {row['id']}: {loaded.error}; fix or replace the image in the dataset"
+    return ItemPrediction(
+        id=row["id"],
+        answer=row["answer"],
+        source=row["source"],
+        difficulty=row["difficulty"],
+        misled_count=row["misled_count"],
+        question_type=row["question_type"],
+        group_id=loaded.group_id,
+        stage1=[StageAnswer(cue="", output="", parsed=None, error=error)],
+        error=error,
+    )
+
+
+def predict_group(
+    rows: Sequence[Mapping[str, Any]], images: Sequence[LoadedImage], backend: Backend, config: RunConfig
+) -> list[ItemPrediction]:
+    """:func:`run_batch` for the items whose image decoded, an item error for each other one; in item order."""
+    decoded = [(row, loaded) for row, loaded in zip(rows, images) if loaded.error is None]
+    answered = iter(
+        run_batch([row for row, _ in decoded], [(loaded.image, loaded.group_id) for _, loaded in decoded], backend, config)
+        if decoded
+        else []
+    )
+    return [next(answered) if loaded.error is None else image_error_record(row, loaded) for row, loaded in zip(rows, images)]
 
 
 def _answer(generation: Generation, cue: str, row: Mapping[str, Any]) -> StageAnswer:
@@ -204,7 +246,7 @@ def run(config: RunConfig, backend: Backend | None = None, dataset: datasets.Dat
                     images = pending.result()
                     if number + 1 < len(groups):
                         pending = pool.submit(load_images, selection.dataset, [todo[i][0] for i in groups[number + 1]])
-                    folder.append(run_batch([todo[i][1] for i in group], images, backend, config))
+                    folder.append(predict_group([todo[i][1] for i in group], images, backend, config))
                     progress.update(len(group))
 
         backend_info = backend.describe()
