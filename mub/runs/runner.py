@@ -108,9 +108,8 @@ def load_images(dataset: datasets.Dataset, indices: Sequence[int]) -> list[Loade
     return loaded
 
 
-def image_error_record(row: Mapping[str, Any], loaded: LoadedImage) -> ItemPrediction:
-    """The record of an item whose image could not be decoded: an item error, retried by ``--resume``."""
-    error = f"item {row['id']}: {loaded.error}; fix or replace the image in the dataset"
+def item_record(row: Mapping[str, Any], group_id: str, stage1: list[StageAnswer]) -> ItemPrediction:
+    """An item's record after stage 1; its error is the first failed answer's."""
     return ItemPrediction(
         id=row["id"],
         answer=row["answer"],
@@ -118,10 +117,17 @@ def image_error_record(row: Mapping[str, Any], loaded: LoadedImage) -> ItemPredi
         difficulty=row["difficulty"],
         misled_count=row["misled_count"],
         question_type=row["question_type"],
-        group_id=loaded.group_id,
-        stage1=[StageAnswer(cue="", output="", parsed=None, error=error)],
-        error=error,
+        group_id=group_id,
+        stage1=stage1,
+        original_prediction=stage1[0].parsed,
+        error=next((a.error for a in stage1 if a.error), None),
     )
+
+
+def image_error_record(row: Mapping[str, Any], loaded: LoadedImage) -> ItemPrediction:
+    """The record of an item whose image could not be decoded: an item error, retried by ``--resume``."""
+    error = f"item {row['id']}: {loaded.error}; fix or replace the image in the dataset"
+    return item_record(row, loaded.group_id, [StageAnswer(cue="", output="", parsed=None, error=error)])
 
 
 def predict_group(
@@ -178,18 +184,7 @@ def run_batch(
     for position, (row, (image, group_id)) in enumerate(zip(rows, images)):
         samples = stage1[position * config.num_samples : (position + 1) * config.num_samples]
         answers = [_answer(generation, "", row) for generation in samples]
-        record = ItemPrediction(
-            id=row["id"],
-            answer=row["answer"],
-            source=row["source"],
-            difficulty=row["difficulty"],
-            misled_count=row["misled_count"],
-            question_type=row["question_type"],
-            group_id=group_id,
-            stage1=answers,
-            original_prediction=answers[0].parsed,
-            error=next((a.error for a in answers if a.error), None),
-        )
+        record = item_record(row, group_id, answers)
         records.append(record)
         cues: list[str] = []
         if record.error is None:
