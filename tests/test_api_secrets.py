@@ -84,7 +84,8 @@ def test_the_leak_search_finds_every_encoding() -> None:
 @pytest.mark.parametrize("name", list(encodings(SECRET)))
 def test_each_encoding_is_redacted_from_errors_and_answers(server, monkeypatch, name) -> None:
     monkeypatch.setenv(KEY_ENV, SECRET)
-    backend = OpenAIBackend("fault-model", ApiSettings(server.base_url, api_key_env=KEY_ENV, max_retries=0))
+    settings = ApiSettings(server.base_url, api_key_env=KEY_ENV, max_retries=0, concurrency=1)  # faults taken in order
+    backend = OpenAIBackend("fault-model", settings)
     form = encodings(SECRET)[name]
     request = Request("item/stage1/0", Image.new("RGB", (4, 4)), "Q?\nA. x\nB. y", ("A", "B"))
     server.add("status", status=401, body=json.dumps({"error": f"invalid key: {form}"}))

@@ -90,6 +90,9 @@ REDACTED = "[REDACTED]"
 MIN_REDACTED_KEY = 8  # shorter keys are not redacted: "e" would turn "expected" into "[REDACTED]xp[REDACTED]cted"
 MAX_RESPONSE_BYTES = 1 << 20
 MAX_OUTPUT_CHARS = 32_000
+# Redaction scans about 0.5 MB/s: a text cut to N characters is redacted over its first N + this many only.
+# The margin keeps whole any key form that starts before the cut (a form is at most ~8 characters per key character).
+REDACT_MARGIN = 4096
 CONTENT_ENCODINGS = "gzip, deflate"  # the only ones asked for, and decoded here under the size cap
 
 
@@ -135,14 +138,18 @@ class RequestFailed(Exception):
 def server_text(text: str, limit: int = SERVER_TEXT_LIMIT, redact: Callable[[str], str] | None = None) -> str:
     """A server's reply for an error message: redacted, whitespace-collapsed, and cut to ``limit`` characters.
 
-    Redaction comes first: cutting first could leave part of a key at the edge.
+    Redaction comes before the cut at ``limit`` (cutting first could leave part
+    of a key at the edge); only the first ``limit + REDACT_MARGIN`` characters
+    are redacted, as the rest is dropped anyway.
     """
+    unread = max(0, len(text) - limit - REDACT_MARGIN)
+    text = text[: limit + REDACT_MARGIN]
     if redact is not None:
         text = redact(text)
     text = " ".join(text.split())
-    if len(text) <= limit:
+    if len(text) <= limit and not unread:
         return text
-    return f"{text[:limit]}... [{len(text) - limit} more characters]"
+    return f"{text[:limit]}... [{len(text) - limit + unread} more characters]"
 
 
 def retry_after_seconds(headers: Mapping[str, str], now: datetime | None = None) -> float | None:
@@ -402,15 +409,16 @@ class OpenAIBackend:
 
     def _answer(self, text: str, seconds: float, extra: dict[str, Any]) -> Generation:
         """The model's answer as stored: key redacted, at most ``max_output_chars`` (a longer one is an item error)."""
-        text = self.redact(text)
         limit = self.settings.max_output_chars
-        if len(text) <= limit:
+        length = len(text)
+        text = self.redact(text[: limit + REDACT_MARGIN])  # redacted before the cut; see server_text
+        if len(text) <= limit and length <= limit + REDACT_MARGIN:
             return Generation(text=text, seconds=seconds, extra=extra)
         error = (
-            f"output cut: the answer has {len(text)} characters, more than max_output_chars={limit} "
+            f"output cut: the answer has {length} characters, more than max_output_chars={limit} "
             f"(--max-output-chars); the stored output is its first {limit}"
         )
-        return Generation(text=text[:limit], seconds=seconds, error=error, extra={**extra, "output_chars": len(text)})
+        return Generation(text=text[:limit], seconds=seconds, error=error, extra={**extra, "output_chars": length})
 
     def _describe(self, exc: BaseException) -> str:
         return f"{type(exc).__name__}: {self.redact(str(exc))}"
