@@ -224,10 +224,42 @@ def test_a_killed_holder_never_blocks_resume(tmp_path: Path) -> None:
     holder = _start_blocking_run(out, gate)
     holder.send_signal(signal.SIGKILL)
     holder.communicate(timeout=60)
-    assert (out / ".mub-lock").is_file()  # the lock file stays; the OS lock went with its process
+    assert (out / ".mub-lock").read_text().startswith(f'{{"pid": {holder.pid}')  # the file stays; the OS lock went
     gate.touch()
     resumed = _start_blocking_run(out, gate, "--resume")
     _, stderr = resumed.communicate(timeout=120)
     assert resumed.returncode == 0, stderr
     ids = {json.loads(line)["id"] for line in (out / "predictions.jsonl").read_text().splitlines()}
     assert len(ids) == ITEMS and (out / "results.json").is_file()
+
+
+def _two_ranks(args: list[str], launch: str) -> list[subprocess.CompletedProcess]:
+    """A two-process launch whose ranks meet through marker files (as in test_distributed)."""
+    base = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
+    base["PYTHONPATH"] = os.pathsep.join(filter(None, [str(HELPER_DIR), base.get("PYTHONPATH")]))
+    procs = [
+        subprocess.Popen(
+            [sys.executable, str(HELPER_DIR / "dist_helpers.py"), *args],
+            env={**base, "RANK": str(rank), "WORLD_SIZE": "2", "LOCAL_RANK": str(rank), "MUB_LAUNCH_ID": launch},
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        for rank in range(2)
+    ]
+    outputs = [proc.communicate(timeout=240) for proc in procs]
+    return [subprocess.CompletedProcess(proc.args, proc.returncode, *output) for proc, output in zip(procs, outputs)]
+
+
+def test_one_lock_per_launch_not_per_rank(tmp_path: Path) -> None:
+    out, gate = tmp_path / "run", tmp_path / "gate"
+    launched = _two_ranks(_run_args(out), launch="first")  # the ranks share the folder: rank 0 alone locks it
+    assert [proc.returncode for proc in launched] == [0, 0], launched[1].stderr[-2000:]
+
+    holder = _start_blocking_run(tmp_path / "busy", gate)
+    try:
+        refused = _two_ranks(_run_args(tmp_path / "busy", "--resume"), launch="second")
+    finally:
+        gate.touch()
+        holder.communicate(timeout=120)
+    assert [proc.returncode for proc in refused] == [2, 2]
+    assert f"pid {holder.pid}" in refused[0].stderr, refused[0].stderr
+    assert "rank 0" in refused[1].stderr and f"pid {holder.pid}" in refused[1].stderr

@@ -103,7 +103,10 @@ class RunLock:
 
     def release(self) -> None:
         if self._fd is not None:
-            os.close(self._fd)  # closing the descriptor drops the flock
+            # Emptied, not deleted: deleting a lock file lets a waiting process lock the old file
+            # while a new one locks a new file. Closing the descriptor drops the flock.
+            os.ftruncate(self._fd, 0)
+            os.close(self._fd)
             self._fd = None
 
 
