@@ -9,7 +9,9 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-API_FLAGS = ("base_url", "api_key_env", "concurrency", "max_retries", "timeout", "send_top_k")  # into backend_options
+API_FLAGS = (
+    "base_url", "api_key_env", "concurrency", "max_retries", "timeout", "send_top_k", "max_response_bytes", "max_output_chars",
+)  # into backend_options; fmt: skip
 VLLM_FLAGS = ("tensor_parallel_size",)  # into backend_options
 
 
@@ -20,7 +22,9 @@ def add_backend_flags(p: argparse.ArgumentParser) -> None:
     api.add_argument("--api-key-env", metavar="VAR", help="environment variable holding the API key (default OPENAI_API_KEY)")
     api.add_argument("--concurrency", type=int, help="requests in flight (default 8); one call carries a stage of --batch-size items, so keep --batch-size >= this")
     api.add_argument("--max-retries", type=int, help="retries after 429, 5xx, timeouts, broken connections (default 5)")
-    api.add_argument("--timeout", type=float, help="seconds to connect, send, or wait for the reply (default 60)")
+    api.add_argument("--timeout", type=float, help="seconds for a whole request, from sending it to the reply's last byte (default 60)")
+    api.add_argument("--max-response-bytes", type=int, metavar="N", help="largest reply read, once decoded (default 1048576); a larger one is an item error")
+    api.add_argument("--max-output-chars", type=int, metavar="N", help="longest answer kept (default 32000); a longer one is cut and is an item error")
     api.add_argument(
         "--send-top-k", action="store_true", default=None,
         help="send the preset's top_k (paper: 80) too; vLLM's server accepts it, the OpenAI API does not (default: not sent)",

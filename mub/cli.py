@@ -16,7 +16,9 @@ def _cmd_build(args: argparse.Namespace) -> int:
 
     synthetic = args.release is None
     release = sample_release_dir() if synthetic else args.release
-    summary = export_release(release, args.out, allow_truncated=args.allow_truncated, synthetic=synthetic)
+    summary = export_release(
+        release, args.out, allow_truncated=args.allow_truncated, synthetic=synthetic, overwrite=args.overwrite
+    )
     print(format_build_summary(summary))
     if args.push_to_hub:
         print(f"uploaded: {push_to_hub(args.out, args.push_to_hub)}")
@@ -46,6 +48,7 @@ def _add_build(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--release", help="MUB release folder (default: the embedded synthetic sample)")
     p.add_argument("--out", required=True, help="output folder (Parquet per config + README.md)")
     p.add_argument("--allow-truncated", action="store_true", help="keep complete records of files cut off mid-record")
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier `mub build` output in --out")
     p.add_argument("--push-to-hub", metavar="REPO_ID", help="upload the folder to this Hub dataset repository")
     p.set_defaults(func=_cmd_build)
 
@@ -149,7 +152,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
         raise ValueError(f"{exc}; install the plotting extra: pip install 'mub[report]'") from exc
 
     report = build_report(args.run_dirs, paper=args.paper, n_boot=args.bootstrap, seed=args.seed)
-    files = write_report(report, args.out)
+    files = write_report(report, args.out, overwrite=args.overwrite)
     print(f"wrote {files.markdown}, {files.html} and {len(files.images)} plots")
     return 0
 
@@ -161,6 +164,7 @@ def _add_report(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--paper", action="store_true", help="add the paper's models as reference points and table")
     p.add_argument("--bootstrap", type=int, default=2000, help="paired-bootstrap resamples for run comparisons")
     p.add_argument("--seed", type=int, default=0, help="paired-bootstrap seed")
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier `mub report` output in --out")
     p.set_defaults(func=_cmd_report)
 
 
@@ -173,13 +177,31 @@ def _cmd_submit(args: argparse.Namespace) -> int:
     )
 
     submission = build_submission(args.run_dirs)
-    files = write_submission(submission, args.out)
+    # Naming the upload first: a model that cannot be named on the Hub stops before anything is written.
+    targets = upload_paths(submission, model_name=args.model_name) if args.to else ()
+    files = write_submission(submission, args.out, overwrite=args.overwrite)
     print("wrote " + ", ".join(map(str, files)))
-    if args.to and args.dry_run:
-        print(f"dry run: would upload to dataset {args.to} as " + ", ".join(upload_paths(submission)))
-    elif args.to:
-        print(f"uploaded to dataset {args.to}: " + ", ".join(upload(submission, files, args.to)))
+    if not args.to:
+        return 0
+    plan = f"upload to Hub dataset repository {args.to}:\n" + "\n".join(
+        f"  {file} -> {target}" for file, target in zip(files, targets)
+    )
+    if args.dry_run:
+        print(f"dry run: would {plan}")
+        return 0
+    print(f"about to {plan}")
+    if not args.yes:
+        _confirm_upload()
+    print(f"uploaded to dataset {args.to}: " + ", ".join(upload(submission, files, args.to, targets)))
     return 0
+
+
+def _confirm_upload() -> None:
+    """Ask on the terminal; without one (a script, a pipe) refuse: publishing is never a default."""
+    if not sys.stdin or not sys.stdin.isatty():
+        raise ValueError("not uploading: no terminal to confirm on; pass --yes to upload without asking")
+    if input("upload these files? [y/N] ").strip().lower() not in ("y", "yes"):
+        raise ValueError("not uploading: not confirmed")
 
 
 def _add_submit(sub: argparse._SubParsersAction) -> None:
@@ -187,6 +209,9 @@ def _add_submit(sub: argparse._SubParsersAction) -> None:
     p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="a model's finished run folders, one per config")
     p.add_argument("--to", metavar="REPO_ID", help="upload to this Hub dataset repository")
     p.add_argument("--dry-run", action="store_true", help="write the files only, upload nothing")
+    p.add_argument("--yes", action="store_true", help="upload without asking for confirmation")
+    p.add_argument("--model-name", metavar="OWNER/NAME", help="the model's Hub id in repository paths (needed when the runs used a local model path)")
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier submission file at --out")
     p.add_argument("--out", default="submission.json", help="results file (the snippet goes beside it as *.model-index.yaml)")
     p.set_defaults(func=_cmd_submit)
 

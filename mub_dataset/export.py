@@ -9,6 +9,7 @@ Layout of the output folder::
 ``load_dataset(OUT, "implicit")`` then works offline, and ``push_to_hub``
 uploads the folder as it is. The folder is written under a temporary name and
 renamed when complete, so a killed build never leaves a half-written export.
+A folder that ``mub build`` did not make is never replaced.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from .card import render_card
 from .features import CONFIGS
-from .files import staged_folder
+from .files import MARKER_FILE, check_output_folder, staged_folder
 from .loading import build_from_release
 from .release import read_release
 
@@ -52,11 +53,16 @@ def export_release(
     *,
     allow_truncated: bool = False,
     synthetic: bool = False,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
-    """Export every non-empty config of a release; returns the build summary."""
+    """Export every non-empty config of a release; returns the build summary.
+
+    ``out_dir`` must be new, empty, or an earlier ``mub build`` output (replaced only with ``overwrite``).
+    """
     out_dir = Path(out_dir)
+    check_output_folder(out_dir, "build", overwrite=overwrite)
     summary = read_release(release_dir, allow_truncated=allow_truncated).summary()
-    with staged_folder(out_dir) as staging, tempfile.TemporaryDirectory() as cache_dir:
+    with staged_folder(out_dir, "build", overwrite=overwrite) as staging, tempfile.TemporaryDirectory() as cache_dir:
         everything = build_from_release(release_dir, "explicit", cache_dir=cache_dir, allow_truncated=allow_truncated)
         # Config membership needs only these columns: no image is decoded to decide it.
         rows = everything.select_columns(["source", "misleading_notes", "guiding_notes"]).to_list()
@@ -79,6 +85,6 @@ def push_to_hub(out_dir: str | Path, repo_id: str, private: bool = False) -> str
 
     api = HfApi()
     api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
-    info = api.upload_folder(folder_path=str(out_dir), repo_id=repo_id, repo_type="dataset")
+    info = api.upload_folder(folder_path=str(out_dir), repo_id=repo_id, repo_type="dataset", ignore_patterns=[MARKER_FILE])
     return str(info)
 

@@ -9,16 +9,80 @@ what is wrong and how to fix it; the reader adds file and item.
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 from typing import Any, Mapping
 
 from .features import MULTIPLE_CHOICE, YES_NO, difficulty_for
 
 YES_NO_CHOICES = ["Yes", "No"]
+MIN_MISLED, MAX_MISLED = 6, 12  # MUB keeps items that misled at least 6 of its 12 reference models
 
 
 class RecordError(ValueError):
     """A released record that cannot become a MUB row."""
+
+
+# The release format, field by field: the JSON types each field may have ("null" allowed only where listed).
+_TEXT = (str,)
+FIELD_TYPES: dict[str, tuple[tuple[type, ...], bool]] = {  # field -> (types, may be null or absent)
+    "question": (_TEXT, False),
+    "answer": (_TEXT, False),
+    "new_id": (_TEXT, False),
+    "dataset": (_TEXT, False),
+    "question_type_CHorYN": (_TEXT, False),
+    "num": ((int,), False),
+    "choices": ((dict,), True),
+    "all_category": (_TEXT, True),
+    "model": (_TEXT, True),
+    "guide": (_TEXT, True),
+    "response": ((str, int), True),  # some released responses are bare numbers
+    "question_correction": (_TEXT, True),
+    "closed_model_response_F": (_TEXT, True),
+    "closed_model_response_T": (_TEXT, True),
+}
+_JSON_NAMES = {str: "a string", int: "a whole number", dict: "an object", list: "a list", float: "a number",
+               bool: "true/false", type(None): "null"}  # fmt: skip
+
+
+def _shown(value: Any) -> str:
+    text = json.dumps(value, ensure_ascii=False) if _json_safe(value) else repr(value)
+    return f"{_JSON_NAMES.get(type(value), type(value).__name__)} ({text if len(text) <= 40 else text[:37] + '...'})"
+
+
+def _json_safe(value: Any) -> bool:
+    try:
+        json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
+def check_field_types(record: Mapping[str, Any]) -> None:
+    """Refuse a field of the wrong JSON type, before any value is converted.
+
+    Without this, ``"question": null`` became the question "None", a list its
+    Python repr, ``"num": 7.9`` the count 7, and ``1e400`` an ``OverflowError``.
+    """
+    for field, (types, optional) in FIELD_TYPES.items():
+        value = record.get(field)
+        if value is None:
+            if optional:
+                continue
+            raise RecordError(f"{field} is {'missing' if field not in record else 'null'}; give it as {_JSON_NAMES[types[0]]}")
+        if isinstance(value, bool) or not isinstance(value, types):
+            expected = " or ".join(_JSON_NAMES[t] for t in types)
+            raise RecordError(f"{field} is {_shown(value)}; it must be {expected}: correct the record")
+    if not record["question"].strip():
+        raise RecordError("question is empty; give the question text")
+    if not MIN_MISLED <= record["num"] <= MAX_MISLED:
+        raise RecordError(
+            f"num is {record['num']}; it counts the reference models misled on the item, a whole number from "
+            f"{MIN_MISLED} to {MAX_MISLED}: correct the record"
+        )
+    for letter, text in (record.get("choices") or {}).items():
+        if not isinstance(text, str) or not text.strip():
+            raise RecordError(f"choices[{letter!r}] is {_shown(text)}; each option must be a non-empty string")
 
 
 def item_key(record: Mapping[str, Any]) -> tuple[str, str]:
@@ -88,6 +152,8 @@ def choices_of(record: Mapping[str, Any], question_type: str) -> list[str]:
         keys = sorted(str(k).strip().upper() for k in raw)
         if keys != letters(len(keys)):
             raise RecordError(f"choices letters {keys} must run A, B, C, ... without gaps")
+        if len(keys) < 2:
+            raise RecordError(f"choices has {len(keys)} option; a multiple-choice item needs at least two: add the others")
         by_letter = {str(k).strip().upper(): str(v) for k, v in raw.items()}
         return [by_letter[letter] for letter in keys]
     inline = split_inline_options(str(record["question"]))
@@ -181,18 +247,15 @@ def normalise_record(record: Mapping[str, Any], notes_record: Mapping[str, Any] 
     ``notes_record`` is the same item's record in an implicit file, if any:
     notes come from it; everything else from ``record``.
     """
-    for field in ("question", "answer", "new_id", "dataset", "num", "question_type_CHorYN"):
-        if field not in record:
-            raise RecordError(f"record has no {field!r} field")
+    check_field_types(record)
+    if notes_record is not None:
+        check_field_types(notes_record)
     question_type = question_type_of(record)
     choices = choices_of(record, question_type)
     answer = normalise_answer(record["answer"], question_type, choices)
     labels = YES_NO_CHOICES if question_type == YES_NO else letters(len(choices))
-    try:
-        misled_count = int(record["num"])
-        difficulty = difficulty_for(misled_count)
-    except (TypeError, ValueError) as exc:
-        raise RecordError(f"num {record['num']!r} is not a count between 6 and 12") from exc
+    misled_count = record["num"]
+    difficulty = difficulty_for(misled_count)
     image_path, question = item_key(record)
     row_id = item_id(image_path, question)
     misleading_answer, misleading_source = misleading_answer_of(row_id, answer, labels, record.get("guide"))

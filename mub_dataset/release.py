@@ -195,7 +195,11 @@ def resolve_image(root: Path, image_path: str) -> Path:
 
 
 def read_image_bytes(path: Path, item: str) -> bytes:
-    """The image file's bytes, after checking that Pillow can decode it."""
+    """The image file's bytes, after checking that Pillow decodes all of it.
+
+    ``load()``, not only ``verify()``: ``verify()`` reads the headers and
+    accepts a JPEG cut off mid-scan, which then fails at run time.
+    """
     try:
         data = path.read_bytes()
     except FileNotFoundError:
@@ -204,8 +208,8 @@ def read_image_bytes(path: Path, item: str) -> bytes:
         raise ReleaseError(f"{item}: image {path} cannot be read ({exc})") from exc
     try:
         with Image.open(io.BytesIO(data)) as image:
-            image.verify()
-    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
+            image.load()
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
         raise ReleaseError(f"{item}: image {path} is not a readable image ({exc}); replace the file") from exc
     return data
 

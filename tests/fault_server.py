@@ -20,6 +20,10 @@ empty) and uses up one of its ``times`` (``times=None``: lasts until
 - ``"echo_auth"``: 500 whose body repeats the request's ``Authorization`` header
   (a server that leaks the key back: the client must redact it)
 - ``"status"``: ``status`` with ``body``
+- ``"answer"``: 200 whose answer is ``body`` (a huge one, or one repeating the key)
+- ``"gzip_bomb"``: 200 with ``Content-Encoding: gzip`` whose body inflates to ``bomb_bytes`` zero bytes
+- ``"trickle"``: 200 whose healthy body is sent one byte every ``stall`` seconds;
+  ``trickled`` counts the bytes sent before the client went away
 """
 
 from __future__ import annotations
@@ -28,9 +32,12 @@ import hashlib
 import json
 import re
 import socket
+import sys
 import threading
 import time
+import zlib
 from dataclasses import dataclass
+from functools import lru_cache
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable
 
@@ -44,6 +51,7 @@ class Fault:
     status: int = 500
     body: str = "internal error"
     stall: float = 2.0
+    bomb_bytes: int = 64 << 20
 
 
 @dataclass
@@ -71,6 +79,15 @@ def healthy_answer(prompt: str) -> str:
     return options[hashlib.sha256(prompt.encode()).digest()[0] % len(options)]
 
 
+@lru_cache(maxsize=2)
+def gzip_bomb(size: int) -> bytes:
+    """A gzip stream of ``size`` zero bytes (about 1/1000 of that), compressed piecewise."""
+    compressor = zlib.compressobj(9, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+    chunk = bytes(1 << 20)
+    parts = [compressor.compress(chunk[: min(len(chunk), size - done)]) for done in range(0, size, len(chunk))]
+    return b"".join(parts) + compressor.flush()
+
+
 def completion(content: str | None, model: str) -> dict[str, Any]:
     message = {"role": "assistant", "content": content}
     return {
@@ -82,6 +99,13 @@ def completion(content: str | None, model: str) -> dict[str, Any]:
     }
 
 
+class _QuietHTTPServer(ThreadingHTTPServer):
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        if isinstance(sys.exc_info()[1], (BrokenPipeError, ConnectionResetError)):
+            return  # a client that gave up on a reply (a cut bomb, a deadline): expected here
+        super().handle_error(request, client_address)
+
+
 class FaultServer:
     """Start with :meth:`start` (or ``with``), stop with :meth:`stop`; ``base_url`` ends in ``/v1``."""
 
@@ -91,10 +115,11 @@ class FaultServer:
         self.received: list[Received] = []
         self.in_flight = 0
         self.max_in_flight = 0
+        self.trickled: list[int] = []  # bytes each trickled reply sent before it ended
         self._faults: list[Fault] = []
         self._lock = threading.Lock()
         self._stopping = threading.Event()
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), _handler_for(self))
+        self._httpd = _QuietHTTPServer(("127.0.0.1", 0), _handler_for(self))
         self._httpd.daemon_threads = True  # a stalled handler never blocks stop()
         # A short poll interval makes stop() prompt.
         self._thread = threading.Thread(
@@ -209,11 +234,37 @@ def _handler_for(server: FaultServer) -> type[BaseHTTPRequestHandler]:
                 self._send(200, json.dumps({"object": "chat.completion", "choices": []}))
             elif kind == "empty":
                 self._send(200, json.dumps(completion("", body["model"])))
+            elif kind == "answer":
+                self._send(200, json.dumps(completion(fault.body, body["model"])))
+            elif kind == "gzip_bomb":
+                self._send_bytes(200, gzip_bomb(fault.bomb_bytes), {"Content-Encoding": "gzip"})
+            elif kind == "trickle":
+                self._trickle(json.dumps(completion(healthy_answer(prompt_of(body)), body["model"])).encode(), fault.stall)
             else:
                 self._send(200, json.dumps(completion(server.answer(prompt_of(body)), body["model"])))
 
         def _send(self, status: int, text: str, headers: dict[str, str] | None = None) -> None:
-            data = text.encode()
+            self._send_bytes(status, text.encode(), headers)
+
+        def _trickle(self, data: bytes, interval: float) -> None:
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            sent = 0
+            try:
+                for byte in data:
+                    self.wfile.write(bytes([byte]))
+                    self.wfile.flush()
+                    sent += 1
+                    server.wait(interval)
+                    if server._stopping.is_set():
+                        break
+            finally:
+                with server._lock:
+                    server.trickled.append(sent)
+
+        def _send_bytes(self, status: int, data: bytes, headers: dict[str, str] | None = None) -> None:
             self.send_response(status)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(data)))

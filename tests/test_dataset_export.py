@@ -12,6 +12,7 @@ import yaml
 from builders import Mub
 from mub.cli import main as cli_main
 from mub_dataset.export import export_release
+from mub_dataset.files import mark_folder
 from mub_dataset.release import ReleaseError
 
 ROUND_TRIP_CONFIGS = ["explicit", "implicit", "conbench"]
@@ -107,12 +108,12 @@ def test_a_failing_build_leaves_no_partial_folder_and_an_existing_export_untouch
     assert list(fresh.parent.iterdir()) == []
 
     existing = tmp_path / "existing" / "mub"
-    existing.mkdir(parents=True)
+    mark_folder(existing, "build")  # an earlier export, which --overwrite may replace
     (existing / "README.md").write_text("an earlier export\n")
     (existing / "explicit").mkdir()
     (existing / "explicit" / "test-00000-of-00001.parquet").write_bytes(b"earlier parquet")
     before = snapshot(existing)
-    assert cli_main(["build", "--release", str(release), "--out", str(existing)]) == 2
+    assert cli_main(["build", "--release", str(release), "--out", str(existing), "--overwrite"]) == 2
     assert snapshot(existing) == before
     assert sorted(p.name for p in existing.parent.iterdir()) == ["mub"]
 
@@ -130,6 +131,6 @@ def test_a_rebuilt_export_is_not_served_from_the_stale_datasets_cache(tmp_path):
     dropped = next(r for r in records if r["num"] == 7)  # implicit files hold no num-7 items
     kept = [r for r in records if (r["new_id"], r["question"]) != (dropped["new_id"], dropped["question"])]
     main.write_text(json.dumps(kept, ensure_ascii=False), encoding="utf-8")
-    export_release(release, out)
+    export_release(release, out, overwrite=True)
     after = datasets.load_dataset(str(out), "explicit", split="test", cache_dir=str(cache))
     assert len(after) == len(before) - 1

@@ -27,6 +27,7 @@ from PIL import Image
 from mub.backends import openai_backend
 from mub.backends.base import Request
 from mub.backends.openai_backend import (
+    SERVER_TEXT_LIMIT,
     ApiSettings,
     OpenAIBackend,
     completion_text,
@@ -130,7 +131,9 @@ def test_lasting_failure_is_an_error_keeping_the_server_text(server):
     failed = generations[1]
     assert failed.text == "" and failed.extra["attempts"] == 3
     assert failed.error.startswith("HTTP 500: upstream exploded: xxx") and "after 3 attempts" in failed.error
-    assert "[4019 more characters]" in failed.error and len(failed.error) < 1200
+    # A short excerpt, never the raw body.
+    assert f"[{len(body) - SERVER_TEXT_LIMIT} more characters]" in failed.error
+    assert len(failed.error) < SERVER_TEXT_LIMIT + 100
     assert sum(r.fault == "500" for r in server.received) == 3
 
 
@@ -246,7 +249,7 @@ def test_a_key_unfit_for_a_header_is_refused_without_showing_it(server, monkeypa
 
 def test_a_key_echoed_at_the_truncation_edge_leaves_no_piece(server, api_key):
     backend = _backend(server)
-    for offset in (960, 980, 990, 995, 999, 1000):  # the key straddles character 1000 of the kept text
+    for offset in range(SERVER_TEXT_LIMIT - 40, SERVER_TEXT_LIMIT + 1, 5):  # the key straddles the cut of the kept text
         server.add("status", status=401, body="x" * offset + f"{SECRET} invalid credentials: Bearer {SECRET}")
         [generation] = backend.generate(_requests(1))
         assert generation.error.startswith("HTTP 401: xxx") and "more characters]" in generation.error
@@ -260,10 +263,10 @@ def test_exception_texts_are_redacted_in_every_escaped_form_and_local_errors_not
     for form in (secret, repr(secret), repr(secret.encode()), json.dumps(secret), quote(secret, safe="")):
         assert backend.redact(f"<{form}>") in ("<[REDACTED]>", "<'[REDACTED]'>", "<b'[REDACTED]'>", '<"[REDACTED]">'), form
 
-    def failing_post(url, **kwargs):
+    def failing_post(method, url, **kwargs):
         calls.append(url)
         raise error
-    monkeypatch.setattr(backend._client, "post", failing_post)
+    monkeypatch.setattr(backend._client, "stream", failing_post)
     for error, expected in [
         (httpx.LocalProtocolError(f"Illegal header value {('Bearer ' + secret).encode()!r}"), "invalid request (LocalProtocolError"),
         (RuntimeError(json.dumps({"auth": secret})), "request failed (RuntimeError"),
@@ -347,7 +350,8 @@ def test_failures_are_counted_resumed_to_the_clean_result_and_the_key_never_leak
     assert faulty["run"]["backend_info"] == {
         "backend": "openai", "model": "fault-model", "base_url": server.base_url, "api_key_env": KEY_ENV,
         "concurrency": 4, "max_retries": 2, "timeout": 0.5, "backoff_base": 0.5, "backoff_max": 60.0,
-        "max_retry_after": 300.0, "image_format": "png", "send_top_k": False, "api_key_set": True,
+        "max_retry_after": 300.0, "image_format": "png", "send_top_k": False, "max_response_bytes": 1 << 20,
+        "max_output_chars": 32000, "api_key_set": True,
     }  # fmt: skip
 
     assert {"429", "500", "stall", "drop", "malformed", "echo_auth"} <= {r.fault for r in server.received}

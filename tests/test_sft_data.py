@@ -173,13 +173,18 @@ def test_exclusion_of_a_real_mub_run_uses_its_ids_and_image_hashes(tmp_path):
     assert len(_ids(tmp_path / "sft")) == 160 - 12
 
 
-def test_refuses_a_non_empty_out_without_overwrite(tmp_path, capsys):
+def test_replaces_only_its_own_output_and_only_with_overwrite(tmp_path, capsys):
     (tmp_path / "sft").mkdir()
     (tmp_path / "sft" / "keep.txt").write_text("mine")
-    assert main(["sft-data", "--out", str(tmp_path / "sft"), "--size", "10"]) == 2
-    assert "not empty" in capsys.readouterr().err
-    assert main(["sft-data", "--out", str(tmp_path / "sft"), "--size", "10", "--overwrite"]) == 0
-    assert not (tmp_path / "sft" / "keep.txt").exists()
+    for extra in ([], ["--overwrite"]):  # a folder mub did not make: never replaced
+        assert main(["sft-data", "--out", str(tmp_path / "sft"), "--size", "10", *extra]) == 2
+        assert "did not write" in capsys.readouterr().err
+    assert (tmp_path / "sft" / "keep.txt").read_text() == "mine"
+    out = tmp_path / "sft-own"
+    assert main(["sft-data", "--out", str(out), "--size", "10"]) == 0
+    assert main(["sft-data", "--out", str(out), "--size", "10"]) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    assert main(["sft-data", "--out", str(out), "--size", "10", "--overwrite"]) == 0
 
 
 def test_an_exclude_that_is_neither_a_run_nor_a_dataset_is_a_clear_error(tmp_path, capsys):

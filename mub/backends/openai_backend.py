@@ -19,6 +19,14 @@ enough and need no event loop (which would clash with callers already running
 one, such as notebooks). At most ``concurrency`` requests of a call are in
 flight, and a free thread takes the call's next request at once.
 
+Bounds: a reply is read as a stream and decoded here (gzip or deflate, the
+only encodings asked for), at most ``max_response_bytes`` decoded bytes
+(default 1 MiB), so a compressed bomb never inflates in memory; ``timeout``
+is a deadline for the whole request (from sending it to the last byte of the
+reply), so a server that trickles its reply is cut at ``timeout``; and the
+stored answer is at most ``max_output_chars`` characters (default 32000).
+A breach is an item error, like any other failure below.
+
 Failures: 429, 408, 5xx, timeouts, broken connections and unreadable bodies
 (invalid JSON, no ``choices``) are retried with exponential backoff and
 jitter (each wait at most ``backoff_max``), never sooner than the server's
@@ -27,7 +35,8 @@ server asking for more than ``max_retry_after`` seconds (default 300) is not
 waited for: that request fails at once. What still fails, and any other
 status, an empty answer, or an error raised while building the request
 (such as h11's ``LocalProtocolError``), becomes ``Generation(error=...)``
-with the server's text kept (key redacted, then truncated): the runner counts
+with a short excerpt of the server's text (key redacted, at most
+``SERVER_TEXT_LIMIT`` characters; a raw body is never kept): the runner counts
 it as an error and ``--resume`` asks again.
 
 The API key is read from the environment variable named by ``api_key_env``,
@@ -37,24 +46,32 @@ holds characters other than visible ASCII cannot go into an HTTP header and
 is refused when the backend is built, with a message that does not show the
 key. The key goes only into the ``Authorization`` header: ``describe()`` names
 the variable, never its value, and every error or log text, including that of
-any exception raised while sending, passes through
-:meth:`OpenAIBackend.redact`, which also catches the key's escaped forms
-(Python ``repr``, bytes ``repr``, JSON, percent-encoding).
+any exception raised while sending, and every answer of the model, passes
+through :meth:`OpenAIBackend.redact`, which catches the key in any letter case,
+split by white space or line breaks, with characters escaped (``\\uXXXX``,
+``\\xXX``, percent-encoding) and base64-encoded at any offset (alone, or as
+``Bearer <key>``). Keys shorter than ``MIN_REDACTED_KEY`` characters are not
+redacted (that would mangle ordinary words): a warning says so instead.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import os
 import random
+import re
+import socket as socket_module
+import threading
 import time
+import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, fields
 from datetime import datetime, timezone
 from email.utils import parsedate_to_datetime
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
-from urllib.parse import quote, urlsplit, urlunsplit
+from urllib.parse import urlsplit, urlunsplit
 
 from mub.backends import common
 from mub.backends.base import Generation, Request
@@ -68,8 +85,15 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 RETRYABLE_STATUS = frozenset({408, 409, 425, 429})  # plus every 5xx
-SERVER_TEXT_LIMIT = 1000  # characters of a server's reply kept in an error
+SERVER_TEXT_LIMIT = 300  # characters of a server's reply kept in an error
 REDACTED = "[REDACTED]"
+MIN_REDACTED_KEY = 8  # shorter keys are not redacted: "e" would turn "expected" into "[REDACTED]xp[REDACTED]cted"
+MAX_RESPONSE_BYTES = 1 << 20
+MAX_OUTPUT_CHARS = 32_000
+# Redaction scans about 0.5 MB/s: a text cut to N characters is redacted over its first N + this many only.
+# The margin keeps whole any key form that starts before the cut (a form is at most ~8 characters per key character).
+REDACT_MARGIN = 4096
+CONTENT_ENCODINGS = "gzip, deflate"  # the only ones asked for, and decoded here under the size cap
 
 
 @dataclass(frozen=True)
@@ -80,13 +104,15 @@ class ApiSettings:
     api_key_env: str = "OPENAI_API_KEY"
     concurrency: int = 8
     max_retries: int = 5
-    timeout: float = 60.0  # seconds for each of connect, write, and every read
+    timeout: float = 60.0  # seconds for a whole request: connect, send, and read the complete reply
     backoff_base: float = 0.5  # first retry waits 0.25-0.5 s, doubling each time
     backoff_max: float = 60.0  # no backoff wait is longer; a server's Retry-After may ask for more
     max_retry_after: float = 300.0  # a longer Retry-After is not waited for: the request fails at once
     image_format: str = "png"  # "png" (lossless) or "jpeg" (smaller for photographs)
     # top_k is no OpenAI chat parameter; vLLM's server (and some others) accept it, others reject the request.
     send_top_k: bool = False
+    max_response_bytes: int = MAX_RESPONSE_BYTES  # decoded bytes of a reply; a longer one is an item error
+    max_output_chars: int = MAX_OUTPUT_CHARS  # characters of an answer kept; a longer one is cut, and an item error
 
     def validate(self) -> None:
         if not self.base_url:
@@ -97,6 +123,8 @@ class ApiSettings:
             raise ValueError("--concurrency must be at least 1 and --max-retries at least 0")
         if self.timeout <= 0 or min(self.backoff_base, self.backoff_max, self.max_retry_after) < 0:
             raise ValueError("--timeout must be positive and backoff times not negative")
+        if self.max_response_bytes < 1 or self.max_output_chars < 1:
+            raise ValueError("--max-response-bytes and --max-output-chars must be at least 1")
         common.check_image_format(self.image_format)
 
 
@@ -112,14 +140,18 @@ class RequestFailed(Exception):
 def server_text(text: str, limit: int = SERVER_TEXT_LIMIT, redact: Callable[[str], str] | None = None) -> str:
     """A server's reply for an error message: redacted, whitespace-collapsed, and cut to ``limit`` characters.
 
-    Redaction comes first: cutting first could leave part of a key at the edge.
+    Redaction comes before the cut at ``limit`` (cutting first could leave part
+    of a key at the edge); only the first ``limit + REDACT_MARGIN`` characters
+    are redacted, as the rest is dropped anyway.
     """
+    unread = max(0, len(text) - limit - REDACT_MARGIN)
+    text = text[: limit + REDACT_MARGIN]
     if redact is not None:
         text = redact(text)
     text = " ".join(text.split())
-    if len(text) <= limit:
+    if len(text) <= limit and not unread:
         return text
-    return f"{text[:limit]}... [{len(text) - limit} more characters]"
+    return f"{text[:limit]}... [{len(text) - limit + unread} more characters]"
 
 
 def retry_after_seconds(headers: Mapping[str, str], now: datetime | None = None) -> float | None:
@@ -216,22 +248,51 @@ def read_api_key(variable: str) -> str:
     return key
 
 
-def key_forms(key: str) -> list[str]:
-    """``key`` as it may appear in a text: raw, and escaped by ``repr``, bytes ``repr``, JSON, or URL quoting.
+# Between two characters of a key: white space or an escaped line break (a wrapped or split key).
+_KEY_GAP = r"(?:\s|\\[nrt])*"
 
-    Longest first, so that replacing them in order leaves no piece of a longer form behind.
+
+def _spelled(text: str) -> str:
+    """A pattern for ``text``, each character raw, backslash-escaped (``\\"``), ``\\uXXXX``, ``\\xXX`` or ``%XX``; gaps allowed."""
+    parts = []
+    for char in text:
+        code = ord(char)
+        # An escape may itself be escaped once more (JSON holding a JSON-escaped text: "\\\\u0073").
+        forms = [r"\\?" + re.escape(char), rf"\\{{1,2}}u{code:04x}"]
+        forms += [rf"\\{{1,2}}x{code:02x}", f"%{code:02x}"] if code < 256 else []
+        parts.append("(?:" + "|".join(forms) + ")")
+    return _KEY_GAP.join(parts)
+
+
+def base64_cores(key: str) -> set[str]:
+    """The base64 characters that depend on ``key`` alone, at each of the three byte offsets it can start at.
+
+    ``base64(prefix + key + suffix)`` holds one of these whatever the prefix
+    (``"Bearer "``, ``"user:"``, nothing) and suffix; standard and URL-safe alphabets.
     """
-    if not key:
-        return []
-    forms = {
-        key,
-        repr(key)[1:-1],
-        repr(key.encode("utf-8", "backslashreplace"))[2:-1],
-        json.dumps(key)[1:-1],
-        json.dumps(key, ensure_ascii=False)[1:-1],
-        quote(key, safe=""),
-    }
-    return sorted(forms, key=len, reverse=True)
+    data = key.encode("utf-8")
+    cores = set()
+    for offset in range(3):
+        encoded = base64.b64encode(b"\0" * offset + data).decode("ascii")
+        first = -(-offset * 8 // 6)  # the first character with no prefix bit in it
+        last = (offset + len(data)) * 8 // 6  # characters before this one hold no bit past the key
+        core = encoded[first:last]
+        cores |= {core, core.translate(str.maketrans("+/", "-_"))}
+    return {core for core in cores if core}
+
+
+def key_pattern(key: str) -> re.Pattern[str] | None:
+    """A pattern matching ``key`` as it may appear in a text, or ``None`` for a key too short to redact.
+
+    Any letter case (a body that upper-cases what it echoes), split by white
+    space or line breaks, escaped character by character (JSON, ``repr``,
+    URL quoting) and base64-encoded (an echoed ``Authorization`` header).
+    Longest alternatives first, so no piece of a longer form is left behind.
+    """
+    if len(key) < MIN_REDACTED_KEY:
+        return None
+    forms = sorted({_spelled(key), *(_spelled(core) for core in base64_cores(key))}, key=len, reverse=True)
+    return re.compile("|".join(forms), re.IGNORECASE)
 
 
 def _public_url(url: str) -> str:
@@ -257,7 +318,14 @@ class OpenAIBackend:
         self.decoding = decoding
         self._rng = random.Random()  # jitter only: unseeded on purpose, so clients spread out
         self._api_key = read_api_key(settings.api_key_env)
-        self._key_forms = key_forms(self._api_key)
+        self._key_pattern = key_pattern(self._api_key)
+        if self._api_key and self._key_pattern is None:
+            logger.warning(
+                "the API key in $%s has fewer than %d characters: it is not redacted from errors and answers "
+                "(redacting so short a string would mangle ordinary text)",
+                settings.api_key_env,
+                MIN_REDACTED_KEY,
+            )
         self._endpoint = settings.base_url.rstrip("/") + "/chat/completions"
         self._client = self._make_client()
         self._pool = ThreadPoolExecutor(max_workers=settings.concurrency, thread_name_prefix="mub-openai")
@@ -269,7 +337,9 @@ class OpenAIBackend:
             import httpx
         except ImportError:
             raise ImportError("--backend openai needs httpx: pip install 'mub[api]'") from None
-        headers = {"Authorization": f"Bearer {self._api_key}"} if self._api_key else {}
+        headers = {"Accept-Encoding": CONTENT_ENCODINGS}
+        if self._api_key:
+            headers["Authorization"] = f"Bearer {self._api_key}"
         connections = self.settings.concurrency
         return httpx.Client(
             headers=headers,
@@ -278,10 +348,10 @@ class OpenAIBackend:
         )
 
     def redact(self, text: str) -> str:
-        """``text`` with the API key, raw or escaped, replaced: for anything that is logged or recorded."""
-        for form in self._key_forms:
-            text = text.replace(form, REDACTED)
-        return text
+        """``text`` with the API key, in any of its forms (:func:`key_pattern`), replaced: for anything logged or recorded."""
+        if self._key_pattern is None:
+            return text
+        return self._key_pattern.sub(REDACTED, text)
 
     def generate(self, requests: Sequence[Request]) -> list[Generation]:
         # Encoding here, in the caller's thread, keeps the image cache single-threaded.
@@ -335,8 +405,21 @@ class OpenAIBackend:
                     continue
                 error = f"{reason} (after {attempt} attempt{'s' if attempt > 1 else ''})"
                 return Generation(text="", seconds=time.perf_counter() - start, error=error, extra={"attempts": attempt})
-            return Generation(text=text, seconds=time.perf_counter() - start, extra={**extra, "attempts": attempt})
+            return self._answer(text, time.perf_counter() - start, {**extra, "attempts": attempt})
         raise AssertionError("unreachable: the last attempt returns")
+
+    def _answer(self, text: str, seconds: float, extra: dict[str, Any]) -> Generation:
+        """The model's answer as stored: key redacted, at most ``max_output_chars`` (a longer one is an item error)."""
+        limit = self.settings.max_output_chars
+        length = len(text)
+        text = self.redact(text[: limit + REDACT_MARGIN])  # redacted before the cut; see server_text
+        if len(text) <= limit and length <= limit + REDACT_MARGIN:
+            return Generation(text=text, seconds=seconds, extra=extra)
+        error = (
+            f"output cut: the answer has {length} characters, more than max_output_chars={limit} "
+            f"(--max-output-chars); the stored output is its first {limit}"
+        )
+        return Generation(text=text[:limit], seconds=seconds, error=error, extra={**extra, "output_chars": length})
 
     def _describe(self, exc: BaseException) -> str:
         return f"{type(exc).__name__}: {self.redact(str(exc))}"
@@ -350,23 +433,104 @@ class OpenAIBackend:
     def _attempt(self, body: dict[str, Any]) -> tuple[str, dict[str, Any]]:
         import httpx
 
+        timeout = self.settings.timeout
+        deadline = time.monotonic() + timeout
         try:
-            response = self._client.post(self._endpoint, json=body)
+            with self._client.stream("POST", self._endpoint, json=body) as response:
+                with _Deadline(response, deadline):
+                    data = read_body(response, self.settings.max_response_bytes, deadline)
         except httpx.TimeoutException as exc:
-            raise RequestFailed(f"timed out after {self.settings.timeout:g}s ({type(exc).__name__})", retryable=True) from None
+            raise RequestFailed(f"timed out after {timeout:g}s ({type(exc).__name__})", retryable=True) from None
         except (httpx.LocalProtocolError, httpx.UnsupportedProtocol) as exc:  # our request is wrong: again is the same
             raise RequestFailed(f"invalid request ({self._describe(exc)})", retryable=False) from None
-        except httpx.RequestError as exc:  # refused, reset, cut off mid-reply, undecodable body
+        except (httpx.RequestError, OSError, ValueError, zlib.error) as exc:  # refused, reset, cut off, cut at the deadline
+            if time.monotonic() >= deadline:
+                raise RequestFailed(f"timed out: no complete reply within {timeout:g}s (--timeout)", retryable=True) from None
             raise RequestFailed(f"connection failed ({self._describe(exc)})", retryable=True) from None
+        text = data.decode(response.charset_encoding or "utf-8", errors="replace")
         status = response.status_code
         if 200 <= status < 300:
-            return completion_text(response.text, redact=self.redact)
+            return completion_text(text, redact=self.redact)
         retryable = status in RETRYABLE_STATUS or status >= 500
         raise RequestFailed(
-            f"HTTP {status}: {server_text(response.text, redact=self.redact)}",
+            f"HTTP {status}: {server_text(text, redact=self.redact)}",
             retryable=retryable,
             retry_after=retry_after_seconds(response.headers) if retryable else None,
         )
+
+
+class ReplyTooLarge(RequestFailed):
+    def __init__(self, limit: int) -> None:
+        super().__init__(
+            f"reply larger than {limit} bytes once decoded (--max-response-bytes); not read further", retryable=False
+        )
+
+
+def _decoder(encoding: str) -> "zlib._Decompress | None":
+    """A streaming decoder for a ``Content-Encoding`` (``None``: identity)."""
+    encoding = encoding.strip().lower()
+    if encoding in ("", "identity"):
+        return None
+    if encoding in ("gzip", "x-gzip"):
+        return zlib.decompressobj(16 + zlib.MAX_WBITS)
+    if encoding == "deflate":
+        return zlib.decompressobj(32 + zlib.MAX_WBITS)  # zlib-wrapped, as RFC 9110 says (header detected)
+    raise RequestFailed(f"reply in Content-Encoding {encoding!r}, which was not asked for", retryable=False)
+
+
+def read_body(response: "httpx.Response", limit: int, deadline: float) -> bytes:
+    """The decoded body, read and inflated piecewise: never more than ``limit`` (+1) decoded bytes in memory.
+
+    ``ReplyTooLarge`` past ``limit``; ``RequestFailed`` (retryable) past ``deadline``.
+    """
+    decoder = _decoder(response.headers.get("content-encoding", ""))
+    body = bytearray()
+    for raw in response.iter_raw():
+        pending = raw
+        while pending:
+            if decoder is None:
+                body += pending
+                pending = b""
+            else:
+                body += decoder.decompress(pending, limit + 1 - len(body))
+                pending = decoder.unconsumed_tail
+            if len(body) > limit:
+                raise ReplyTooLarge(limit)
+        if time.monotonic() >= deadline:
+            raise RequestFailed("timed out: the reply was still arriving at the deadline (--timeout)", retryable=True)
+    if decoder is not None:
+        body += decoder.flush()
+        if len(body) > limit:
+            raise ReplyTooLarge(limit)
+    return bytes(body)
+
+
+class _Deadline:
+    """Shut the reply's socket down at ``deadline``, so a read blocked on a trickling server returns then.
+
+    Each read also has the whole ``--timeout`` as its own timeout, which bounds
+    connecting, sending and waiting for the headers.
+    """
+
+    def __init__(self, response: "httpx.Response", deadline: float) -> None:
+        stream = response.extensions.get("network_stream")
+        self._socket = stream.get_extra_info("socket") if stream is not None else None
+        self._timer = threading.Timer(max(0.0, deadline - time.monotonic()), self._cut)
+        self._timer.daemon = True
+
+    def _cut(self) -> None:
+        try:
+            self._socket.shutdown(socket_module.SHUT_RDWR)
+        except (OSError, AttributeError):
+            pass  # already closed
+
+    def __enter__(self) -> "_Deadline":
+        if self._socket is not None:
+            self._timer.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._timer.cancel()
 
 
 def from_run_config(config: "RunConfig") -> OpenAIBackend:

@@ -38,14 +38,13 @@ from typing import Any, Mapping, Sequence
 import datasets
 
 from mub.extend.release_writer import (
-    check_new_folder,
     hashed_image_path,
     release_record,
     write_release,
 )
 from mub.runs.storage import write_json_atomic
 from mub_dataset.features import MULTIPLE_CHOICE, YES_NO, difficulty_for
-from mub_dataset.files import cell_bytes, staged_folder
+from mub_dataset.files import cell_bytes, check_output_folder, staged_folder
 from mub_dataset.records import (
     RecordError,
     item_id,
@@ -269,7 +268,7 @@ def import_dataset(config: ImportConfig) -> ImportResult:
     """Write the release folder ``config.out``; returns what was imported."""
     config.validate()
     out = Path(config.out)
-    check_new_folder(out, config.overwrite)
+    check_output_folder(out, "import", overwrite=config.overwrite)
     dataset, split = load_user_dataset(config)
     missing = sorted({c.strip() for spec in config.columns.values() for c in spec.split(",")} - set(dataset.column_names))
     if missing:
@@ -310,7 +309,7 @@ def import_dataset(config: ImportConfig) -> ImportResult:
         per_question_type=dict(Counter("yes_no" if r["question_type_CHorYN"] == "YN" else "multiple_choice" for r in rows)),
         per_difficulty=dict(Counter(difficulty_for(r["num"]) or "none" for r in rows)),
     )
-    with staged_folder(out) as staging:
+    with staged_folder(out, "import", overwrite=config.overwrite) as staging:
         write_release(staging, rows, images.items(), _readme(config, split, result))
         write_json_atomic(
             staging / SUMMARY_FILE,

@@ -47,7 +47,7 @@ from mub.extend.release_writer import (
     release_record,
     write_release,
 )
-from mub.runs.runner import load_images
+from mub.runs.runner import LoadedImage, load_images
 from mub.runs.storage import RunFolder, RunFolderError, keep_record, write_json_atomic
 from mub_dataset.files import cell_bytes
 from mub_dataset.loading import SAMPLE, is_release_dir, sample_release_dir
@@ -154,7 +154,7 @@ class NotesFolder(RunFolder):
     """The run files of ``mub notes`` inside the output release: settings and appended item notes."""
 
     def __init__(self, path: str | Path):
-        super().__init__(path, predictions_file=NOTES_FILE)
+        super().__init__(path, predictions_file=NOTES_FILE, command="notes")
         self.settings_path = self.path / SETTINGS_FILE
 
     def prediction_files(self) -> list[Path]:
@@ -302,6 +302,12 @@ def notes_for_items(
     return records
 
 
+def _decoded(loaded: LoadedImage, row: Mapping[str, Any]) -> Image.Image:
+    if loaded.image is None:
+        raise ValueError(f"item {row['id']}: {loaded.error}; fix or replace the image in the dataset")
+    return loaded.image
+
+
 def _check_out_dir(config: NotesConfig) -> None:
     out = Path(config.out)
     root = _release_root(config.dataset)
@@ -318,25 +324,25 @@ def generate_notes(config: NotesConfig, backend: Backend | None = None) -> dict[
     source = load_source(config.dataset, config.limit)
     settings = config.settings(source.info, templates)
     _check_out_dir(config)
-    folder = NotesFolder(config.out)
-    folder.prepare(settings, resume=config.resume, overwrite=config.overwrite)
+    with NotesFolder(config.out) as folder:
+        folder.prepare(settings, resume=config.resume, overwrite=config.overwrite)
 
-    done = {item_id for item_id, record in folder.load_notes().items() if record.error is None}
-    todo = [i for i, row in enumerate(source.rows) if row["id"] not in done]
-    if todo and backend is None:
-        backend = create_backend(config.run_config())
-    with tqdm(total=len(todo), unit="item", desc="mub notes", disable=not config.progress) as progress:
-        for group in chunks(todo, config.batch_size):
-            images = [image for image, _ in load_images(source.dataset, group)]
-            rows = [source.rows[i] for i in group]
-            folder.append_notes(notes_for_items(rows, images, backend, config, templates))
-            progress.update(len(group))
+        done = {item_id for item_id, record in folder.load_notes().items() if record.error is None}
+        todo = [i for i, row in enumerate(source.rows) if row["id"] not in done]
+        if todo and backend is None:
+            backend = create_backend(config.run_config())
+        with tqdm(total=len(todo), unit="item", desc="mub notes", disable=not config.progress) as progress:
+            for group in chunks(todo, config.batch_size):
+                rows = [source.rows[i] for i in group]
+                images = [_decoded(loaded, row) for loaded, row in zip(load_images(source.dataset, group), rows)]
+                folder.append_notes(notes_for_items(rows, images, backend, config, templates))
+                progress.update(len(group))
 
-    backend_info = backend.describe() if backend is not None else None
-    summary = finish_notes(config, source, folder.load_notes(), settings, templates, backend_info)
-    if config.progress:
-        print(format_notes_summary(summary, config.out))
-    return summary
+        backend_info = backend.describe() if backend is not None else None
+        summary = finish_notes(config, source, folder.load_notes(), settings, templates, backend_info)
+        if config.progress:
+            print(format_notes_summary(summary, config.out))
+        return summary
 
 
 # ---------------------------------------------------------------- output

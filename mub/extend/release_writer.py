@@ -44,13 +44,6 @@ def load_items(name: str, flag: str) -> datasets.Dataset:
     return dataset.cast_column("image", datasets.Image(decode=False))
 
 
-def check_new_folder(out: str | Path, overwrite: bool) -> None:
-    """Refuse to replace a non-empty folder unless asked to: it may hold someone's files."""
-    out = Path(out)
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise ValueError(f"--out {out} is not empty; pass --overwrite or choose another folder")
-
-
 def hashed_image_path(data: bytes) -> str:
     """``images/<digest>.<ext>``: a stable release path for an image that has no path of its own."""
     with Image.open(io.BytesIO(data)) as image:

@@ -45,11 +45,11 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import datasets
 
-from mub.extend.release_writer import check_new_folder, load_items
+from mub.extend.release_writer import load_items
 from mub.protocol.parsing import option_labels
 from mub.protocol.prompts import explicit_cue, implicit_cue, render_prompt
 from mub.runs.storage import RunFolder, write_json_atomic
-from mub_dataset.files import cell_bytes, image_digest, staged_folder
+from mub_dataset.files import cell_bytes, check_output_folder, image_digest, staged_folder
 from mub_dataset.loading import SAMPLE
 
 KINDS = ("explicit", "implicit", "plain")
@@ -207,7 +207,7 @@ def build_sft_data(config: SftConfig) -> dict[str, Any]:
     if config.size < 1:
         raise ValueError("--size must be at least 1")
     out = Path(config.out)
-    check_new_folder(out, config.overwrite)
+    check_output_folder(out, "sft-data", overwrite=config.overwrite)
     dataset = load_items(config.dataset, "--dataset")
     rows = dataset.remove_columns("image").to_list()
     digests = [image_digest(cell_bytes(cell)) for cell in dataset["image"]]
@@ -249,11 +249,13 @@ def build_sft_data(config: SftConfig) -> dict[str, Any]:
         "excluded_by_image_only": sum(b and not a for a, b in zip(by_id, by_image)),
         "exclude": exclusions.sources,
     }
-    write_sft_dataset(out, examples, summary)
+    write_sft_dataset(out, examples, summary, overwrite=config.overwrite)
     return summary
 
 
-def write_sft_dataset(out: Path, examples: Sequence[Mapping[str, Any]], summary: Mapping[str, Any]) -> None:
+def write_sft_dataset(
+    out: Path, examples: Sequence[Mapping[str, Any]], summary: Mapping[str, Any], overwrite: bool = False
+) -> None:
     """Both layouts side by side, written under a temporary name and renamed when complete.
 
     ``load_dataset`` refuses a folder with a ``state.json`` at its top, which
@@ -266,7 +268,7 @@ def write_sft_dataset(out: Path, examples: Sequence[Mapping[str, Any]], summary:
     otherwise be served from the cache of the earlier one.
     """
     train = datasets.Dataset.from_list(list(examples), features=FEATURES)
-    with staged_folder(out) as staging:
+    with staged_folder(out, "sft-data", overwrite=overwrite) as staging:
         datasets.DatasetDict({"train": train}).save_to_disk(str(staging))
         parquet = staging / "data" / "train.parquet"
         parquet.parent.mkdir(parents=True)

@@ -27,6 +27,7 @@ from mub.report.rows import KINDS, STATES, ModelRow, RunSummary
 from mub.runs.predictions import ItemPrediction
 from mub.runs.storage import RESULTS_FILE, RunFolder, protocol_name
 from mub_dataset.features import DIFFICULTY_LEVELS
+from mub_dataset.files import staged_folder
 
 NON_METRIC_RESULTS = ("stage1_sampling",)  # results.json entries that are not a config's figures
 MISSING = "–"
@@ -525,17 +526,19 @@ class ReportFiles:
     images: list[Path]
 
 
-def write_report(report: Report, out: str | Path) -> ReportFiles:
-    """Draw the PNGs, then write report.md and report.html next to them."""
+def write_report(report: Report, out: str | Path, overwrite: bool = False) -> ReportFiles:
+    """Draw the PNGs, then write report.md and report.html next to them.
+
+    ``out`` must be new, empty, or an earlier report (replaced only with ``overwrite``); it is
+    written under a temporary name and renamed when complete.
+    """
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     figures = [block for block in report.blocks if isinstance(block, FigureSpec)]
     images = {}
-    for figure in figures:
-        figure.draw(out / figure.filename)
-        images[figure.filename] = (out / figure.filename).read_bytes()
-    markdown = out / "report.md"
-    markdown.write_text(render_markdown(report), encoding="utf-8")
-    page = out / "report.html"
-    page.write_text(render_html(report, images), encoding="utf-8")
-    return ReportFiles(markdown, page, [out / figure.filename for figure in figures])
+    with staged_folder(out, "report", overwrite=overwrite) as staging:
+        for figure in figures:
+            figure.draw(staging / figure.filename)
+            images[figure.filename] = (staging / figure.filename).read_bytes()
+        (staging / "report.md").write_text(render_markdown(report), encoding="utf-8")
+        (staging / "report.html").write_text(render_html(report, images), encoding="utf-8")
+    return ReportFiles(out / "report.md", out / "report.html", [out / figure.filename for figure in figures])

@@ -14,6 +14,7 @@ paper reports them. ``upload`` sends both files to a Hub dataset repository.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from importlib import metadata
@@ -25,12 +26,15 @@ import yaml
 from mub.report.report import read_results
 from mub.runs.storage import protocol_name
 from mub_dataset.features import DIFFICULTY_LEVELS
+from mub_dataset.files import check_output_file
 
 RATES = ("mr_t2f", "mr_f2t", "accuracy_before", "accuracy_after", "consistency")
 COUNTS = ("n", "n_t", "n_f", "t2f", "f2t", "unparsed_before", "unparsed_after", "errors", "n_items")
 PAPER_URL = "https://arxiv.org/abs/2411.02708"
 TASK_TYPE = "visual-question-answering"
 PROTOCOL_NAMES = {"explicit": "explicit hints", "implicit": "implicit notes"}
+# A Hub model id: "name" or "owner/name", letters, digits, "-", "_" and ".", not starting with "." or "-".
+_HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*(/[A-Za-z0-9][A-Za-z0-9_.-]*)?")
 
 
 @dataclass(frozen=True)
@@ -196,9 +200,25 @@ def model_index_path(results_path: Path) -> Path:
     return results_path.with_name(results_path.stem + ".model-index.yaml")
 
 
-def write_submission(submission: Submission, out: str | Path) -> list[Path]:
-    """Write the results file to ``out`` and the model-index snippet beside it."""
+def _is_submission(path: Path) -> bool:
+    if path.suffix == ".yaml":
+        text = path.read_text(encoding="utf-8", errors="replace")
+        return text.startswith("model-index:")
+    try:
+        document = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(document, dict) and set(document) == {"config", "results"}
+
+
+def write_submission(submission: Submission, out: str | Path, overwrite: bool = False) -> list[Path]:
+    """Write the results file to ``out`` and the model-index snippet beside it.
+
+    An existing file is replaced only with ``overwrite``, and only if it is an earlier submission.
+    """
     out = Path(out)
+    for path in (out, model_index_path(out)):
+        check_output_file(path, "submit", overwrite=overwrite, made_by_mub=_is_submission)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(submission.results, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     snippet = model_index_path(out)
@@ -206,20 +226,34 @@ def write_submission(submission: Submission, out: str | Path) -> list[Path]:
     return [out, snippet]
 
 
-def upload_paths(submission: Submission, now: datetime | None = None) -> tuple[str, str]:
+def hub_model_name(model: str, model_name: str | None = None) -> str:
+    """The model's name in repository paths: ``model_name`` if given, else ``model`` if it is a Hub id.
+
+    A local path (``../fav``, ``/models/x``, an existing folder) or ``tiny:<arch>`` would put the
+    user's file system, or nonsense, into a public repository: ``ValueError`` asking for ``--model-name``.
+    """
+    name = model_name if model_name is not None else model
+    flag = "--model-name" if model_name is not None else "the runs' model"
+    if not _HUB_ID.fullmatch(name) or ".." in name.split("/"):
+        raise ValueError(f"{flag} {name!r} is not a Hub model id (owner/name); pass --model-name OWNER/NAME")
+    if model_name is None and Path(model).exists():
+        raise ValueError(f"the runs' model {model!r} is a local path; pass --model-name OWNER/NAME to name it on the Hub")
+    return name
+
+
+def upload_paths(submission: Submission, now: datetime | None = None, model_name: str | None = None) -> tuple[str, str]:
     """Repository paths of the results file and the snippet, laid out as leaderboards do:
-    ``<model>/results_<UTC time>.json``."""
+    ``<model>/results_<UTC time>.json``, the model named by :func:`hub_model_name`."""
     stamp = (now or datetime.now(timezone.utc)).strftime("%Y-%m-%dT%H-%M-%S")
-    base = f"{submission.results['config']['model_name'].strip('/')}/results_{stamp}"
+    base = f"{hub_model_name(submission.results['config']['model_name'], model_name)}/results_{stamp}"
     return f"{base}.json", f"{base}.model-index.yaml"
 
 
-def upload(submission: Submission, files: Sequence[Path], repo_id: str) -> tuple[str, str]:
-    """Upload the written files (results, snippet) to a Hub dataset repository; needs a write token."""
+def upload(submission: Submission, files: Sequence[Path], repo_id: str, targets: Sequence[str]) -> Sequence[str]:
+    """Upload the written files (results, snippet) to ``targets`` in a Hub dataset repository; needs a write token."""
     from huggingface_hub import HfApi
 
     api = HfApi()
-    targets = upload_paths(submission)
     model = submission.results["config"]["model_name"]
     for file, target in zip(files, targets):
         api.upload_file(

@@ -10,8 +10,9 @@ above 1, :func:`placement_for` splits a run across the processes:
   folder's predictions are the union of its predictions files
   (:class:`mub.runs.storage.RunFolder`), so ``--resume`` works per rank, and even
   with another number of processes than the killed launch had.
-- Rank 0 alone prepares the folder (checks or writes ``run.json``, clears it
-  on ``--overwrite``) before any rank reads it, and alone scores the union
+- Rank 0 alone prepares the folder (takes the run's lock for the whole
+  launch, checks or writes ``run.json``, clears it on ``--overwrite``) before
+  any rank reads it, and alone scores the union
   once every rank has finished; the others then return the same results.
   ``run.json`` holds the settings of the whole run (no shard), so the results
   equal those of a single-process run on the same items.
@@ -302,7 +303,12 @@ class Placement:
         self._agree(step, None)
 
     def prepare(self, folder: RunFolder, settings: dict[str, Any], *, resume: bool, overwrite: bool) -> None:
-        """Rank 0 starts or checks the folder; then each other rank checks it and tidies its own file."""
+        """Rank 0 locks and starts or checks the folder; then each other rank checks it and tidies its own file.
+
+        One lock per launch: rank 0 holds it (the caller releases it with
+        ``folder.unlock()``); a second launch on the folder fails at rank 0, and
+        its other ranks learn it here.
+        """
         with self._reported("prepare"):
             if self.launch.is_main:
                 folder.prepare(settings, resume=resume, overwrite=overwrite)
@@ -310,7 +316,7 @@ class Placement:
             if not self.launch.is_main:
                 # Rank 0 has written or checked run.json, so this only compares the
                 # settings and cuts a half-written last line of this rank's file.
-                folder.prepare(settings, resume=True, overwrite=False)
+                folder.prepare(settings, resume=True, overwrite=False, lock=False)
 
     def working(self) -> AbstractContextManager[None]:
         """Wrap a rank's share of the work; on leaving, every rank knows whether all shares succeeded."""

@@ -156,23 +156,23 @@ def merge_runs(
     records = collect(folders, settings, config, full)
 
     merged_settings = {**settings[0], "shard": None, "items_fingerprint": full.info["fingerprint"]}
-    folder = RunFolder(target)
-    try:
-        folder.prepare(merged_settings, resume=False, overwrite=overwrite)
-    except RunFolderError as exc:
-        raise MergeError(f"{exc} (mub merge: pass --overwrite to replace it)") from None
-    folder.append(records[row["id"]] for row in full.rows)
+    with RunFolder(target) as folder:
+        try:
+            folder.prepare(merged_settings, resume=False, overwrite=overwrite)
+        except RunFolderError as exc:
+            raise MergeError(f"{exc} (mub merge: pass --overwrite to replace it)") from None
+        folder.append(records[row["id"]] for row in full.rows)
 
-    shard_results = _shard_results(folders)
-    run_info = shard_results.get("run", {})
-    config = replace(
-        config,
-        batch_size=run_info.get("batch_size", config.batch_size),
-        device=run_info.get("device", config.device),
-        progress=progress,
-    )
-    results = finish_run(config, merged_settings, full, run_info.get("backend_info", {}), folder)
-    # Provenance beside, not inside, "run": the figures and settings stay those of a single run.
-    results["merged_from"] = [str(p) for p in paths]
-    folder.write_results(results)
-    return results
+        shard_results = _shard_results(folders)
+        run_info = shard_results.get("run", {})
+        config = replace(
+            config,
+            batch_size=run_info.get("batch_size", config.batch_size),
+            device=run_info.get("device", config.device),
+            progress=progress,
+        )
+        results = finish_run(config, merged_settings, full, run_info.get("backend_info", {}), folder)
+        # Provenance beside, not inside, "run": the figures and settings stay those of a single run.
+        results["merged_from"] = [str(p) for p in paths]
+        folder.write_results(results)
+        return results

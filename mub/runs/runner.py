@@ -88,15 +88,63 @@ def _check_notes(rows: Sequence[Mapping[str, Any]]) -> None:
             )
 
 
-def load_images(dataset: datasets.Dataset, indices: Sequence[int]) -> list[tuple[Image.Image, str]]:
-    """Decoded RGB images and their content hash (the ``group_id`` for clustered intervals)."""
+@dataclass(frozen=True)
+class LoadedImage:
+    """An item's decoded RGB image and content hash (the ``group_id``), or why it could not be decoded."""
+
+    image: Image.Image | None
+    group_id: str
+    error: str | None = None
+
+
+def load_images(dataset: datasets.Dataset, indices: Sequence[int]) -> list[LoadedImage]:
+    """The items' images, fully decoded; one that cannot be decoded (truncated, not an image) carries the reason."""
     loaded = []
     for cell in dataset.select_columns(["image"])[list(indices)]["image"]:
         data = cell_bytes(cell)
-        image = Image.open(io.BytesIO(data))
-        image.load()
-        loaded.append((image.convert("RGB"), image_digest(data)))
+        try:
+            with Image.open(io.BytesIO(data)) as image:
+                image.load()
+                loaded.append(LoadedImage(image.convert("RGB"), image_digest(data)))
+        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:  # what Pillow raises for bad data
+            error = f"the image ({cell.get('path') or 'embedded'}) cannot be decoded ({type(exc).__name__}: {exc})"
+            loaded.append(LoadedImage(None, image_digest(data), error))
     return loaded
+
+
+def item_record(row: Mapping[str, Any], group_id: str, stage1: list[StageAnswer]) -> ItemPrediction:
+    """An item's record after stage 1; its error is the first failed answer's."""
+    return ItemPrediction(
+        id=row["id"],
+        answer=row["answer"],
+        source=row["source"],
+        difficulty=row["difficulty"],
+        misled_count=row["misled_count"],
+        question_type=row["question_type"],
+        group_id=group_id,
+        stage1=stage1,
+        original_prediction=stage1[0].parsed,
+        error=next((a.error for a in stage1 if a.error), None),
+    )
+
+
+def image_error_record(row: Mapping[str, Any], loaded: LoadedImage) -> ItemPrediction:
+    """The record of an item whose image could not be decoded: an item error, retried by ``--resume``."""
+    error = f"item {row['id']}: {loaded.error}; fix or replace the image in the dataset"
+    return item_record(row, loaded.group_id, [StageAnswer(cue="", output="", parsed=None, error=error)])
+
+
+def predict_group(
+    rows: Sequence[Mapping[str, Any]], images: Sequence[LoadedImage], backend: Backend, config: RunConfig
+) -> list[ItemPrediction]:
+    """:func:`run_batch` for the items whose image decoded, an item error for each other one; in item order."""
+    decoded = [(row, loaded) for row, loaded in zip(rows, images) if loaded.error is None]
+    answered = iter(
+        run_batch([row for row, _ in decoded], [(loaded.image, loaded.group_id) for _, loaded in decoded], backend, config)
+        if decoded
+        else []
+    )
+    return [next(answered) if loaded.error is None else image_error_record(row, loaded) for row, loaded in zip(rows, images)]
 
 
 def _answer(generation: Generation, cue: str, row: Mapping[str, Any]) -> StageAnswer:
@@ -142,18 +190,7 @@ def run_batch(
     for position, (row, (image, group_id)) in enumerate(zip(rows, images)):
         samples = stage1[position * config.num_samples : (position + 1) * config.num_samples]
         answers = [_answer(generation, "", row) for generation in samples]
-        record = ItemPrediction(
-            id=row["id"],
-            answer=row["answer"],
-            source=row["source"],
-            difficulty=row["difficulty"],
-            misled_count=row["misled_count"],
-            question_type=row["question_type"],
-            group_id=group_id,
-            stage1=answers,
-            original_prediction=answers[0].parsed,
-            error=next((a.error for a in answers if a.error), None),
-        )
+        record = item_record(row, group_id, answers)
         records.append(record)
         cues: list[str] = []
         if record.error is None:
@@ -192,32 +229,32 @@ def run(config: RunConfig, backend: Backend | None = None, dataset: datasets.Dat
     config.validate()
     placement = distributed.placement_for(config)
     selection = select_items(config, dataset)
-    folder = RunFolder(config.out_dir(), predictions_file=placement.predictions_file)
-    settings = config.settings(selection.info)
-    placement.prepare(folder, settings, resume=config.resume, overwrite=config.overwrite)
-    with placement.working():
-        done = {item_id for item_id, p in folder.load_predictions().items() if p.error is None}
-        mine = placement.share(list(zip(selection.indices, selection.rows)))
-        todo = [(i, row) for i, row in mine if row["id"] not in done]
-        if backend is None:
-            backend = create_backend(placement.backend_config(config))
+    with RunFolder(config.out_dir(), predictions_file=placement.predictions_file) as folder:
+        settings = config.settings(selection.info)
+        placement.prepare(folder, settings, resume=config.resume, overwrite=config.overwrite)
+        with placement.working():
+            done = {item_id for item_id, p in folder.load_predictions().items() if p.error is None}
+            mine = placement.share(list(zip(selection.indices, selection.rows)))
+            todo = [(i, row) for i, row in mine if row["id"] not in done]
+            if backend is None:
+                backend = create_backend(placement.backend_config(config))
 
-        # Items are processed in groups of batch_size; the next group's images are
-        # decoded on a worker thread while the model answers the current one.
-        groups = list(chunks(range(len(todo)), config.batch_size))
-        with ThreadPoolExecutor(max_workers=1) as pool, tqdm(
-            total=len(todo), unit="item", desc=f"mub {config.config}", disable=not config.progress
-        ) as progress:
-            pending = pool.submit(load_images, selection.dataset, [todo[i][0] for i in groups[0]]) if groups else None
-            for number, group in enumerate(groups):
-                images = pending.result()
-                if number + 1 < len(groups):
-                    pending = pool.submit(load_images, selection.dataset, [todo[i][0] for i in groups[number + 1]])
-                folder.append(run_batch([todo[i][1] for i in group], images, backend, config))
-                progress.update(len(group))
+            # Items are processed in groups of batch_size; the next group's images are
+            # decoded on a worker thread while the model answers the current one.
+            groups = list(chunks(range(len(todo)), config.batch_size))
+            with ThreadPoolExecutor(max_workers=1) as pool, tqdm(
+                total=len(todo), unit="item", desc=f"mub {config.config}", disable=not config.progress
+            ) as progress:
+                pending = pool.submit(load_images, selection.dataset, [todo[i][0] for i in groups[0]]) if groups else None
+                for number, group in enumerate(groups):
+                    images = pending.result()
+                    if number + 1 < len(groups):
+                        pending = pool.submit(load_images, selection.dataset, [todo[i][0] for i in groups[number + 1]])
+                    folder.append(predict_group([todo[i][1] for i in group], images, backend, config))
+                    progress.update(len(group))
 
-    backend_info = backend.describe()
-    return placement.finish(folder, lambda: finish_run(config, settings, selection, backend_info, folder))
+        backend_info = backend.describe()
+        return placement.finish(folder, lambda: finish_run(config, settings, selection, backend_info, folder))
 
 
 def finish_run(

@@ -9,22 +9,34 @@
   folder's predictions are the union of all its ``predictions*.jsonl`` files.
 - ``results.json``: written once at the end, atomically (temporary file, then
   rename), so a half-written results file never exists.
+- ``.mub``: the marker naming the command that made the folder (see
+  :func:`mub_dataset.files.check_output_folder`): a run never writes into a
+  folder that mub did not make.
+- ``.mub-lock``: one writer per run. The process that runs (rank 0 of a
+  launch) holds an exclusive ``flock`` on it from ``prepare`` to the end; a
+  second run on the folder is refused with the holder's pid, host and start
+  time. The OS drops the lock when its holder dies, however it dies, so a
+  killed run never blocks ``--resume``.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import socket
 import tempfile
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterable
 
 from mub.runs.predictions import ItemPrediction
+from mub_dataset.files import check_output_folder, give_usual_mode, mark_folder
 
 SETTINGS_FILE = "run.json"
 PREDICTIONS_FILE = "predictions.jsonl"
 PREDICTIONS_GLOB = "predictions*.jsonl"
 RESULTS_FILE = "results.json"
+LOCK_FILE = ".mub-lock"
 
 
 class RunFolderError(ValueError):
@@ -45,6 +57,7 @@ def write_json_atomic(path: Path, data: Any) -> None:
             handle.write("\n")
             handle.flush()
             os.fsync(handle.fileno())
+        give_usual_mode(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -57,21 +70,79 @@ def settings_diff(a: dict[str, Any], b: dict[str, Any], ignore: Iterable[str] = 
     return sorted(key for key in keys if a.get(key) != b.get(key))
 
 
-class RunFolder:
-    """A run folder; ``predictions_file`` is the file this process appends to."""
+class RunLock:
+    """An exclusive ``flock`` on a folder's lock file, with the holder's pid, host and start time in it."""
 
-    def __init__(self, path: str | Path, predictions_file: str = PREDICTIONS_FILE):
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._fd: int | None = None
+
+    def acquire(self, folder: Path) -> None:
+        import fcntl
+
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = self._holder(fd)
+            os.close(fd)
+            raise RunFolderError(
+                f"{folder} is in use by another mub process ({holder}); wait for it to finish or stop it, "
+                "or choose another --out"
+            ) from None
+        except BaseException:
+            os.close(fd)
+            raise
+        holder = {"pid": os.getpid(), "host": socket.gethostname(), "started": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, (json.dumps(holder) + "\n").encode(), 0)
+        self._fd = fd
+
+    @staticmethod
+    def _holder(fd: int) -> str:
+        try:
+            holder = json.loads(os.pread(fd, 4096, 0))
+            return f"pid {holder['pid']} on host {holder['host']}, started {holder['started']}"
+        except (ValueError, KeyError, TypeError, OSError):
+            return "holder unknown: it is starting right now"
+
+    def release(self) -> None:
+        if self._fd is not None:
+            # Emptied, not deleted: deleting a lock file lets a waiting process lock the old file
+            # while a new one locks a new file. Closing the descriptor drops the flock.
+            os.ftruncate(self._fd, 0)
+            os.close(self._fd)
+            self._fd = None
+
+
+class RunFolder:
+    """A run folder; ``predictions_file`` is the file this process appends to.
+
+    ``command`` names the mub command whose folder this is (its marker).
+    """
+
+    def __init__(self, path: str | Path, predictions_file: str = PREDICTIONS_FILE, command: str = "run"):
         self.path = Path(path)
+        self.command = command
         self.settings_path = self.path / SETTINGS_FILE
         self.predictions_path = self.path / predictions_file
         self.results_path = self.path / RESULTS_FILE
+        self._lock = RunLock(self.path / LOCK_FILE)
 
     def prediction_files(self) -> list[Path]:
         """Every predictions file in the folder (this process's and other ranks' or launches')."""
         return sorted(self.path.glob(PREDICTIONS_GLOB))
 
-    def prepare(self, settings: dict[str, Any], *, resume: bool, overwrite: bool) -> None:
-        """Start a run here, or check that resuming matches the earlier settings."""
+    def prepare(self, settings: dict[str, Any], *, resume: bool, overwrite: bool, lock: bool = True) -> None:
+        """Start a run here, or check that resuming matches the earlier settings.
+
+        With ``lock`` (the default; the other ranks of a launch pass False) the
+        folder's lock is taken first and held until :meth:`unlock`.
+        """
+        if lock:
+            check_output_folder(self.path, self.command, overwrite=overwrite, reuse=True)
+            mark_folder(self.path, self.command)
+            self._lock.acquire(self.path)
         # Only predictions are work to protect: a folder holding just run.json
         # (a run that failed before its first batch, e.g. a model that did not
         # load) is started again without --overwrite.
@@ -85,10 +156,18 @@ class RunFolder:
                 f"{self.path} already holds a run; pass --resume to continue it, --overwrite to start again, "
                 "or choose another --out"
             )
-        self.path.mkdir(parents=True, exist_ok=True)
         for stale in (*self.prediction_files(), self.results_path):
             stale.unlink(missing_ok=True)
         write_json_atomic(self.settings_path, settings)
+
+    def unlock(self) -> None:
+        self._lock.release()
+
+    def __enter__(self) -> "RunFolder":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.unlock()
 
     def _check_settings(self, settings: dict[str, Any]) -> None:
         if not self.settings_path.is_file():
