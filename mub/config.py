@@ -91,6 +91,8 @@ class RunConfig:
 
         if self.difficulty is not None and self.difficulty not in DIFFICULTY_LEVELS:
             raise ValueError(f"--difficulty must be one of {', '.join(DIFFICULTY_LEVELS)}, got {self.difficulty!r}")
+        if self.limit is not None and self.limit < 1:
+            raise ValueError(f"--limit must be at least 1 (the first N items), got {self.limit}; leave it out for all items")
         if self.batch_size < 1 or self.notes < 1 or self.num_samples < 1 or self.max_new_tokens < 1:
             raise ValueError("--batch-size, --notes, --num-samples and --max-new-tokens must be at least 1")
         self.decoding()  # DecodingSettings checks the scoring mode

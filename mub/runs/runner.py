@@ -23,6 +23,7 @@ from mub_dataset.features import DIFFICULTY_LEVELS
 from mub_dataset.files import cell_bytes, image_digest
 
 from mub.config import RunConfig
+from mub.errors import RunInterrupted
 from mub.protocol import stages
 from mub.runs import distributed
 from mub.backends import Backend, create_backend
@@ -32,7 +33,7 @@ from mub.backends.common import chunks
 from mub.protocol.parsing import option_labels, parse_answer
 from mub.runs.predictions import ItemPrediction, StageAnswer
 from mub.protocol.prompts import DEFAULT_HINT_TEMPLATE, explicit_cue, implicit_cue, render_prompt
-from mub.runs.results import build_results, format_table
+from mub.runs.results import build_results
 from mub.runs.storage import RunFolder, RunFolderError
 
 
@@ -64,6 +65,8 @@ def select_items(config: RunConfig, dataset: datasets.Dataset | None = None) -> 
         index, count = config.shard
         indices = indices[index::count]
     rows = [all_rows[i] for i in indices]
+    if not rows:
+        raise ValueError(_no_items_message(config, all_rows))
     if config.config == "implicit":
         _check_notes(rows)
     digest = hashlib.sha256()
@@ -73,6 +76,23 @@ def select_items(config: RunConfig, dataset: datasets.Dataset | None = None) -> 
         )
     info = {"name": str(config.dataset), "config": config.config, "n_items": len(rows), "fingerprint": digest.hexdigest()[:16]}
     return Selection(dataset, indices, rows, info)
+
+
+def _no_items_message(config: RunConfig, all_rows: Sequence[Mapping[str, Any]]) -> str:
+    """Which filter left no items, and the values the dataset does have."""
+    where = f"dataset {config.dataset} (config {config.config}, {len(all_rows)} items)"
+    if not all_rows:
+        return f"{where} holds no items; check the release or export folder"
+    filters = []
+    if config.difficulty is not None:
+        levels = sorted({row["difficulty"] for row in all_rows})
+        filters.append(f"--difficulty {config.difficulty} (levels present: {', '.join(levels)})")
+    if config.misled_count is not None:
+        counts = sorted({row["misled_count"] for row in all_rows})
+        filters.append(f"--misled-count {config.misled_count} (counts present: {', '.join(map(str, counts))})")
+    if config.shard is not None:
+        filters.append(f"--shard {config.shard[0]}/{config.shard[1]} (more shards than items)")
+    return f"no items of {where} match {' and '.join(filters)}; change the filter"
 
 
 def _check_notes(rows: Sequence[Mapping[str, Any]]) -> None:
@@ -87,10 +107,16 @@ def _check_notes(rows: Sequence[Mapping[str, Any]]) -> None:
 def load_images(dataset: datasets.Dataset, indices: Sequence[int]) -> list[tuple[Image.Image, str]]:
     """Decoded RGB images and their content hash (the ``group_id`` for clustered intervals)."""
     loaded = []
-    for cell in dataset.select_columns(["image"])[list(indices)]["image"]:
+    for index, cell in zip(indices, dataset.select_columns(["image"])[list(indices)]["image"]):
         data = cell_bytes(cell)
-        image = Image.open(io.BytesIO(data))
-        image.load()
+        try:
+            image = Image.open(io.BytesIO(data))
+            image.load()
+        except Image.DecompressionBombError as exc:
+            raise ValueError(
+                f"item {dataset[index]['id']}: its image is too large to decode safely ({exc}); "
+                "replace the image, or drop the item from the release"
+            ) from None
         loaded.append((image.convert("RGB"), image_digest(data)))
     return loaded
 
@@ -196,16 +222,22 @@ def run(config: RunConfig, backend: Backend | None = None, dataset: datasets.Dat
         # Items are processed in groups of batch_size; the next group's images are
         # decoded on a worker thread while the model answers the current one.
         groups = list(chunks(range(len(todo)), config.batch_size))
-        with ThreadPoolExecutor(max_workers=1) as pool, tqdm(
-            total=len(todo), unit="item", desc=f"mub {config.config}", disable=not config.progress
-        ) as progress:
-            pending = pool.submit(load_images, selection.dataset, [todo[i][0] for i in groups[0]]) if groups else None
-            for number, group in enumerate(groups):
-                images = pending.result()
-                if number + 1 < len(groups):
-                    pending = pool.submit(load_images, selection.dataset, [todo[i][0] for i in groups[number + 1]])
-                folder.append(run_batch([todo[i][1] for i in group], images, backend, config))
-                progress.update(len(group))
+        try:
+            with ThreadPoolExecutor(max_workers=1) as pool, tqdm(
+                total=len(todo), unit="item", desc=f"mub {config.config}", disable=not config.progress
+            ) as progress:
+                pending = pool.submit(load_images, selection.dataset, [todo[i][0] for i in groups[0]]) if groups else None
+                for number, group in enumerate(groups):
+                    images = pending.result()
+                    if number + 1 < len(groups):
+                        pending = pool.submit(load_images, selection.dataset, [todo[i][0] for i in groups[number + 1]])
+                    folder.append(run_batch([todo[i][1] for i in group], images, backend, config))
+                    progress.update(len(group))
+        except KeyboardInterrupt:
+            # Finished groups are on disk (appended and synced); the group in flight is redone by --resume.
+            saved = folder.load_predictions()
+            mine_ids = [row["id"] for _, row in mine]
+            raise RunInterrupted(sum(1 for i in mine_ids if i in saved and saved[i].error is None), len(mine_ids)) from None
 
     backend_info = backend.describe()
     return placement.finish(folder, lambda: finish_run(config, settings, selection, backend_info, folder))
@@ -230,6 +262,4 @@ def finish_run(
     ordered = [predictions[row["id"]] for row in selection.rows]
     results = build_results(config, settings, selection.info, backend_info, ordered)
     folder.write_results(results)
-    if config.progress:
-        print(format_table(results))
     return results
