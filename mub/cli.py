@@ -18,6 +18,7 @@ from mub.errors import (
     EXIT_USER_ERROR,
     MissingDependencyError,
     RunInterrupted,
+    resume_command,
 )
 
 # Exceptions a user can fix: one line, no traceback (unless --debug). ValueError
@@ -152,12 +153,6 @@ def check_item_errors(results: Mapping[str, Any], out: str | Path, argv: Sequenc
     return EXIT_ITEM_ERRORS
 
 
-def resume_command(argv: Sequence[str]) -> str:
-    """The command line that continues the run ``argv`` started: the same flags, with --resume."""
-    kept = [arg for arg in argv if arg not in ("--resume", "--overwrite")]
-    return shlex.join(["mub", *kept, "--resume"])
-
-
 def _add_merge(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("merge", help="score the shard folders of one run (mub run --shard I/N) as one run")
     p.add_argument("dirs", nargs="+", metavar="DIR", help="shard run folders, one per shard")
@@ -272,7 +267,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         if args.debug:
             raise
-        print(f"mub {args.command}: interrupted", file=sys.stderr)
+        how = f"; continue with: {resume_command(argv)}" if hasattr(args, "resume") else ""
+        print(f"mub {args.command}: interrupted{how}", file=sys.stderr)
         return EXIT_INTERRUPTED
     except USER_ERRORS as exc:  # a clear message, no traceback
         if args.debug:

@@ -7,6 +7,9 @@ its traceback. Nothing heavy is imported here.
 
 from __future__ import annotations
 
+import shlex
+from typing import Sequence
+
 # Exit statuses, documented in README ("Exit status").
 EXIT_OK = 0
 EXIT_BUG = 1  # an unexpected exception (Python's own status for a traceback)
@@ -26,3 +29,9 @@ class RunInterrupted(Exception):
         super().__init__(f"{saved} of {total} items saved")
         self.saved = saved
         self.total = total
+
+
+def resume_command(argv: Sequence[str]) -> str:
+    """The command line that continues what ``mub <argv>`` started: the same flags, with --resume."""
+    kept = [arg for arg in argv if arg not in ("--resume", "--overwrite")]
+    return shlex.join(["mub", *kept, "--resume"])

@@ -247,3 +247,26 @@ def test_a_hub_model_or_dataset_fails_at_once_when_the_hub_cannot_be_reached(cap
     _one_line_error(code, err, f"this machine is offline ({unreachable_hub} cannot be reached", "local model folder")
     code, _, err = _cli(capsys, *RUN, "--dataset", "some-org/some-dataset", "--out", str(tmp_path / "r"), "--quiet")
     _one_line_error(code, err, "dataset some-org/some-dataset: this machine is offline", "local dataset folder")
+
+
+def test_notes_with_failed_items_exit_3_with_the_resume_command(capsys, tmp_path):
+    with FaultServer() as server:
+        server.add("status", status=400, body="bad request", times=None)
+        argv = ["notes", "--dataset", "sample", "--backend", "openai", "--base-url", server.base_url, "--model", "m",
+                "--k", "1", "--limit", "2", "--max-retries", "0", "--out", str(tmp_path / "notes"), "--no-progress"]  # fmt: skip
+        code, _, err = _cli(capsys, *argv)
+    assert code == EXIT_ITEM_ERRORS
+    assert f"2 of 2 items failed; ask for them again with: {shlex.join(['mub', *argv, '--resume'])}" in err
+
+
+def test_ctrl_c_in_another_resumable_command_prints_its_resume_command(capsys, tmp_path, monkeypatch):
+    import mub.extend.notes
+
+    def interrupted(config):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(mub.extend.notes, "generate_notes", interrupted)
+    argv = ["notes", "--dataset", "sample", "--model", "tiny:llava", "--out", str(tmp_path / "notes"), "--overwrite"]
+    code, _, err = _cli(capsys, *argv)
+    assert code == 130 and "Traceback" not in err
+    assert err.strip() == f"mub notes: interrupted; continue with: {shlex.join(['mub', *argv[:-1], '--resume'])}"
