@@ -123,31 +123,30 @@ def _cmd_run(args: argparse.Namespace) -> int:
     results = run(config)
     if not args.quiet:
         print(end_of_run(results, config.out_dir()))
-    return check_item_errors(results, config.out_dir(), args.argv)
+    return check_item_errors(results, config.out_dir(), f"ask for them again with: {resume_command(args.argv)}")
 
 
 def end_of_run(results: Mapping[str, Any], out: str | Path) -> str:
     """The table, where the results are, and the commands that come next."""
     from mub.runs.results import format_table
 
-    out = shlex.quote(str(out))
+    folder = shlex.quote(str(out))
     return "\n".join([
         format_table(results),
-        f"results: {Path(out) / 'results.json'} (predictions and settings beside it in {out})",
-        f"next: mub report {out}   (tables and plots; give several runs to compare)",
-        f"      mub submit {out}   (leaderboard file; add the model's other config run)",
+        f"results: {Path(out) / 'results.json'} (predictions and settings beside it)",
+        f"next: mub report {folder}   (tables and plots; give several runs to compare)",
+        f"      mub submit {folder}   (leaderboard file; add the model's other config run)",
     ])  # fmt: skip
 
 
-def check_item_errors(results: Mapping[str, Any], out: str | Path, argv: Sequence[str]) -> int:
-    """EXIT_ITEM_ERRORS, with the count and the command that retries them, when items failed."""
+def check_item_errors(results: Mapping[str, Any], out: str | Path, fix: str) -> int:
+    """EXIT_ITEM_ERRORS, with the count and ``fix`` (how to retry them), when items failed."""
     errors = sum(figures.get("errors", 0) for figures in results["results"].values() if isinstance(figures, dict))
     if not errors:
         return EXIT_OK
     n_items = results.get("dataset", {}).get("n_items", "?")
     print(
-        f"mub: {errors} of {n_items} items failed (errors in {Path(out) / 'predictions.jsonl'}); "
-        f"ask for them again with: {resume_command(argv)}",
+        f"mub: {errors} of {n_items} items failed (errors in {Path(out) / 'predictions.jsonl'}); {fix}",
         file=sys.stderr,
     )
     return EXIT_ITEM_ERRORS
@@ -170,7 +169,8 @@ def _cmd_merge(args: argparse.Namespace) -> int:
     out = args.out or RunConfig(model=results["model"], config=results["run"]["config"]).out_dir()
     if not args.no_progress:
         print(end_of_run(results, out))
-    return check_item_errors(results, out, args.argv)
+    fix = "finish them in their shard folders (the same `mub run --shard I/N` command with --resume), then merge again"
+    return check_item_errors(results, out, fix)
 
 
 def _cmd_report(args: argparse.Namespace) -> int:

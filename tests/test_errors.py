@@ -270,3 +270,17 @@ def test_ctrl_c_in_another_resumable_command_prints_its_resume_command(capsys, t
     code, _, err = _cli(capsys, *argv)
     assert code == 130 and "Traceback" not in err
     assert err.strip() == f"mub notes: interrupted; continue with: {shlex.join(['mub', *argv[:-1], '--resume'])}"
+
+
+def test_merging_shards_with_failed_items_exits_3_and_says_to_finish_the_shards(capsys, tmp_path):
+    shards = [tmp_path / f"shard{i}" for i in range(2)]
+    with FaultServer() as server:
+        server.add("status", status=400, body="bad request", times=None)
+        for index, folder in enumerate(shards):
+            code, _, _ = _cli(capsys, "run", "--backend", "openai", "--base-url", server.base_url, "--model", "m",
+                              "--limit", "4", "--shard", f"{index}/2", "--out", str(folder), "--quiet")  # fmt: skip
+            assert code == EXIT_ITEM_ERRORS
+    code, printed, err = _cli(capsys, "merge", *map(str, shards), "--out", str(tmp_path / "merged"))
+    assert code == EXIT_ITEM_ERRORS
+    assert "4 of 4 items failed" in err and "--shard I/N` command with --resume), then merge again" in err
+    assert f"mub report {tmp_path / 'merged'}" in printed
