@@ -18,7 +18,7 @@ from pathlib import Path
 
 import datasets
 
-from mub_dataset.features import CONFIGS, DEFAULT_CONFIG, FEATURES, ConfigSpec
+from mub_dataset.features import CONFIGS, DEFAULT_CONFIG, FEATURES, ConfigSpec, empty_config_message
 from mub_dataset.release import Release, read_image_bytes, read_release
 
 _CITATION = """\
@@ -79,9 +79,11 @@ class Mub(datasets.GeneratorBasedBuilder):
         # Check records and images here: an error raised while generating examples reaches the caller
         # only wrapped in datasets' generic DatasetGenerationError, after a traceback from inside datasets.
         release = read_release(Path(self.config.data_dir), allow_truncated=self.config.allow_truncated)
-        for row in release.rows:
-            if self.config.spec.includes(row):
-                read_image_bytes(release.image_files[row["id"]], release.item_descriptions[row["id"]])
+        included = [row for row in release.rows if self.config.spec.includes(row)]
+        if not included:  # datasets would say only 'Instruction "test" corresponds to no data!'
+            raise ValueError(empty_config_message(self.config.data_dir, self.config.spec, release.rows))
+        for row in included:
+            read_image_bytes(release.image_files[row["id"]], release.item_descriptions[row["id"]])
         return [
             # The release parsed above is handed on, so the files are read once per build.
             datasets.SplitGenerator(name=datasets.Split.TEST, gen_kwargs={"release": release}),

@@ -3,11 +3,28 @@
 from __future__ import annotations
 
 import argparse
+import os
+import shlex
 import sys
-from typing import Callable, Sequence
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
 
 from mub.backend_flags import add_backend_flags, backend_options
 from mub.data_cli import SUBCOMMANDS as DATA_SUBCOMMANDS
+from mub.errors import (
+    EXIT_INTERRUPTED,
+    EXIT_ITEM_ERRORS,
+    EXIT_OK,
+    EXIT_USER_ERROR,
+    MissingDependencyError,
+    RunInterrupted,
+    resume_command,
+)
+
+# Exceptions a user can fix: one line, no traceback (unless --debug). ValueError
+# covers every input check of mub (and JSON errors); OSError a file or folder
+# that cannot be read or written; RecursionError an input nested too deeply.
+USER_ERRORS = (ValueError, OSError, MissingDependencyError, RecursionError)
 
 
 def _cmd_build(args: argparse.Namespace) -> int:
@@ -95,7 +112,8 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--num-samples", type=int, default=1, help="stage-1 samples per item for the consistency figures")
     p.add_argument("--scoring", choices=["generate", "logprob"], default="generate")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar and no table")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (the table is still printed)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars and no table (errors are still printed)")
     add_backend_flags(p)
     p.set_defaults(func=_cmd_run)
 
@@ -108,8 +126,37 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     # Every RunConfig field with a flag of the same name; the rest are set here.
     options = {field.name: getattr(args, field.name) for field in fields(RunConfig) if hasattr(args, field.name)}
-    run(RunConfig(**options, backend_options=backend_options(args), progress=not args.no_progress))
-    return 0
+    config = RunConfig(**options, backend_options=backend_options(args), progress=not (args.no_progress or args.quiet))
+    results = run(config)
+    if not args.quiet:
+        print(end_of_run(results, config.out_dir()))
+    return check_item_errors(results, config.out_dir(), f"ask for them again with: {resume_command(args.argv)}")
+
+
+def end_of_run(results: Mapping[str, Any], out: str | Path) -> str:
+    """The table, where the results are, and the commands that come next."""
+    from mub.runs.results import format_table
+
+    folder = shlex.quote(str(out))
+    return "\n".join([
+        format_table(results),
+        f"results: {Path(out) / 'results.json'} (predictions and settings beside it)",
+        f"next: mub report {folder}   (tables and plots; give several runs to compare)",
+        f"      mub submit {folder}   (leaderboard file; add the model's other config run)",
+    ])  # fmt: skip
+
+
+def check_item_errors(results: Mapping[str, Any], out: str | Path, fix: str) -> int:
+    """EXIT_ITEM_ERRORS, with the count and ``fix`` (how to retry them), when items failed."""
+    errors = sum(figures.get("errors", 0) for figures in results["results"].values() if isinstance(figures, dict))
+    if not errors:
+        return EXIT_OK
+    n_items = results.get("dataset", {}).get("n_items", "?")
+    print(
+        f"mub: {errors} of {n_items} items failed (errors in {Path(out) / 'predictions.jsonl'}); {fix}",
+        file=sys.stderr,
+    )
+    return EXIT_ITEM_ERRORS
 
 
 def _add_merge(sub: argparse._SubParsersAction) -> None:
@@ -117,15 +164,20 @@ def _add_merge(sub: argparse._SubParsersAction) -> None:
     p.add_argument("dirs", nargs="+", metavar="DIR", help="shard run folders, one per shard")
     p.add_argument("--out", help="merged run folder (default: runs/<model>__<config>)")
     p.add_argument("--overwrite", action="store_true", help="replace an earlier run in --out")
-    p.add_argument("--no-progress", action="store_true", help="do not print the table")
+    p.add_argument("--no-progress", "--quiet", action="store_true", help="do not print the table")
     p.set_defaults(func=_cmd_merge)
 
 
 def _cmd_merge(args: argparse.Namespace) -> int:
+    from mub.config import RunConfig
     from mub.runs.merge import merge_runs
 
-    merge_runs(args.dirs, args.out, overwrite=args.overwrite, progress=not args.no_progress)
-    return 0
+    results = merge_runs(args.dirs, args.out, overwrite=args.overwrite, progress=not args.no_progress)
+    out = args.out or RunConfig(model=results["model"], config=results["run"]["config"]).out_dir()
+    if not args.no_progress:
+        print(end_of_run(results, out))
+    fix = "finish them in their shard folders (the same `mub run --shard I/N` command with --resume), then merge again"
+    return check_item_errors(results, out, fix)
 
 
 def _add_rescore(sub: argparse._SubParsersAction) -> None:
@@ -222,22 +274,78 @@ SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
 SUBCOMMANDS += DATA_SUBCOMMANDS  # notes, sft-data, import (mub/data_cli.py)
 
 
+DEBUG_HELP = "show the traceback of an error (for bug reports)"
+
+
 def make_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="mub", description="MUB: response uncertainty of vision-language models")
+    parser = argparse.ArgumentParser(
+        prog="mub",
+        description="MUB: response uncertainty of vision-language models",
+        epilog="exit status: 0 done, 1 a bug (traceback), 2 an error you can fix (the message says how), "
+        "3 a run finished but some items failed (--resume retries them), 130 interrupted (Ctrl-C)",
+    )
+    parser.add_argument("--debug", action="store_true", help=DEBUG_HELP)
     sub = parser.add_subparsers(dest="command", required=True)
     for add in SUBCOMMANDS:
         add(sub)
+    for subparser in sub.choices.values():  # `mub run ... --debug` works too
+        subparser.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=DEBUG_HELP)
     return parser
 
 
+def _check_no_nul(args: argparse.Namespace) -> None:
+    """A NUL byte cannot be in a path or a name; say which flag holds it."""
+    for name, value in vars(args).items():
+        values = value if isinstance(value, (list, tuple)) else [value]
+        if any(isinstance(v, str) and "\0" in v for v in values):
+            flag = "--" + name.replace("_", "-") if name not in ("dirs", "run_dirs") else name.upper()
+            raise ValueError(f"{flag} holds a NUL byte (\\0), which no path or name can contain: {value!r}")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = make_parser().parse_args(argv)
+    args.argv = argv
     try:
+        _check_no_nul(args)
         return args.func(args)
-    except ValueError as exc:  # our input errors: a clear message, no traceback
-        print(f"mub {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+    except RunInterrupted as exc:
+        print(f"interrupted: {exc.saved} of {exc.total} items saved; continue with: {resume_command(argv)}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except KeyboardInterrupt:
+        if args.debug:
+            raise
+        how = f"; continue with: {resume_command(argv)}" if hasattr(args, "resume") else ""
+        print(f"mub {args.command}: interrupted{how}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except USER_ERRORS as exc:  # a clear message, no traceback
+        if args.debug:
+            raise
+        print(f"mub {args.command}: error: {user_message(exc)}", file=sys.stderr)
+        return EXIT_USER_ERROR
+
+
+def user_message(exc: BaseException) -> str:
+    """One line for a user error; library errors that say too little get what they lack."""
+    if isinstance(exc, RecursionError):
+        return "an input file is nested too deeply to read (a JSON document thousands of levels deep?); check the files given"
+    text = " ".join(str(exc).split())
+    if isinstance(exc, OSError) and not isinstance(exc, MissingDependencyError):
+        return f"{text or type(exc).__name__} (check the path and its permissions; --debug shows where)"
+    return text
+
+
+def console_main() -> None:
+    """The ``mub`` command: :func:`main`, then exit with its status."""
+    code = main()
+    if code == EXIT_INTERRUPTED:
+        # A request still waiting for its reply would hold the process until its timeout (a minute by
+        # default): the run's files are synced as each group finishes, so nothing is lost by leaving now.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    console_main()

@@ -98,12 +98,13 @@ class RunConfig:
         return self.hint_template if self.hint_template is not None else self.preset().hint_template
 
     def validate(self) -> None:
-        from mub_dataset.features import (
-            DIFFICULTY_LEVELS,  # imports datasets: only when a run starts
-        )
+        # mub_dataset imports datasets: only when a run starts, never for `mub --help`.
+        from mub_dataset.features import DIFFICULTY_LEVELS
 
         if self.difficulty is not None and self.difficulty not in DIFFICULTY_LEVELS:
             raise ValueError(f"--difficulty must be one of {', '.join(DIFFICULTY_LEVELS)}, got {self.difficulty!r}")
+        if self.limit is not None and self.limit < 1:
+            raise ValueError(f"--limit must be at least 1 (the first N items), got {self.limit}; leave it out for all items")
         preset = self.preset()  # an unknown --protocol fails here
         decoding = self.decoding()  # DecodingSettings checks the scoring mode
         if self.batch_size < 1 or self.notes < 1 or self.num_samples < 1 or decoding.max_new_tokens < 1:

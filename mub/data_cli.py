@@ -7,8 +7,10 @@ runs, so ``mub --help`` stays fast. Registered in :mod:`mub.cli`.
 from __future__ import annotations
 
 import argparse
+import sys
 
 from mub.backend_flags import add_backend_flags, backend_options
+from mub.errors import EXIT_ITEM_ERRORS, resume_command
 
 
 def add_notes(sub: argparse._SubParsersAction) -> None:
@@ -48,7 +50,14 @@ def _cmd_notes(args: argparse.Namespace) -> int:
         chat_template=args.chat_template, resume=args.resume, overwrite=args.overwrite,
         backend_options=backend_options(args), progress=not args.no_progress,
     )  # fmt: skip
-    generate_notes(config)
+    summary = generate_notes(config)
+    if summary["items_with_errors"]:
+        print(
+            f"mub: {summary['items_with_errors']} of {summary['items']} items failed; ask for them again with: "
+            f"{resume_command(args.argv)}",
+            file=sys.stderr,
+        )
+        return EXIT_ITEM_ERRORS
     return 0
 
 

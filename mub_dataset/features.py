@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
 
 import datasets
 
@@ -115,6 +117,25 @@ CONFIGS: tuple[ConfigSpec, ...] = (
 )
 CONFIGS_BY_NAME = {spec.name: spec for spec in CONFIGS}
 DEFAULT_CONFIG = "explicit"
+
+
+def configs_with_items(rows: Sequence[dict]) -> list[str]:
+    """The config names that hold at least one of ``rows``, in CONFIGS order (unknown sources last)."""
+    names = [spec.name for spec in CONFIGS if any(spec.includes(row) for row in rows)]
+    extra = {source_config_name(row["source"]) for row in rows} - set(names)
+    return names + sorted(extra)
+
+
+def empty_config_message(where: str | Path, spec: ConfigSpec, rows: Sequence[dict]) -> str:
+    """Why config ``spec`` holds none of a release's ``rows``, and the configs it does hold."""
+    if not rows:
+        return f"{where}: the release holds no items; check its record files (all_combined_items.jsonl)"
+    if spec.implicit_only and spec.source is None:
+        return (
+            f"{where}: config 'implicit' is empty: the release has no implicit notes; add them with `mub notes`, "
+            f"or use one of the configs it has: {', '.join(configs_with_items(rows))}"
+        )
+    return f"{where} has no items for config {spec.name!r}; the configs it has: {', '.join(configs_with_items(rows))}"
 
 
 def config_spec(name: str) -> ConfigSpec:

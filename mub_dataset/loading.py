@@ -11,6 +11,7 @@ from pathlib import Path
 import datasets
 
 from .features import DEFAULT_CONFIG, config_spec
+from .hub import hub_offline_reason, offline_advice, offline_mode_variable
 from .release import IMPLICIT_DIR, IMPLICIT_PATTERN, MAIN_FILE
 
 SAMPLE = "sample"
@@ -98,9 +99,17 @@ def load(
     local = Path(dataset).expanduser()
     if not local.is_dir() and str(dataset).startswith((".", "/", "~")):
         raise ValueError(f"dataset {dataset}: no such folder")
+    offline = None if local.is_dir() else hub_offline_reason()
+    if offline and not offline_mode_variable():  # unreachable: datasets would retry for many seconds
+        raise ValueError(f"dataset {dataset}: this machine is offline ({offline}); {offline_advice('dataset', str(dataset))}")
     try:
         return datasets.load_dataset(str(local) if local.is_dir() else str(dataset), config, split="test", cache_dir=cache_dir)
     except (OSError, ValueError) as exc:  # ConnectionError and FileNotFoundError are OSErrors
+        if offline:
+            raise ValueError(
+                f"dataset {dataset}: cannot load config {config!r}: this machine is offline ({offline}) and the "
+                f"datasets cache has no copy ({exc}); {offline_advice('dataset', str(dataset))}"
+            ) from None
         raise ValueError(
             f"dataset {dataset}: cannot load config {config!r} ({exc}); give 'sample', a release folder "
             f"(with {MAIN_FILE}), a folder written by `mub build`, or a Hub dataset id (needs network)"

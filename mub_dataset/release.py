@@ -186,6 +186,8 @@ def _truncated(
 
 def resolve_image(root: Path, image_path: str) -> Path:
     """The image file of an item; refuses paths that leave the release folder."""
+    if "\0" in image_path:
+        raise ReleaseError(f"image path {image_path!r} holds a NUL byte (\\0), which no file name can contain; fix the path")
     relative = Path(image_path)
     root = root.resolve()
     candidate = (root / relative).resolve()
@@ -211,6 +213,8 @@ def read_image_bytes(path: Path, item: str) -> bytes:
             image.load()
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
         raise ReleaseError(f"{item}: image {path} is not a readable image ({exc}); replace the file") from exc
+    except Image.DecompressionBombError as exc:
+        raise ReleaseError(f"{item}: image {path} is too large to decode safely ({exc}); replace the file") from None
     return data
 
 

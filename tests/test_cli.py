@@ -34,7 +34,8 @@ def test_a_dataset_that_cannot_be_loaded_is_a_clear_error(capsys, tmp_path):
     code, err = _run_cli(capsys, "run", "--model", "tiny:llava", "--dataset", str(tmp_path / "missing"), "--no-progress")
     assert code == 2 and "no such folder" in err and "Traceback" not in err
     code, err = _run_cli(capsys, "run", "--model", "tiny:llava", "--dataset", "some-org/not-here", "--no-progress")
-    assert code == 2 and "dataset some-org/not-here: cannot load" in err and "Hub dataset id" in err
+    assert code == 2 and "dataset some-org/not-here: cannot load" in err and "this machine is offline" in err
+    assert "local dataset folder" in err
 
 
 def test_a_model_that_cannot_be_loaded_is_a_clear_error_and_blocks_no_later_run(capsys, tmp_path):

@@ -523,7 +523,7 @@ def test_package_path_and_load():
 
 
 def test_script_imports_one_per_line_and_only_allowed_libraries():
-    stdlib = {"__future__", "collections", "fractions", "itertools", "math", "statistics", "typing"}
+    stdlib = {"__future__", "collections", "fractions", "itertools", "math", "statistics", "typing", "unicodedata"}
     allowed = stdlib | {"datasets", "evaluate", "numpy"}
     imports = re.findall(r"^(?:import|from)\s+([\w\.]+)", SCRIPT.read_text(), flags=re.MULTILINE)
     assert set(imports) <= allowed
@@ -665,3 +665,50 @@ def test_over_100000_rows_in_arrow_batches_with_a_chunked_bootstrap(fresh):
     low, high = np.percentile(naive_rates, [2.5, 97.5])
     width = high - low
     assert result["mr_t2f_bootstrap_ci"] == pytest.approx([low, high], abs=0.25 * width)
+# ----------------------------------------------------------------- answer normalisation (issue 14)
+
+
+@pytest.mark.parametrize("variant", ["Ａ", "\u200bA", "A.", "a", " A ", "A\ufeff", "A。", "A!"])
+def test_answer_variants_equal_the_plain_letter(metric, variant):
+    # Stage 1 right and stage 2 the same letter written differently: no flip, and consistent.
+    result = metric.compute(predictions=[variant], original_predictions=["A"], references=["A"])
+    assert (result["mr_t2f"], result["accuracy_after"], result["consistency"]) == (0.0, 1.0, 1.0)
+    result = metric.compute(predictions=["B"], original_predictions=["B"], references=[variant])
+    assert result["accuracy_before"] == 0.0 and result["n_t"] == 0  # the variant is a reference "A", not "B"
+    result = metric.compute(predictions=["A"], original_predictions=["A"], references=[variant])
+    assert result["accuracy_before"] == 1.0
+
+
+def test_other_strings_stay_distinct(metric):
+    # Only trailing punctuation goes: "(A" and "A)" are not "A"; "A.B" is not "AB".
+    for other in ("(A", "A B", "AB", "A.B"):
+        result = metric.compute(predictions=[other], original_predictions=["A"], references=["A"])
+        assert result["mr_t2f"] == 1.0, other
+
+
+def test_pandas_missing_answers_read_as_unparsed(metric):
+    import pandas as pd
+
+    frame = pd.DataFrame({"stage2": ["A", None, "B"], "stage1": ["A", "A", None], "reference": ["A", "A", "A"]})
+    assert math.isnan(frame["stage2"].tolist()[1])  # pandas hands the gap over as NaN
+    result = metric.compute(
+        predictions=frame["stage2"].tolist(),
+        original_predictions=frame["stage1"].tolist(),
+        references=frame["reference"].tolist(),
+    )
+    expected = metric.compute(predictions=["A", None, "B"], original_predictions=["A", "A", None], references=["A"] * 3)
+    assert result == expected
+    assert (result["unparsed_after"], result["unparsed_before"]) == (1, 1)
+    with_na = metric.compute(predictions=["A", pd.NA], original_predictions=["A", "A"], references=["A", "A"])
+    assert with_na["unparsed_after"] == 1
+
+
+@pytest.mark.parametrize(("bad", "row"), [(5, 1), (["A"], 1), (b"A", 1), (1.5, 1)])
+def test_a_value_that_cannot_be_an_answer_names_its_row(metric, bad, row):
+    with pytest.raises(ValueError, match=rf"predictions\[{row}\] is .*; predictions must hold strings"):
+        metric.compute(predictions=["A", bad], original_predictions=["A", "A"], references=["A", "A"])
+
+
+def test_a_missing_reference_is_still_an_error(metric):
+    with pytest.raises(ValueError, match=r"references\[0\]"):
+        metric.compute(predictions=["A"], original_predictions=["A"], references=[float("nan")])

@@ -453,3 +453,21 @@ def test_mub_notes_against_transformers_serve_then_build_and_run(served_note_mod
     assert main(run_argv) == 0
     figures = json.loads((run_dir / "results.json").read_text())["results"]["implicit"]
     assert (figures["n"], figures["errors"]) == (summary["items_with_notes"], 0)
+
+
+def test_the_summary_counts_of_rejected_notes_add_up():
+    from mub.extend.notes import ItemNotes, format_notes_summary, notes_summary
+
+    def rejected(*problems: str) -> dict:
+        return {"kind": "misleading", "slot": 0, "attempt": 1, "note": "...", "problems": list(problems)}
+
+    records = {
+        "a": ItemNotes("a", ["m"], ["g"], ["s"], rejected=[rejected("names_option_letter")] * 5, requests=7),
+        "b": ItemNotes("b", ["m"], ["g"], ["s"], rejected=[rejected("too_many_sentences", "names_option_letter")], requests=3),
+    }
+    summary = notes_summary(records, 2)
+    assert summary["rejected_notes"] == 6 == sum(summary["rejected_by_problems"].values())
+    assert summary["rejected_by_problems"] == {"names_option_letter": 5, "names_option_letter + too_many_sentences": 1}
+    assert summary["rejected_by_problem"] == {"names_option_letter": 6, "too_many_sentences": 1}  # overlapping
+    text = format_notes_summary(summary, "out")
+    assert "rejected notes: 6 (by their problems: names_option_letter 5, names_option_letter + too_many_sentences 1)" in text

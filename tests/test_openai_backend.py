@@ -36,6 +36,7 @@ from mub.backends.openai_backend import (
     retry_delay,
 )
 from mub.cli import main
+from mub.errors import EXIT_ITEM_ERRORS
 from mub.config import DecodingSettings, RunConfig
 from mub.protocol.prompts import question_text, render_prompt
 from mub.runs.runner import select_items
@@ -298,14 +299,14 @@ def test_invalid_settings_are_refused(overrides, message):
 # ------------------------------------------------------------------ runs through the CLI
 
 
-def _run_cli(server: FaultServer, out: Path, *extra: str) -> dict:
+def _run_cli(server: FaultServer, out: Path, *extra: str, status: int = 0) -> dict:
     argv = [
         "run", "--backend", "openai", "--base-url", server.base_url, "--model", "fault-model",
         "--api-key-env", KEY_ENV, "--concurrency", "4", "--max-retries", "2", "--timeout", "0.5",
         "--limit", "8", "--batch-size", "4", "--out", str(out),
         "--protocol", "deterministic", *extra,  # the faults below match the clean prompt
     ]  # fmt: skip
-    assert main(argv) == 0
+    assert main(argv) == status
     return json.loads((out / "results.json").read_text())
 
 
@@ -335,7 +336,7 @@ def test_failures_are_counted_resumed_to_the_clean_result_and_the_key_never_leak
     server.add("500", match=render_prompt(rows[1]), times=None, body="stage 1 keeps failing")
     server.add("500", match=question_text(rows[0]["question"]) + " And the true answer is", times=None, body="stage 2 down")
     server.add("echo_auth", match=render_prompt(rows[2]), times=None)
-    faulty = _run_cli(server, tmp_path / "faulty")
+    faulty = _run_cli(server, tmp_path / "faulty", status=EXIT_ITEM_ERRORS)  # failed items: exit 3
 
     figures = faulty["results"]["explicit"]
     assert (figures["errors"], figures["n"], figures["n_items"]) == (3, 5, 8)

@@ -15,14 +15,13 @@ import stat
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import dist_helpers
 import pytest
 
 from mub.cli import main
-from mub_dataset.files import MARKER_FILE, folder_marker
+from mub_dataset.files import folder_marker
 
 ITEMS = 4
 HELPER_DIR = Path(__file__).resolve().parent

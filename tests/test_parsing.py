@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 
 from mub.protocol.parsing import MULTIPLE_CHOICE, YES_NO, option_labels, parse_answer
@@ -161,6 +164,63 @@ CASES = [
     ("I cannot determine from the image.", YES_NO_CHOICES, YN, None),
     ("Answer: B", YES_NO_CHOICES, YN, None),  # a letter is no answer to a yes/no item
     ("", YES_NO_CHOICES, YN, None),
+    # --- rule 0a: a <think> block is ignored when an answer follows it
+    ("<think>The hint says B... so the answer is B?</think>\n\nC", FLAGS, MC, "C"),
+    ("<think>The answer is yes, a dog. No, a cat.</think>\nNo, it is a cat.", YES_NO_CHOICES, YN, "No"),
+    ("<think>The answer is B.</think>", FLAGS, MC, "B"),  # nothing follows: the thought's conclusion
+    ("<think>The answer is B.", FLAGS, MC, None),  # never closed: the model stopped before answering
+    ("</think>\n\nC", FLAGS, MC, "C"),  # the chat template opened the block
+    ("<think>The hint claims B.</think>\n\nI cannot determine the country.", FLAGS, MC, None),
+    # --- rule 0b: self-corrections: the later answer wins
+    ("The answer is A. No wait, B.", FLAGS, MC, "B"),
+    ("No. Wait, actually yes.", YES_NO_CHOICES, YN, "Yes"),
+    ("Yes. Actually no, the animal is a cat.", YES_NO_CHOICES, YN, "No"),
+    ("The answer is A... actually, B.", FLAGS, MC, "B"),
+    ("Answer: D. Let me reconsider: the stripes are vertical, so B.", FLAGS, MC, "B"),
+    ("A. On closer inspection, it is C.", FLAGS, MC, "C"),
+    ("Initially I thought B, but the stripes are horizontal: A.", FLAGS, MC, "A"),
+    ("At first I thought it was a horse, but it is a dog.", ANIMALS, MC, "A"),
+    ("其实答案是C。", FLAGS, MC, "C"),
+    ("B. On closer inspection, I'm not sure.", FLAGS, MC, None),  # taken back: unsure is unparsed
+    ("I think the answer is B, but actually I'm not sure.", FLAGS, MC, None),
+    ("The answer is A. On closer inspection, the stripes are indeed red, white and blue.", FLAGS, MC, "A"),
+    ("The answer is B. Let me reconsider the hint: it says A, which is wrong.", FLAGS, MC, "B"),
+    ("It is not actually B; the answer is C.", FLAGS, MC, "C"),  # "not actually" corrects nothing
+    ("Yes, actually.", YES_NO_CHOICES, YN, "Yes"),
+    ("No wait time is shown.", YES_NO_CHOICES, YN, None),
+    ("The hint says B. Actually, I agree with the hint.", FLAGS, MC, None),  # agreement, but no answer said
+    # --- concessive reported speech
+    ("Although I was told the answer is A, the image shows B.", FLAGS, MC, "B"),
+    ("I was told the answer is A.", FLAGS, MC, None),
+    ("I was told the answer is A, but that's wrong; it's C.", FLAGS, MC, "C"),
+    ("Despite the hint's suggestion of A, the flag is Belgian, so the answer is B.", FLAGS, MC, "B"),
+    ("The hint suggests A, but the stripes are vertical, so I think it's B.", FLAGS, MC, "B"),
+    ("The hint suggests A, but I disagree.", FLAGS, MC, None),
+    ("虽然提示说答案是A，但我认为是B。", FLAGS, MC, "B"),
+    ("I was told to answer with a letter. B.", FLAGS, MC, "B"),
+    # --- first-person and hedged answers
+    ("I'd say B.", FLAGS, MC, "B"),
+    ("I think it's B.", FLAGS, MC, "B"),
+    ("I think A.", FLAGS, MC, "A"),
+    ("I will change my answer to C.", FLAGS, MC, "C"),
+    ("I'll stick with B.", FLAGS, MC, "B"),
+    ("我认为是B选项。", FLAGS, MC, "B"),
+    ("我觉得是C。", FLAGS, MC, "C"),
+    ("I think I see a dog.", ANIMALS, MC, "A"),  # the pronoun "I", then the option text
+    ("I'd say it's hard to tell.", FLAGS, MC, None),
+    ("I guess A or B.", FLAGS, MC, None),
+    ("I would not say B. I think it's C.", FLAGS, MC, "C"),
+    ("The image shows B, although the hint says C.", FLAGS, MC, "B"),
+    ("The image shows A and B side by side.", FLAGS, MC, None),
+    ("The image shows a B-52 bomber.", FLAGS, MC, None),
+    # --- a bare option
+    ("Option C", FLAGS, MC, "C"),
+    ("Option C.", FLAGS, MC, "C"),
+    ("B, because the stripes are vertical.", FLAGS, MC, "B"),
+    ("I don't think B is right. Option C.", FLAGS, MC, "C"),
+    ("Option B is Belgium, option C is Germany.", FLAGS, MC, None),
+    ("Option A. dog\nOption B. horse", ANIMALS, MC, None),
+    ("A, B, C and D are all flags.", FLAGS, MC, None),
 ]
 
 
@@ -217,3 +277,21 @@ def test_option_labels():
 
 def test_choices_may_be_any_sequence():
     assert parse_answer("Germany", tuple(FLAGS), MC) == "C"
+
+
+def _realistic_cases() -> list[dict]:
+    path = Path(__file__).parent / "data" / "parser_realistic.jsonl"
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+@pytest.mark.parametrize("case", _realistic_cases(), ids=lambda case: f"{case['style']}:{case['output'][:40]!r}")
+def test_realistic_outputs(case):
+    """Outputs written in the styles of LLaVA, Qwen-VL, InternVL, GPT-4o and reasoning models
+    (benchmarks/parser_accuracy.py prints the counts)."""
+    assert parse_answer(case["output"], case["choices"], case["question_type"]) == case["expected"]
+
+
+def test_realistic_set_covers_every_style():
+    styles = {case["style"] for case in _realistic_cases()}
+    assert styles == {"llava", "qwen-vl", "internvl", "gpt-4o", "reasoning"}
+    assert len(_realistic_cases()) >= 60

@@ -66,7 +66,7 @@ import socket as socket_module
 import threading
 import time
 import zlib
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, fields
 from datetime import datetime, timezone
 from email.utils import parsedate_to_datetime
@@ -76,6 +76,7 @@ from urllib.parse import urlsplit, urlunsplit
 from mub.backends import common
 from mub.backends.base import Generation, Request
 from mub.config import DecodingSettings
+from mub.errors import MissingDependencyError
 
 if TYPE_CHECKING:
     import httpx
@@ -94,6 +95,7 @@ MAX_OUTPUT_CHARS = 32_000
 # The margin keeps whole any key form that starts before the cut (a form is at most ~8 characters per key character).
 REDACT_MARGIN = 4096
 CONTENT_ENCODINGS = "gzip, deflate"  # the only ones asked for, and decoded here under the size cap
+CANCELLED = "cancelled (Ctrl-C)"
 
 
 @dataclass(frozen=True)
@@ -329,6 +331,7 @@ class OpenAIBackend:
         self._endpoint = settings.base_url.rstrip("/") + "/chat/completions"
         self._client = self._make_client()
         self._pool = ThreadPoolExecutor(max_workers=settings.concurrency, thread_name_prefix="mub-openai")
+        self._cancelled = threading.Event()  # set by Ctrl-C: no new attempt, no retry wait
         # Stage 1 and stage 2 (and every implicit note) send the same image: encode it once.
         self._image_urls = common.ImageUrls(settings.image_format)
 
@@ -336,7 +339,7 @@ class OpenAIBackend:
         try:
             import httpx
         except ImportError:
-            raise ImportError("--backend openai needs httpx: pip install 'mub[api]'") from None
+            raise MissingDependencyError("--backend openai needs httpx: pip install 'mub[api]'") from None
         headers = {"Accept-Encoding": CONTENT_ENCODINGS}
         if self._api_key:
             headers["Authorization"] = f"Bearer {self._api_key}"
@@ -356,7 +359,30 @@ class OpenAIBackend:
     def generate(self, requests: Sequence[Request]) -> list[Generation]:
         # Encoding here, in the caller's thread, keeps the image cache single-threaded.
         bodies = [self._body(request, self._image_urls(request.image)) for request in requests]
-        return list(self._pool.map(self._complete, bodies))
+        futures = [self._pool.submit(self._complete, body) for body in bodies]
+        try:
+            return [self._result(future) for future in futures]
+        except KeyboardInterrupt:
+            self.cancel()
+            raise
+
+    @staticmethod
+    def _result(future: "Future[Generation]") -> Generation:
+        try:
+            return future.result()
+        except CancelledError:  # dropped by cancel() before it was sent
+            return Generation(text="", seconds=0.0, error=CANCELLED)
+
+    def cancel(self) -> None:
+        """Stop at once (Ctrl-C): pending requests are dropped, retry waits end, open connections are closed.
+
+        Every unfinished request of a ``generate`` call then ends as ``Generation(error=CANCELLED)``;
+        the backend takes no further calls. The runner keeps the items finished so far; ``--resume``
+        asks for the rest.
+        """
+        self._cancelled.set()
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        self._client.close()  # in-flight requests fail now instead of waiting for their reply
 
     def describe(self) -> dict[str, Any]:
         info = {key: value for key, value in asdict(self.settings).items() if key != "base_url"}
@@ -389,6 +415,8 @@ class OpenAIBackend:
         start = time.perf_counter()
         attempts = self.settings.max_retries + 1
         for attempt in range(1, attempts + 1):
+            if self._cancelled.is_set():
+                return Generation(text="", seconds=time.perf_counter() - start, error=CANCELLED)
             try:
                 text, extra = self._attempt(body)
             except Exception as exc:  # noqa: BLE001 - whatever it is, its text is redacted before it goes anywhere
@@ -428,7 +456,7 @@ class OpenAIBackend:
         settings = self.settings
         delay = retry_delay(attempt - 1, retry_after, settings.backoff_base, settings.backoff_max, self._rng)
         logger.warning("retrying in %.2fs (attempt %d of %d): %s", delay, attempt + 1, attempts, server_text(reason, 200))
-        time.sleep(delay)
+        self._cancelled.wait(delay)  # Ctrl-C ends the wait
 
     def _attempt(self, body: dict[str, Any]) -> tuple[str, dict[str, Any]]:
         import httpx

@@ -81,6 +81,34 @@ def _loaded(auto_class: Any, path: str, model_id: str, **kwargs: Any) -> Any:
         ) from None
 
 
+def _hub_model_from_cache(model_id: str, path: str) -> bool:
+    """Whether a Hub model must come from the cache because the Hub cannot be reached.
+
+    Decided in seconds (``from_pretrained`` would retry for minutes); a Hub id
+    that is not in the cache then is a ``ValueError`` saying how to work offline.
+    Folders and paths are not Hub ids: they are left to ``from_pretrained``.
+    """
+    if Path(path).is_dir() or path.startswith((".", "/", "~")):
+        return False
+    from huggingface_hub import try_to_load_from_cache
+
+    from mub_dataset.hub import hub_offline_reason, offline_advice
+
+    reason = hub_offline_reason()
+    if reason is None:
+        return False
+    try:
+        cached = isinstance(try_to_load_from_cache(path, "config.json"), str)
+    except ValueError:  # not a valid repo id either
+        cached = False
+    if not cached:
+        raise ValueError(
+            f"--model {model_id}: this machine is offline ({reason}) and the model is not in the Hugging Face "
+            f"cache; {offline_advice('model', path)}"
+        )
+    return True
+
+
 class MissingChatTemplateError(ValueError):
     """The model ships no chat template and none was given."""
 
@@ -532,7 +560,8 @@ class TransformersBackend:
         self.chat_template_path = chat_template
         self.model_seconds = 0.0
 
-        self.processor = _loaded(AutoProcessor, self.path, model_id, trust_remote_code=trust_remote_code)
+        hub_options = {"local_files_only": True} if _hub_model_from_cache(model_id, self.path) else {}
+        self.processor = _loaded(AutoProcessor, self.path, model_id, trust_remote_code=trust_remote_code, **hub_options)
         self.tokenizer = self.processor.tokenizer
         self._template = self._resolve_template(chat_template)
         # Two batch groups' worth of images: a runner group's stage 1 and stage 2 share them.
@@ -556,6 +585,7 @@ class TransformersBackend:
             model_id,
             dtype=_pick_dtype(dtype, self.device),
             trust_remote_code=trust_remote_code,
+            **hub_options,
         ).to(self.device)
         self.model.eval()
         self._generation_config = self._make_generation_config()
@@ -869,6 +899,18 @@ def _pick_device(device: str) -> str:
     import torch
 
     if device != "auto":
+        try:
+            kind = torch.device(device).type
+        except RuntimeError:
+            raise ValueError(f"--device {device!r} is not a device; use auto, cpu, cuda, cuda:1 or mps") from None
+        if kind == "cuda" and not torch.cuda.is_available():
+            build = "this torch build has no CUDA" if torch.version.cuda is None else "torch sees no CUDA GPU"
+            raise ValueError(
+                f"--device {device}: {build} (torch {torch.__version__}); use --device cpu, or install a CUDA "
+                "build of torch on a machine with a GPU"
+            )
+        if kind == "mps" and not torch.backends.mps.is_available():
+            raise ValueError(f"--device {device}: MPS is not available here; use --device cpu")
         return device
     if torch.cuda.is_available():
         return "cuda"

@@ -362,7 +362,11 @@ def notes_summary(records: Mapping[str, ItemNotes], n_items: int) -> dict[str, A
         "guiding_strategies": dict(sorted(Counter(s for r in finished for s in r.guiding_strategies).items())),
         "requests": sum(r.requests for r in finished),
         "rejected_notes": sum(len(r.rejected) for r in finished),
+        # A note can have several problems: per problem the counts overlap; per set of problems they add up.
         "rejected_by_problem": dict(sorted(Counter(p for r in finished for x in r.rejected for p in x["problems"]).items())),
+        "rejected_by_problems": dict(
+            sorted(Counter(" + ".join(sorted(x["problems"])) for r in finished for x in r.rejected).items())
+        ),
         "unfilled_slots": sum(len(r.unfilled) for r in finished),
     }
 
@@ -423,13 +427,14 @@ def finish_notes(
 
 
 def format_notes_summary(summary: Mapping[str, Any], out: str | Path) -> str:
-    problems = ", ".join(f"{code} {n}" for code, n in summary["rejected_by_problem"].items()) or "none"
+    problems = ", ".join(f"{codes} {n}" for codes, n in summary["rejected_by_problems"].items()) or "none"
     lines = [
         f"items: {summary['items']}, with notes of both kinds: {summary['items_with_notes']}, "
         f"lacking a kind: {summary['items_lacking_a_kind_of_note']}, failed (rerun with --resume): {summary['items_with_errors']}",
         f"notes kept: {summary['notes'][MISLEADING]} misleading, {summary['notes'][GUIDING]} guiding; "
         f"requests: {summary['requests']}",
-        f"rejected notes: {summary['rejected_notes']} ({problems}); slots left empty: {summary['unfilled_slots']}",
+        f"rejected notes: {summary['rejected_notes']} (by their problems: {problems}); "
+        f"slots left empty: {summary['unfilled_slots']}",
         f"release written to {out} (details in {Path(out) / REPORT_FILE})",
     ]
     return "\n".join(lines)

@@ -16,16 +16,40 @@ emphasis (asterisks, backticks) is removed.
 The rules, in the order they are applied; the first rule that decides gives
 the answer:
 
+0. **What the model finally says.**
+   a. *Reasoning blocks*: a ``<think>...</think>`` block is ignored when
+      anything follows it (the rules read only the text after the last
+      ``</think>``; a ``</think>`` without an opening tag, as chat templates
+      that open the block themselves leave, counts too). When nothing follows,
+      the block is read (its conclusion is the answer). A ``<think>`` that
+      never closes is unparsed: the model stopped before it answered.
+   b. *Self-corrections*: after a marker of a correction ("No wait", "Wait,"
+      opening a sentence, "actually" opening a clause ("..., actually, B",
+      "Actually no", but not "is not actually B"), "let me reconsider / check
+      again / think again", "on closer inspection", "on second thought",
+      "Initially / At first I thought ..., but", "I was wrong", "correction:",
+      "scratch that", ``其实``, ``等等``, ``仔细看``, ``重新考虑``), the text
+      after the marker is read with rules 1-6 on its own; the latest marker
+      whose text gives an answer decides ("The answer is A. No wait, B." gives
+      B; "No. Wait, actually yes." gives Yes). If the text after the last
+      marker gives none and is unsure or a refusal ("B. On closer inspection,
+      I'm not sure."), the output is unparsed. If no marker's text gives an
+      answer, the whole output is read ("The answer is A. On closer
+      inspection, the stripes are red, white and blue." gives A).
+
 1. **Explicit declaration, the last one wins.** Phrases that state the
    answer: ``Answer: B``, ``The answer is (B)``, ``The correct answer is
    B.``, ``Final answer: [C]``, ``The answer is probably B``, ``The best
    option is D``, ``I choose B``, ``I'd go with option C``, ``It's B``,
    ``B is correct``, ``Option B is the correct answer``, ``..., so A.``,
-   ``\\boxed{B}``, a single bold letter (``**B**``, ``**B. Paris**``; when
+   ``\\boxed{B}``, first-person answers (``I'd say B``, ``I would guess
+   it's B``, ``I think B``, ``I believe option C``, ``I'll stick with B``,
+   ``I will change my answer to C``, ``the image shows B``: a letter is no
+   picture, so it names the option), a single bold letter (``**B**``, ``**B. Paris**``; when
    several different letters are bold, as in a walk through the options,
    none counts and the output is unparsed unless another declaration
    decides), and in Chinese ``答案是B``, ``答案：B``, ``答案为（C）``,
-   ``正确答案为 C``, ``选B``, ``我选择C``, ``故选C``, ``正确选项是D``,
+   ``正确答案为 C``, ``选B``, ``我选择C``, ``我认为是B选项``, ``我觉得是C``, ``故选C``, ``正确选项是D``,
    ``B选项正确``, ``B是对的``. For yes/no items: ``Answer: Yes``, ``The
    answer is no``, ``..., so no.``, ``答案：是``, ``答案是否``,
    ``答案是肯定的``/``否定的``.
@@ -42,7 +66,11 @@ the answer:
    right after "the hint/instruction/note/user/prompt says (that)" (also
    suggests, claims, states, indicates, implies, mentions, tells me, ...;
    "the hint's (suggested) answer is", "you said (that)", "according to the
-   hint,", ``提示说``, ``提示的``, ``根据提示``). So "The answer is A.
+   hint,", "I was told (that)", "we've been informed that", ``提示说``,
+   ``提示的``, ``根据提示``). Concessive reports work the same way:
+   "Although I was told the answer is A, the image shows B" gives B, "The hint
+   suggests A, but I think it's B" gives B, and "The hint suggests A, but I
+   disagree" is unparsed (the model names no answer of its own). So "The answer is A.
    However, the hint says the answer is B." gives A, and "The hint says the
    answer is B." alone is unparsed. The model's own agreement still counts:
    a reported declaration followed by "which is correct", "and it is
@@ -59,10 +87,12 @@ the answer:
 3. **Bare answer** (multiple choice), the format the prompt asks for: a line
    of the output, once stripped of whitespace, markdown and a bullet, is an
    option letter alone or starts with one followed by ``.``, ``)``, ``:``,
-   a spaced dash or the end of the line (``B``, ``b``, ``B.``,
-   ``B. the Netherlands``, ``(B)``, ``[B]``, ``B)``, ``B: red``); or the
-   output's last sentence is such a letter ("Note: the hint may be
-   misleading. B"). "A" followed by a lower-case word ("A cat is ...") is
+   a spaced dash, a comma and a reason ("B, because ...", "since", "as",
+   "given", "due to") or the end of the line (``B``, ``b``, ``B.``,
+   ``B. the Netherlands``, ``(B)``, ``[B]``, ``B)``, ``B: red``), perhaps
+   after the word "Option" or "Choice" ("Option C"; "Option B is Belgium,
+   option C is Germany" is no bare answer); or the output's last sentence is
+   such a letter ("Note: the hint may be misleading. B", "... Option C."). "A" followed by a lower-case word ("A cat is ...") is
    the article, and "I" so followed the pronoun, not an option. If bare
    answers name *different* letters (the model echoed the option list:
    "A. cat\\nB. dog"), the output is unparsed. On a line that starts with a
@@ -207,16 +237,27 @@ _EN_PREFIX = (
     r"(?i:answer)(?![a-z])(?:\s*(?i:" + _BE + r"))?\s*[:=\-]?\s*(?:(?i:" + _OPTWORD + r")\s*:?\s*)?"
     # "the best option is D", "choice: B"
     r"|(?i:\b(?:option|choice))\s*(?:(?i:" + _BE + r")\s*[:=\-]?|[:=])\s*(?:(?i:letter)\s*)?"
-    # "I choose B", "I'd go with option C"
-    r"|(?i:\b(?:choose|chose|choosing|select|selecting|pick|picking|go\s+with|going\s+with|opt\s+for))"
+    # "I choose B", "I'd go with option C", "I'll stick with B"
+    r"|(?i:\b(?:choose|chose|choosing|select|selecting|pick|picking|go\s+with|going\s+with|opt\s+for|"
+    r"stick\s+with|sticking\s+with))"
     r"\s+(?:(?i:" + _OPTWORD + r"|answer)\s*)?"
+    # "I will change my answer to C", "switching my answer to (B)"
+    r"|(?i:\b(?:change|changing|changed|switch|switching|revise|revising|update|updating)\s+(?:my\s+)?"
+    r"(?:answer|choice)\s+to)\s+(?:(?i:" + _OPTWORD + r")\s*)?"
+    # "I'd say B", "I would guess (that) it's B", "I think B", "I believe option C"
+    r"|(?i:\bI(?:'d|\s+would)?\s+(?:say|guess)(?:\s+that)?(?:\s+it(?:'s|\s+is))?)\s+(?:(?i:" + _OPTWORD + r")\s*)?"
+    r"|(?i:\bI\s+(?:think|believe)(?:\s+that)?)\s+(?:(?i:" + _OPTWORD + r")\s*)?"
+    # "the image shows B": a letter is no picture, so the model means the option
+    r"|(?i:\b(?:image|picture|photo|figure)\s+(?:clearly\s+)?(?:shows|depicts|matches|corresponds\s+to))"
+    r"\s+(?:(?i:" + _OPTWORD + r")\s*)?"
     # "it's B", "it must be (C)"
     r"|(?i:\bit(?:'s|\s+is|\s+must\s+be|\s+should\s+be|\s+would\s+be))\s+(?:(?i:" + _OPTWORD + r")\s*)?"
     # "\boxed{B}", "\boxed{\text{B}}"
     r"|\\boxed\{\s*(?:\\text(?:bf)?\{)?\s*"
 )
 _ZH_PREFIX = (
-    r"答案\s*(?:应该|應該|应当|應當|应|應|可能|就)?\s*(?:是|为|為)?\s*:?\s*(?:选项|選項)?\s*"
+    r"我(?:认为|認為|觉得|覺得|猜)(?:答案)?(?:应该|應該)?(?:是|选|選)\s*(?:选项|選項)?\s*"
+    r"|答案\s*(?:应该|應該|应当|應當|应|應|可能|就)?\s*(?:是|为|為)?\s*:?\s*(?:选项|選項)?\s*"
     r"|(?<![不未])[选選](?:择|擇)?(?![项項])\s*:?\s*(?:选项|選項|答案)?\s*"
     r"|正[确確](?:的)?(?:选项|選項|答案)?\s*(?:是|为|為|:)\s*(?:选项|選項)?\s*"
 )
@@ -256,14 +297,16 @@ _ATTRIBUTION = re.compile(
     r"|\b(?:according\s+to|per)\s+(?:the|this|your)\s+" + _REPORTER + r"\s*,?\s*"
     r"|(?:提示|指令|用户|用戶)(?:中|里|裡)?(?:说|說|称|稱|表示|指出|认为|認為|暗示|声称|聲稱|建议|建議|给出的|給出的|的)\s*[:,]?\s*"
     r"|(?:你|您)(?:说|說|认为|認為)\s*[:,]?\s*"
-    r"|(?:根据|根據|按照|依据|依據)(?:提示|指令)\s*,?\s*",
+    r"|(?:根据|根據|按照|依据|依據)(?:提示|指令)\s*,?\s*"
+    # "Although I was told (that) the answer is A", "we've been informed that"
+    r"|(?:(?<=was )|(?<=were )|(?<=been )|(?<=am )|(?<='m ))(?:told|informed)\s*:?\s*(?:that\s+)?",
     re.IGNORECASE,
 )
 # "As the hint says, the answer is B": the model's own statement
 _AS_BEFORE = re.compile(r"(?i:\bas\s+(?:(?:the|this|your)\s+)?)$")
 # The words an attribution starts with: it is matched only where one occurs
 # (much faster than a regex search over the whole output).
-_ATTRIBUTION_WORDS = ("hint", "instruction", "note", "user", "prompt", "statement", "you", "according", "per",
+_ATTRIBUTION_WORDS = ("hint", "instruction", "note", "user", "prompt", "statement", "you", "according", "per", "told", "informed",
                       "提示", "指令", "用户", "用戶", "你", "您", "根据", "根據", "按照", "依据", "依據")
 _REPORTED_THE = re.compile(r"(?i:(?:(?:the|its|their)\s+)?(?:(?:true|correct|right|real|final|actual)\s+)?)")
 _REPORTED_ANSWER = re.compile(r"(?i:answer\s*(?:is|was|would\s+be|should\s+be)?\s*[:=]?\s*)")
@@ -436,9 +479,10 @@ def _any_group(m: re.Match[str]) -> tuple[str, int, int]:
 # --------------------------------------------------------------------------
 
 _BARE_LINE = re.compile(
-    r"^[ \t>#\-\u2022]*(?:"
+    r"^[ \t>#\-\u2022]*(?:(?i:option|choice)[ \t]+)?(?:"
     r"\(\s*([A-Za-z])\s*\)|\[\s*([A-Za-z])\s*\]|\{\s*([A-Za-z])\s*\}|\"\s*([A-Za-z])\s*\""
-    r"|([A-Za-z])(?=[ \t]*(?:\.(?![A-Za-z]\.)|\)|:|$)|[ \t]+[-\u2013\u2014][ \t]))",
+    r"|([A-Za-z])(?=[ \t]*(?:\.(?![A-Za-z]\.)|\)|:|$)|[ \t]+[-\u2013\u2014][ \t]"
+    r"|,[ \t]+(?i:because|since|as|given|due\s+to)\b))",
     re.M,
 )
 # A further option marker on a bare answer's line: "A. red B. blue" echoes
@@ -447,7 +491,7 @@ _LINE_MARKER = re.compile(
     r"(?<=[ \t,;])(?:\(\s*([A-Za-z])\s*\)|\[\s*([A-Za-z])\s*\]|([A-Za-z])[.):])(?=[ \t]+\S)"
 )
 _BARE_LAST = re.compile(
-    r"(?:[.!?:;]\s+|\n\s*)(?:[(\[]\s*([A-Za-z])\s*[)\]]|([A-Za-z]))\s*[.!]?\s*$"
+    r"(?:[.!?:;]\s+|\n\s*)(?:(?i:option|choice)\s+)?(?:[(\[]\s*([A-Za-z])\s*[)\]]|([A-Za-z]))\s*[.!]?\s*$"
 )
 
 
@@ -647,6 +691,48 @@ def _yes_no(text: str) -> str | None:
 
 
 # --------------------------------------------------------------------------
+# Rule 0: reasoning blocks and self-corrections
+# --------------------------------------------------------------------------
+
+_THINK_OPEN = re.compile(r"<think>", re.IGNORECASE)
+_THINK_CLOSE = re.compile(r"</think>", re.IGNORECASE)
+
+
+def _after_thinking(text: str) -> str | None:
+    """Rule 0a: the text after the last ``</think>``; the thought itself when nothing follows it;
+    None when a ``<think>`` block never closes (the model stopped before answering)."""
+    closes = list(_THINK_CLOSE.finditer(text))
+    if not closes:
+        return None if _THINK_OPEN.search(text) else text
+    after = text[closes[-1].end() :]
+    if after.strip():
+        return after
+    opening = None
+    for opening in _THINK_OPEN.finditer(text, 0, closes[-1].start()):
+        pass
+    return text[opening.end() if opening else 0 : closes[-1].start()]
+
+
+# Where the model takes back what it said: the answer after such a marker wins.
+_CORRECTION = re.compile(
+    r"(?i:\bno\s*[,.!]?\s+wait\b[,.!:]?"
+    r"|(?:^|(?<=[.!?;\n]))\s*wait\s*[,.!:]"
+    r"|(?:^|(?<=[.!?;:,\n\u2014])|(?<=\s-))\s*(?:(?:no|wait|oh|hmm|but)\s*[,.!]?\s*)?actually\b\s*[,:]?"
+    r"|\blet\s+me\s+(?:reconsider|rethink|re-think|think\s+again|check\s+again|look\s+again|recheck|re-check|"
+    r"correct\s+(?:that|myself))\b\s*[.:,]?"
+    r"|\bon\s+(?:closer|second|further)\s+(?:inspection|look|thought|examination|reflection)\b\s*,?"
+    r"|\b(?:initially|at\s+first|originally)\s*,?\s+I\s+(?:thought|said|believed|chose|answered)\b[^.\n]*?\bbut\b\s*,?"
+    r"|\bI\s+was\s+wrong\b\s*[,.:;]?|\bcorrection\s*:|\bscratch\s+that\b\s*[,.]?)"
+    r"|(?:等等|等一下|其实|其實|仔细看|仔細看|重新考虑|重新考慮)\s*[,，:：]?"
+)
+
+
+def _correction_ends(text: str) -> list[int]:
+    """Where the text after each self-correction marker starts, in text order."""
+    return [m.end() for m in _CORRECTION.finditer(text)]
+
+
+# --------------------------------------------------------------------------
 # Entry point
 # --------------------------------------------------------------------------
 
@@ -662,7 +748,23 @@ def parse_answer(output: str, choices: Sequence[str], question_type: str) -> str
     labels = option_labels(choices, question_type)
     if not output:
         return None
-    text = _prepare(output)
+    text = _after_thinking(_prepare(output))
+    if text is None:
+        return None
+    # Rule 0b: the text after the latest self-correction that gives an answer decides.
+    corrections = _correction_ends(text)
+    for start in reversed(corrections):
+        segment = text[start:]
+        answer = _parse_text(segment, choices, question_type, labels)
+        if answer is not None:
+            return answer
+        if start == corrections[-1] and _REFUSAL.search(segment):
+            return None  # "B. On closer inspection, I'm not sure.": the model took its answer back
+    return _parse_text(text, choices, question_type, labels)
+
+
+def _parse_text(text: str, choices: Sequence[str], question_type: str, labels: tuple[str, ...]) -> str | None:
+    """Rules 1 to 6 on a prepared text."""
     if question_type == YES_NO:
         return _yes_no(_MARKDOWN.sub("", text).strip())
     raw = text

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import platform
+from collections import Counter
 from importlib import metadata
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
@@ -67,12 +68,13 @@ def metric_inputs(predictions: Sequence[ItemPrediction]) -> dict[str, list]:
 def score(predictions: Sequence[ItemPrediction], *, bootstrap: int = 0, seed: int = 0) -> dict[str, Any]:
     """The mub_misleading_rate output plus error counts for a list of item predictions."""
     inputs = metric_inputs(predictions)
-    errors = sum(1 for p in predictions if p.error is not None)
+    failed = [p for p in predictions if p.error is not None]
+    errors = {"errors": len(failed), "errors_by_difficulty": dict(Counter(p.difficulty for p in failed))}
     if not inputs["references"]:
-        return {"n": 0, "errors": errors, "n_items": len(predictions)}
+        return {"n": 0, **errors, "n_items": len(predictions)}
     kwargs = {"bootstrap": bootstrap, "seed": seed} if bootstrap else {}
     result = _metric().compute(**inputs, **kwargs)
-    return {**result, "errors": errors, "n_items": len(predictions)}
+    return {**result, **errors, "n_items": len(predictions)}
 
 
 def rates_by_notes(predictions: Sequence[ItemPrediction], max_notes: int) -> dict[str, dict[str, float | None]]:
@@ -136,21 +138,34 @@ def _interval(ci: Sequence[float] | None) -> str:
 
 
 def format_table(results: Mapping[str, Any]) -> str:
-    """A plain-text table of the headline figures, overall and per difficulty."""
+    """A plain-text table of the headline figures, overall and per difficulty.
+
+    ``n`` counts the scored items; ``unparsed`` the answers read as none (stage 1/stage 2); ``errors`` the
+    items whose requests failed (not scored; ``--resume`` asks again).
+    """
     lines = [f"model: {results['model']}   dataset: {results['dataset']['name']}"]
     if results["run"].get("backend_info", {}).get("plumbing_check"):
         lines.append("plumbing check: a tiny randomly initialised model; these rates mean nothing")
-    header = f"{'config':<10} {'subset':<8} {'n':>5} {'acc':>6} {'mr_t2f':>7} {'95% CI':<15} {'mr_f2t':>7} {'consist':>7} {'errors':>6}"
+    header = (
+        f"{'config':<10} {'subset':<8} {'n':>5} {'unparsed':>9} {'errors':>6} {'acc':>6} {'mr_t2f':>7} "
+        f"{'95% CI':<15} {'mr_f2t':>7} {'consist':>7}"
+    )
     lines.append(header)
     lines.append("-" * len(header))
     for config_name, figures in results["results"].items():
-        if "mr_t2f" not in figures:
-            continue
-        subsets = [("all", figures)] + list(figures.get("by_difficulty", {}).items())
-        for subset, f in subsets:
+        if not isinstance(figures, Mapping) or "errors" not in figures:
+            continue  # not a config's figures (stage1_sampling)
+        errors = figures.get("errors_by_difficulty", {})
+        levels = figures.get("by_difficulty", {})
+        subsets = [("all", figures, figures["errors"])]
+        for level in [*levels, *(level for level in errors if level not in levels)]:
+            subsets.append((level, levels.get(level, {"n": 0}), errors.get(level, 0)))
+        for subset, f, n_errors in subsets:
+            unparsed = f"{f['unparsed_before']}/{f['unparsed_after']}" if "unparsed_before" in f else "-"
             lines.append(
-                f"{config_name:<10} {subset:<8} {f['n']:>5} {_percent(f['accuracy_before']):>6} "
-                f"{_percent(f['mr_t2f']):>7} {_interval(f.get('mr_t2f_ci')):<15} {_percent(f['mr_f2t']):>7} "
-                f"{_percent(f['consistency']):>7} {figures['errors'] if subset == 'all' else '':>6}"
+                f"{config_name:<10} {subset:<8} {f['n']:>5} {unparsed:>9} {n_errors:>6} "
+                f"{_percent(f.get('accuracy_before')):>6} {_percent(f.get('mr_t2f')):>7} "
+                f"{_interval(f.get('mr_t2f_ci')):<15} {_percent(f.get('mr_f2t')):>7} {_percent(f.get('consistency')):>7}"
             )
+    lines.append("n: items scored; unparsed: answers read as none, stage 1/stage 2; errors: failed items, not scored")
     return "\n".join(lines)

@@ -8,10 +8,8 @@ from __future__ import annotations
 
 import hashlib
 import io
-import re
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
 import datasets
@@ -22,17 +20,17 @@ import mub_dataset
 from mub_dataset.files import cell_bytes, image_digest
 
 from mub.config import RunConfig
+from mub.errors import RunInterrupted
 from mub.protocol import stages
 from mub.runs import distributed
 from mub.backends import Backend, create_backend
-from mub.config import DecodingSettings
 from mub.backends.base import Generation, Request
 from mub.backends.common import chunks
 from mub.protocol.parsing import option_labels, parse_answer
 from mub.runs.predictions import ItemPrediction, StageAnswer
 from mub.protocol.presets import level_of, setting_of
 from mub.protocol.prompts import explicit_cue, implicit_cue, render
-from mub.runs.results import build_results, format_table
+from mub.runs.results import build_results
 from mub.runs.storage import RunFolder, RunFolderError
 
 
@@ -68,6 +66,8 @@ def select_items(config: RunConfig, dataset: datasets.Dataset | None = None) -> 
         index, count = config.shard
         indices = indices[index::count]
     rows = [all_rows[i] for i in indices]
+    if not rows:
+        raise ValueError(_no_items_message(config, all_rows))
     if config.config == "implicit":
         _check_notes(rows)
     digest = hashlib.sha256()
@@ -77,6 +77,23 @@ def select_items(config: RunConfig, dataset: datasets.Dataset | None = None) -> 
         )
     info = {"name": str(config.dataset), "config": config.config, "n_items": len(rows), "fingerprint": digest.hexdigest()[:16]}
     return Selection(dataset, indices, rows, info)
+
+
+def _no_items_message(config: RunConfig, all_rows: Sequence[Mapping[str, Any]]) -> str:
+    """Which filter left no items, and the values the dataset does have."""
+    where = f"dataset {config.dataset} (config {config.config}, {len(all_rows)} items)"
+    if not all_rows:
+        return f"{where} holds no items; check the release or export folder"
+    filters = []
+    if config.difficulty is not None:
+        levels = sorted({row["difficulty"] for row in all_rows})
+        filters.append(f"--difficulty {config.difficulty} (levels present: {', '.join(levels)})")
+    if config.misled_count is not None:
+        counts = sorted({row["misled_count"] for row in all_rows})
+        filters.append(f"--misled-count {config.misled_count} (counts present: {', '.join(map(str, counts))})")
+    if config.shard is not None:
+        filters.append(f"--shard {config.shard[0]}/{config.shard[1]} (more shards than items)")
+    return f"no items of {where} match {' and '.join(filters)}; change the filter"
 
 
 def _check_notes(rows: Sequence[Mapping[str, Any]]) -> None:
@@ -100,7 +117,7 @@ class LoadedImage:
 def load_images(dataset: datasets.Dataset, indices: Sequence[int]) -> list[LoadedImage]:
     """The items' images, fully decoded; one that cannot be decoded (truncated, not an image) carries the reason."""
     loaded = []
-    for cell in dataset.select_columns(["image"])[list(indices)]["image"]:
+    for index, cell in zip(indices, dataset.select_columns(["image"])[list(indices)]["image"]):
         data = cell_bytes(cell)
         try:
             with Image.open(io.BytesIO(data)) as image:
@@ -242,16 +259,22 @@ def run(config: RunConfig, backend: Backend | None = None, dataset: datasets.Dat
             # Items are processed in groups of batch_size; the next group's images are
             # decoded on a worker thread while the model answers the current one.
             groups = list(chunks(range(len(todo)), config.batch_size))
-            with ThreadPoolExecutor(max_workers=1) as pool, tqdm(
-                total=len(todo), unit="item", desc=f"mub {config.config}", disable=not config.progress
-            ) as progress:
-                pending = pool.submit(load_images, selection.dataset, [todo[i][0] for i in groups[0]]) if groups else None
-                for number, group in enumerate(groups):
-                    images = pending.result()
-                    if number + 1 < len(groups):
-                        pending = pool.submit(load_images, selection.dataset, [todo[i][0] for i in groups[number + 1]])
-                    folder.append(predict_group([todo[i][1] for i in group], images, backend, config))
-                    progress.update(len(group))
+            try:
+                with ThreadPoolExecutor(max_workers=1) as pool, tqdm(
+                    total=len(todo), unit="item", desc=f"mub {config.config}", disable=not config.progress
+                ) as progress:
+                    pending = pool.submit(load_images, selection.dataset, [todo[i][0] for i in groups[0]]) if groups else None
+                    for number, group in enumerate(groups):
+                        images = pending.result()
+                        if number + 1 < len(groups):
+                            pending = pool.submit(load_images, selection.dataset, [todo[i][0] for i in groups[number + 1]])
+                        folder.append(predict_group([todo[i][1] for i in group], images, backend, config))
+                        progress.update(len(group))
+            except KeyboardInterrupt:
+                # Finished groups are on disk (appended and synced); the group in flight is redone by --resume.
+                saved = folder.load_predictions()
+                mine_ids = [row["id"] for _, row in mine]
+                raise RunInterrupted(sum(1 for i in mine_ids if i in saved and saved[i].error is None), len(mine_ids)) from None
 
         backend_info = backend.describe()
         return placement.finish(folder, lambda: finish_run(config, settings, selection, backend_info, folder))
@@ -276,6 +299,4 @@ def finish_run(
     ordered = [predictions[row["id"]] for row in selection.rows]
     results = build_results(config, settings, selection.info, backend_info, ordered)
     folder.write_results(results)
-    if config.progress:
-        print(format_table(results))
     return results

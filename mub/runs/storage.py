@@ -64,6 +64,27 @@ def write_json_atomic(path: Path, data: Any) -> None:
         raise
 
 
+# The parts of results.json every reader relies on, and their types.
+RESULTS_FIELDS: dict[str, type] = {"model": str, "dataset": dict, "run": dict, "results": dict}
+
+
+def read_json_object(path: Path, fields: dict[str, type] | None = None, *, fix: str) -> dict[str, Any]:
+    """The JSON object in ``path``, with ``fields`` of the given types; else RunFolderError naming the file and ``fix``."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise RunFolderError(f"{path} is not valid JSON ({exc}); {fix}") from None
+    except RecursionError:
+        raise RunFolderError(f"{path} is nested too deeply to be a run file; {fix}") from None
+    if not isinstance(data, dict):
+        raise RunFolderError(f"{path} holds a JSON {type(data).__name__}, not an object; {fix}")
+    for name, kind in (fields or {}).items():
+        if not isinstance(data.get(name), kind):
+            found = "missing" if name not in data else f"a {type(data[name]).__name__}"
+            raise RunFolderError(f"{path}: field {name!r} is {found}, not a {kind.__name__}; {fix}")
+    return data
+
+
 def settings_diff(a: dict[str, Any], b: dict[str, Any], ignore: Iterable[str] = ()) -> list[str]:
     """The settings keys whose values differ between two runs."""
     keys = (set(a) | set(b)) - set(ignore)
@@ -140,8 +161,11 @@ class RunFolder:
         folder's lock is taken first and held until :meth:`unlock`.
         """
         if lock:
-            check_output_folder(self.path, self.command, overwrite=overwrite, reuse=True)
-            mark_folder(self.path, self.command)
+            try:
+                check_output_folder(self.path, self.command, overwrite=overwrite, reuse=True)
+                mark_folder(self.path, self.command)
+            except OSError as exc:
+                raise self._unwritable(exc) from None
             self._lock.acquire(self.path)
         # Only predictions are work to protect: a folder holding just run.json
         # (a run that failed before its first batch, e.g. a model that did not
@@ -156,9 +180,20 @@ class RunFolder:
                 f"{self.path} already holds a run; pass --resume to continue it, --overwrite to start again, "
                 "or choose another --out"
             )
-        for stale in (*self.prediction_files(), self.results_path):
-            stale.unlink(missing_ok=True)
-        write_json_atomic(self.settings_path, settings)
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            for stale in (*self.prediction_files(), self.results_path):
+                stale.unlink(missing_ok=True)
+            write_json_atomic(self.settings_path, settings)
+        except OSError as exc:
+            raise self._unwritable(exc) from None
+
+    def _unwritable(self, exc: OSError) -> RunFolderError:
+        """/proc/..., a path under a file, a read-only or full disk: one line naming the folder."""
+        return RunFolderError(
+            f"--out {self.path}: cannot write the run folder there ({exc.strerror or exc}"
+            f"{': ' + str(exc.filename) if exc.filename else ''}); choose a writable folder"
+        )
 
     def unlock(self) -> None:
         self._lock.release()
@@ -188,10 +223,14 @@ class RunFolder:
             )
 
     def read_settings(self) -> dict[str, Any]:
-        return json.loads(self.settings_path.read_text(encoding="utf-8"))
+        return read_json_object(self.settings_path, fix="restore it, or start the run again with --overwrite")
 
     def read_results(self) -> dict[str, Any]:
-        return json.loads(self.results_path.read_text(encoding="utf-8"))
+        return read_json_object(
+            self.results_path,
+            RESULTS_FIELDS,
+            fix="delete it and score the run again: the same `mub run` command with --resume",
+        )
 
     def _drop_partial_last_line(self) -> None:
         """A kill during a write can leave half a line at the end: cut it, its item is redone."""
@@ -247,7 +286,7 @@ def _read_records(path: Path) -> list[ItemPrediction]:
             continue
         try:
             records.append(ItemPrediction.from_json(json.loads(line.decode("utf-8"))))
-        except (UnicodeDecodeError, json.JSONDecodeError, TypeError, KeyError) as exc:
+        except (UnicodeDecodeError, json.JSONDecodeError, TypeError, KeyError, AttributeError, RecursionError) as exc:
             if number == len(lines):
                 break
             raise RunFolderError(f"{path}: line {number} is not a prediction record ({exc})") from exc

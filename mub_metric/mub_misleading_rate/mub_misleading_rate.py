@@ -14,6 +14,7 @@ only validates inputs, stores them and calls those functions.
 import itertools
 import math
 import statistics
+import unicodedata
 from collections import Counter
 from fractions import Fraction
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
@@ -40,7 +41,9 @@ misleading rate); mr_f2t = |F answered correctly at stage 2| / |F|. Also accurac
 consistency between the two stages, 95% Wilson intervals, an exact McNemar test on (t2f, f2t),
 optional cluster-bootstrap intervals and per-difficulty/source/question-type breakdowns.
 Config "consistency" scores k >= 2 repeated answers per item instead.
-Answers compare case-insensitively after trimming; None or an empty answer is unparsed and never correct.
+Answers compare after NFKC normalisation (full-width "Ａ" is "A"), with zero-width characters removed, outer
+whitespace and trailing punctuation trimmed, and case folded ("\u200bA", "a" and "A." equal "A"); None, a
+pandas NaN or an empty answer is unparsed and never correct. Any other value is a ValueError naming its row.
 """
 
 _KWARGS_DESCRIPTION = """
@@ -251,11 +254,19 @@ def cluster_bootstrap_intervals(
 # ----------------------------------------------------------------------------- answers and outcomes
 
 
+# Invisible characters that copy-paste and tokenizers leave in answers.
+_ZERO_WIDTH = dict.fromkeys(map(ord, "\u200b\u200c\u200d\u2060\ufeff\u00ad"), None)
+# Punctuation that may close an answer without changing it ("A.", "Yes!", "是。").
+_TRAILING_PUNCTUATION = ".,;:!?\u3002\uff0c\uff1b\uff1a\uff01\uff1f\u3001\u2026"
+
+
 def normalise_answer(answer: Optional[str]) -> Optional[str]:
-    """Comparison key of an answer: trimmed and case-folded; None when unparsed (None or blank)."""
+    """Comparison key of an answer: NFKC, no zero-width characters, trimmed of whitespace and trailing
+    punctuation, case-folded; None when unparsed (None or blank)."""
     if answer is None:
         return None
-    key = answer.strip().casefold()
+    key = unicodedata.normalize("NFKC", answer).translate(_ZERO_WIDTH).strip()
+    key = key.rstrip(_TRAILING_PUNCTUATION).rstrip().casefold()
     return key or None
 
 
@@ -630,17 +641,32 @@ def _first_bad(name: str, values: Sequence[Any], ok_types: Tuple[type, ...], exp
         raise ValueError(f"{name}[{row}] is {type(values[row]).__name__} {values[row]!r}; {name} must hold {expected}")
 
 
+def is_missing_marker(value: Any) -> bool:
+    """A pandas/NumPy missing value (NaN, pd.NA, NaT) standing for None in a column of strings."""
+    if isinstance(value, (float, np.floating)):
+        return math.isnan(value)
+    return type(value).__name__ in ("NAType", "NaTType")
+
+
+def _missing_as_none(values: list) -> list:
+    """The column with pandas' missing values (a DataFrame column of answers with gaps) read as None."""
+    if all(isinstance(value, str) for value in values):  # the common case, checked fast
+        return values
+    return [None if is_missing_marker(value) else value for value in values]
+
+
 def check_column(name: str, feature: Any, values: list) -> list:
     """Validate one batch column against its feature; returns the column ready for Arrow."""
     if name == "references":
         _first_bad(name, values, (str,), "answer strings")
     elif isinstance(feature, datasets.Value) and feature.dtype == "string":
+        values = _missing_as_none(values)
         _first_bad(name, values, (str, type(None)), "strings (None or '' where missing/unparsed)")
     elif isinstance(feature, datasets.Value):
         _first_bad(name, values, (int, float, np.integer, np.floating, type(None)), "numbers in [0, 1] or None")
     else:  # the consistency config's samples: a list of answers per row
         for row, answers in enumerate(values):
-            answers = as_column(f"{name}[{row}]", answers)
+            answers = _missing_as_none(as_column(f"{name}[{row}]", answers))
             _first_bad(f"{name}[{row}]", answers, (str, type(None)), "answer strings or None")
             values[row] = answers
     return values

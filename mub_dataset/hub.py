@@ -1,0 +1,71 @@
+"""Whether the Hugging Face Hub can be used now, decided in seconds.
+
+Without a network, ``from_pretrained`` and ``load_dataset`` retry for minutes
+before they fail. ``hub_offline_reason`` answers at once when offline mode is
+set (``HF_HUB_OFFLINE=1``) and otherwise tries one TCP connection to the Hub
+with a short timeout, so that a Hub id fails fast with a message that says
+how to work offline (a local folder, or the cache).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+from urllib.parse import urlsplit
+
+OFFLINE_VARIABLES = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE")
+CONNECT_TIMEOUT_S = 3.0
+
+
+def offline_mode_variable() -> str | None:
+    """The offline variable that is set (``HF_HUB_OFFLINE=1`` ...), if any."""
+    for name in OFFLINE_VARIABLES:
+        if os.environ.get(name, "").strip().upper() in ("1", "ON", "YES", "TRUE"):
+            return name
+    return None
+
+
+def hub_endpoint() -> str:
+    return os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
+
+
+def _reachable(host: str, port: int, timeout: float) -> bool:
+    """One TCP connection, name lookup included, in at most ``timeout`` seconds (a thread bounds the lookup)."""
+    outcome: list[bool] = []
+
+    def connect() -> None:
+        try:
+            socket.create_connection((host, port), timeout=timeout).close()
+            outcome.append(True)
+        except OSError:
+            outcome.append(False)
+
+    worker = threading.Thread(target=connect, daemon=True)
+    worker.start()
+    worker.join(timeout)
+    return bool(outcome and outcome[0])
+
+
+def hub_offline_reason(timeout: float = CONNECT_TIMEOUT_S) -> str | None:
+    """Why the Hub cannot be used now (offline mode, or no connection), or None when it can."""
+    variable = offline_mode_variable()
+    if variable:
+        return f"{variable}=1 is set"
+    endpoint = hub_endpoint()
+    parts = urlsplit(endpoint)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    if not parts.hostname or not _reachable(parts.hostname, port, timeout):
+        return f"{endpoint} cannot be reached (no connection within {timeout:g}s)"
+    return None
+
+
+def offline_advice(kind: str, repo_id: str) -> str:
+    """How to use ``repo_id`` (a ``kind``: model or dataset) without a network."""
+    from huggingface_hub import constants
+
+    download = f"hf download {'--repo-type dataset ' if kind == 'dataset' else ''}{repo_id} --local-dir DIR"
+    return (
+        f"give a local {kind} folder instead (`{download}` on a machine with a network, then copy DIR here), "
+        f"or copy that machine's Hugging Face cache to {constants.HF_HUB_CACHE} and set HF_HUB_OFFLINE=1"
+    )
