@@ -52,10 +52,18 @@ def export_release(
     *,
     allow_truncated: bool = False,
     synthetic: bool = False,
+    repo_id: str | None = None,
 ) -> dict[str, Any]:
-    """Export every non-empty config of a release; returns the build summary."""
+    """Export every non-empty config of a release; returns the build summary.
+
+    ``repo_id`` is the Hub id the build will be published under: recorded in
+    the summary so that submissions of runs on this folder name the Hub
+    dataset, never the local path.
+    """
     out_dir = Path(out_dir)
     summary = read_release(release_dir, allow_truncated=allow_truncated).summary()
+    if repo_id is not None:
+        summary["repo_id"] = repo_id
     with staged_folder(out_dir) as staging, tempfile.TemporaryDirectory() as cache_dir:
         everything = build_from_release(release_dir, "explicit", cache_dir=cache_dir, allow_truncated=allow_truncated)
         # Config membership needs only these columns: no image is decoded to decide it.

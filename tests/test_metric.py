@@ -560,3 +560,36 @@ def test_card_examples_run_and_print_what_the_card_says(index):
         exec(compile(code, f"{CARD.name} example {index + 1}", "exec"), {"__name__": "__card__"})
     assert expected is not None, "each card example is followed by its output"
     assert stdout.getvalue().strip() == expected.strip()
+
+
+# ------------------------------------------------------------------ evaluate.combine
+
+
+def test_exact_edges_of_the_wilson_interval_carry_no_rounding_noise():
+    for total in range(1, 300):
+        assert mm.wilson_interval(0, total)[0] == 0.0
+        assert mm.wilson_interval(total, total)[1] == 1.0
+
+
+def test_combine_add_batch_and_compute_with_the_required_inputs_alone(metric):
+    """evaluate.combine picks each module's inputs by name: the optional ones, left out, must not be asked for."""
+    import evaluate
+
+    expected = compute_rows(metric)
+    combined = evaluate.combine([mub_metric.load()])
+    for start in range(0, 10, 4):
+        part = slice(start, start + 4)
+        combined.add_batch(predictions=PREDICTIONS[part], references=REFERENCES[part], original_predictions=ORIGINALS[part])
+    assert combined.compute() == expected
+    assert evaluate.combine([mub_metric.load()]).compute(
+        predictions=PREDICTIONS, references=REFERENCES, original_predictions=ORIGINALS
+    ) == expected
+    single = evaluate.combine([mub_metric.load()])
+    for original, prediction, reference in zip(ORIGINALS, PREDICTIONS, REFERENCES):
+        single.add(prediction=prediction, reference=reference, original_predictions=original)
+    assert single.compute() == expected
+    # Optional inputs still reach the module through the combination's compute.
+    by_level = evaluate.combine([mub_metric.load()]).compute(
+        predictions=PREDICTIONS, references=REFERENCES, original_predictions=ORIGINALS, difficulty=DIFFICULTY
+    )
+    assert by_level == compute_rows(metric, difficulty=DIFFICULTY) and "by_difficulty" in by_level
