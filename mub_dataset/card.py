@@ -61,20 +61,30 @@ def size_category(n_rows: int) -> str:
     return "n>1T"
 
 
-def dataset_info_yaml(features: list[dict[str, Any]], examples: dict[str, int]) -> list[dict[str, Any]]:
-    """One ``dataset_info`` entry per config: its features and its one split with its size."""
+def dataset_info_yaml(features: list[dict[str, Any]], sizes: dict[str, tuple[int, int]]) -> list[dict[str, Any]]:
+    """One ``dataset_info`` entry per config: its features and its one split, with rows and bytes."""
     return [
-        {"config_name": name, "features": features, "splits": [{"name": "test", "num_examples": count}]}
-        for name, count in examples.items()
+        {
+            "config_name": name,
+            "features": features,
+            "splits": [{"name": "test", "num_bytes": n_bytes, "num_examples": n_rows}],
+            "dataset_size": n_bytes,
+        }
+        for name, (n_rows, n_bytes) in sizes.items()
     ]
 
 
-def render_card(data_files: dict[str, str], summary: dict[str, Any], *, synthetic: bool) -> str:
-    """The card with `configs:` for what was written and the build summary appended."""
+def render_card(
+    data_files: dict[str, str], summary: dict[str, Any], data_bytes: dict[str, int], *, synthetic: bool
+) -> str:
+    """The card with `configs:` and `dataset_info:` for what was written and the build summary appended.
+
+    ``data_bytes``: per config, the uncompressed size of its data (the split's ``num_bytes``).
+    """
     header, body = split_front_matter(CARD_TEMPLATE.read_text(encoding="utf-8"))
     header["configs"] = configs_yaml(data_files)
-    examples = {name: summary["items_per_config"][name] for name in data_files}
-    header["dataset_info"] = dataset_info_yaml(header["dataset_info"]["features"], examples)
+    sizes = {name: (summary["items_per_config"][name], data_bytes[name]) for name in data_files}
+    header["dataset_info"] = dataset_info_yaml(header["dataset_info"]["features"], sizes)
     header["size_categories"] = [size_category(summary["items"])]
     if synthetic:
         header["pretty_name"] = f"{header.get('pretty_name', 'MUB')} (synthetic sample)"

@@ -46,6 +46,14 @@ def write_parquet(dataset: "datasets.Dataset", folder: Path) -> Path:
     return target
 
 
+def uncompressed_bytes(parquet: Path) -> int:
+    """The data's size before Parquet compression, from the file's row-group metadata."""
+    import pyarrow.parquet as pq
+
+    metadata = pq.read_metadata(parquet)
+    return sum(metadata.row_group(i).total_byte_size for i in range(metadata.num_row_groups))
+
+
 def export_release(
     release_dir: str | Path,
     out_dir: str | Path,
@@ -69,6 +77,7 @@ def export_release(
         # Config membership needs only these columns: no image is decoded to decide it.
         rows = everything.select_columns(["source", "misleading_notes", "guiding_notes"]).to_list()
         written: dict[str, str] = {}
+        data_bytes: dict[str, int] = {}
         for spec in CONFIGS:
             indices = [i for i, row in enumerate(rows) if spec.includes(row)]
             if not indices:
@@ -76,7 +85,9 @@ def export_release(
             (staging / spec.name).mkdir()
             parquet = write_parquet(everything.select(indices), staging / spec.name)
             written[spec.name] = f"{spec.name}/{parquet.name}"
-        (staging / "README.md").write_text(render_card(written, summary, synthetic=synthetic), encoding="utf-8")
+            data_bytes[spec.name] = uncompressed_bytes(parquet)
+        card = render_card(written, summary, data_bytes, synthetic=synthetic)
+        (staging / "README.md").write_text(card, encoding="utf-8")
         (staging / "build_summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     return summary
 

@@ -150,6 +150,7 @@ def test_card_loads_with_hub_card_classes_and_datasets_infos(exported):
     for config, count in summary["items_per_config"].items():
         assert infos[config].config_name == config
         assert {name: split.num_examples for name, split in infos[config].splits.items()} == {"test": count}
+        assert infos[config].splits["test"].num_bytes > 0
         loaded = datasets.load_dataset(str(out), config, split="test")
         assert loaded.num_rows == count and set(infos[config].features) == set(loaded.features)
 
