@@ -489,3 +489,109 @@ def test_tiny_model_run_goes_into_the_report(runs: dict[str, Path], report_dir: 
         pytest.skip("tiny transformers models are not available")
     rows = _markdown_table((report_dir / "report.md").read_text(), "All figures per run")
     assert any(row[0] == "tiny:llava" for row in rows)
+
+
+# ---------------------------------------------------------------- leaderboard
+
+
+@pytest.fixture(scope="module")
+def results_repo(runs: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A results repository as `mub submit` fills it: two models, plus one malformed file."""
+    repo = tmp_path_factory.mktemp("results_repo")
+    for model in ("steady", "fickle"):
+        assert main(["submit", str(runs[f"{model}_explicit"]), str(runs[f"{model}_implicit"]), "--dataset-id", "org/mub", "--out", str(repo)]) == 0
+    broken = repo / "someone" / "broken" / "results_2025-01-01T00-00-00.json"
+    broken.parent.mkdir(parents=True)
+    broken.write_text('{"config": {"model_name": "someone/broken"}, "results": {"mub_explicit": ', encoding="utf-8")
+    return repo
+
+
+def test_leaderboard_from_two_submissions_and_a_malformed_file(results_repo: Path, runs: dict[str, Path], tmp_path: Path, capsys) -> None:
+    out = tmp_path / "board"
+    assert main(["leaderboard", str(results_repo), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert re.search(r"skipped .*someone/broken/results_2025-01-01T00-00-00\.json: not JSON", printed)
+    document = json.loads((out / "leaderboard.json").read_text())
+    submitted = [row for row in document["rows"] if not row["reference"]]
+    assert sorted(row["model"] for row in submitted) == ["scripted/fickle", "scripted/steady"]
+    assert [s["source"].rsplit("/", 3)[-3:] for s in document["skipped"]] == [["someone", "broken", "results_2025-01-01T00-00-00.json"]]
+    references = [row for row in document["rows"] if row["reference"]]
+    assert [row["model"] for row in references] == [paper.model for paper in PAPER_RESULTS]
+    assert all(row["source"].startswith("paper:") and row["rank"] is None for row in references)
+    assert references[0]["explicit_low"] == pytest.approx(PAPER_RESULTS[0].explicit[0] / 100)
+    # Every figure is the run's own, as a fraction; the steady model holds every answer, so it ranks first.
+    protocol = submitted[0]["protocol"]
+    assert all(row["protocol"] == protocol for row in submitted)
+    steady, fickle = sorted(submitted, key=lambda row: row["rank"])
+    assert (steady["model"], steady["rank"], fickle["rank"]) == ("scripted/steady", 1, 2)
+    for row in submitted:
+        model = row["model"].split("/")[1]
+        for kind in ("explicit", "implicit"):
+            figures = _results(runs[f"{model}_{kind}"])["results"][kind]
+            assert row[f"{kind}_mean"] == pytest.approx(figures["mr_t2f_levels_mean"])
+            for level in ("low", "medium", "high"):
+                by_level = figures["by_difficulty"][level]
+                assert row[f"{kind}_{level}"] == pytest.approx(by_level["mr_t2f"])
+                assert row[f"{kind}_{level}_n"] == by_level["n_t"]
+                assert row[f"{kind}_{level}_ci"] == pytest.approx(by_level["mr_t2f_ci"])
+        assert row["acc"] == pytest.approx(_results(runs[f"{model}_explicit"])["results"]["explicit"]["accuracy_before"])
+        assert row["submitted"] and row["dataset_id"] == "org/mub"
+        assert row["overall"] == pytest.approx((row["explicit_mean"] + row["implicit_mean"]) / 2)
+    page = (out / "index.html").read_text()
+    assert "scripted/fickle" in page and "GPT-4o" in page and "someone/broken" in page
+    assert "<script src" not in page and "<link" not in page  # self-contained
+
+
+def _file(source: str, model: str, *, protocol: str = "paper", fingerprint: str = "f1", when: str = "2025-01-01T00:00:00+00:00",
+          low: float = 0.5, acc: float = 0.6) -> "SubmissionFile":
+    from mub.report.leaderboard import SubmissionFile
+
+    task = {"accuracy_before": acc, "accuracy_before_ci": [acc - 0.1, acc + 0.1], "n": 40, "mr_t2f_levels_mean": low,
+            **{f"mr_t2f_{level}": low for level in ("low", "medium", "high")},
+            **{f"mr_t2f_{level}_ci": [0, 1] for level in ("low", "medium", "high")},
+            **{f"n_t_{level}": 8 for level in ("low", "medium", "high")}}
+    config = {"model_name": model, "protocol": protocol, "submitted_at": when,
+              "items_fingerprint": {"mub_explicit": fingerprint, "mub_implicit": "g1"}}
+    return SubmissionFile(source, json.dumps({"config": config, "results": {"mub_explicit": task, "mub_implicit": task}}))
+
+
+def test_leaderboard_validation_ranking_and_protocols_apart() -> None:
+    from mub.report.leaderboard import build_leaderboard
+
+    files = [
+        _file("a.json", "org/a", low=0.4),
+        _file("b.json", "org/b", low=0.2),
+        _file("b_old.json", "org/b", low=0.9, when="2024-06-01T00:00:00+00:00"),  # superseded by b.json
+        _file("c.json", "org/c", low=0.1, fingerprint="other"),  # answered other items
+        _file("d.json", "org/d", low=45.0),  # percentages
+        _file("e.json", "org/e", low=0.3, protocol="deterministic"),
+        _file("f.json", "org/a", low=0.7, protocol="deterministic"),  # same model, other protocol: kept
+    ]
+    board = build_leaderboard(files)
+    reasons = {s.source: s.reason for s in board.skipped}
+    assert set(reasons) == {"b_old.json", "c.json", "d.json"}
+    assert "newer: b.json" in reasons["b_old.json"]
+    assert "fingerprint differs" in reasons["c.json"] and "other" in reasons["c.json"]
+    assert "not a fraction" in reasons["d.json"] and "percentage" in reasons["d.json"]
+    ranked = {(row.protocol, row.model): row.rank for row in board.rows if not row.reference}
+    assert ranked == {("paper", "org/b"): 1, ("paper", "org/a"): 2, ("deterministic", "org/e"): 1, ("deterministic", "org/a"): 2}
+    assert board.protocols == ["paper", "deterministic"]
+    assert sum(row.reference for row in board.rows) == len(PAPER_RESULTS)
+
+
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        ("[]", "not a results file"),
+        ('{"config": {}, "results": {}}', "model_name is missing"),
+        ('{"config": {"model_name": "m"}, "results": {"mub_mmmu": {}}}', "neither mub_explicit nor mub_implicit"),
+        ('{"config": {"model_name": "m", "submitted_at": "2025-01-01"}, "results": {"mub_explicit": {}}}', "items_fingerprint is missing"),
+        ('{"config": {"model_name": "m", "protocol": 3}, "results": {"mub_explicit": {}}}', "not a preset name"),
+    ],
+)
+def test_each_malformed_submission_is_skipped_with_its_reason(text: str, reason: str) -> None:
+    from mub.report.leaderboard import SubmissionFile, build_leaderboard
+
+    board = build_leaderboard([SubmissionFile("x/results_2025-01-01T00-00-00.json", text), _file("ok.json", "org/ok")])
+    assert [s.source for s in board.skipped] == ["x/results_2025-01-01T00-00-00.json"] and reason in board.skipped[0].reason
+    assert [row.model for row in board.rows if not row.reference] == ["org/ok"]
