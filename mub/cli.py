@@ -205,7 +205,28 @@ def _add_leaderboard(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_cmd_leaderboard)
 
 
-SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_build, _add_run, _add_merge, _add_report, _add_submit, _add_leaderboard]
+def _cmd_publish_metric(args: argparse.Namespace) -> int:
+    from mub_metric.publish import plan, publish
+
+    space = plan(args.to)
+    if args.dry_run:
+        print(f"dry run: would upload to Space {space.repo_id}: " + ", ".join(space.files))
+        print(f'then: evaluate.load("{space.repo_id}")')
+        return 0
+    print(f"uploaded: {publish(space, private=args.private)}")
+    print(f'load it with: evaluate.load("{space.repo_id}")')
+    return 0
+
+
+def _add_publish_metric(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("publish-metric", help="upload the mub_misleading_rate module as a Hub Space for evaluate.load")
+    p.add_argument("--to", required=True, metavar="ORG/mub_misleading_rate", help="the Space to create or update")
+    p.add_argument("--dry-run", action="store_true", help="list what would be uploaded, upload nothing")
+    p.add_argument("--private", action="store_true", help="create the Space private")
+    p.set_defaults(func=_cmd_publish_metric)
+
+
+SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_build, _add_run, _add_merge, _add_report, _add_submit, _add_leaderboard, _add_publish_metric]
 SUBCOMMANDS += DATA_SUBCOMMANDS  # notes, sft-data, import (mub/data_cli.py)
 
 

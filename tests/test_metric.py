@@ -593,3 +593,16 @@ def test_combine_add_batch_and_compute_with_the_required_inputs_alone(metric):
         predictions=PREDICTIONS, references=REFERENCES, original_predictions=ORIGINALS, difficulty=DIFFICULTY
     )
     assert by_level == compute_rows(metric, difficulty=DIFFICULTY) and "by_difficulty" in by_level
+
+
+def test_publish_metric_dry_run_lists_the_space_files(capsys):
+    from mub.cli import main
+
+    assert main(["publish-metric", "--to", "my-org/mub_misleading_rate", "--dry-run"]) == 0
+    printed = capsys.readouterr().out
+    listed = printed.split("my-org/mub_misleading_rate: ", 1)[1].splitlines()[0].split(", ")
+    assert {"mub_misleading_rate.py", "README.md", "app.py", "requirements.txt"} <= set(listed)
+    assert all((Path(mub_metric.PATH) / name).is_file() for name in listed)
+    assert 'evaluate.load("my-org/mub_misleading_rate")' in printed
+    assert main(["publish-metric", "--to", "my-org/other_name", "--dry-run"]) == 2
+    assert "must be ORG/mub_misleading_rate" in capsys.readouterr().err
