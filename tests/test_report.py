@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 import yaml
 from conftest import SHARED
+from leaderboard_files import results_text
 from PIL import Image
 
 import mub_dataset
@@ -542,17 +543,10 @@ def test_leaderboard_from_two_submissions_and_a_malformed_file(results_repo: Pat
     assert "<script src" not in page and "<link" not in page  # self-contained
 
 
-def _file(source: str, model: str, *, protocol: str = "paper", fingerprint: str = "f1", when: str = "2025-01-01T00:00:00+00:00",
-          low: float = 0.5, acc: float = 0.6) -> "SubmissionFile":
+def _file(source: str, model: str, *, low: float = 0.5, **kwargs) -> "SubmissionFile":
     from mub.report.leaderboard import SubmissionFile
 
-    task = {"accuracy_before": acc, "accuracy_before_ci": [acc - 0.1, acc + 0.1], "n": 40, "mr_t2f_levels_mean": low,
-            **{f"mr_t2f_{level}": low for level in ("low", "medium", "high")},
-            **{f"mr_t2f_{level}_ci": [0, 1] for level in ("low", "medium", "high")},
-            **{f"n_t_{level}": 8 for level in ("low", "medium", "high")}}
-    config = {"model_name": model, "protocol": protocol, "submitted_at": when,
-              "items_fingerprint": {"mub_explicit": fingerprint, "mub_implicit": "g1"}}
-    return SubmissionFile(source, json.dumps({"config": config, "results": {"mub_explicit": task, "mub_implicit": task}}))
+    return SubmissionFile(source, results_text(model, rate=low, **kwargs))
 
 
 def test_leaderboard_validation_ranking_and_protocols_apart() -> None:

@@ -334,3 +334,67 @@ def board_document(board: Leaderboard) -> dict[str, Any]:
         "rows": [flat_row(row) for row in board.rows],
         "skipped": [{"source": s.source, "reason": s.reason} for s in board.skipped],
     }
+
+
+# ------------------------------------------------------------------ display table (the Space)
+
+VALUE_COLUMNS = ["Acc"] + [f"{kind.capitalize()} {label}" for kind in KINDS for label in (*LEVELS, "mean")] + ["Overall"]
+DISPLAY_COLUMNS = ["Rank", "Model", "Protocol", *VALUE_COLUMNS, "Submitted", "Source"]
+INTERVAL_COLUMNS = ["Model", "Protocol", "Acc"] + [f"{kind.capitalize()} {level}" for kind in KINDS for level in LEVELS]
+
+
+def _percent(value: float | None) -> float | None:
+    return None if value is None else round(100 * value, 2)
+
+
+def _values(row: BoardRow) -> list[float | None]:
+    values = [row.acc.value]
+    for kind in KINDS:
+        figures = row.kinds.get(kind)
+        values += [figures.levels[level].value if figures else None for level in LEVELS]
+        values.append(figures.mean if figures else None)
+    return [*values, row.overall]
+
+
+def select_rows(board: Leaderboard, protocol: str | None = None, search: str = "") -> list[BoardRow]:
+    """The rows of one protocol (None: all) whose model or source contains ``search`` (any case)."""
+    needle = search.strip().lower()
+    return [
+        row
+        for row in board.rows
+        if (not protocol or row.protocol == protocol) and (needle in row.model.lower() or needle in row.source.lower())
+    ]
+
+
+def display_table(
+    board: Leaderboard, *, protocol: str | None = None, search: str = "", sort_by: str = "Rank", descending: bool = False
+) -> list[list[Any]]:
+    """The board as :data:`DISPLAY_COLUMNS` rows, figures in percent; empty cells sort last either way."""
+    rows = []
+    for row in select_rows(board, protocol, search):
+        model = f"{row.model} (paper)" if row.reference else row.model
+        rows.append([row.rank, model, row.protocol, *map(_percent, _values(row)), row.submitted or "", row.source])
+    column = DISPLAY_COLUMNS.index(sort_by)
+    present = [r for r in rows if r[column] not in (None, "")]
+    absent = [r for r in rows if r[column] in (None, "")]
+    return sorted(present, key=lambda r: r[column], reverse=descending) + absent
+
+
+def _interval_text(rate: Rate) -> str:
+    if rate.ci is None:
+        return "–" if rate.n is None else f"n={rate.n}"
+    return f"[{100 * rate.ci[0]:.2f}, {100 * rate.ci[1]:.2f}] n={rate.n}"
+
+
+def interval_table(board: Leaderboard, *, protocol: str | None = None, search: str = "") -> list[list[str]]:
+    """:data:`INTERVAL_COLUMNS` rows: each figure's 95% interval (percent) and its n; submissions only."""
+    rows = []
+    for row in select_rows(board, protocol, search):
+        if row.reference:
+            continue
+        cells = [row.model, row.protocol, _interval_text(row.acc)]
+        for kind in KINDS:
+            figures = row.kinds.get(kind)
+            cells += [_interval_text(figures.levels[level]) if figures else "–" for level in LEVELS]
+        rows.append(cells)
+    return rows
