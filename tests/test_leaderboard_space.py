@@ -112,3 +112,31 @@ def test_space_shows_the_submissions_in_a_real_browser(results_repo: Path, tmp_p
     assert "not JSON" in text
     assert "org/model-gamma" not in text  # another protocol: the default view is the paper protocol's ranking
     assert screenshot.stat().st_size > 10_000 and screenshot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_index_html_runs_its_script_in_a_real_browser(results_repo: Path, tmp_path: Path) -> None:
+    """index.html's search, filter and sort script runs: on load it counts the rows it shows."""
+    from mub.report.leaderboard_files import leaderboard_from, write_leaderboard
+
+    chromium = shutil.which("chromium")
+    if chromium is None:
+        pytest.skip("Debian's chromium is not installed (apt-get install -y chromium; .ci/run installs it)")
+    _, page = write_leaderboard(leaderboard_from([str(results_repo)]), tmp_path / "board")
+    browse = [chromium, *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=5000"]
+    env = {**os.environ, "HOME": str(tmp_path)}
+    dom = subprocess.run([*browse, "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=180, env=env).stdout
+    rows = 3 + len(PAPER_RESULTS)  # alpha, beta, gamma and the paper's models
+    assert re.search(rf"<span id=\"count\">{rows} rows</span>", dom), "the page's script did not run"
+
+
+def test_a_hub_results_repository_is_read_through_its_snapshot(results_repo: Path, monkeypatch) -> None:
+    import mub.report.leaderboard_files as files_module
+
+    asked = []
+    monkeypatch.setattr(files_module, "hub_folder", lambda repo_id: asked.append(repo_id) or results_repo)
+    files, skipped = collect(["hf://datasets/org/mub-results"])
+    assert asked == ["org/mub-results"]
+    assert sorted(f.source for f in files)[0] == "org/mub-results/org/model-alpha/results_2025-01-01T00-00-00.json"
+    assert [s.source for s in skipped] == []  # README.md is the repository's own file
+    with pytest.raises(ValueError, match="no such file or folder"):
+        collect(["no/such/place/here"])
