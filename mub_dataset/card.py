@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 from typing import Any
@@ -66,7 +67,7 @@ def dataset_info_yaml(features: list[dict[str, Any]], sizes: dict[str, tuple[int
     return [
         {
             "config_name": name,
-            "features": features,
+            "features": copy.deepcopy(features),  # not one shared object: YAML would write &id001 aliases
             "splits": [{"name": "test", "num_bytes": n_bytes, "num_examples": n_rows}],
             "dataset_size": n_bytes,
         }

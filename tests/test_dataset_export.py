@@ -171,3 +171,9 @@ def test_build_records_the_hub_id_for_submissions(release_dir, tmp_path, capsys)
     assert cli_main(["build", "--release", str(release_dir), "--out", str(out), "--repo-id", "my-org/mub"]) == 0
     assert json.loads((out / "build_summary.json").read_text())["repo_id"] == "my-org/mub"
     assert "Hub dataset id: my-org/mub" in capsys.readouterr().out
+
+
+def test_card_yaml_has_no_aliases(exported):
+    out, _ = exported
+    header = (out / "README.md").read_text(encoding="utf-8").split("\n---\n", 1)[0]
+    assert "&id" not in header and "*id" not in header

@@ -558,8 +558,9 @@ def test_leaderboard_validation_ranking_and_protocols_apart() -> None:
         _file("b_old.json", "org/b", low=0.9, when="2024-06-01T00:00:00+00:00"),  # superseded by b.json
         _file("c.json", "org/c", low=0.1, fingerprint="other"),  # answered other items
         _file("d.json", "org/d", low=45.0),  # percentages
-        _file("e.json", "org/e", low=0.3, protocol="deterministic"),
-        _file("f.json", "org/a", low=0.7, protocol="deterministic"),  # same model, other protocol: kept
+        # Another protocol may select its own items: its fingerprint is checked among its own submissions.
+        _file("e.json", "org/e", low=0.3, protocol="deterministic", fingerprint="det"),
+        _file("f.json", "org/a", low=0.7, protocol="deterministic", fingerprint="det"),  # same model, other protocol: kept
     ]
     board = build_leaderboard(files)
     reasons = {s.source: s.reason for s in board.skipped}
@@ -570,6 +571,8 @@ def test_leaderboard_validation_ranking_and_protocols_apart() -> None:
     ranked = {(row.protocol, row.model): row.rank for row in board.rows if not row.reference}
     assert ranked == {("paper", "org/b"): 1, ("paper", "org/a"): 2, ("deterministic", "org/e"): 1, ("deterministic", "org/a"): 2}
     assert board.protocols == ["paper", "deterministic"]
+    assert board.fingerprints == {"paper": {"mub_explicit": "f1", "mub_implicit": "g1"},
+                                  "deterministic": {"mub_explicit": "det", "mub_implicit": "g1"}}
     assert sum(row.reference for row in board.rows) == len(PAPER_RESULTS)
 
 
@@ -589,3 +592,12 @@ def test_each_malformed_submission_is_skipped_with_its_reason(text: str, reason:
     board = build_leaderboard([SubmissionFile("x/results_2025-01-01T00-00-00.json", text), _file("ok.json", "org/ok")])
     assert [s.source for s in board.skipped] == ["x/results_2025-01-01T00-00-00.json"] and reason in board.skipped[0].reason
     assert [row.model for row in board.rows if not row.reference] == ["org/ok"]
+
+
+@pytest.mark.parametrize("name", ["../escape", "/abs/model", "org//model", "org/./model"])
+def test_a_model_name_cannot_lead_the_results_file_out_of_its_folder(name: str) -> None:
+    from mub.report.submit import model_folder
+
+    with pytest.raises(ValueError, match="cannot name a results folder"):
+        model_folder(name)
+    assert model_folder("org/model-1.5") == "org/model-1.5"

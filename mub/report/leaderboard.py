@@ -8,7 +8,8 @@ every file that was left out with the reason. A submission is left out when
 - it is not a JSON object in the results-file schema (config, results, rates
   as fractions in [0, 1] with 95% intervals and counts);
 - its items fingerprint for a task differs from the board's (the fingerprint
-  most submissions share): it answered other items (another build, a subset);
+  most submissions of its protocol share): it answered other items (another
+  build, a subset);
 - another submission of the same model under the same protocol is newer.
 
 :mod:`mub.report.leaderboard_files` reads sources and writes
@@ -96,7 +97,7 @@ class BoardRow:
 class Leaderboard:
     rows: list[BoardRow]  # per protocol: ranked submissions, then reference rows in the paper's order
     skipped: list[Skipped]
-    fingerprints: dict[str, str]  # task -> the board's items fingerprint
+    fingerprints: dict[str, dict[str, str]]  # protocol -> task -> the board's items fingerprint
 
     @property
     def protocols(self) -> list[str]:
@@ -224,17 +225,22 @@ def paper_rows() -> list[BoardRow]:
     return rows
 
 
-def board_fingerprints(rows: Iterable[BoardRow]) -> dict[str, str]:
-    """Per task, the fingerprint most submissions share; a tie goes to the earliest submission."""
-    seen: dict[str, Counter[str]] = {}
-    first: dict[tuple[str, str], str] = {}
+def board_fingerprints(rows: Iterable[BoardRow]) -> dict[str, dict[str, str]]:
+    """Per protocol and task, the fingerprint most submissions share; a tie goes to the earliest submission.
+
+    Per protocol, because a protocol preset may select its own items (the paper's exact misled counts).
+    """
+    seen: dict[tuple[str, str], Counter[str]] = {}
+    first: dict[tuple[str, str, str], str] = {}
     for row in rows:
         for task, fingerprint in row.fingerprints:
-            seen.setdefault(task, Counter())[fingerprint] += 1
-            first[task, fingerprint] = min(first.get((task, fingerprint), row.submitted or ""), row.submitted or "")
-    return {
-        task: min(counts, key=lambda fp: (-counts[fp], first[task, fp], fp)) for task, counts in sorted(seen.items())
-    }
+            seen.setdefault((row.protocol, task), Counter())[fingerprint] += 1
+            key = (row.protocol, task, fingerprint)
+            first[key] = min(first.get(key, row.submitted or ""), row.submitted or "")
+    board: dict[str, dict[str, str]] = {}
+    for (protocol, task), counts in sorted(seen.items()):
+        board.setdefault(protocol, {})[task] = min(counts, key=lambda fp: (-counts[fp], first[protocol, task, fp], fp))
+    return board
 
 
 def _rank_key(row: BoardRow) -> tuple:
@@ -254,7 +260,8 @@ def build_leaderboard(files: Sequence[SubmissionFile], *, skipped: Sequence[Skip
     fingerprints = board_fingerprints(parsed)
     matching = []
     for row in parsed:
-        wrong = [f"{task} {fp} (board: {fingerprints[task]})" for task, fp in row.fingerprints if fp != fingerprints[task]]
+        expected = fingerprints[row.protocol]
+        wrong = [f"{task} {fp} (board: {expected[task]})" for task, fp in row.fingerprints if fp != expected[task]]
         if wrong:
             left_out.append(Skipped(row.source, "items fingerprint differs, other items were answered: " + ", ".join(wrong)))
         else:

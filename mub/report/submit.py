@@ -65,7 +65,7 @@ class Submission:
         """``<org>/<model>/results_<UTC time>.json``, as Hub leaderboard readers expect."""
         config = self.results["config"]
         stamp = datetime.fromisoformat(config["submitted_at"]).strftime(STAMP_FORMAT)
-        return f"{config['model_name'].strip('/')}/results_{stamp}.json"
+        return f"{model_folder(config['model_name'])}/results_{stamp}.json"
 
 
 def run_protocol(document: dict[str, Any]) -> str:
@@ -153,6 +153,17 @@ def _mub_version() -> str | None:
         return metadata.version("mub")
     except metadata.PackageNotFoundError:
         return None
+
+
+def model_folder(model_name: str) -> str:
+    """The model's folder in a results repository; a name that would leave it (``..``, ``/abs``) is refused."""
+    parts = model_name.split("/")
+    if model_name.startswith("/") or any(part in ("", ".", "..") for part in parts):
+        raise ValueError(
+            f"model {model_name!r} cannot name a results folder (absolute, empty or '..' parts); "
+            "evaluate the model under its Hub id (ORG/NAME) or a relative folder name"
+        )
+    return model_name
 
 
 def task_results(figures: dict[str, Any]) -> dict[str, Any]:
