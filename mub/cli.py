@@ -33,8 +33,12 @@ def _cmd_build(args: argparse.Namespace) -> int:
 
     synthetic = args.release is None
     release = sample_release_dir() if synthetic else args.release
+    if args.repo_id and args.push_to_hub and args.repo_id != args.push_to_hub:
+        raise ValueError(f"--repo-id {args.repo_id} and --push-to-hub {args.push_to_hub} name different repositories")
+    repo_id = args.repo_id or args.push_to_hub
     summary = export_release(
-        release, args.out, allow_truncated=args.allow_truncated, synthetic=synthetic, overwrite=args.overwrite
+        release, args.out, allow_truncated=args.allow_truncated, synthetic=synthetic, repo_id=repo_id,
+        overwrite=args.overwrite,
     )
     print(format_build_summary(summary))
     if args.push_to_hub:
@@ -50,6 +54,8 @@ def format_build_summary(summary: dict) -> str:
         f"records lost to truncation: {summary['records_lost_to_truncation']}",
         f"items: {summary['items']}",
     ]
+    if summary.get("repo_id"):
+        lines.append(f"Hub dataset id: {summary['repo_id']}")
     if summary["copies_with_differing_reference_fields"]:
         lines.append(
             f"copies whose reference fields differ (first kept): {summary['copies_with_differing_reference_fields']}"
@@ -67,6 +73,7 @@ def _add_build(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--allow-truncated", action="store_true", help="keep complete records of files cut off mid-record")
     p.add_argument("--overwrite", action="store_true", help="replace an earlier `mub build` output in --out")
     p.add_argument("--push-to-hub", metavar="REPO_ID", help="upload the folder to this Hub dataset repository")
+    p.add_argument("--repo-id", metavar="ORG/NAME", help="the Hub id this build is published under (recorded for mub submit; default: --push-to-hub)")
     p.set_defaults(func=_cmd_build)
 
 
@@ -221,30 +228,30 @@ def _add_report(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_submit(args: argparse.Namespace) -> int:
-    from mub.report.submit import (
-        build_submission,
-        upload,
-        upload_paths,
-        write_submission,
-    )
+    from mub.report.submit import build_submission, check_uploadable, upload, write_submission
 
-    submission = build_submission(args.run_dirs)
-    # Naming the upload first: a model that cannot be named on the Hub stops before anything is written.
-    targets = upload_paths(submission, model_name=args.model_name) if args.to else ()
-    files = write_submission(submission, args.out, overwrite=args.overwrite)
-    print("wrote " + ", ".join(map(str, files)))
+    submission = build_submission(args.run_dirs, dataset=args.dataset_id, model_name=args.model_name)
+    if args.to:
+        check_uploadable(submission)  # before writing anything
+    results_file = write_submission(submission, args.out)
+    print(f"wrote {results_file}")
+    if submission.model_index is None:
+        print("model-index: not made, the dataset has no Hub id (pass --dataset-id ORG/NAME)")
+    elif args.model_index:
+        Path(args.model_index).write_text(submission.model_index, encoding="utf-8")
+        print(f"wrote {args.model_index} (paste it into the model card's YAML header)")
+    else:
+        print("model-index block for the model card's YAML header:\n" + submission.model_index.rstrip())
     if not args.to:
         return 0
-    plan = f"upload to Hub dataset repository {args.to}:\n" + "\n".join(
-        f"  {file} -> {target}" for file, target in zip(files, targets)
-    )
+    plan = f"upload to Hub dataset repository {args.to}:\n  {results_file} -> {submission.path_in_repo}"
     if args.dry_run:
         print(f"dry run: would {plan}")
         return 0
     print(f"about to {plan}")
     if not args.yes:
         _confirm_upload()
-    print(f"uploaded to dataset {args.to}: " + ", ".join(upload(submission, files, args.to, targets)))
+    print(f"uploaded to dataset {args.to}: {upload(submission, results_file, args.to)}")
     return 0
 
 
@@ -257,19 +264,61 @@ def _confirm_upload() -> None:
 
 
 def _add_submit(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("submit", help="leaderboard results file and model-index snippet for a model's runs")
+    p = sub.add_parser("submit", help="leaderboard results file and model-index block for a model's runs")
     p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="a model's finished run folders, one per config")
-    p.add_argument("--to", metavar="REPO_ID", help="upload to this Hub dataset repository")
+    p.add_argument("--to", metavar="REPO_ID", help="upload to this Hub dataset repository (the leaderboard's results repo)")
     p.add_argument("--dry-run", action="store_true", help="write the files only, upload nothing")
     p.add_argument("--yes", action="store_true", help="upload without asking for confirmation")
-    p.add_argument("--model-name", metavar="OWNER/NAME", help="the model's Hub id in repository paths (needed when the runs used a local model path)")
-    p.add_argument("--overwrite", action="store_true", help="replace an earlier submission file at --out")
-    p.add_argument("--out", default="submission.json", help="results file (the snippet goes beside it as *.model-index.yaml)")
+    p.add_argument("--model-name", metavar="OWNER/NAME", help="the model's Hub id on the board and in repository paths (needed when the runs used a local model path)")
+    p.add_argument("--out", default="submission", help="folder the results go under as <org>/<model>/results_<time>.json (default: submission)")
+    p.add_argument("--dataset-id", metavar="ORG/NAME", help="Hub id of the dataset the runs evaluated (default: from mub build --repo-id)")
+    p.add_argument("--model-index", metavar="FILE", help="write the model-index block here (default: print it)")
     p.set_defaults(func=_cmd_submit)
 
 
+def _cmd_leaderboard(args: argparse.Namespace) -> int:
+    from mub.report.leaderboard_files import leaderboard_from, write_leaderboard
+
+    board = leaderboard_from(args.sources)
+    files = write_leaderboard(board, args.out)
+    submitted = sum(not row.reference for row in board.rows)
+    print(f"{submitted} submission(s) on the board, protocols: {', '.join(board.protocols)}")
+    for skipped in board.skipped:
+        print(f"skipped {skipped.source}: {skipped.reason}")
+    print("wrote " + ", ".join(map(str, files)))
+    return 0
+
+
+def _add_leaderboard(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("leaderboard", help="rank submissions per protocol: leaderboard.json and a sortable index.html")
+    p.add_argument("sources", nargs="+", metavar="SOURCE", help="results files, folders of them, or a Hub dataset repository (ORG/NAME)")
+    p.add_argument("--out", required=True, help="output folder")
+    p.set_defaults(func=_cmd_leaderboard)
+
+
+def _cmd_publish_metric(args: argparse.Namespace) -> int:
+    from mub_metric.publish import plan, publish
+
+    space = plan(args.to)
+    if args.dry_run:
+        print(f"dry run: would upload to Space {space.repo_id}: " + ", ".join(space.files))
+        print(f'then: evaluate.load("{space.repo_id}")')
+        return 0
+    print(f"uploaded: {publish(space, private=args.private)}")
+    print(f'load it with: evaluate.load("{space.repo_id}")')
+    return 0
+
+
+def _add_publish_metric(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("publish-metric", help="upload the mub_misleading_rate module as a Hub Space for evaluate.load")
+    p.add_argument("--to", required=True, metavar="ORG/mub_misleading_rate", help="the Space to create or update")
+    p.add_argument("--dry-run", action="store_true", help="list what would be uploaded, upload nothing")
+    p.add_argument("--private", action="store_true", help="create the Space private")
+    p.set_defaults(func=_cmd_publish_metric)
+
+
 SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
-    _add_build, _add_run, _add_merge, _add_rescore, _add_report, _add_submit,
+    _add_build, _add_run, _add_merge, _add_rescore, _add_report, _add_submit, _add_leaderboard, _add_publish_metric,
 ]  # fmt: skip
 SUBCOMMANDS += DATA_SUBCOMMANDS  # notes, sft-data, import (mub/data_cli.py)
 

@@ -62,7 +62,7 @@ def _cmd_notes(args: argparse.Namespace) -> int:
 
 
 def add_sft_data(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("sft-data", help="mixed explicit/implicit misleading fine-tuning set in TRL's vision chat format")
+    p = sub.add_parser("sft-data", help="mixed explicit/implicit misleading fine-tuning set in TRL's vision prompt-completion format")
     p.add_argument("--dataset", default="sample", help="'sample', a release or export folder, or a Hub id")
     p.add_argument("--out", required=True, help="output folder (load_from_disk and load_dataset both open it)")
     p.add_argument("--size", type=int, default=2000, help="examples (default 2000, as in the paper)")
@@ -70,6 +70,8 @@ def add_sft_data(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--mix", default="explicit=0.4,implicit=0.4,plain=0.2", help="shares of each kind (default explicit=0.4,implicit=0.4,plain=0.2)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    p.add_argument("--format", choices=["prompt-completion", "messages"], default="prompt-completion",
+                   help="prompt-completion (default: TRL's loss covers the answer only) or messages (one conversation)")
     p.set_defaults(func=_cmd_sft_data)
 
 
@@ -77,7 +79,9 @@ def _cmd_sft_data(args: argparse.Namespace) -> int:
     from mub.extend.sft_data import SftConfig, build_sft_data, parse_mix
 
     summary = build_sft_data(
-        SftConfig(args.dataset, args.out, args.size, parse_mix(args.mix), args.exclude, args.seed, args.overwrite)
+        SftConfig(
+            args.dataset, args.out, args.size, parse_mix(args.mix), args.exclude, args.seed, args.overwrite, args.format
+        )
     )
     counts = ", ".join(f"{kind} {n}" for kind, n in summary["examples_per_kind"].items())
     print(f"{summary['size']} examples ({counts}) from {summary['items_used']} items; "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 from typing import Any
@@ -38,10 +39,54 @@ def configs_yaml(data_files: dict[str, str]) -> list[dict[str, Any]]:
     ]
 
 
-def render_card(data_files: dict[str, str], summary: dict[str, Any], *, synthetic: bool) -> str:
-    """The card with `configs:` for what was written and the build summary appended."""
+# The Hub's size_categories bins, by upper bound (exclusive).
+SIZE_CATEGORIES = (
+    (1_000, "n<1K"),
+    (10_000, "1K<n<10K"),
+    (100_000, "10K<n<100K"),
+    (1_000_000, "100K<n<1M"),
+    (10_000_000, "1M<n<10M"),
+    (100_000_000, "10M<n<100M"),
+    (1_000_000_000, "100M<n<1B"),
+    (10_000_000_000, "1B<n<10B"),
+    (100_000_000_000, "10B<n<100B"),
+    (1_000_000_000_000, "100B<n<1T"),
+)
+
+
+def size_category(n_rows: int) -> str:
+    """The Hub's ``size_categories`` tag for a dataset of ``n_rows`` rows."""
+    for bound, name in SIZE_CATEGORIES:
+        if n_rows < bound:
+            return name
+    return "n>1T"
+
+
+def dataset_info_yaml(features: list[dict[str, Any]], sizes: dict[str, tuple[int, int]]) -> list[dict[str, Any]]:
+    """One ``dataset_info`` entry per config: its features and its one split, with rows and bytes."""
+    return [
+        {
+            "config_name": name,
+            "features": copy.deepcopy(features),  # not one shared object: YAML would write &id001 aliases
+            "splits": [{"name": "test", "num_bytes": n_bytes, "num_examples": n_rows}],
+            "dataset_size": n_bytes,
+        }
+        for name, (n_rows, n_bytes) in sizes.items()
+    ]
+
+
+def render_card(
+    data_files: dict[str, str], summary: dict[str, Any], data_bytes: dict[str, int], *, synthetic: bool
+) -> str:
+    """The card with `configs:` and `dataset_info:` for what was written and the build summary appended.
+
+    ``data_bytes``: per config, the uncompressed size of its data (the split's ``num_bytes``).
+    """
     header, body = split_front_matter(CARD_TEMPLATE.read_text(encoding="utf-8"))
     header["configs"] = configs_yaml(data_files)
+    sizes = {name: (summary["items_per_config"][name], data_bytes[name]) for name in data_files}
+    header["dataset_info"] = dataset_info_yaml(header["dataset_info"]["features"], sizes)
+    header["size_categories"] = [size_category(summary["items"])]
     if synthetic:
         header["pretty_name"] = f"{header.get('pretty_name', 'MUB')} (synthetic sample)"
         header.setdefault("tags", []).append("synthetic")

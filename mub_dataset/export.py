@@ -47,6 +47,14 @@ def write_parquet(dataset: "datasets.Dataset", folder: Path) -> Path:
     return target
 
 
+def uncompressed_bytes(parquet: Path) -> int:
+    """The data's size before Parquet compression, from the file's row-group metadata."""
+    import pyarrow.parquet as pq
+
+    metadata = pq.read_metadata(parquet)
+    return sum(metadata.row_group(i).total_byte_size for i in range(metadata.num_row_groups))
+
+
 def export_release(
     release_dir: str | Path,
     out_dir: str | Path,
@@ -54,19 +62,26 @@ def export_release(
     allow_truncated: bool = False,
     synthetic: bool = False,
     overwrite: bool = False,
+    repo_id: str | None = None,
 ) -> dict[str, Any]:
     """Export every non-empty config of a release; returns the build summary.
 
     ``out_dir`` must be new, empty, or an earlier ``mub build`` output (replaced only with ``overwrite``).
+    ``repo_id`` is the Hub id the build will be published under: recorded in
+    the summary so that submissions of runs on this folder name the Hub
+    dataset, never the local path.
     """
     out_dir = Path(out_dir)
     check_output_folder(out_dir, "build", overwrite=overwrite)
     summary = read_release(release_dir, allow_truncated=allow_truncated).summary()
+    if repo_id is not None:
+        summary["repo_id"] = repo_id
     with staged_folder(out_dir, "build", overwrite=overwrite) as staging, tempfile.TemporaryDirectory() as cache_dir:
         everything = build_from_release(release_dir, "explicit", cache_dir=cache_dir, allow_truncated=allow_truncated)
         # Config membership needs only these columns: no image is decoded to decide it.
         rows = everything.select_columns(["source", "misleading_notes", "guiding_notes"]).to_list()
         written: dict[str, str] = {}
+        data_bytes: dict[str, int] = {}
         for spec in CONFIGS:
             indices = [i for i, row in enumerate(rows) if spec.includes(row)]
             if not indices:
@@ -74,7 +89,9 @@ def export_release(
             (staging / spec.name).mkdir()
             parquet = write_parquet(everything.select(indices), staging / spec.name)
             written[spec.name] = f"{spec.name}/{parquet.name}"
-        (staging / "README.md").write_text(render_card(written, summary, synthetic=synthetic), encoding="utf-8")
+            data_bytes[spec.name] = uncompressed_bytes(parquet)
+        card = render_card(written, summary, data_bytes, synthetic=synthetic)
+        (staging / "README.md").write_text(card, encoding="utf-8")
         (staging / "build_summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     return summary
 

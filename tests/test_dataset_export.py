@@ -134,3 +134,47 @@ def test_a_rebuilt_export_is_not_served_from_the_stale_datasets_cache(tmp_path):
     export_release(release, out, overwrite=True)
     after = datasets.load_dataset(str(out), "explicit", split="test", cache_dir=str(cache))
     assert len(after) == len(before) - 1
+
+
+def test_card_loads_with_hub_card_classes_and_datasets_infos(exported):
+    """The card as the Hub reads it: huggingface_hub's DatasetCard and datasets' DatasetInfosDict."""
+    from datasets.info import DatasetInfosDict
+    from huggingface_hub import DatasetCard, DatasetCardData
+
+    out, summary = exported
+    card = DatasetCard.load(out / "README.md")
+    assert isinstance(card.data, DatasetCardData)
+    # The sample release has far fewer than 1,000 items: the size tag is computed, not fixed text.
+    assert summary["items"] < 1000 and card.data.size_categories == ["n<1K"]
+    infos = DatasetInfosDict.from_dataset_card_data(card.data)
+    assert set(infos) == set(summary["items_per_config"])  # one entry per config, no "default"
+    for config, count in summary["items_per_config"].items():
+        assert infos[config].config_name == config
+        assert {name: split.num_examples for name, split in infos[config].splits.items()} == {"test": count}
+        assert infos[config].splits["test"].num_bytes > 0
+        loaded = datasets.load_dataset(str(out), config, split="test")
+        assert loaded.num_rows == count and set(infos[config].features) == set(loaded.features)
+
+
+@pytest.mark.parametrize(
+    ("n_rows", "category"),
+    [(0, "n<1K"), (160, "n<1K"), (999, "n<1K"), (1000, "1K<n<10K"), (9999, "1K<n<10K"), (10_000, "10K<n<100K"),
+     (10**12 + 1, "n>1T")],
+)
+def test_size_category_bins(n_rows, category):
+    from mub_dataset.card import size_category
+
+    assert size_category(n_rows) == category
+
+
+def test_build_records_the_hub_id_for_submissions(release_dir, tmp_path, capsys):
+    out = tmp_path / "built"
+    assert cli_main(["build", "--release", str(release_dir), "--out", str(out), "--repo-id", "my-org/mub"]) == 0
+    assert json.loads((out / "build_summary.json").read_text())["repo_id"] == "my-org/mub"
+    assert "Hub dataset id: my-org/mub" in capsys.readouterr().out
+
+
+def test_card_yaml_has_no_aliases(exported):
+    out, _ = exported
+    header = (out / "README.md").read_text(encoding="utf-8").split("\n---\n", 1)[0]
+    assert "&id" not in header and "*id" not in header

@@ -712,3 +712,47 @@ def test_a_value_that_cannot_be_an_answer_names_its_row(metric, bad, row):
 def test_a_missing_reference_is_still_an_error(metric):
     with pytest.raises(ValueError, match=r"references\[0\]"):
         metric.compute(predictions=["A"], original_predictions=["A"], references=[float("nan")])
+# ------------------------------------------------------------------ evaluate.combine
+
+
+def test_exact_edges_of_the_wilson_interval_carry_no_rounding_noise():
+    for total in range(1, 300):
+        assert mm.wilson_interval(0, total)[0] == 0.0
+        assert mm.wilson_interval(total, total)[1] == 1.0
+
+
+def test_combine_add_batch_and_compute_with_the_required_inputs_alone(metric):
+    """evaluate.combine picks each module's inputs by name: the optional ones, left out, must not be asked for."""
+    import evaluate
+
+    expected = compute_rows(metric)
+    combined = evaluate.combine([mub_metric.load()])
+    for start in range(0, 10, 4):
+        part = slice(start, start + 4)
+        combined.add_batch(predictions=PREDICTIONS[part], references=REFERENCES[part], original_predictions=ORIGINALS[part])
+    assert combined.compute() == expected
+    assert evaluate.combine([mub_metric.load()]).compute(
+        predictions=PREDICTIONS, references=REFERENCES, original_predictions=ORIGINALS
+    ) == expected
+    single = evaluate.combine([mub_metric.load()])
+    for original, prediction, reference in zip(ORIGINALS, PREDICTIONS, REFERENCES):
+        single.add(prediction=prediction, reference=reference, original_predictions=original)
+    assert single.compute() == expected
+    # Optional inputs still reach the module through the combination's compute.
+    by_level = evaluate.combine([mub_metric.load()]).compute(
+        predictions=PREDICTIONS, references=REFERENCES, original_predictions=ORIGINALS, difficulty=DIFFICULTY
+    )
+    assert by_level == compute_rows(metric, difficulty=DIFFICULTY) and "by_difficulty" in by_level
+
+
+def test_publish_metric_dry_run_lists_the_space_files(capsys):
+    from mub.cli import main
+
+    assert main(["publish-metric", "--to", "my-org/mub_misleading_rate", "--dry-run"]) == 0
+    printed = capsys.readouterr().out
+    listed = printed.split("my-org/mub_misleading_rate: ", 1)[1].splitlines()[0].split(", ")
+    assert {"mub_misleading_rate.py", "README.md", "app.py", "requirements.txt"} <= set(listed)
+    assert all((Path(mub_metric.PATH) / name).is_file() for name in listed)
+    assert 'evaluate.load("my-org/mub_misleading_rate")' in printed
+    assert main(["publish-metric", "--to", "my-org/other_name", "--dry-run"]) == 2
+    assert "must be ORG/mub_misleading_rate" in capsys.readouterr().err

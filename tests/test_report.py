@@ -22,6 +22,7 @@ import numpy as np
 import pytest
 import yaml
 from conftest import SHARED
+from leaderboard_files import results_text
 from PIL import Image
 
 import mub_dataset
@@ -38,7 +39,7 @@ from mub.report.report import (
     transition_counts,
     write_report,
 )
-from mub.report.submit import build_submission, upload_paths
+from mub.report.submit import build_submission
 from mub.runs.predictions import ItemPrediction, StageAnswer
 from mub.runs.runner import run
 from mub.testing.scripted import ScriptedBackend
@@ -72,14 +73,17 @@ def _rule(items: dict[str, dict], flip_share: int) -> Callable[[Request], str]:
 
 
 def _scripted_run(
-    root: Path, model: str, config: str, flip_share: int, limit: int | None = None, protocol: str = "paper"
+    root: Path, model: str, config: str, flip_share: int, limit: int | None = None, protocol: str = "paper",
+    dataset: str = "sample",
 ) -> Path:
-    dataset = mub_dataset.load(config, "sample")
+    name = dataset
+    dataset = mub_dataset.load(config, name)
     items = {row["id"]: row for row in dataset.remove_columns("image").to_list()}
     out = root / f"{model.replace('/', '_')}__{config}__{protocol}"
     run(
         RunConfig(
-            model=model, config=config, backend="scripted", out=str(out), limit=limit, progress=False, protocol=protocol
+            model=model, config=config, dataset=name, backend="scripted", out=str(out), limit=limit, progress=False,
+            protocol=protocol,
         ),
         backend=ScriptedBackend(_rule(items, flip_share), name=model),
         dataset=dataset,
@@ -411,8 +415,14 @@ def test_predictions_are_matched_by_item_id() -> None:
 # ---------------------------------------------------------------- submission
 
 
-def test_submission_schema_and_values(runs: dict[str, Path], tmp_path: Path) -> None:
-    out = tmp_path / "sub" / "results.json"
+def _submit(runs: list[Path], out: Path, *extra: str) -> dict:
+    assert main(["submit", *map(str, runs), "--out", str(out), *extra]) == 0
+    (path,) = out.rglob("*.json")
+    return json.loads(path.read_text())
+
+
+def test_submission_schema_and_values(runs: dict[str, Path], tmp_path: Path, capsys) -> None:
+    out = tmp_path / "sub"
     code = main(
         [
             "submit",
@@ -420,48 +430,97 @@ def test_submission_schema_and_values(runs: dict[str, Path], tmp_path: Path) -> 
             str(runs["fickle_implicit"]),
             "--to",
             "someone/leaderboard-results",
+            "--dataset-id",
+            "someone/mub",
             "--dry-run",
             "--out",
             str(out),
         ]
     )
     assert code == 0
-    document = json.loads(out.read_text())
-    assert {"model_name", "model_sha", "model_dtype"} <= set(document["config"])
-    assert document["config"]["model_name"] == "scripted/fickle"
+    # The results file alone in <org>/<model>/, as leaderboard readers walk a results repository.
+    (path,) = [p for p in out.rglob("*") if p.is_file()]
+    assert re.fullmatch(r"scripted/fickle/results_\d{4}-\d\d-\d\dT\d\d-\d\d-\d\d\.json", path.relative_to(out).as_posix())
+    assert f"would upload to dataset someone/leaderboard-results as {path.relative_to(out).as_posix()}" in capsys.readouterr().out
+    document = json.loads(path.read_text())
+    config = document["config"]
+    assert config["model_name"] == "scripted/fickle" and config["dataset_id"] == "someone/mub"
+    assert config["protocol"] == (_results(runs["fickle_explicit"]).get("run", {}).get("protocol") or "unknown (pre-preset)")
+    assert config["model_sha"] is None and config["model_dtype"] is None  # the scripted backend has no weights
+    assert config["items_fingerprint"] == {
+        f"mub_{c}": _results(runs[f"fickle_{c}"])["dataset"]["fingerprint"] for c in ("explicit", "implicit")
+    }
+    assert config["mub_version"] and path.name == f"results_{config['submitted_at'][:19].replace(':', '-')}.json"
     assert set(document["results"]) == {"mub_explicit", "mub_implicit"}
-    for config in ("explicit", "implicit"):
-        submitted = document["results"][f"mub_{config}"]
-        source = _results(runs[f"fickle_{config}"])["results"][config]
+    for config_name in ("explicit", "implicit"):
+        submitted = document["results"][f"mub_{config_name}"]
+        source = _results(runs[f"fickle_{config_name}"])["results"][config_name]
         for rate in ("mr_t2f", "mr_f2t", "accuracy_before", "accuracy_after", "consistency"):
-            assert submitted[rate] == source[rate]
+            assert submitted[rate] == pytest.approx(source[rate], abs=1e-12)
             low, high = submitted[f"{rate}_ci"]
             assert 0 <= low <= submitted[rate] + 1e-9 and submitted[rate] - 1e-9 <= high <= 1
         for count in ("n", "n_t", "n_f", "t2f", "f2t"):
             assert isinstance(submitted[count], int) and submitted[count] == source[count]
         for level in ("low", "medium", "high"):
-            assert submitted[f"mr_t2f_{level}"] == source["by_difficulty"][level]["mr_t2f"]
+            assert submitted[f"mr_t2f_{level}"] == pytest.approx(source["by_difficulty"][level]["mr_t2f"], abs=1e-12)
             assert submitted[f"n_t_{level}"] == source["by_difficulty"][level]["n_t"]
             assert len(submitted[f"mr_t2f_{level}_ci"]) == 2
 
 
-def test_model_index_snippet_parses_as_a_model_card_block(runs: dict[str, Path], tmp_path: Path) -> None:
-    out = tmp_path / "sub.json"
-    assert (
-        main(["submit", str(runs["steady_explicit"]), str(runs["steady_implicit"]), "--dry-run", "--out", str(out)])
-        == 0
+def test_an_exact_zero_is_written_zero(runs: dict[str, Path], tmp_path: Path) -> None:
+    """The steady model never lets go: its misleading rates and their low bounds are exactly 0."""
+    document = _submit([runs["steady_explicit"]], tmp_path / "sub")
+    text = next((tmp_path / "sub").rglob("*.json")).read_text()
+    figures = document["results"]["mub_explicit"]
+    assert figures["mr_t2f"] == 0 and figures["mr_t2f_ci"][0] == 0
+    assert type(figures["mr_t2f"]) is int and re.search(r'"mr_t2f": 0,', text)
+    assert not re.search(r"\de-\d", text)  # no 2.77e-17 anywhere
+
+
+def test_model_index_names_the_hub_dataset_in_fractions(runs: dict[str, Path], tmp_path: Path) -> None:
+    index = tmp_path / "card.yaml"
+    document = _submit(
+        [runs["steady_explicit"], runs["steady_implicit"]], tmp_path / "sub", "--dataset-id", "org/mub", "--model-index", str(index)
     )
-    card = yaml.safe_load((tmp_path / "sub.model-index.yaml").read_text())
+    assert not list((tmp_path / "sub").rglob("*.yaml"))  # the snippet is never beside the results file
+    card = yaml.safe_load(index.read_text())
     (entry,) = card["model-index"]
     assert entry["name"] == "scripted/steady"
     assert [r["dataset"]["config"] for r in entry["results"]] == ["explicit", "implicit"]
-    explicit = _results(runs["steady_explicit"])["results"]["explicit"]
     for result in entry["results"]:
-        assert result["task"]["type"] and result["dataset"]["name"] and result["dataset"]["type"]
+        assert result["task"]["type"] and result["dataset"]["type"] == "org/mub"
         assert all({"type", "value", "name"} <= set(metric) for metric in result["metrics"])
     metrics = {m["type"]: m for m in entry["results"][0]["metrics"]}
-    assert metrics["accuracy"]["value"] == round(100 * explicit["accuracy_before"], 2)
-    assert f"n={explicit['n_t']}" in metrics["misleading_rate"]["name"]
+    explicit = document["results"]["mub_explicit"]
+    assert metrics["accuracy"]["value"] == round(explicit["accuracy_before"], 4)  # fractions, as the JSON
+    assert metrics["misleading_rate"]["value"] == 0 and f"n={explicit['n_t']}" in metrics["misleading_rate"]["name"]
+
+
+def test_no_local_path_reaches_a_model_index(runs: dict[str, Path], tmp_path: Path, release_dir: Path, capsys) -> None:
+    # A run on a local build: no Hub id is known, so no model-index and no upload.
+    built = tmp_path / "built"
+    assert main(["build", "--release", str(release_dir), "--out", str(built)]) == 0
+    local = _scripted_run(tmp_path, "scripted/local", "explicit", 3, limit=12, dataset=str(built))
+    capsys.readouterr()
+    document = _submit([local], tmp_path / "sub")
+    printed = capsys.readouterr().out
+    assert document["config"]["dataset_id"] is None and str(built) not in json.dumps(document)
+    assert "model-index: not made" in printed and str(built) not in printed
+    assert main(["submit", str(local), "--to", "org/results", "--out", str(tmp_path / "refused")]) == 2
+    assert "upload refused" in capsys.readouterr().err and not (tmp_path / "refused").exists()
+    assert main(["submit", str(local), "--dataset-id", str(built), "--out", str(tmp_path / "x")]) == 2
+    assert "not a Hub dataset id" in capsys.readouterr().err
+    # The same build made with --repo-id: its Hub id goes into the model-index, the path never.
+    named = tmp_path / "named"
+    assert main(["build", "--release", str(release_dir), "--out", str(named), "--repo-id", "org/mub-build"]) == 0
+    run_dir = _scripted_run(tmp_path, "scripted/named", "explicit", 3, limit=12, dataset=str(named))
+    capsys.readouterr()
+    document = _submit([run_dir], tmp_path / "out2")
+    printed = capsys.readouterr().out
+    assert document["config"]["dataset_id"] == "org/mub-build"
+    block = yaml.safe_load(printed.split("model-index block for the model card's YAML header:\n", 1)[1].split("\ndry run", 1)[0])
+    assert block["model-index"][0]["results"][0]["dataset"]["type"] == "org/mub-build"
+    assert str(named) not in printed
 
 
 def test_submission_refuses_mixed_models_and_repeated_configs(runs: dict[str, Path]) -> None:
@@ -471,15 +530,23 @@ def test_submission_refuses_mixed_models_and_repeated_configs(runs: dict[str, Pa
         build_submission([runs["steady_explicit"], runs["steady_explicit"]])
 
 
-def test_upload_paths_follow_the_leaderboard_layout(runs: dict[str, Path]) -> None:
+def test_submission_refuses_runs_of_different_protocols(runs: dict[str, Path], tmp_path: Path) -> None:
+    copy = tmp_path / "implicit_copy"
+    shutil.copytree(runs["steady_implicit"], copy)
+    document = _results(copy)
+    document["run"]["protocol"] = "deterministic"
+    (copy / "results.json").write_text(json.dumps(document))
+    with pytest.raises(ValueError, match="one protocol"):
+        build_submission([runs["steady_explicit"], copy])
+
+
+def test_upload_path_follows_the_leaderboard_layout(runs: dict[str, Path]) -> None:
     from datetime import datetime, timezone
 
-    submission = build_submission([runs["steady_explicit"]])
     stamp = datetime(2025, 1, 2, 3, 4, 5, tzinfo=timezone.utc)
-    assert upload_paths(submission, stamp) == (
-        "scripted/steady/results_2025-01-02T03-04-05.json",
-        "scripted/steady/results_2025-01-02T03-04-05.model-index.yaml",
-    )
+    submission = build_submission([runs["steady_explicit"]], now=stamp)
+    assert submission.path_in_repo == "scripted/steady/results_2025-01-02T03-04-05.json"
+    assert submission.results["config"]["submitted_at"] == "2025-01-02T03:04:05+00:00"
 
 
 def test_tiny_model_run_goes_into_the_report(runs: dict[str, Path], report_dir: Path) -> None:
@@ -522,3 +589,112 @@ def test_submission_records_the_protocol_and_refuses_mixed_ones(runs, tmp_path) 
     clean = _scripted_run(tmp_path, "scripted/steady", "implicit", 0, limit=8, protocol="deterministic")
     with pytest.raises(ValueError, match="must share one protocol.*--protocol deterministic"):
         build_submission([runs["steady_explicit"], clean])
+# ---------------------------------------------------------------- leaderboard
+
+
+@pytest.fixture(scope="module")
+def results_repo(runs: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A results repository as `mub submit` fills it: two models, plus one malformed file."""
+    repo = tmp_path_factory.mktemp("results_repo")
+    for model in ("steady", "fickle"):
+        assert main(["submit", str(runs[f"{model}_explicit"]), str(runs[f"{model}_implicit"]), "--dataset-id", "org/mub", "--out", str(repo)]) == 0
+    broken = repo / "someone" / "broken" / "results_2025-01-01T00-00-00.json"
+    broken.parent.mkdir(parents=True)
+    broken.write_text('{"config": {"model_name": "someone/broken"}, "results": {"mub_explicit": ', encoding="utf-8")
+    return repo
+
+
+def test_leaderboard_from_two_submissions_and_a_malformed_file(results_repo: Path, runs: dict[str, Path], tmp_path: Path, capsys) -> None:
+    out = tmp_path / "board"
+    assert main(["leaderboard", str(results_repo), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert re.search(r"skipped .*someone/broken/results_2025-01-01T00-00-00\.json: not JSON", printed)
+    document = json.loads((out / "leaderboard.json").read_text())
+    submitted = [row for row in document["rows"] if not row["reference"]]
+    assert sorted(row["model"] for row in submitted) == ["scripted/fickle", "scripted/steady"]
+    assert [s["source"].rsplit("/", 3)[-3:] for s in document["skipped"]] == [["someone", "broken", "results_2025-01-01T00-00-00.json"]]
+    references = [row for row in document["rows"] if row["reference"]]
+    assert [row["model"] for row in references] == [paper.model for paper in PAPER_RESULTS]
+    assert all(row["source"].startswith("paper:") and row["rank"] is None for row in references)
+    assert references[0]["explicit_low"] == pytest.approx(PAPER_RESULTS[0].explicit[0] / 100)
+    # Every figure is the run's own, as a fraction; the steady model holds every answer, so it ranks first.
+    protocol = submitted[0]["protocol"]
+    assert all(row["protocol"] == protocol for row in submitted)
+    steady, fickle = sorted(submitted, key=lambda row: row["rank"])
+    assert (steady["model"], steady["rank"], fickle["rank"]) == ("scripted/steady", 1, 2)
+    for row in submitted:
+        model = row["model"].split("/")[1]
+        for kind in ("explicit", "implicit"):
+            figures = _results(runs[f"{model}_{kind}"])["results"][kind]
+            assert row[f"{kind}_mean"] == pytest.approx(figures["mr_t2f_levels_mean"])
+            for level in ("low", "medium", "high"):
+                by_level = figures["by_difficulty"][level]
+                assert row[f"{kind}_{level}"] == pytest.approx(by_level["mr_t2f"])
+                assert row[f"{kind}_{level}_n"] == by_level["n_t"]
+                assert row[f"{kind}_{level}_ci"] == pytest.approx(by_level["mr_t2f_ci"])
+        assert row["acc"] == pytest.approx(_results(runs[f"{model}_explicit"])["results"]["explicit"]["accuracy_before"])
+        assert row["submitted"] and row["dataset_id"] == "org/mub"
+        assert row["overall"] == pytest.approx((row["explicit_mean"] + row["implicit_mean"]) / 2)
+    page = (out / "index.html").read_text()
+    assert "scripted/fickle" in page and "GPT-4o" in page and "someone/broken" in page
+    assert "<script src" not in page and "<link" not in page  # self-contained
+
+
+def _file(source: str, model: str, *, low: float = 0.5, **kwargs) -> "SubmissionFile":
+    from mub.report.leaderboard import SubmissionFile
+
+    return SubmissionFile(source, results_text(model, rate=low, **kwargs))
+
+
+def test_leaderboard_validation_ranking_and_protocols_apart() -> None:
+    from mub.report.leaderboard import build_leaderboard
+
+    files = [
+        _file("a.json", "org/a", low=0.4),
+        _file("b.json", "org/b", low=0.2),
+        _file("b_old.json", "org/b", low=0.9, when="2024-06-01T00:00:00+00:00"),  # superseded by b.json
+        _file("c.json", "org/c", low=0.1, fingerprint="other"),  # answered other items
+        _file("d.json", "org/d", low=45.0),  # percentages
+        # Another protocol may select its own items: its fingerprint is checked among its own submissions.
+        _file("e.json", "org/e", low=0.3, protocol="deterministic", fingerprint="det"),
+        _file("f.json", "org/a", low=0.7, protocol="deterministic", fingerprint="det"),  # same model, other protocol: kept
+    ]
+    board = build_leaderboard(files)
+    reasons = {s.source: s.reason for s in board.skipped}
+    assert set(reasons) == {"b_old.json", "c.json", "d.json"}
+    assert "newer: b.json" in reasons["b_old.json"]
+    assert "fingerprint differs" in reasons["c.json"] and "other" in reasons["c.json"]
+    assert "not a fraction" in reasons["d.json"] and "percentage" in reasons["d.json"]
+    ranked = {(row.protocol, row.model): row.rank for row in board.rows if not row.reference}
+    assert ranked == {("paper", "org/b"): 1, ("paper", "org/a"): 2, ("deterministic", "org/e"): 1, ("deterministic", "org/a"): 2}
+    assert board.protocols == ["paper", "deterministic"]
+    assert board.fingerprints == {"paper": {"mub_explicit": "f1", "mub_implicit": "g1"},
+                                  "deterministic": {"mub_explicit": "det", "mub_implicit": "g1"}}
+    assert sum(row.reference for row in board.rows) == len(PAPER_RESULTS)
+
+
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        ("[]", "not a results file"),
+        ('{"config": {}, "results": {}}', "model_name is missing"),
+        ('{"config": {"model_name": "m"}, "results": {"mub_mmmu": {}}}', "neither mub_explicit nor mub_implicit"),
+        ('{"config": {"model_name": "m", "submitted_at": "2025-01-01"}, "results": {"mub_explicit": {}}}', "items_fingerprint is missing"),
+        ('{"config": {"model_name": "m", "protocol": 3}, "results": {"mub_explicit": {}}}', "not a preset name"),
+    ],
+)
+def test_each_malformed_submission_is_skipped_with_its_reason(text: str, reason: str) -> None:
+    from mub.report.leaderboard import SubmissionFile, build_leaderboard
+
+    board = build_leaderboard([SubmissionFile("x/results_2025-01-01T00-00-00.json", text), _file("ok.json", "org/ok")])
+    assert [s.source for s in board.skipped] == ["x/results_2025-01-01T00-00-00.json"] and reason in board.skipped[0].reason
+    assert [row.model for row in board.rows if not row.reference] == ["org/ok"]
+
+
+@pytest.mark.parametrize("name", ["../escape", "/abs/model", "org//model", "org/./model"])
+def test_a_model_name_cannot_lead_the_results_file_out_of_its_folder(name: str) -> None:
+    from mub.report.submit import model_folder
+
+    with pytest.raises(ValueError, match="cannot name a results folder"):
+        model_folder(name)
+    assert model_folder("org/model-1.5") == "org/model-1.5"

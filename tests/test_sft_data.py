@@ -44,7 +44,7 @@ def _build(out: Path, *extra: str) -> dict:
     return json.loads((out / "sft_summary.json").read_text())
 
 
-def test_output_opens_with_load_from_disk_and_load_dataset_in_trl_vision_format(tmp_path, sample_rows):
+def test_output_opens_with_load_from_disk_and_load_dataset_in_trl_prompt_completion_format(tmp_path, sample_rows):
     out = tmp_path / "sft"
     summary = _build(out, "--size", "100", "--seed", "3")
     from_disk = datasets.load_from_disk(str(out))["train"]
@@ -52,9 +52,11 @@ def test_output_opens_with_load_from_disk_and_load_dataset_in_trl_vision_format(
     assert len(from_disk) == len(loaded) == summary["size"] == 100
     assert from_disk.remove_columns("images").to_list() == loaded.remove_columns("images").to_list()
 
+    assert summary["format"] == "prompt-completion" and "messages" not in loaded.column_names
     for example in loaded:
         row = sample_rows[example["id"]]  # every example keeps its item id
-        user, assistant = example["messages"]
+        # TRL's prompt-completion type: the prompt ends with the user turn that carries the cue.
+        [user], [assistant] = example["prompt"], example["completion"]
         assert user["role"] == "user" and assistant["role"] == "assistant"
         assert user["content"][0]["type"] == "image" and user["content"][1]["type"] == "text"
         assert assistant["content"] == [{"type": "text", "text": row["answer"]}]  # always the true answer
@@ -70,6 +72,17 @@ def test_output_opens_with_load_from_disk_and_load_dataset_in_trl_vision_format(
             note = example["cue"].split("instruction: ", 1)[1]
             assert note in row["misleading_notes"] and prompt == render_prompt(row, implicit_cue(note))
     assert "image-text-to-text" in (out / "README.md").read_text()
+
+
+def test_messages_format_keeps_one_conversation(tmp_path):
+    _build(tmp_path / "pc", "--size", "20")
+    summary = _build(tmp_path / "msg", "--size", "20", "--format", "messages")
+    assert summary["format"] == "messages"
+    split = datasets.load_from_disk(str(tmp_path / "pc"))["train"]
+    joined = datasets.load_from_disk(str(tmp_path / "msg"))["train"]
+    assert "prompt" not in joined.column_names
+    # The same examples, in the same order: messages is the prompt followed by the completion.
+    assert [e["messages"] for e in joined] == [e["prompt"] + e["completion"] for e in split]
 
 
 def test_the_mix_is_the_documented_one_and_recorded(tmp_path):

@@ -57,11 +57,17 @@ DEFAULT_MIX: dict[str, float] = {"explicit": 0.4, "implicit": 0.4, "plain": 0.2}
 DEFAULT_SIZE = 2000
 SUMMARY_FILE = "sft_summary.json"
 
+FORMATS = ("prompt-completion", "messages")
+DEFAULT_FORMAT = "prompt-completion"
+
 _TEXT_PART = {"type": datasets.Value("string"), "text": datasets.Value("string")}
-FEATURES = datasets.Features(
+_TURNS = datasets.List({"role": datasets.Value("string"), "content": datasets.List(_TEXT_PART)})
+# TRL's dataset types: prompt-completion (the loss covers the completion only) or conversational
+# language modelling (`messages`: the loss covers the whole text, misleading cue included).
+CONVERSATION_FEATURES = {"prompt-completion": {"prompt": _TURNS, "completion": _TURNS}, "messages": {"messages": _TURNS}}
+_ITEM_FEATURES = datasets.Features(
     {
         "id": datasets.Value("string"),
-        "messages": datasets.List({"role": datasets.Value("string"), "content": datasets.List(_TEXT_PART)}),
         "images": datasets.List(datasets.Image()),
         "kind": datasets.Value("string"),
         "cue": datasets.Value("string"),
@@ -71,6 +77,11 @@ FEATURES = datasets.Features(
         "image_sha256": datasets.Value("string"),  # first 16 hex digits, as mub run's group_id
     }
 )
+
+
+def features(format: str) -> datasets.Features:
+    """The set's columns: the conversation in ``format``, then the item's fields."""
+    return datasets.Features({**CONVERSATION_FEATURES[format], **_ITEM_FEATURES})
 
 
 @dataclass(frozen=True)
@@ -136,14 +147,17 @@ def choose(pool: Mapping[str, Sequence[Candidate]], counts: Mapping[str, int], s
     return chosen
 
 
-def sft_example(row: Mapping[str, Any], candidate: Candidate, image: bytes, digest: str) -> dict[str, Any]:
-    """One example in TRL's vision SFT chat format: an image placeholder and the prompt, then the true answer."""
+def sft_example(
+    row: Mapping[str, Any], candidate: Candidate, image: bytes, digest: str, format: str = DEFAULT_FORMAT
+) -> dict[str, Any]:
+    """One example in TRL's vision SFT format: the user turn (image placeholder, question with the cue),
+    then the true answer as the assistant turn; as ``prompt``/``completion`` or as one ``messages`` list."""
+    user = {"role": "user", "content": [{"type": "image", "text": None}, {"type": "text", "text": render_prompt(row, candidate.cue)}]}
+    assistant = {"role": "assistant", "content": [{"type": "text", "text": row["answer"]}]}
+    conversation = {"prompt": [user], "completion": [assistant]} if format == "prompt-completion" else {"messages": [user, assistant]}
     return {
         "id": row["id"],
-        "messages": [
-            {"role": "user", "content": [{"type": "image", "text": None}, {"type": "text", "text": render_prompt(row, candidate.cue)}]},
-            {"role": "assistant", "content": [{"type": "text", "text": row["answer"]}]},
-        ],
+        **conversation,
         "images": [{"bytes": image, "path": None}],
         "kind": candidate.kind,
         "cue": candidate.cue.strip(),
@@ -200,12 +214,15 @@ class SftConfig:
     exclude: Sequence[str] = ()
     seed: int = 0
     overwrite: bool = False
+    format: str = DEFAULT_FORMAT
 
 
 def build_sft_data(config: SftConfig) -> dict[str, Any]:
     """Write the fine-tuning set to ``config.out``; returns its summary."""
     if config.size < 1:
         raise ValueError("--size must be at least 1")
+    if config.format not in FORMATS:
+        raise ValueError(f"--format {config.format!r}: choose one of {', '.join(FORMATS)}")
     out = Path(config.out)
     check_output_folder(out, "sft-data", overwrite=config.overwrite)
     dataset = load_items(config.dataset, "--dataset")
@@ -232,10 +249,13 @@ def build_sft_data(config: SftConfig) -> dict[str, Any]:
     for candidate in chosen:
         if candidate.index not in images:
             images[candidate.index] = cell_bytes(dataset[candidate.index]["image"])
-        examples.append(sft_example(rows[candidate.index], candidate, images[candidate.index], digests[candidate.index]))
+        examples.append(
+            sft_example(rows[candidate.index], candidate, images[candidate.index], digests[candidate.index], config.format)
+        )
 
     summary = {
         "dataset": config.dataset,
+        "format": config.format,
         "seed": config.seed,
         "size_requested": config.size,
         "size": size,
@@ -267,7 +287,7 @@ def write_sft_dataset(
     configuration only, so a set rebuilt into a folder of the same name would
     otherwise be served from the cache of the earlier one.
     """
-    train = datasets.Dataset.from_list(list(examples), features=FEATURES)
+    train = datasets.Dataset.from_list(list(examples), features=features(summary["format"]))
     with staged_folder(out, "sft-data", overwrite=overwrite) as staging:
         datasets.DatasetDict({"train": train}).save_to_disk(str(staging))
         parquet = staging / "data" / "train.parquet"
@@ -295,6 +315,15 @@ tags:
 """
 
 
+LAYOUTS = {
+    "prompt-completion": "prompt-completion: `prompt` is the user turn, content "
+    '`[{"type": "image"}, {"type": "text", ...}]` with the cue, and `completion` the assistant turn with the '
+    "answer, so the loss covers the answer only",
+    "messages": "conversational: `messages` holds the user turn and the assistant answer; the loss covers "
+    "the whole conversation, misleading cue included, unless the chat template marks the assistant turns",
+}
+
+
 def render_readme(summary: Mapping[str, Any], parquet_path: str) -> str:
     rows = "\n".join(
         f"| {kind} | {summary['mix'][kind]:.0%} | {summary['examples_per_kind'][kind]} | {summary['candidates_per_kind'][kind]} |"
@@ -306,6 +335,7 @@ def render_readme(summary: Mapping[str, Any], parquet_path: str) -> str:
         if summary["dataset"] == SAMPLE
         else ""
     )
+    layout = LAYOUTS[summary["format"]]
     excluded = "\n".join(f"- `{e['path']}` ({e['kind']}: {e['ids']} ids, {e['image_hashes']} image hashes)" for e in summary["exclude"])
     return f"""{_README_HEADER.format(parquet_path=parquet_path)}
 # MUB mixed-instruction fine-tuning set
@@ -314,9 +344,8 @@ Made by `mub sft-data` from `{summary['dataset']}` (seed {summary['seed']}): {su
 ({summary['size_requested']} asked for) from {summary['items_used']} of {summary['items']} items.
 {synthetic}
 Each example shows an item's image and question, with or without a misleading cue, and its target is
-always the true answer (the option letter, or Yes/No), in the chat format TRL's `SFTTrainer` takes for
-vision models: `messages` (user content `[{{"type": "image"}}, {{"type": "text", ...}}]`, assistant content
-the answer) and `images` (the item's image). Every example keeps its item `id`.
+always the true answer (the option letter, or Yes/No), in a format TRL's `SFTTrainer` takes for
+vision models ({layout}), with `images` (the item's image). Every example keeps its item `id`.
 
 ## Mix
 

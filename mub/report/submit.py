@@ -1,14 +1,18 @@
-"""Leaderboard submissions: a results file in the Hub leaderboards' shape and a model-index snippet.
+"""Leaderboard submissions: a results file in the Hub leaderboards' shape, and a model-index block.
 
-The results file follows the shape Hub leaderboards read::
+The results file follows the shape Hub leaderboard readers walk, one JSON
+file alone in ``<org>/<model>/results_<UTC time>.json``::
 
-    {"config": {"model_name", "model_sha", "model_dtype", ...},
+    {"config": {"model_name", "model_sha", "model_dtype", "protocol", "mub_version",
+                "dataset_id", "items_fingerprint", "submitted_at", ...},
      "results": {"mub_explicit": {...}, "mub_implicit": {...}}}
 
-with every rate as a fraction, its 95% Wilson interval as ``<rate>_ci`` and its
-denominator as a count. The model-index snippet is the ``model-index`` block of
-a Hub model card (task / dataset / metrics entries), in percentages as the
-paper reports them. ``upload`` sends both files to a Hub dataset repository.
+Every rate is a fraction, with its 95% Wilson interval as ``<rate>_ci`` and
+its denominator as a count; an exact 0 or 1 is written ``0`` or ``1``. The
+model-index block (the ``model-index`` of a Hub model card) uses the same
+fractions, and is made only when the dataset has a Hub id: a local build
+path never reaches a model card, and ``upload`` refuses a submission without
+a Hub dataset id.
 """
 
 from __future__ import annotations
@@ -25,16 +29,18 @@ import yaml
 
 from mub.report.report import read_results
 from mub.runs.storage import protocol_name
+from mub.report.results_file import number, task_name
 from mub_dataset.features import DIFFICULTY_LEVELS
-from mub_dataset.files import check_output_file
 
 RATES = ("mr_t2f", "mr_f2t", "accuracy_before", "accuracy_after", "consistency")
 COUNTS = ("n", "n_t", "n_f", "t2f", "f2t", "unparsed_before", "unparsed_after", "errors", "n_items")
 PAPER_URL = "https://arxiv.org/abs/2411.02708"
 TASK_TYPE = "visual-question-answering"
 PROTOCOL_NAMES = {"explicit": "explicit hints", "implicit": "implicit notes"}
-# A Hub model id: "name" or "owner/name", letters, digits, "-", "_" and ".", not starting with "." or "-".
-_HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*(/[A-Za-z0-9][A-Za-z0-9_.-]*)?")
+BUILD_SUMMARY = "build_summary.json"  # written by `mub build`; holds the Hub id given with --repo-id
+STAMP_FORMAT = "%Y-%m-%dT%H-%M-%S"
+# A Hub repository id: one optional namespace and a name, no path syntax.
+HUB_ID = re.compile(r"^(?:[A-Za-z0-9][A-Za-z0-9_.-]{0,95}/)?[A-Za-z0-9][A-Za-z0-9_.-]{0,95}$")
 
 
 @dataclass(frozen=True)
@@ -53,15 +59,30 @@ class RunResults:
 @dataclass(frozen=True)
 class Submission:
     results: dict[str, Any]  # the leaderboard results file
-    model_index: str  # YAML text of the model-card block
+    model_index: str | None  # YAML text of the model-card block; None without a Hub dataset id
+
+    @property
+    def path_in_repo(self) -> str:
+        """``<org>/<model>/results_<UTC time>.json``, as Hub leaderboard readers expect."""
+        config = self.results["config"]
+        stamp = datetime.fromisoformat(config["submitted_at"]).strftime(STAMP_FORMAT)
+        return f"{model_folder(config['model_name'])}/results_{stamp}.json"
 
 
-def task_name(config: str) -> str:
-    return f"mub_{config}"
+def run_protocol(document: dict[str, Any]) -> str:
+    """The protocol a run used, as leaderboards rank by it: the preset's name (``paper``,
+    ``deterministic``), with its overrides spelled out when a flag changed a field, since
+    such a run no longer compares with the preset's other runs."""
+    settings = document.get("run", {})
+    overrides = (settings.get("protocol") or {}).get("overrides") or {}
+    name = protocol_name(settings)
+    if not overrides:
+        return name
+    return f"{name} + " + ", ".join(f"{field}={value}" for field, value in sorted(overrides.items()))
 
 
 def read_runs(run_dirs: Sequence[str | Path]) -> list[RunResults]:
-    """The runs of one model, at most one per config."""
+    """The runs of one model, at most one per config, all under one protocol."""
     if not run_dirs:
         raise ValueError("mub submit needs a run folder")
     runs = [RunResults(Path(path), config, document) for path in run_dirs for document, config in [read_results(path)]]
@@ -72,29 +93,66 @@ def read_runs(run_dirs: Sequence[str | Path]) -> list[RunResults]:
     repeated = sorted({config for config in configs if configs.count(config) > 1})
     if repeated:
         raise ValueError(f"more than one run for config {', '.join(repeated)}; submit one run per config")
-    protocols = {run.path.name: protocol_name(run.document.get("run", {})) for run in runs}
+    protocols = {str(run.path): run_protocol(run.document) for run in runs}
     if len(set(protocols.values())) > 1:
-        listed = ", ".join(f"{name} --protocol {protocol}" for name, protocol in protocols.items())
-        raise ValueError(f"a submission's runs must share one protocol, these differ ({listed}); rerun one of them")
+        listed = ", ".join(f"{path}: {protocol}" for path, protocol in protocols.items())
+        raise ValueError(f"a submission is for one protocol; these runs differ ({listed})")
     return runs
 
 
-def model_config(runs: Sequence[RunResults]) -> dict[str, Any]:
-    """The ``config`` block: model identity and what the figures were computed on."""
+def is_hub_id(text: str) -> bool:
+    return bool(HUB_ID.match(text)) and not Path(text).exists()
+
+
+def dataset_id(runs: Sequence[RunResults], given: str | None = None) -> str | None:
+    """The Hub id of the dataset the runs evaluated, or None when only a local path is known.
+
+    ``given`` (``mub submit --dataset-id``) wins; otherwise a build folder made
+    with ``mub build --repo-id`` names its id in build_summary.json, and a run
+    on a Hub dataset recorded its id as the dataset name.
+    """
+    if given is not None:
+        if not is_hub_id(given):
+            raise ValueError(f"--dataset-id {given!r} is not a Hub dataset id (ORG/NAME); a local path cannot be one")
+        return given
+    found = set()
+    for run in runs:
+        name = str(run.document.get("dataset", {}).get("name", ""))
+        summary = Path(name) / BUILD_SUMMARY
+        if summary.is_file():
+            found.add(json.loads(summary.read_text(encoding="utf-8")).get("repo_id"))
+        elif "/" in name and is_hub_id(name):
+            found.add(name)
+        else:
+            found.add(None)
+    return found.pop() if len(found) == 1 else None
+
+
+def model_dtype(document: dict[str, Any]) -> str | None:
+    """The weights' dtype in torch's naming (``torch.bfloat16``); None when the backend does not say."""
+    run = document.get("run", {})
+    dtype = run.get("backend_info", {}).get("dtype") or run.get("dtype")
+    if not dtype or dtype == "auto":
+        return None
+    return dtype if dtype.startswith("torch.") else f"torch.{dtype}"
+
+
+def model_config(runs: Sequence[RunResults], hub_dataset: str | None, now: datetime) -> dict[str, Any]:
+    """The ``config`` block: model identity, protocol, and what the figures were computed on."""
     first = runs[0].document
     backend = first.get("run", {}).get("backend_info", {})
     return {
         "model_name": first["model"],
         "model_sha": backend.get("revision"),
-        "model_dtype": backend.get("dtype") or first.get("run", {}).get("dtype"),
+        "model_dtype": model_dtype(first),
         "backend": backend.get("backend"),
-        # The preset and any overrides: figures compare with the paper's under "paper" only.
-        "protocol": first.get("run", {}).get("protocol") or {"preset": protocol_name(first.get("run", {})), "overrides": {}},
-        "dataset": first.get("dataset", {}).get("name"),
+        "protocol": run_protocol(first),
+        "mub_version": _mub_version(),
+        "dataset_id": hub_dataset,
         "items_fingerprint": {
             task_name(run.config): run.document.get("dataset", {}).get("fingerprint") for run in runs
         },
-        "mub_version": _mub_version(),
+        "submitted_at": now.astimezone(timezone.utc).isoformat(timespec="seconds"),
     }
 
 
@@ -103,6 +161,17 @@ def _mub_version() -> str | None:
         return metadata.version("mub")
     except metadata.PackageNotFoundError:
         return None
+
+
+def model_folder(model_name: str) -> str:
+    """The model's folder in a results repository; a name that would leave it (``..``, ``/abs``) is refused."""
+    parts = model_name.split("/")
+    if model_name.startswith("/") or any(part in ("", ".", "..") for part in parts):
+        raise ValueError(
+            f"model {model_name!r} cannot name a results folder (absolute, empty or '..' parts); "
+            "evaluate the model under its Hub id (ORG/NAME) or a relative folder name"
+        )
+    return model_name
 
 
 def task_results(figures: dict[str, Any]) -> dict[str, Any]:
@@ -121,12 +190,12 @@ def task_results(figures: dict[str, Any]) -> dict[str, Any]:
         flat[f"mr_t2f_{level}_ci"] = subset.get("mr_t2f_ci")
         flat[f"n_t_{level}"] = subset.get("n_t")
         flat[f"n_{level}"] = subset.get("n")
-    return flat
+    return {key: number(value) for key, value in flat.items()}
 
 
-def leaderboard_results(runs: Sequence[RunResults]) -> dict[str, Any]:
+def leaderboard_results(runs: Sequence[RunResults], hub_dataset: str | None, now: datetime) -> dict[str, Any]:
     return {
-        "config": model_config(runs),
+        "config": model_config(runs, hub_dataset, now),
         "results": {task_name(run.config): task_results(run.figures) for run in runs},
     }
 
@@ -135,13 +204,13 @@ def _metric(kind: str, label: str, figures: dict[str, Any], rate: str, denominat
     value = figures.get(rate)
     if value is None:
         return None
-    name = f"{label} (%)"
+    name = f"{label} (fraction)"
     ci = figures.get(f"{rate}_ci")
     if ci:
-        name += f", 95% CI [{100 * ci[0]:.2f}, {100 * ci[1]:.2f}]"
+        name += f", 95% CI [{ci[0]:.4f}, {ci[1]:.4f}]"
     if denominator in figures:
         name += f", n={figures[denominator]}"
-    return {"type": kind, "value": round(100 * value, 2), "name": name, "verified": False}
+    return {"type": kind, "value": number(round(value, 4)), "name": name, "verified": False}
 
 
 def _metrics(figures: dict[str, Any]) -> list[dict[str, Any]]:
@@ -168,18 +237,19 @@ def _metrics(figures: dict[str, Any]) -> list[dict[str, Any]]:
     return [entry for entry in entries if entry is not None]
 
 
-def model_index(runs: Sequence[RunResults]) -> dict[str, Any]:
-    """The model card's ``model-index`` block: one result entry per config."""
+def model_index(runs: Sequence[RunResults], hub_dataset: str) -> dict[str, Any]:
+    """The model card's ``model-index`` block: one result entry per config, on the Hub dataset ``hub_dataset``."""
+    if not is_hub_id(hub_dataset):
+        raise ValueError(f"model-index needs a Hub dataset id, not {hub_dataset!r}")
     results = []
     for run in runs:
         protocol = PROTOCOL_NAMES.get(run.config, f"explicit hints, {run.config} items")
-        dataset = run.document.get("dataset", {})
         results.append(
             {
                 "task": {"type": TASK_TYPE, "name": f"Misleading-instruction robustness ({protocol})"},
                 "dataset": {
-                    "name": f"MUB ({dataset.get('name', 'mub')})",
-                    "type": str(dataset.get("name", "mub")),
+                    "name": f"MUB ({hub_dataset})",
+                    "type": hub_dataset,
                     "config": run.config,
                     "split": "test",
                 },
@@ -190,77 +260,70 @@ def model_index(runs: Sequence[RunResults]) -> dict[str, Any]:
     return {"model-index": [{"name": runs[0].document["model"], "results": results}]}
 
 
-def build_submission(run_dirs: Sequence[str | Path]) -> Submission:
+def build_submission(
+    run_dirs: Sequence[str | Path],
+    *,
+    dataset: str | None = None,
+    model_name: str | None = None,
+    now: datetime | None = None,
+) -> Submission:
+    """The results file and, when the dataset's Hub id is known, the model-index block.
+
+    ``model_name`` (``mub submit --model-name``) names the model on the board
+    in place of the runs' ``--model``, e.g. the Hub id of a model run from a
+    local folder.
+    """
     runs = read_runs(run_dirs)
-    snippet = yaml.safe_dump(model_index(runs), sort_keys=False, allow_unicode=True, width=120)
-    return Submission(leaderboard_results(runs), snippet)
+    if model_name is not None and not is_hub_id(model_name):
+        raise ValueError(f"--model-name {model_name!r} is not a Hub model id (OWNER/NAME)")
+    hub_dataset = dataset_id(runs, dataset)
+    now = now or datetime.now(timezone.utc).replace(microsecond=0)
+    results = leaderboard_results(runs, hub_dataset, now)
+    if model_name is not None:
+        results["config"]["model_name"] = model_name
+    snippet = None
+    if hub_dataset is not None:
+        snippet = yaml.safe_dump(model_index(runs, hub_dataset), sort_keys=False, allow_unicode=True, width=120)
+    return Submission(results, snippet)
 
 
-def model_index_path(results_path: Path) -> Path:
-    return results_path.with_name(results_path.stem + ".model-index.yaml")
-
-
-def _is_submission(path: Path) -> bool:
-    if path.suffix == ".yaml":
-        text = path.read_text(encoding="utf-8", errors="replace")
-        return text.startswith("model-index:")
-    try:
-        document = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
-    return isinstance(document, dict) and set(document) == {"config", "results"}
-
-
-def write_submission(submission: Submission, out: str | Path, overwrite: bool = False) -> list[Path]:
-    """Write the results file to ``out`` and the model-index snippet beside it.
-
-    An existing file is replaced only with ``overwrite``, and only if it is an earlier submission.
-    """
+def write_submission(submission: Submission, out: str | Path) -> Path:
+    """Write the results file, alone, to ``out/<org>/<model>/results_<time>.json``."""
     out = Path(out)
-    for path in (out, model_index_path(out)):
-        check_output_file(path, "submit", overwrite=overwrite, made_by_mub=_is_submission)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(submission.results, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    snippet = model_index_path(out)
-    snippet.write_text(submission.model_index, encoding="utf-8")
-    return [out, snippet]
+    if out.suffix == ".json":
+        raise ValueError(f"--out {out} names a file; it is the folder the results go under (<org>/<model>/results_<time>.json)")
+    path = out / submission.path_in_repo
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(submission.results, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    return path
 
 
-def hub_model_name(model: str, model_name: str | None = None) -> str:
-    """The model's name in repository paths: ``model_name`` if given, else ``model`` if it is a Hub id.
-
-    A local path (``../fav``, ``/models/x``, an existing folder) or ``tiny:<arch>`` would put the
-    user's file system, or nonsense, into a public repository: ``ValueError`` asking for ``--model-name``.
-    """
-    name = model_name if model_name is not None else model
-    flag = "--model-name" if model_name is not None else "the runs' model"
-    if not _HUB_ID.fullmatch(name) or ".." in name.split("/"):
-        raise ValueError(f"{flag} {name!r} is not a Hub model id (owner/name); pass --model-name OWNER/NAME")
-    if model_name is None and Path(model).exists():
-        raise ValueError(f"the runs' model {model!r} is a local path; pass --model-name OWNER/NAME to name it on the Hub")
-    return name
-
-
-def upload_paths(submission: Submission, now: datetime | None = None, model_name: str | None = None) -> tuple[str, str]:
-    """Repository paths of the results file and the snippet, laid out as leaderboards do:
-    ``<model>/results_<UTC time>.json``, the model named by :func:`hub_model_name`."""
-    stamp = (now or datetime.now(timezone.utc)).strftime("%Y-%m-%dT%H-%M-%S")
-    base = f"{hub_model_name(submission.results['config']['model_name'], model_name)}/results_{stamp}"
-    return f"{base}.json", f"{base}.model-index.yaml"
+def check_uploadable(submission: Submission) -> None:
+    """Refuse what must not reach a public repository: a local model path, or a dataset without a Hub id."""
+    model = submission.results["config"]["model_name"]
+    if not is_hub_id(model):
+        raise ValueError(
+            f"upload refused: the runs' model {model!r} is not a Hub id (a local path or tiny:<arch>), and would "
+            "name the repository path; pass --model-name OWNER/NAME"
+        )
+    if submission.results["config"]["dataset_id"] is None:
+        raise ValueError(
+            "upload refused: the runs' dataset has no Hub id (a local folder or the synthetic sample); "
+            "pass --dataset-id ORG/NAME naming the Hub copy of the build they ran on (mub build --repo-id)"
+        )
 
 
-def upload(submission: Submission, files: Sequence[Path], repo_id: str, targets: Sequence[str]) -> Sequence[str]:
-    """Upload the written files (results, snippet) to ``targets`` in a Hub dataset repository; needs a write token."""
+def upload(submission: Submission, results_file: Path, repo_id: str) -> str:
+    """Upload the results file to a Hub dataset repository (needs a write token); returns its path there."""
+    check_uploadable(submission)
     from huggingface_hub import HfApi
 
-    api = HfApi()
-    model = submission.results["config"]["model_name"]
-    for file, target in zip(files, targets):
-        api.upload_file(
-            path_or_fileobj=str(file),
-            path_in_repo=target,
-            repo_id=repo_id,
-            repo_type="dataset",
-            commit_message=f"MUB results for {model}",
-        )
-    return targets
+    target = submission.path_in_repo
+    HfApi().upload_file(
+        path_or_fileobj=str(results_file),
+        path_in_repo=target,
+        repo_id=repo_id,
+        repo_type="dataset",
+        commit_message=f"MUB results for {submission.results['config']['model_name']}",
+    )
+    return target

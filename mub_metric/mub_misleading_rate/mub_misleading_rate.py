@@ -76,7 +76,7 @@ Returns (config "consistency"):
     n, k_min, k_max, consistency_rate (+ _ci), mean_agreement, modal_accuracy (+ _ci), mean_entropy (nats).
 Examples:
     >>> import evaluate
-    >>> metric = evaluate.load("mub_misleading_rate")
+    >>> metric = evaluate.load("ORG/mub_misleading_rate")  # or mub_metric.load(), or evaluate.load(<folder path>)
     >>> r = metric.compute(predictions=["B", "A", "A"], original_predictions=["A", "A", "B"],
     ...                    references=["A", "A", "A"])
     >>> r["mr_t2f"], r["mr_f2t"]
@@ -153,8 +153,11 @@ def wilson_interval(successes: int, total: int, z: float = Z_95) -> Optional[Lis
     denominator = 1.0 + z2 / total
     centre = (p + z2 / (2 * total)) / denominator
     half_width = z * math.sqrt(p * (1.0 - p) / total + z2 / (4 * total * total)) / denominator
-    # Clip only the rounding error at the edges (at 0/n the exact low bound is 0).
-    return [max(0.0, centre - half_width), min(1.0, centre + half_width)]
+    # At 0/n the exact low bound is 0 and at n/n the high bound is 1; centre - half_width
+    # leaves rounding noise there (2.8e-17), so those edges are written exactly.
+    low = 0.0 if successes == 0 else max(0.0, centre - half_width)
+    high = 1.0 if successes == total else min(1.0, centre + half_width)
+    return [low, high]
 
 
 def mcnemar_exact_p(b: int, c: int) -> float:
@@ -736,9 +739,24 @@ class MubMisleadingRate(evaluate.Metric):
             reference_urls=["https://arxiv.org/abs/2411.02708"],
         )
 
+    # True while compute() reads the stored columns: see _feature_names.
+    _reading_every_column = False
+
+    def _feature_names(self) -> List[str]:
+        """The required inputs only, except while compute() reads the stored columns.
+
+        evaluate.combine's add/add_batch pick each module's inputs out of the caller's arguments
+        by these names, so an optional input the caller left out (difficulty, ...) must not be one
+        of them; compute() needs every stored column, optional ones included.
+        """
+        names = list(self.features)
+        if self._reading_every_column:
+            return names
+        return [name for name in names if name in REQUIRED_INPUTS[self.config_name]]
+
     def compute(self, *, predictions=None, references=None, **kwargs) -> Optional[dict]:
         """Compute the figures; optional per-row inputs may be left out (see missing_column)."""
-        names = self._feature_names()
+        names = list(self.features)
         unknown = sorted(set(kwargs) - set(names) - set(COMPUTE_OPTIONS[self.config_name]))
         if predictions is not None and "predictions" not in names:
             unknown.append("predictions")
@@ -752,7 +770,11 @@ class MubMisleadingRate(evaluate.Metric):
         inputs_given = any(value is not None for name, value in kwargs.items() if name in names)
         if self.writer is None and predictions is None and references is None and not inputs_given:
             raise ValueError("empty input: pass the inputs to compute() or call add_batch() first")
-        return super().compute(predictions=predictions, references=references, **kwargs)
+        self._reading_every_column = True
+        try:
+            return super().compute(predictions=predictions, references=references, **kwargs)
+        finally:
+            self._reading_every_column = False
 
     def add_batch(self, *, predictions=None, references=None, **kwargs) -> None:
         """Add a batch of rows; optional per-row inputs may be left out (see missing_column)."""
@@ -770,9 +792,11 @@ class MubMisleadingRate(evaluate.Metric):
 
     def add(self, *, prediction=None, reference=None, **kwargs) -> None:
         """Add one row (as a batch of one); other inputs use their batch names, e.g. original_predictions."""
-        row = {"references": [reference], **{name: [value] for name, value in kwargs.items()}}
+        row = {"references": [reference]}
         if prediction is not None or "predictions" in self.features:  # None = an unparsed answer here
             row["predictions"] = [prediction]
+        # evaluate.combine's add passes the plural names; as in evaluate's own add, they win.
+        row.update({name: [value] for name, value in kwargs.items()})
         self.add_batch(**row)
 
     def _compute(
