@@ -37,8 +37,9 @@ Here ``num`` is synthetic: every item gets a task-hardness score ``h`` in
 
     num = min(12, 6 + floor(9 * h))
 
-so ``h < 1/3`` gives 6-8 (low), ``1/3 <= h < 2/3`` gives 9-11 (medium) and
-``h >= 2/3`` gives 12 (high). The factors, each clamped to [0, 1]:
+so ``h < 1/3`` gives 6-8, ``1/3 <= h < 2/3`` gives 9-11 and ``h >= 2/3``
+gives 12, like the release's spread of counts; as there, only the counts 6,
+9 and 12 are on a level (low, medium, high). The factors, each clamped to [0, 1]:
 
 - Count: ``0.45*(n-2)/7 + 0.25*d/10 + 0.15*sim + 0.15*(k-2)/3`` with n the
   true count (2..9), d the number of distractor shapes (0..10), sim the

@@ -40,7 +40,8 @@ def _scripted_backend(monkeypatch: pytest.MonkeyPatch) -> None:
 def _run_args(out: Path, backend: str = dist_helpers.SCRIPTED, model: str = "scripted", *extra: str) -> list[str]:
     return [
         "run", "--model", model, "--backend", backend, "--dataset", "sample", "--limit", str(ITEMS),
-        "--batch-size", "4", "--out", str(out), "--no-progress", *extra,
+        "--batch-size", "4", "--out", str(out), "--no-progress",
+        "--protocol", "deterministic", *extra,  # greedy, 16 tokens: a random tiny model would write 256 per answer
     ]
 
 

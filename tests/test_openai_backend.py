@@ -400,7 +400,8 @@ def test_mub_run_against_transformers_serve_matches_the_local_backend(served_tin
     base_url, model = served_tiny_model
     out = tmp_path / "served"
     argv = ["run", "--backend", "openai", "--base-url", base_url, "--model", str(model), "--limit", "4",
-            "--max-new-tokens", "1", "--out", str(out), "--no-progress"]  # fmt: skip
+            "--max-new-tokens", "1", "--protocol", "deterministic", "--out", str(out), "--no-progress"]  # fmt: skip
+    # deterministic: greedy decoding, so the server's and the local model's outputs must agree exactly
     assert main(argv) == 0
 
     results = json.loads((out / "results.json").read_text())
@@ -416,6 +417,8 @@ def test_mub_run_against_transformers_serve_matches_the_local_backend(served_tin
     assert any(record["original_prediction"] for record in served.values())  # the parser got letters
 
     # The same model run locally gives the same raw outputs: image and prompt reach the model unchanged.
-    local = RunConfig(model=str(model), limit=4, max_new_tokens=1, out=str(tmp_path / "local"), progress=False)
+    local = RunConfig(
+        model=str(model), limit=4, max_new_tokens=1, protocol="deterministic", out=str(tmp_path / "local"), progress=False
+    )
     run(local, backend=TransformersBackend(str(model), decoding=local.decoding(), device="cpu"))
     assert served == _predictions(tmp_path / "local")
