@@ -115,6 +115,11 @@ def read_record_array(path: Path, allow_truncated: bool = False) -> tuple[list[d
                 f"{path}: malformed JSON in record {len(records) + 1}{item} at line {exc.lineno}, "
                 f"column {exc.colno}: {exc.msg}; fix the record or restore the file from the release"
             ) from None
+        except RecursionError:
+            raise ReleaseError(
+                f"{path}: record {len(records) + 1} is nested too deeply to be a record; "
+                "fix the record or restore the file from the release"
+            ) from None
         if not isinstance(record, dict):
             raise ReleaseError(f"{path}: record {len(records) + 1} is a {type(record).__name__}, expected an object")
         records.append(record)

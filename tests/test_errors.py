@@ -284,3 +284,21 @@ def test_merging_shards_with_failed_items_exits_3_and_says_to_finish_the_shards(
     assert code == EXIT_ITEM_ERRORS
     assert "4 of 4 items failed" in err and "--shard I/N` command with --resume), then merge again" in err
     assert f"mub report {tmp_path / 'merged'}" in printed
+
+
+def test_a_garbled_predictions_line_is_named(capsys, tmp_path, finished_run):
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    lines = (run / "predictions.jsonl").read_text().splitlines()
+    for garbled in ("[" * 100_000 + "]" * 100_000, '["a list"]'):
+        (run / "predictions.jsonl").write_text("\n".join([garbled, *lines]) + "\n")
+        code, _, err = _cli(capsys, *RUN, "--limit", "2", "--out", str(run), "--resume", "--quiet")
+        _one_line_error(code, err, f"{run / 'predictions.jsonl'}: line 1 is not a prediction record")
+
+
+def test_a_release_record_nested_100k_deep_is_named(capsys, tmp_path):
+    release = tmp_path / "release"
+    release.mkdir()
+    (release / "all_combined_items.jsonl").write_text("[" + "[" * 100_000 + "]" * 100_000 + "]")
+    code, _, err = _cli(capsys, *RUN, "--dataset", str(release), "--out", str(tmp_path / "run"), "--quiet")
+    _one_line_error(code, err, f"{release / 'all_combined_items.jsonl'}: record 1 is nested too deeply")

@@ -547,20 +547,22 @@ class TransformersBackend:
         reuse_images: bool = True,
         reuse_prefix: bool = True,
     ) -> None:
-        import torch
-        from transformers import AutoModelForImageTextToText, AutoProcessor
-
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
         self.model_id = model_id
         self.path = resolve_model_spec(model_id)
+        # Before the heavy imports: an offline machine learns at once that a Hub id cannot load.
+        hub_options = {"local_files_only": True} if _hub_model_from_cache(model_id, self.path) else {}
+
+        import torch
+        from transformers import AutoModelForImageTextToText, AutoProcessor
+
         self.decoding = decoding
         self.batch_size = batch_size
         self.trust_remote_code = trust_remote_code
         self.chat_template_path = chat_template
         self.model_seconds = 0.0
 
-        hub_options = {"local_files_only": True} if _hub_model_from_cache(model_id, self.path) else {}
         self.processor = _loaded(AutoProcessor, self.path, model_id, trust_remote_code=trust_remote_code, **hub_options)
         self.tokenizer = self.processor.tokenizer
         self._template = self._resolve_template(chat_template)

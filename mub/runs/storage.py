@@ -286,7 +286,7 @@ def _read_records(path: Path) -> list[ItemPrediction]:
             continue
         try:
             records.append(ItemPrediction.from_json(json.loads(line.decode("utf-8"))))
-        except (UnicodeDecodeError, json.JSONDecodeError, TypeError, KeyError, AttributeError, RecursionError) as exc:
+        except (ValueError, TypeError, KeyError, AttributeError, RecursionError) as exc:  # ValueError: JSON, dict()
             if number == len(lines):
                 break
             raise RunFolderError(f"{path}: line {number} is not a prediction record ({exc})") from exc
