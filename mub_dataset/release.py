@@ -216,10 +216,10 @@ def read_image_bytes(path: Path, item: str) -> bytes:
     try:
         with Image.open(io.BytesIO(data)) as image:
             image.load()
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-        raise ReleaseError(f"{item}: image {path} is not a readable image ({exc}); replace the file") from exc
-    except Image.DecompressionBombError as exc:
+    except Image.DecompressionBombError as exc:  # before OSError/ValueError: say why it was not decoded
         raise ReleaseError(f"{item}: image {path} is too large to decode safely ({exc}); replace the file") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise ReleaseError(f"{item}: image {path} is not a readable image ({exc}); replace the file") from exc
     return data
 
 

@@ -27,8 +27,9 @@ def _isolated_caches(tmp_path_factory: pytest.TempPathFactory) -> None:
     os.environ["HF_DATASETS_CACHE"] = str(root / "datasets")
 
 
-# Set by pytest itself, or by a library the first time it is used (torch's compiler), not by tests.
-_NOT_TESTS_BUSINESS = {"PYTEST_CURRENT_TEST", "TORCHINDUCTOR_CACHE_DIR"}
+# Set by pytest itself, or by a library the first time it is imported or used (torch's compiler,
+# gradio turning off the Hub's telemetry), not by tests.
+_NOT_TESTS_BUSINESS = {"PYTEST_CURRENT_TEST", "TORCHINDUCTOR_CACHE_DIR", "HF_HUB_DISABLE_TELEMETRY"}
 
 
 @pytest.fixture(autouse=True)

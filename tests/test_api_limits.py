@@ -19,9 +19,15 @@ from fault_server import FaultServer, healthy_answer
 from PIL import Image
 
 from mub.backends.base import Request
-from mub.backends.openai_backend import MAX_OUTPUT_CHARS, MAX_RESPONSE_BYTES, ApiSettings, OpenAIBackend
+from mub.backends.openai_backend import (
+    MAX_OUTPUT_CHARS,
+    MAX_RESPONSE_BYTES,
+    ApiSettings,
+    OpenAIBackend,
+)
 from mub.cli import main
 from mub.config import RunConfig
+from mub.errors import EXIT_ITEM_ERRORS
 from mub.protocol.prompts import render_prompt
 from mub.runs.runner import select_items
 
@@ -88,23 +94,23 @@ def test_a_long_answer_is_cut_and_counted_as_an_error(server):
 
 
 def test_breaches_are_item_errors_kept_out_of_the_rates_and_resumed(server, tmp_path: Path, capsys):
-    rows = select_items(RunConfig(model="m", limit=6)).rows
+    rows = select_items(RunConfig(model="m", limit=6, protocol="deterministic")).rows
     prompts = ["\n".join(render_prompt(row).split("\n")[1:3]) for row in rows]  # question and first option
     assert len(set(prompts)) == len(prompts)
     server.add("gzip_bomb", match=prompts[0], times=None)
     server.add("trickle", match=prompts[1], times=None, stall=0.3)
     server.add("answer", match=prompts[2], times=None, body="C " + "z" * 5000)
 
-    def run(out: Path, *extra: str) -> dict:
+    def run(out: Path, *extra: str, exit_code: int = 0) -> dict:
         argv = [
             "run", "--backend", "openai", "--base-url", server.base_url, "--model", "fault-model",
             "--api-key-env", "MUB_TEST_NO_KEY", "--max-retries", "0", "--timeout", "1", "--max-output-chars", "1000",
-            "--limit", "6", "--batch-size", "6", "--out", str(out), "--no-progress", *extra,
+            "--limit", "6", "--batch-size", "6", "--out", str(out), "--no-progress", "--protocol", "deterministic", *extra,
         ]  # fmt: skip
-        assert main(argv) == 0
+        assert main(argv) == exit_code
         return json.loads((out / "results.json").read_text())
 
-    faulty = run(tmp_path / "run")
+    faulty = run(tmp_path / "run", exit_code=EXIT_ITEM_ERRORS)
     figures = faulty["results"]["explicit"]
     assert (figures["errors"], figures["n"]) == (3, 3)
     records = {json.loads(line)["id"]: json.loads(line) for line in (tmp_path / "run" / "predictions.jsonl").read_text().splitlines()}

@@ -26,6 +26,7 @@ from mub.backends.base import Request
 from mub.backends.openai_backend import MIN_REDACTED_KEY, ApiSettings, OpenAIBackend
 from mub.cli import main
 from mub.config import RunConfig
+from mub.errors import EXIT_ITEM_ERRORS
 from mub.protocol.prompts import render_prompt
 from mub.runs.runner import select_items
 
@@ -100,7 +101,7 @@ def test_a_run_stores_and_prints_the_key_in_no_form(server, monkeypatch, tmp_pat
     monkeypatch.setenv(KEY_ENV, SECRET)
     caplog.set_level(logging.INFO)
     forms = " | ".join(encodings(SECRET).values())
-    rows = select_items(RunConfig(model="m", limit=4)).rows
+    rows = select_items(RunConfig(model="m", limit=4, protocol="deterministic")).rows
     questions = ["\n".join(render_prompt(row).split("\n")[1:3]) for row in rows]
     server.add("echo_auth", match=questions[0], times=1)  # retried: its text goes to the log too
     server.add("status", match=questions[1], times=None, status=401, body=f"bad credentials {forms}")
@@ -109,8 +110,9 @@ def test_a_run_stores_and_prints_the_key_in_no_form(server, monkeypatch, tmp_pat
     argv = [
         "run", "--backend", "openai", "--base-url", server.base_url, "--model", "fault-model", "--api-key-env", KEY_ENV,
         "--max-retries", "2", "--limit", "4", "--batch-size", "4", "--out", str(tmp_path / "run"),
+        "--protocol", "deterministic",  # the faults below match the clean prompt
     ]  # fmt: skip
-    assert main(argv) == 0
+    assert main(argv) == EXIT_ITEM_ERRORS  # the 401 item
 
     assert server.received[0].headers["Authorization"] == f"Bearer {SECRET}"  # the key was sent
     captured = capfd.readouterr()

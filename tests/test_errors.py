@@ -177,7 +177,7 @@ def test_the_end_of_a_run_says_where_the_results_are_and_what_comes_next(capsys,
     assert f"mub report {out}" in printed and f"mub submit {out}" in printed
     header = next(line for line in printed.splitlines() if line.startswith("config"))
     assert header.split()[2:5] == ["n", "unparsed", "errors"]
-    for level, figures in [("all", results), *results["by_difficulty"].items()]:
+    for level, figures in [("all", results), *results.get("by_difficulty", {}).items()]:
         row = next(line.split() for line in printed.splitlines() if line.startswith(f"explicit   {level} "))
         assert row[2:5] == [str(figures["n"]), f"{figures['unparsed_before']}/{figures['unparsed_after']}", "0"]
     assert "mub explicit" not in err  # --no-progress: no bar

@@ -15,7 +15,6 @@ import time
 from datetime import datetime, timedelta, timezone
 from email.utils import format_datetime
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Iterator
 from urllib.parse import quote
 
@@ -197,7 +196,7 @@ def test_concurrency_is_bounded():
 def sleeps(monkeypatch: pytest.MonkeyPatch) -> list[float]:
     """The backend's waits between attempts, recorded instead of slept (a fake clock)."""
     waited: list[float] = []
-    monkeypatch.setattr(openai_backend, "time", SimpleNamespace(sleep=waited.append, perf_counter=time.perf_counter))
+    monkeypatch.setattr(openai_backend, "pause", lambda cancelled, seconds: waited.append(seconds))
     return waited
 
 

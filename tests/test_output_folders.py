@@ -15,6 +15,7 @@ import stat
 import subprocess
 import sys
 import textwrap
+from datetime import datetime, timezone
 from pathlib import Path
 
 import dist_helpers
@@ -132,15 +133,22 @@ def test_an_empty_folder_is_used(tmp_path: Path) -> None:
 def test_submit_never_replaces_a_file_it_did_not_write(tmp_path: Path, finished_runs, capsys) -> None:
     theirs = tmp_path / "notes.json"
     theirs.write_text('{"mine": true}\n')
-    for extra in ([], ["--overwrite"]):
-        assert main(["submit", str(finished_runs["whole"]), "--out", str(theirs), *extra]) == 2
-        assert theirs.read_text() == '{"mine": true}\n'
-    ours = tmp_path / "submission.json"
-    assert main(["submit", str(finished_runs["whole"]), "--out", str(ours)]) == 0
+    assert main(["submit", str(finished_runs["whole"]), "--out", str(theirs)]) == 2  # a file, not the results folder
+    assert theirs.read_text() == '{"mine": true}\n'
+    folder = tmp_path / "results"
+    folder.mkdir()
+    (folder / "README.md").write_text("my results repository\n")
+    assert main(["submit", str(finished_runs["whole"]), "--out", str(folder)]) == 0
+    assert (folder / "README.md").read_text() == "my results repository\n"
+    from mub.report.submit import build_submission, write_submission
+
+    submission = build_submission([finished_runs["whole"]], now=datetime(2026, 1, 1, tzinfo=timezone.utc))
+    path = write_submission(submission, folder)
+    path.write_text("edited by hand\n")
+    with pytest.raises(ValueError, match="already exists"):
+        write_submission(submission, folder)
+    assert path.read_text() == "edited by hand\n"
     capsys.readouterr()
-    assert main(["submit", str(finished_runs["whole"]), "--out", str(ours)]) == 2
-    assert "--overwrite" in capsys.readouterr().err
-    assert main(["submit", str(finished_runs["whole"]), "--out", str(ours), "--overwrite"]) == 0
 
 
 # ---------------------------------------------------------------- permissions

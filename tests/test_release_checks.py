@@ -106,7 +106,7 @@ def _item(number: int, image: bytes) -> dict:
         "id": f"item-{number}", "image": {"bytes": image, "path": f"img/{number}.jpg"},
         "question": f"Question {number}?", "choices": ["red", "green"], "answer": "A",
         "question_type": "multiple_choice", "source": "S", "category": "", "misled_count": 6, "difficulty": "low",
-        "misleading_answer": "B", "misleading_notes": [], "guiding_notes": [], "reference_model": "",
+        "misleading_answer": "B", "misleading_answer_source": "seeded", "misleading_notes": [], "guiding_notes": [], "reference_model": "",
         "reference_hint": "", "reference_response": "", "reference_outcome": "",
     }  # fmt: skip
 

@@ -79,7 +79,7 @@ def _scripted_run(
     name = dataset
     dataset = mub_dataset.load(config, name)
     items = {row["id"]: row for row in dataset.remove_columns("image").to_list()}
-    out = root / f"{model.replace('/', '_')}__{config}__{protocol}"
+    out = root / f"{model.replace('/', '_')}__{config}{'' if protocol == 'paper' else '__' + protocol}"
     run(
         RunConfig(
             model=model, config=config, dataset=name, backend="scripted", out=str(out), limit=limit, progress=False,
@@ -442,7 +442,7 @@ def test_submission_schema_and_values(runs: dict[str, Path], tmp_path: Path, cap
     # The results file alone in <org>/<model>/, as leaderboard readers walk a results repository.
     (path,) = [p for p in out.rglob("*") if p.is_file()]
     assert re.fullmatch(r"scripted/fickle/results_\d{4}-\d\d-\d\dT\d\d-\d\d-\d\d\.json", path.relative_to(out).as_posix())
-    assert f"would upload to dataset someone/leaderboard-results as {path.relative_to(out).as_posix()}" in capsys.readouterr().out
+    assert f"-> {path.relative_to(out).as_posix()}" in capsys.readouterr().out  # the dry run names the repository path
     document = json.loads(path.read_text())
     config = document["config"]
     assert config["model_name"] == "scripted/fickle" and config["dataset_id"] == "someone/mub"
@@ -535,7 +535,7 @@ def test_submission_refuses_runs_of_different_protocols(runs: dict[str, Path], t
     copy = tmp_path / "implicit_copy"
     shutil.copytree(runs["steady_implicit"], copy)
     document = _results(copy)
-    document["run"]["protocol"] = "deterministic"
+    document["run"]["protocol"] = {"preset": "deterministic", "overrides": {}}
     (copy / "results.json").write_text(json.dumps(document))
     with pytest.raises(ValueError, match="one protocol"):
         build_submission([runs["steady_explicit"], copy])
@@ -586,7 +586,7 @@ def test_submission_records_the_protocol_and_refuses_mixed_ones(runs, tmp_path) 
     from mub.report.submit import build_submission
 
     submission = build_submission([runs["steady_explicit"], runs["steady_implicit"]])
-    assert submission.results["config"]["protocol"] == {"preset": "paper", "overrides": {}}
+    assert submission.results["config"]["protocol"] == "paper"
     clean = _scripted_run(tmp_path, "scripted/steady", "implicit", 0, limit=8, protocol="deterministic")
     with pytest.raises(ValueError, match="must share one protocol.*--protocol deterministic"):
         build_submission([runs["steady_explicit"], clean])

@@ -180,6 +180,11 @@ def retry_after_seconds(headers: Mapping[str, str], now: datetime | None = None)
     return max(0.0, (when - (now or datetime.now(timezone.utc))).total_seconds())
 
 
+def pause(cancelled: threading.Event, seconds: float) -> None:
+    """The one wait between attempts; Ctrl-C (``cancelled`` set) ends it at once."""
+    cancelled.wait(seconds)
+
+
 def retry_delay(attempt: int, retry_after: float | None, base: float, cap: float, rng: random.Random) -> float:
     """Wait before retry number ``attempt`` (0-based).
 
@@ -456,7 +461,7 @@ class OpenAIBackend:
         settings = self.settings
         delay = retry_delay(attempt - 1, retry_after, settings.backoff_base, settings.backoff_max, self._rng)
         logger.warning("retrying in %.2fs (attempt %d of %d): %s", delay, attempt + 1, attempts, server_text(reason, 200))
-        self._cancelled.wait(delay)  # Ctrl-C ends the wait
+        pause(self._cancelled, delay)
 
     def _attempt(self, body: dict[str, Any]) -> tuple[str, dict[str, Any]]:
         import httpx

@@ -293,6 +293,8 @@ def write_submission(submission: Submission, out: str | Path) -> Path:
     if out.suffix == ".json":
         raise ValueError(f"--out {out} names a file; it is the folder the results go under (<org>/<model>/results_<time>.json)")
     path = out / submission.path_in_repo
+    if path.exists():
+        raise ValueError(f"{path} already exists; a submission never replaces a file (submit again for a new time stamp)")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(submission.results, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     return path

@@ -69,7 +69,9 @@ def score(predictions: Sequence[ItemPrediction], *, bootstrap: int = 0, seed: in
     """The mub_misleading_rate output plus error counts for a list of item predictions."""
     inputs = metric_inputs(predictions)
     failed = [p for p in predictions if p.error is not None]
-    errors = {"errors": len(failed), "errors_by_difficulty": dict(Counter(p.difficulty for p in failed))}
+    # Items on no level (difficulty None) count in "errors" only, as they count in no level's figures.
+    by_level = Counter(p.difficulty for p in failed if p.difficulty is not None)
+    errors = {"errors": len(failed), "errors_by_difficulty": dict(by_level)}
     if not inputs["references"]:
         return {"n": 0, **errors, "n_items": len(predictions)}
     kwargs = {"bootstrap": bootstrap, "seed": seed} if bootstrap else {}
