@@ -74,7 +74,7 @@ def _scripted_run(
 ) -> Path:
     dataset = mub_dataset.load(config, "sample")
     items = {row["id"]: row for row in dataset.remove_columns("image").to_list()}
-    out = root / f"{model.replace('/', '_')}__{config}__{protocol}"
+    out = root / f"{model.replace('/', '_')}__{config}{'' if protocol == 'paper' else '__' + protocol}"
     run(
         RunConfig(
             model=model, config=config, backend="scripted", out=str(out), limit=limit, progress=False, protocol=protocol

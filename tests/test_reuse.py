@@ -147,7 +147,7 @@ def test_a_whole_stage_of_notes_reuses_every_items_prefix(models: dict, scoring:
 
 def test_logprob_run_records_confidences(models: dict, tmp_path: Path) -> None:
     out = tmp_path / "logprob"
-    config = RunConfig(model=models["llava"], scoring="logprob", limit=6, batch_size=3, out=str(out), progress=False)
+    config = RunConfig(model=models["llava"], scoring="logprob", protocol="deterministic", limit=6, batch_size=3, out=str(out), progress=False)
     backend = from_run_config(config)
     results = run(config, backend=backend)
     # The runner hands both stages the same image object, so stage 2 reused stage 1's work.
