@@ -55,7 +55,11 @@ def test_mub_run_end_to_end_and_batched_equals_one_at_a_time(tiny_models, tmp_pa
 
 
 def test_implicit_run_asks_one_request_per_note(tiny_models, tmp_path):
-    results = _run(tiny_models["llava"], tmp_path / "implicit", "--config", "implicit", "--notes", "3", "--batch-size", "4")
+    # 16 new tokens: this checks one request per note, not the paper preset's 256-token budget
+    results = _run(
+        tiny_models["llava"], tmp_path / "implicit", "--config", "implicit", "--notes", "3", "--batch-size", "4",
+        "--max-new-tokens", "16",
+    )  # fmt: skip
     assert results["results"]["implicit"]["n"] == 6
     for _, _, stage2 in _stage_outputs(tmp_path / "implicit"):
         assert len(stage2) == 3
