@@ -103,7 +103,7 @@ def test_mub_run_end_to_end_and_batched_equals_one_at_a_time(tiny_models, sample
 def test_readme_first_command_gives_answers_flips_and_rates(sample_choices, tmp_path, monkeypatch):
     """README's first command, `mub run --model tiny:llava` on the whole sample."""
     monkeypatch.chdir(tmp_path)
-    assert cli_main(["run", "--model", "tiny:llava", "--no-progress"]) == 0
+    assert cli_main(["run", "--model", "tiny:llava", "--max-new-tokens", "16", "--no-progress"]) == 0
     (out,) = (tmp_path / "runs").iterdir()
     figures = json.loads((out / "results.json").read_text())["results"]["explicit"]
     expected = _recount(_records(out), sample_choices)
@@ -111,3 +111,13 @@ def test_readme_first_command_gives_answers_flips_and_rates(sample_choices, tmp_
     assert figures["n"] == len(sample_choices)
     assert figures["unparsed_before"] < figures["n"] / 2  # most items get a stage-1 answer
     assert figures["t2f"] > 0 and figures["mr_t2f"] is not None
+def test_implicit_run_asks_one_request_per_note(tiny_models, tmp_path):
+    # 16 new tokens: this checks one request per note, not the paper preset's 256-token budget
+    results = _run(
+        tiny_models["llava"], tmp_path / "implicit", "--config", "implicit", "--notes", "3", "--batch-size", "4",
+        "--max-new-tokens", "16",
+    )  # fmt: skip
+    assert results["results"]["implicit"]["n"] == 6
+    for _, _, stage2 in _stage_outputs(tmp_path / "implicit"):
+        assert len(stage2) == 3
+        assert all(cue.startswith("Please pay attention to this instruction: ") for cue, _, _ in stage2)
