@@ -446,7 +446,7 @@ def test_submission_schema_and_values(runs: dict[str, Path], tmp_path: Path, cap
     document = json.loads(path.read_text())
     config = document["config"]
     assert config["model_name"] == "scripted/fickle" and config["dataset_id"] == "someone/mub"
-    assert config["protocol"] == (_results(runs["fickle_explicit"]).get("run", {}).get("protocol") or "unknown (pre-preset)")
+    assert config["protocol"] == _results(runs["fickle_explicit"])["run"]["protocol"]["preset"] == "paper"
     assert config["model_sha"] is None and config["model_dtype"] is None  # the scripted backend has no weights
     assert config["items_fingerprint"] == {
         f"mub_{c}": _results(runs[f"fickle_{c}"])["dataset"]["fingerprint"] for c in ("explicit", "implicit")
@@ -588,7 +588,7 @@ def test_submission_records_the_protocol_and_refuses_mixed_ones(runs, tmp_path) 
     submission = build_submission([runs["steady_explicit"], runs["steady_implicit"]])
     assert submission.results["config"]["protocol"] == "paper"
     clean = _scripted_run(tmp_path, "scripted/steady", "implicit", 0, limit=8, protocol="deterministic")
-    with pytest.raises(ValueError, match="must share one protocol.*--protocol deterministic"):
+    with pytest.raises(ValueError, match="one protocol.*: deterministic"):
         build_submission([runs["steady_explicit"], clean])
 # ---------------------------------------------------------------- leaderboard
 
