@@ -111,13 +111,15 @@ def test_readme_first_command_gives_answers_flips_and_rates(sample_choices, tmp_
     assert figures["n"] == len(sample_choices)
     assert figures["unparsed_before"] < figures["n"] / 2  # most items get a stage-1 answer
     assert figures["t2f"] > 0 and figures["mr_t2f"] is not None
+
+
 def test_implicit_run_asks_one_request_per_note(tiny_models, tmp_path):
     # 16 new tokens: this checks one request per note, not the paper preset's 256-token budget
     results = _run(
         tiny_models["llava"], tmp_path / "implicit", "--config", "implicit", "--notes", "3", "--batch-size", "4",
         "--max-new-tokens", "16",
     )  # fmt: skip
-    assert results["results"]["implicit"]["n"] == 6
+    assert results["results"]["implicit"]["n"] == ITEMS
     for _, _, stage2 in _stage_outputs(tmp_path / "implicit"):
         assert len(stage2) == 3
         assert all(cue.startswith("Please pay attention to this instruction: ") for cue, _, _ in stage2)

@@ -45,7 +45,8 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 def _submit(runs: dict[str, Path], tmp_path: Path, name: str = "hub", *extra: str) -> int:
-    return main(["submit", str(runs[name]), "--to", "org/results", "--out", str(tmp_path / "sub.json"), *extra])
+    argv = ["submit", str(runs[name]), "--to", "org/results", "--dataset-id", "org/mub", "--out", str(tmp_path / "sub")]
+    return main([*argv, *extra])
 
 
 def test_without_a_terminal_nothing_is_uploaded(runs, tmp_path, uploads, monkeypatch, capsys) -> None:
@@ -53,7 +54,7 @@ def test_without_a_terminal_nothing_is_uploaded(runs, tmp_path, uploads, monkeyp
     assert _submit(runs, tmp_path) == 2
     captured = capsys.readouterr()
     assert uploads == [] and "pass --yes" in captured.err and captured.err.count("\n") == 1
-    assert "org/results" in captured.out and "someone/model-x/results_" in captured.out  # what would have gone
+    assert "org/results" in captured.out and "-> someone/model-x/results_" in captured.out  # what would have gone
 
 
 def test_the_upload_is_shown_then_asked_for(runs, tmp_path, uploads, monkeypatch, capsys) -> None:
@@ -62,26 +63,26 @@ def test_the_upload_is_shown_then_asked_for(runs, tmp_path, uploads, monkeypatch
     assert uploads == [] and "not confirmed" in capsys.readouterr().err
 
     monkeypatch.setattr(sys, "stdin", Terminal("y\n"))
-    assert _submit(runs, tmp_path, "hub", "--overwrite") == 0
+    again = tmp_path / "again"  # a new folder: the refused attempt's file is not replaced
+    assert _submit(runs, again) == 0
     out = capsys.readouterr().out
-    targets = [call["path_in_repo"] for call in uploads]
-    assert [call["repo_id"] for call in uploads] == ["org/results", "org/results"]
-    assert [Path(call["path_or_fileobj"]).name for call in uploads] == ["sub.json", "sub.model-index.yaml"]
-    assert all(target.startswith("someone/model-x/results_") for target in targets)
-    for call in uploads:  # the plan named every file and where it goes, before asking
-        assert f"{call['path_or_fileobj']} -> {call['path_in_repo']}" in out
+    [call] = uploads  # the results file alone: leaderboard readers skip a model folder holding anything else
+    assert call["repo_id"] == "org/results" and call["path_in_repo"].startswith("someone/model-x/results_")
+    assert Path(call["path_or_fileobj"]).relative_to(again / "sub").as_posix() == call["path_in_repo"]
+    assert f"{call['path_or_fileobj']} -> {call['path_in_repo']}" in out  # the plan named the file before asking
 
 
 def test_yes_uploads_without_asking(runs, tmp_path, uploads, monkeypatch) -> None:
     monkeypatch.setattr(sys, "stdin", io.StringIO(""))
     assert _submit(runs, tmp_path, "hub", "--yes") == 0
-    assert len(uploads) == 2
+    assert len(uploads) == 1
 
 
 def test_a_local_model_path_never_becomes_a_repository_path(runs, tmp_path, uploads, capsys) -> None:
     assert _submit(runs, tmp_path, "local", "--yes") == 2
     assert uploads == [] and "--model-name" in capsys.readouterr().err
-    assert not (tmp_path / "sub.json").exists()  # refused before anything was written
+    assert not (tmp_path / "sub").exists()  # refused before anything was written
     assert _submit(runs, tmp_path, "local", "--yes", "--model-name", "../../etc") == 2
     assert _submit(runs, tmp_path, "local", "--yes", "--model-name", "me/fav") == 0
-    assert all(call["path_in_repo"].startswith("me/fav/results_") for call in uploads) and len(uploads) == 2
+    [call] = uploads
+    assert call["path_in_repo"].startswith("me/fav/results_")
