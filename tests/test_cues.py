@@ -214,3 +214,33 @@ def test_report_sets_cues_side_by_side_with_a_paired_bootstrap(tmp_path):
     assert paired.rows[0][6] == f"{100 * expected.difference:+.2f} [{100 * expected.ci[0]:+.2f}, {100 * expected.ci[1]:+.2f}]"
     assert expected.significant and paired.rows[0][8] == "yes"
     assert "| challenge | single |" in markdown_table(side_by_side)
+
+
+def test_openai_multi_turn_sends_the_models_own_reply_as_the_assistant_turn(tmp_path, monkeypatch):
+    from fault_server import FaultServer
+
+    challenge = CUE_TEXTS["challenge"][0]
+
+    def answer(prompt: str) -> str:
+        return "B" if prompt.startswith(challenge) else f"A, at first sight ({len(prompt)} characters)\n"
+
+    monkeypatch.setenv("MUB_TEST_API_KEY", "sk-test")
+    with FaultServer(answer=answer) as server:
+        argv = [
+            "run", "--backend", "openai", "--base-url", server.base_url, "--model", "recorder", "--api-key-env",
+            "MUB_TEST_API_KEY", "--protocol", "deterministic", "--limit", "3", "--cue", "challenge", "--dialogue",
+            "multi", "--out", str(tmp_path / "served"), "--no-progress",
+        ]  # fmt: skip
+        assert main(argv) == 0
+        bodies = [received.body for received in server.received]
+    stage1 = [body["messages"] for body in bodies if len(body["messages"]) == 1]
+    stage2 = [body["messages"] for body in bodies if len(body["messages"]) > 1]
+    assert len(stage1) == len(stage2) == 3
+    for messages in stage2:
+        (asked,) = [first for first in stage1 if first[0] == messages[0]]  # same image and stage-1 prompt
+        stage1_prompt = asked[0]["content"][1]["text"]
+        assert [m["role"] for m in messages] == ["user", "assistant", "user"]
+        assert messages[1]["content"] == [{"type": "text", "text": answer(stage1_prompt)}]
+        assert messages[2]["content"][0]["text"] in (f"{challenge}\n{MC}", f"{challenge}\nAnswer with Yes or No only.")
+    records = [json.loads(line) for line in (tmp_path / "served" / "predictions.jsonl").read_text().splitlines()]
+    assert all(r["stage2"][0]["output"] == "B" and r["stage2"][0]["cue"] == challenge for r in records)
