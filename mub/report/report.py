@@ -111,9 +111,11 @@ def load_run(path: str | Path) -> RunSummary:
 
 
 def assign_labels(runs: Sequence[RunSummary]) -> None:
-    """Label runs by model; a source config and a cue or dialogue other than MUB's are named; runs that would collide get their folder name."""
+    """Label runs by model; a source config is named; runs that would collide get their folder name."""
     base = {id(run): run.model if run.config in KINDS else f"{run.model} [{run.config}]" for run in runs}
-    base = {id(run): f"{base[id(run)]} ({run.variant})" if run.variant else base[id(run)] for run in runs}
+    for run in runs:
+        if run.variant:  # a cue or dialogue form other than MUB's own: name it
+            base[id(run)] += f" ({run.variant})"
     seen: dict[tuple[str, str], int] = {}
     for run in runs:
         key = (base[id(run)], run.kind)
@@ -353,14 +355,12 @@ def comparison_table(
 
 
 def runs_table(runs: Sequence[RunSummary]) -> Table:
-    headers = ["Model", "Config", "Protocol", "Cue", "Dialogue", "Run folder", "Dataset", "Items fingerprint"]
+    headers = ["Model", "Config", "Protocol", "Run folder", "Dataset", "Items fingerprint"]
     body = [
         [
             run.label,
             run.config,
             run.protocol,
-            run.cue,
-            run.dialogue,
             str(run.path),
             str(run.dataset.get("name", MISSING)),
             str(run.dataset.get("fingerprint", MISSING)),

@@ -27,9 +27,9 @@ class RunSummary:
     dataset: dict[str, Any]
     predictions: list[ItemPrediction]
     protocol: str = "paper"  # the preset it ran under (mub.protocol.presets)
+    label: str = ""  # the model as shown in tables and plots; set by assign_labels
     cue: str = ""  # the stage-2 cue (mub.protocol.cues); "": the config's default
     dialogue: str = "single"  # single or multi
-    label: str = ""  # the model as shown in tables and plots; set by assign_labels
 
     @property
     def kind(self) -> str:
