@@ -106,15 +106,22 @@ class RunConfig:
 
     def cue_spec(self) -> Cue:
         """The stage-2 cue and the template it is worded with (``--cue``, ``--cue-template``)."""
-        template = None
-        if self.cue_template is not None:
+        return resolve_cue(self.cue_name(), setting_of(self.config), self.preset(), self.hint(), self._cue_template_text())
+
+    def _cue_template_text(self) -> str | None:
+        """The ``--cue-template`` file's text, read once: a file edited during a run does not reword later batches."""
+        if self.cue_template is None:
+            return None
+        read = getattr(self, "_template_read", None)
+        if read is None or read[0] != self.cue_template:
             try:
-                template = Path(self.cue_template).read_text(encoding="utf-8").rstrip("\n")
+                text = Path(self.cue_template).read_text(encoding="utf-8").rstrip("\n")
             except OSError as exc:
                 raise ValueError(
                     f"--cue-template {self.cue_template}: cannot read it ({exc.strerror}); give a text file holding the template"
                 ) from None
-        return resolve_cue(self.cue_name(), setting_of(self.config), self.preset(), self.hint(), template)
+            read = self._template_read = (self.cue_template, text)
+        return read[1]
 
     def validate(self) -> None:
         from mub_dataset.features import (

@@ -30,9 +30,8 @@ from mub.backends.base import Exchange, Generation, Request
 from mub.backends.common import chunks
 from mub.protocol.parsing import option_labels, parse_answer
 from mub.runs.predictions import ItemPrediction, StageAnswer
-from mub.protocol.presets import level_of, setting_of
+from mub.protocol.presets import PromptFormat, level_of, setting_of
 from mub.protocol.cues import Cue, followup
-from mub.protocol.presets import PromptFormat
 from mub.protocol.prompts import item_kind, render
 from mub.runs.results import build_results, format_table
 from mub.runs.storage import RunFolder, RunFolderError
