@@ -403,9 +403,10 @@ class _PrefixReuse:
     """Reuses the keys/values of an image's earlier prompt for the tokens a new prompt shares with it.
 
     A MUB item's stage-2 prompt repeats its stage-1 prompt, image tokens
-    included, up to the end of the question, and differs only after it. After
-    each batch that ran in full, every row's prompt tokens and their
-    keys/values are kept per image object (least recently used first out). A
+    included, up to the end of the question, and differs only after it; a
+    multi-turn one repeats the whole stage-1 prompt and the generated answer.
+    After each batch that ran in full, every row's prompt and answer tokens and
+    their keys/values are kept per image object (least recently used first out). A
     batch in which every request's image has such an entry runs only the tokens
     after each row's shared prefix: the prefixes are right-aligned into a batch
     cache, the remaining tokens left-padded after them, the attention mask hides
