@@ -87,6 +87,7 @@ def _parse_shard(text: str) -> tuple[int, int]:
 
 def _add_run(sub: argparse._SubParsersAction) -> None:
     # presets.py imports nothing heavy: `mub --help` stays fast.
+    from mub.protocol.cues import CUES, DIALOGUES
     from mub.protocol.presets import DEFAULT_PROTOCOL, PROTOCOLS
 
     p = sub.add_parser("run", help="evaluate a model on MUB (stage 1, then stage 2 with the misleading cue)")
@@ -111,6 +112,15 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--trust-remote-code", action="store_true", help="allow the model's own code (off unless given)")
     p.add_argument("--chat-template", metavar="FILE", help="Jinja chat template for models that ship none")
     p.add_argument("--hint-template", help="explicit hint; {answer} is replaced (default: the release's 'And the true answer is : {answer}')")
+    p.add_argument(
+        "--cue", choices=CUES, metavar="CUE",
+        help=f"what stage 2 says: {', '.join(CUES)} (default: hint for explicit configs, note for implicit)",
+    )  # fmt: skip
+    p.add_argument("--cue-template", metavar="FILE", help="a file whose text replaces the cue's template ({answer}: the option it names; {note}: the note)")
+    p.add_argument(
+        "--dialogue", choices=DIALOGUES, default="single",
+        help="single: stage 2 is a fresh request with the cue in the prompt (the paper's); multi: stage 2 follows the model's own stage-1 answer",
+    )  # fmt: skip
     p.add_argument("--notes", type=int, default=5, help="implicit: notes tried per item (default 5)")
     p.add_argument("--max-new-tokens", type=int, help="default: the preset's (paper 256, deterministic 16)")
     p.add_argument("--temperature", type=float, help="0 = greedy; default: the preset's (paper 0.4 explicit, 0.1 implicit; deterministic 0)")
@@ -228,7 +238,12 @@ def _add_report(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_submit(args: argparse.Namespace) -> int:
-    from mub.report.submit import build_submission, check_uploadable, upload, write_submission
+    from mub.report.submit import (
+        build_submission,
+        check_uploadable,
+        upload,
+        write_submission,
+    )
 
     submission = build_submission(args.run_dirs, dataset=args.dataset_id, model_name=args.model_name)
     if args.to:

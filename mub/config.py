@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
+from mub.protocol.cues import DIALOGUES, HINT, Cue, default_cue, resolve_cue
 from mub.protocol.presets import DEFAULT_PROTOCOL, Protocol, protocol_named, setting_of
 
 # How answers are read: "generate" decodes text; "logprob" ranks the options by next-token probability.
@@ -69,6 +70,9 @@ class RunConfig:
     protocol: str = DEFAULT_PROTOCOL  # a preset of mub.protocol.presets
     # None: the preset's value; anything else overrides that one field.
     hint_template: str | None = None
+    cue: str | None = None  # a cue of mub.protocol.cues; None: the config's (hint explicit, note implicit)
+    cue_template: str | None = None  # a file whose text replaces the cue's template
+    dialogue: str = "single"  # one of mub.protocol.cues.DIALOGUES
     notes: int = 5
     max_new_tokens: int | None = None
     temperature: float | None = None
@@ -96,6 +100,28 @@ class RunConfig:
     def hint(self) -> str:
         """The explicit hint template: the preset's unless --hint-template gave one."""
         return self.hint_template if self.hint_template is not None else self.preset().hint_template
+
+    def cue_name(self) -> str:
+        return self.cue if self.cue is not None else default_cue(setting_of(self.config))
+
+    def cue_spec(self) -> Cue:
+        """The stage-2 cue and the template it is worded with (``--cue``, ``--cue-template``)."""
+        return resolve_cue(self.cue_name(), setting_of(self.config), self.preset(), self.hint(), self._cue_template_text())
+
+    def _cue_template_text(self) -> str | None:
+        """The ``--cue-template`` file's text, read once: a file edited during a run does not reword later batches."""
+        if self.cue_template is None:
+            return None
+        read = getattr(self, "_template_read", None)
+        if read is None or read[0] != self.cue_template:
+            try:
+                text = Path(self.cue_template).read_text(encoding="utf-8").rstrip("\n")
+            except OSError as exc:
+                raise ValueError(
+                    f"--cue-template {self.cue_template}: cannot read it ({exc.strerror}); give a text file holding the template"
+                ) from None
+            read = self._template_read = (self.cue_template, text)
+        return read[1]
 
     def validate(self) -> None:
         # mub_dataset imports datasets: only when a run starts, never for `mub --help`.
@@ -126,6 +152,15 @@ class RunConfig:
             ) from None
         if "\0" not in rendered:
             raise ValueError(f"--hint-template must contain '{{answer}}', got {self.hint()!r}")
+        if self.dialogue not in DIALOGUES:
+            raise ValueError(f"unknown --dialogue {self.dialogue!r}; choose one of {', '.join(DIALOGUES)}")
+        if self.hint_template is not None and self.cue_name() != HINT:
+            raise ValueError(
+                f"--hint-template words the hint cue only; for --cue {self.cue_name()} give its template with --cue-template FILE"
+            )
+        if self.hint_template is not None and self.cue_template is not None:
+            raise ValueError("--hint-template and --cue-template both replace the hint's template; give one of them")
+        self.cue_spec()  # an unknown cue or a template without its field fails here
 
     def out_dir(self) -> Path:
         if self.out:
@@ -154,6 +189,8 @@ class RunConfig:
             "chat_template_sha256": chat_template_sha,
             "protocol": {"preset": self.protocol, "overrides": self.overrides()},
             "hint_template": self.hint(),
+            "cue": asdict(self.cue_spec()),
+            "dialogue": self.dialogue,
             "notes": self.notes,
             "num_samples": self.num_samples,
             "decoding": asdict(self.decoding()),

@@ -15,7 +15,12 @@ from pathlib import Path
 import pytest
 from leaderboard_files import results_text
 
-from mub.report.leaderboard import DISPLAY_COLUMNS, build_leaderboard, display_table, interval_table
+from mub.report.leaderboard import (
+    DISPLAY_COLUMNS,
+    build_leaderboard,
+    display_table,
+    interval_table,
+)
 from mub.report.leaderboard_files import collect
 from mub.report.paper import PAPER_RESULTS
 

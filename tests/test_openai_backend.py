@@ -35,8 +35,8 @@ from mub.backends.openai_backend import (
     retry_delay,
 )
 from mub.cli import main
-from mub.errors import EXIT_ITEM_ERRORS
 from mub.config import DecodingSettings, RunConfig
+from mub.errors import EXIT_ITEM_ERRORS
 from mub.protocol.prompts import question_text, render_prompt
 from mub.runs.runner import select_items
 
@@ -419,5 +419,27 @@ def test_mub_run_against_transformers_serve_matches_the_local_backend(served_tin
     local = RunConfig(
         model=str(model), limit=4, max_new_tokens=1, protocol="deterministic", out=str(tmp_path / "local"), progress=False
     )
+    run(local, backend=TransformersBackend(str(model), decoding=local.decoding(), device="cpu"))
+    assert served == _predictions(tmp_path / "local")
+
+
+def test_multi_turn_run_against_transformers_serve_matches_the_local_backend(served_tiny_model, tmp_path):
+    """--dialogue multi: the server renders the replayed stage-1 turn as the local backend does (greedy, so exactly)."""
+    from mub.backends.transformers_backend import TransformersBackend
+    from mub.runs.runner import run
+
+    base_url, model = served_tiny_model
+    flags = {"cue": "opinion", "dialogue": "multi", "limit": 4, "max_new_tokens": 1, "temperature": 0.0}
+    out = tmp_path / "served"
+    argv = ["run", "--backend", "openai", "--base-url", base_url, "--model", str(model), "--cue", "opinion",
+            "--dialogue", "multi", "--limit", "4", "--max-new-tokens", "1", "--temperature", "0", "--out", str(out),
+            "--no-progress"]  # fmt: skip
+    assert main(argv) == 0
+    served = _predictions(out)
+    assert len(served) == 4 and all(record["error"] is None for record in served.values())
+    for record in served.values():
+        assert record["stage2"][0]["cue"].startswith("I think the answer is ") and record["stage2"][0]["output"] in ANSWER_TOKENS
+
+    local = RunConfig(model=str(model), out=str(tmp_path / "local"), progress=False, **flags)
     run(local, backend=TransformersBackend(str(model), decoding=local.decoding(), device="cpu"))
     assert served == _predictions(tmp_path / "local")

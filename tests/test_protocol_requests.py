@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Iterator
 
 import pytest
-
 from fault_server import FaultServer
 
 from mub.cli import main

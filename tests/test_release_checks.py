@@ -16,10 +16,16 @@ from pathlib import Path
 
 import datasets
 import pytest
-from PIL import Image
-from test_release_reader import MAIN, assert_names, first_of, sample_records, write_release
-
 from conftest import RELEASE_SAMPLE
+from PIL import Image
+from test_release_reader import (
+    MAIN,
+    assert_names,
+    first_of,
+    sample_records,
+    write_release,
+)
+
 from mub.cli import main as cli_main
 from mub.config import RunConfig
 from mub.runs.runner import run

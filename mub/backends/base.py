@@ -1,7 +1,8 @@
 """The interface every model backend implements.
 
-A backend turns a batch of :class:`Request` (one image, one user prompt) into
-one :class:`Generation` per request, in order. It knows nothing about MUB's
+A backend turns a batch of :class:`Request` (one image, one user prompt,
+optionally after earlier turns of the same conversation) into one
+:class:`Generation` per request, in order. It knows nothing about MUB's
 two stages: the runner builds prompts, the backend only answers them.
 """
 
@@ -14,6 +15,14 @@ from PIL import Image
 
 
 @dataclass(frozen=True)
+class Exchange:
+    """An earlier turn pair of a conversation: the user's prompt and the model's reply, verbatim."""
+
+    prompt: str
+    reply: str
+
+
+@dataclass(frozen=True)
 class Request:
     """One prompt to answer.
 
@@ -21,12 +30,20 @@ class Request:
     what a backend may use to derive per-request sampling seeds.
     ``options`` are the labels a valid answer can take (``("A", "B", "C")`` or
     ``("Yes", "No")``); logprob scoring ranks exactly these.
+    ``history`` holds the earlier exchanges of a multi-turn conversation; the
+    image goes in the first user turn, ``prompt`` is the last user turn.
     """
 
     key: str
     image: Image.Image
     prompt: str
     options: tuple[str, ...]
+    history: tuple[Exchange, ...] = ()
+
+    def turns(self) -> list[tuple[str, str]]:
+        """(role, text) of every turn, ``user`` first; the image belongs to the first."""
+        earlier = [turn for exchange in self.history for turn in (("user", exchange.prompt), ("assistant", exchange.reply))]
+        return earlier + [("user", self.prompt)]
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""Helpers several backends (and the runner) share: request seeds, image data URLs, slicing."""
+"""Helpers several backends (and the runner) share: request seeds, image data URLs, chat messages, slicing."""
 
 from __future__ import annotations
 
@@ -7,9 +7,12 @@ import hashlib
 import io
 import weakref
 from collections import OrderedDict
-from typing import Iterator, Sequence, TypeVar
+from typing import TYPE_CHECKING, Any, Iterator, Sequence, TypeVar
 
 from PIL import Image
+
+if TYPE_CHECKING:
+    from mub.backends.base import Request
 
 T = TypeVar("T")
 
@@ -26,6 +29,20 @@ def request_seed(seed: int, key: str) -> int:
     """Per-request sampling seed: stable across runs, batch sizes and request order."""
     digest = hashlib.sha256(f"{seed}:{key}".encode("utf-8")).digest()
     return int.from_bytes(digest[:8], "big") & (2**63 - 1)
+
+
+def chat_messages(request: "Request", image_part: dict[str, Any]) -> list[dict[str, Any]]:
+    """The request's conversation as chat messages of content parts; ``image_part`` opens the first user turn.
+
+    Every backend sends the same turns: a one-turn request is the image and its
+    prompt; a multi-turn one replays its history (the model's own replies as
+    assistant turns) before the last user prompt.
+    """
+    messages = []
+    for number, (role, text) in enumerate(request.turns()):
+        content = ([image_part] if number == 0 else []) + [{"type": "text", "text": text}]
+        messages.append({"role": role, "content": content})
+    return messages
 
 
 def check_image_format(image_format: str) -> None:

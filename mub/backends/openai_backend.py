@@ -404,10 +404,9 @@ class OpenAIBackend:
         self._client.close()
 
     def _body(self, request: Request, image_url: str) -> dict[str, Any]:
-        content = [{"type": "image_url", "image_url": {"url": image_url}}, {"type": "text", "text": request.prompt}]
         return {
             "model": self.model,
-            "messages": [{"role": "user", "content": content}],
+            "messages": common.chat_messages(request, {"type": "image_url", "image_url": {"url": image_url}}),
             "max_tokens": self.decoding.max_new_tokens,
             "temperature": max(self.decoding.temperature, 0.0),
             "top_p": self.decoding.top_p,

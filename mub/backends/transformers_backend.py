@@ -26,11 +26,14 @@ keeps (least recently used first out):
   ``generate`` call where these are more; exact: outputs are unchanged), so an image is
   processed and encoded once; ``reuse_images=False`` turns this off; see
   :class:`_CachingImageProcessor` and :class:`_ImageReuse`;
-* the keys/values of its last fully computed prompt (as many images; about
-  two batches' key/value caches of memory), so a later prompt with the same
-  image runs only the tokens after the prefix it shares with that prompt (for
-  stage 2: the cue and the options, not the image and the question); the same
-  arithmetic on fewer tokens, so results agree up to float rounding;
+* the keys/values of its last fully computed prompt and of the answer
+  generated after it (as many images; about two batches' key/value caches of
+  memory), so a later prompt with the same image runs only the tokens after
+  the prefix it shares with that prompt and answer (for a single-turn stage 2:
+  the cue and the options, not the image and the question; for a multi-turn
+  one, which replays stage 1 and the model's reply: the reply's end-of-turn
+  and the follow-up turn); the same arithmetic on fewer tokens, so results
+  agree up to float rounding;
   ``reuse_prefix=False`` turns this off (e.g. when memory is tight); see
   :class:`_PrefixReuse` for the models it applies to.
 
@@ -58,7 +61,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
 from mub.backends.base import Generation, Request
-from mub.backends.common import chunks, request_seed
+from mub.backends.common import chat_messages, chunks, request_seed
 from mub.config import DecodingSettings
 from mub.testing.tiny_models import resolve_model_spec, tiny_model_info
 
@@ -428,9 +431,10 @@ class _PrefixReuse:
     """Reuses the keys/values of an image's earlier prompt for the tokens a new prompt shares with it.
 
     A MUB item's stage-2 prompt repeats its stage-1 prompt, image tokens
-    included, up to the end of the question, and differs only after it. After
-    each batch that ran in full, every row's prompt tokens and their
-    keys/values are kept per image object (least recently used first out). A
+    included, up to the end of the question, and differs only after it; a
+    multi-turn one repeats the whole stage-1 prompt and the generated answer.
+    After each batch that ran in full, every row's prompt and answer tokens and
+    their keys/values are kept per image object (least recently used first out). A
     batch in which every request's image has such an entry runs only the tokens
     after each row's shared prefix: the prefixes are right-aligned into a batch
     cache, the remaining tokens left-padded after them, the attention mask hides
@@ -470,17 +474,30 @@ class _PrefixReuse:
     def applies(self, inputs: Any) -> bool:
         return self.enabled and set(inputs.keys()) <= self.safe_inputs
 
-    def store(self, inputs: Any, requests: Sequence[Request], cache: Any) -> None:
-        """Keep each row's prompt tokens and keys/values (``cache`` from a full, left-padded batch)."""
+    def store(
+        self, inputs: Any, requests: Sequence[Request], cache: Any, answers: Sequence[list[int]] | None = None
+    ) -> None:
+        """Keep each row's prompt tokens, then its answer's (``answers``), with their keys/values.
+
+        ``cache`` comes from a full, left-padded batch; after ``generate`` it
+        holds every generated token but the last of the batch, so each row
+        keeps the answer tokens whose keys/values it holds. Those were
+        computed on exactly the row's prompt and earlier answer tokens, at the
+        positions that follow them: a later prompt that replays the answer
+        (a multi-turn stage 2) reuses them as it would the prompt's.
+        """
         if cache is None:
             return
         ids, mask = inputs["input_ids"], inputs["attention_mask"]
         width = ids.shape[1]
         layers = [(layer.keys, layer.values) for layer in cache.layers]
+        held = layers[0][0].shape[2] - width if layers else 0  # answer columns with keys/values
         for row, request in enumerate(requests):
             n = int(mask[row].sum())
-            kv = [(k[row : row + 1, :, width - n : width], v[row : row + 1, :, width - n : width]) for k, v in layers]
-            self.cache.put(request.image, (ids[row, width - n :].tolist(), kv))
+            answer = list(answers[row][:held]) if answers is not None else []
+            end = width + len(answer)
+            kv = [(k[row : row + 1, :, width - n : end], v[row : row + 1, :, width - n : end]) for k, v in layers]
+            self.cache.put(request.image, (ids[row, width - n :].tolist() + answer, kv))
 
     def plan(self, inputs: Any, requests: Sequence[Request]) -> _Reused | None:
         """The batch on cached prefixes, or ``None`` when some request has none to reuse."""
@@ -657,7 +674,7 @@ class TransformersBackend:
         )
 
     def _prompt_texts(self, requests: Sequence[Request]) -> list[str]:
-        return [self.render(_user_turn(r.prompt), add_generation_prompt=True) for r in requests]
+        return [self.render(chat_messages(r, {"type": "image"}), add_generation_prompt=True) for r in requests]
 
     def _encode(self, texts: list[str], requests: Sequence[Request]) -> Any:
         """Model inputs for one batch, on the model's device and dtype.
@@ -770,14 +787,13 @@ class TransformersBackend:
             )
         self._clock(start)
         sequences = getattr(output, "sequences", output)
-        if prefix is not None and reused is None:
-            prefix.store(inputs, requests, getattr(output, "cache", None))
-
-        new_tokens = sequences[:, prompt_len:].tolist()
         lengths = stop.lengths.tolist()
+        answers = [ids[: lengths[row]] if lengths[row] >= 0 else ids for row, ids in enumerate(sequences[:, prompt_len:].tolist())]
+        if prefix is not None and reused is None:
+            prefix.store(inputs, requests, getattr(output, "cache", None), answers)
+
         generations = []
-        for row, ids in enumerate(new_tokens):
-            ids = ids[: lengths[row]] if lengths[row] >= 0 else ids
+        for row, ids in enumerate(answers):
             extra: dict[str, Any] = {"new_tokens": len(ids)}
             if not self.decoding.greedy:
                 extra["seed"] = seeds[row]

@@ -8,7 +8,9 @@ How it maps MUB onto vLLM's documented interfaces:
   image (an OpenAI-style ``image_url`` part holding a PNG data URL, which
   ``LLM.chat`` accepts like the OpenAI API does) followed by the prompt text,
   rendered by the model's own chat template, or by ``--chat-template FILE``.
-  This is the conversation the transformers backend renders.
+  This is the conversation the transformers backend renders. A multi-turn
+  request (``--dialogue multi``) replays its history first: the image and the
+  stage-1 prompt, the model's own stage-1 reply as the assistant turn.
 * One ``LLM.chat`` call per :meth:`VLLMBackend.generate` call, with all its
   requests, so the engine schedules them together; the engine runs with
   ``enable_prefix_caching=True``, so a stage-2 prompt reuses the cached work
@@ -49,7 +51,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 from mub.backends.base import Generation, Request
-from mub.backends.common import ImageUrls, request_seed
+from mub.backends.common import ImageUrls, chat_messages, request_seed
 from mub.config import DecodingSettings
 from mub.testing.tiny_models import resolve_model_spec, tiny_model_info
 
@@ -87,17 +89,9 @@ def answer_length(token_texts: Sequence[str]) -> int:
     return len(token_texts)
 
 
-def conversation(prompt: str, image_url: str) -> list[dict[str, Any]]:
-    """One user turn, image first then text, as the transformers backend renders it."""
-    return [
-        {
-            "role": "user",
-            "content": [
-                {"type": "image_url", "image_url": {"url": image_url}},
-                {"type": "text", "text": prompt},
-            ],
-        }
-    ]
+def conversation(request: Request, image_url: str) -> list[dict[str, Any]]:
+    """The request's turns, the image first in the first user turn, as the transformers backend renders them."""
+    return chat_messages(request, {"type": "image_url", "image_url": {"url": image_url}})
 
 
 def visible_devices(device: str, tensor_parallel_size: int, environ: Mapping[str, str] = os.environ) -> str | None:
@@ -208,7 +202,7 @@ class VLLMBackend:
         Each image object is PNG-encoded once, across calls too: its stage-1
         and stage-2 requests (separate calls) share the data URL.
         """
-        return [conversation(request.prompt, self._image_urls(request.image)) for request in requests]
+        return [conversation(request, self._image_urls(request.image)) for request in requests]
 
     def generate(self, requests: Sequence[Request]) -> list[Generation]:
         """Answer every request in one engine call; results are in request order."""

@@ -49,7 +49,12 @@ from mub.extend.release_writer import load_items
 from mub.protocol.parsing import option_labels
 from mub.protocol.prompts import explicit_cue, implicit_cue, render_prompt
 from mub.runs.storage import RunFolder, write_json_atomic
-from mub_dataset.files import cell_bytes, check_output_folder, image_digest, staged_folder
+from mub_dataset.files import (
+    cell_bytes,
+    check_output_folder,
+    image_digest,
+    staged_folder,
+)
 from mub_dataset.loading import SAMPLE
 
 KINDS = ("explicit", "implicit", "plain")

@@ -28,8 +28,8 @@ from datetime import datetime, timezone
 from typing import Any, Iterable, Mapping, Sequence
 
 from mub.report.paper import PAPER_CITATION, PAPER_RESULTS
-from mub.report.rows import KINDS
 from mub.report.results_file import UNKNOWN_PROTOCOL, number, task_name
+from mub.report.rows import KINDS
 
 LEVELS = ("low", "medium", "high")  # mub_dataset.features.DIFFICULTY_LEVELS, without importing datasets
 TASKS = {kind: task_name(kind) for kind in KINDS}

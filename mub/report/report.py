@@ -25,7 +25,13 @@ from mub.report.paper import PAPER_AVERAGE, PAPER_CITATION, PAPER_RESULTS
 from mub.report.plots import levels_mean
 from mub.report.rows import KINDS, STATES, ModelRow, RunSummary
 from mub.runs.predictions import ItemPrediction
-from mub.runs.storage import RESULTS_FILE, RunFolder, protocol_name
+from mub.runs.storage import (
+    RESULTS_FILE,
+    RunFolder,
+    cue_name,
+    dialogue_form,
+    protocol_name,
+)
 from mub_dataset.features import DIFFICULTY_LEVELS
 from mub_dataset.files import staged_folder
 
@@ -107,6 +113,8 @@ def load_run(path: str | Path) -> RunSummary:
         predictions=list(folder.load_predictions().values()),
         protocol=protocol_name(document.get("run", {})),
         parser=document.get("run", {}).get("parser", "mub"),
+        cue=cue_name({"config": config, **document.get("run", {})}),
+        dialogue=dialogue_form(document.get("run", {})),
     )
 
 
@@ -116,6 +124,8 @@ def assign_labels(runs: Sequence[RunSummary]) -> None:
     for run in runs:
         if run.parser != "mub":  # a rescored run sits beside its original: name how it was read
             base[id(run)] += f" [{run.parser} parser]"
+        if run.variant:  # a cue or dialogue form other than MUB's own: name it
+            base[id(run)] += f" ({run.variant})"
     seen: dict[tuple[str, str], int] = {}
     for run in runs:
         key = (base[id(run)], run.kind)
@@ -242,17 +252,65 @@ class Comparison:
     result: PairedBootstrap
 
 
-def paired_comparisons(runs: Sequence[RunSummary], *, n_boot: int, seed: int) -> list[Comparison]:
-    """Each run against the first run given with the same config, on the items both scored."""
-    first: dict[str, RunSummary] = {}
+def paired_comparisons(
+    runs: Sequence[RunSummary], *, n_boot: int, seed: int, group: Callable[[RunSummary], tuple] | None = None
+) -> list[Comparison]:
+    """Each run against the first run given in its group, on the items both scored.
+
+    The default group is the config and the way stage 2 asked (cue, dialogue):
+    models compared under the same cue. :func:`cue_comparisons` groups by model
+    and config instead: cues compared on one model.
+    """
+    group = group or (lambda run: (run.config, run.cue, run.dialogue))
+    first: dict[tuple, RunSummary] = {}
     found = []
     for run in runs:
-        reference = first.setdefault(run.config, run)
+        reference = first.setdefault(group(run), run)
         if reference is not run:
             result = compare_predictions(reference.predictions, run.predictions, n_boot=n_boot, seed=seed)
             found.append(Comparison(run.config, reference, run, result))
     order = list(first)
-    return sorted(found, key=lambda c: order.index(c.config))  # grouped by config, stable within one
+    return sorted(found, key=lambda c: order.index(group(c.reference)))  # grouped, stable within a group
+
+
+def under_several_cues(runs: Sequence[RunSummary]) -> list[RunSummary]:
+    """The runs of each model and config that was run under more than one cue or dialogue form."""
+    variants: dict[tuple[str, str], set[tuple[str, str]]] = {}
+    for run in runs:
+        variants.setdefault((run.model, run.config), set()).add((run.cue, run.dialogue))
+    return [run for run in runs if len(variants[(run.model, run.config)]) > 1]
+
+
+def cue_comparisons(runs: Sequence[RunSummary], *, n_boot: int, seed: int) -> list[Comparison]:
+    """A model's runs of one config under other cues or dialogue forms, each against the first given."""
+    return paired_comparisons(under_several_cues(runs), n_boot=n_boot, seed=seed, group=lambda run: (run.model, run.config))
+
+
+def cue_table(runs: Sequence[RunSummary]) -> Table | None:
+    """Cue families and dialogue forms side by side, for models run on one config under more than one."""
+    compared = under_several_cues(runs)
+    if not compared:
+        return None
+    headers = ["Model", "Config", "Cue", "Dialogue", "Acc before", "MR T→F", "MR F→T", "Acc after"]
+    body: list[list[Cell]] = [
+        [
+            run.model,
+            run.config,
+            run.cue,
+            run.dialogue,
+            rate_cell(run.figures, "accuracy_before", "n"),
+            rate_cell(run.figures, "mr_t2f", "n_t"),
+            rate_cell(run.figures, "mr_f2t", "n_f"),
+            percent(run.figures.get("accuracy_after")),
+        ]
+        for run in sorted(compared, key=lambda run: (run.model, run.config))
+    ]
+    caption = (
+        "One model's runs of one config under different stage-2 cues (hint, note, opinion, authority, challenge) "
+        "and dialogue forms (single: a fresh request with the cue; multi: the cue follows the model's own stage-1 "
+        "answer), scored by the same metric. Percentages with 95% Wilson intervals; n: the rate's denominator."
+    )
+    return Table("Cue families and dialogue forms", headers, body, caption)
 
 
 def bootstrap_p(result: PairedBootstrap) -> str:
@@ -262,7 +320,11 @@ def bootstrap_p(result: PairedBootstrap) -> str:
     return f"< {1 / result.n_boot:.1g}" if result.p_value == 0 else f"{result.p_value:.3g}"
 
 
-def comparison_table(comparisons: Sequence[Comparison]) -> Table:
+def comparison_table(
+    comparisons: Sequence[Comparison],
+    title: str = "Paired comparisons",
+    against: str = "the first run given with the same config and the same cue and dialogue",
+) -> Table:
     headers = [
         "Config",
         "Reference (A)",
@@ -295,11 +357,11 @@ def comparison_table(comparisons: Sequence[Comparison]) -> Table:
         )
     n_boot, seed = (comparisons[0].result.n_boot, comparisons[0].result.seed) if comparisons else (0, 0)
     caption = (
-        f"Misleading rate (T→F) of each run against the first run given with the same config, on the items both "
+        f"Misleading rate (T→F) of each run against {against}, on the items both "
         f"scored (matched by item id). Paired bootstrap over items ({n_boot} resamples, seed {seed}): the interval is "
         "the 2.5–97.5 percentile of the difference; significant when it excludes 0."
     )
-    return Table("Paired comparisons", headers, body, caption)
+    return Table(title, headers, body, caption)
 
 
 def runs_table(runs: Sequence[RunSummary]) -> Table:
@@ -393,6 +455,11 @@ def build_report(
     comparisons = paired_comparisons(runs, n_boot=n_boot, seed=seed)
     if comparisons:
         blocks.append(comparison_table(comparisons))
+    cues = cue_table(runs)
+    if cues is not None:
+        blocks.append(cues)
+        against = "the same model's first run given on the same config (another cue or dialogue form)"
+        blocks.append(comparison_table(cue_comparisons(runs, n_boot=n_boot, seed=seed), "Paired comparisons of cues", against))
     blocks += [
         FigureSpec(
             "transitions.png",

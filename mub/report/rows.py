@@ -29,11 +29,21 @@ class RunSummary:
     protocol: str = "paper"  # the preset it ran under (mub.protocol.presets)
     parser: str = "mub"  # how its outputs were read: "mub", or "reference" after mub rescore
     label: str = ""  # the model as shown in tables and plots; set by assign_labels
+    cue: str = ""  # the stage-2 cue (mub.protocol.cues); "": the config's default
+    dialogue: str = "single"  # single or multi
 
     @property
     def kind(self) -> str:
         """Source configs use the explicit hint, so they sit in the explicit columns."""
         return "implicit" if self.config == "implicit" else "explicit"
+
+    @property
+    def variant(self) -> str:
+        """How stage 2 asked: ``"<cue>, <dialogue>"``, or ``""`` for MUB's own form (the config's cue, single turn)."""
+        default = "note" if self.kind == "implicit" else "hint"
+        if self.cue in ("", default) and self.dialogue == "single":
+            return ""
+        return f"{self.cue or default}, {self.dialogue}"
 
 
 @dataclass

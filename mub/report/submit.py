@@ -28,8 +28,8 @@ from typing import Any, Sequence
 import yaml
 
 from mub.report.report import read_results
-from mub.runs.storage import protocol_name
 from mub.report.results_file import number, task_name
+from mub.runs.storage import protocol_name
 from mub_dataset.features import DIFFICULTY_LEVELS
 
 RATES = ("mr_t2f", "mr_f2t", "accuracy_before", "accuracy_after", "consistency")

@@ -15,10 +15,17 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from mub.runs.predictions import ItemPrediction
 from mub.config import RunConfig
+from mub.runs.predictions import ItemPrediction
 from mub.runs.runner import Selection, finish_run, select_items
-from mub.runs.storage import RunFolder, RunFolderError, protocol_name, settings_diff
+from mub.runs.storage import (
+    RunFolder,
+    RunFolderError,
+    cue_name,
+    dialogue_form,
+    protocol_name,
+    settings_diff,
+)
 
 # Settings that legitimately differ between the shards of one run.
 PER_SHARD_SETTINGS = ("shard", "items_fingerprint")
@@ -68,6 +75,8 @@ def config_from_settings(settings: Mapping[str, Any], out: str | Path | None) ->
         misled_count=settings["misled_count"],
         limit=settings["limit"],
         protocol=protocol_name(settings),  # the levels and the rates by notes depend on it
+        cue=cue_name(settings),  # whether stage 2 tried notes
+        dialogue=dialogue_form(settings),
         notes=settings.get("notes", RunConfig.notes),
         out=str(out) if out is not None else None,
         progress=False,

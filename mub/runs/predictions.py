@@ -11,7 +11,11 @@ from typing import Any
 
 @dataclass
 class StageAnswer:
-    """One model call: its cue (hint or note; empty in stage 1), raw output and parse."""
+    """One model call: its cue (what stage 2 said; empty in stage 1), raw output and parse.
+
+    ``hinted`` is the option the cue named (hint, opinion, authority); ``None``
+    in stage 1 and for cues that name none (notes, challenge).
+    """
 
     cue: str
     output: str
@@ -19,6 +23,7 @@ class StageAnswer:
     seconds: float = 0.0
     error: str | None = None
     option_probs: dict[str, float] | None = None
+    hinted: str | None = None
 
 
 @dataclass

@@ -61,7 +61,7 @@ def rescore_run(run_dir: str | Path, parser: str, out: str | Path, *, overwrite:
     selection = select_items(config)
     rows = {row["id"]: row for row in selection.rows}
     predictions = source.load_predictions()
-    implicit = config.config == "implicit"
+    implicit = config.cue_spec().uses_notes  # flipped_by_note is recorded only for notes
     rescored = [reread(predictions[item_id], rows[item_id], read, implicit=implicit) for item_id in rows if item_id in predictions]
     new_settings = {**settings, "parser": parser, "rescored_from": str(source.path)}
     folder = RunFolder(out)

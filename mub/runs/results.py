@@ -8,7 +8,6 @@ from importlib import metadata
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import mub_metric
-
 from mub.protocol import stages
 from mub.runs.predictions import ItemPrediction
 

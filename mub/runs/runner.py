@@ -17,21 +17,21 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 import mub_dataset
-from mub_dataset.files import cell_bytes, image_digest
-
+from mub.backends import Backend, create_backend
+from mub.backends.base import Exchange, Generation, Request
+from mub.backends.common import chunks
 from mub.config import RunConfig
 from mub.errors import RunInterrupted
 from mub.protocol import stages
-from mub.runs import distributed
-from mub.backends import Backend, create_backend
-from mub.backends.base import Generation, Request
-from mub.backends.common import chunks
+from mub.protocol.cues import Cue, followup
 from mub.protocol.parsing import option_labels, parse_answer
+from mub.protocol.presets import PromptFormat, level_of, setting_of
+from mub.protocol.prompts import item_kind, render
+from mub.runs import distributed
 from mub.runs.predictions import ItemPrediction, StageAnswer
-from mub.protocol.presets import level_of, setting_of
-from mub.protocol.prompts import explicit_cue, implicit_cue, render
 from mub.runs.results import build_results
 from mub.runs.storage import RunFolder, RunFolderError
+from mub_dataset.files import cell_bytes, image_digest
 
 
 @dataclass
@@ -68,7 +68,7 @@ def select_items(config: RunConfig, dataset: datasets.Dataset | None = None) -> 
     rows = [all_rows[i] for i in indices]
     if not rows:
         raise ValueError(_no_items_message(config, all_rows))
-    if config.config == "implicit":
+    if config.cue_spec().uses_notes:
         _check_notes(rows)
     digest = hashlib.sha256()
     for row in rows:
@@ -164,7 +164,7 @@ def predict_group(
     return [next(answered) if loaded.error is None else image_error_record(row, loaded) for row, loaded in zip(rows, images)]
 
 
-def _answer(generation: Generation, cue: str, row: Mapping[str, Any]) -> StageAnswer:
+def _answer(generation: Generation, cue: str, row: Mapping[str, Any], hinted: str | None = None) -> StageAnswer:
     parsed = None
     if generation.error is None:
         parsed = parse_answer(generation.text, row["choices"], row["question_type"])
@@ -175,11 +175,31 @@ def _answer(generation: Generation, cue: str, row: Mapping[str, Any]) -> StageAn
         seconds=round(generation.seconds, 6),
         error=generation.error,
         option_probs=generation.option_probs,
+        hinted=hinted,
     )
 
 
 def _options(row: Mapping[str, Any]) -> tuple[str, ...]:
     return tuple(option_labels(row["choices"], row["question_type"]))
+
+
+def stage2_cues(cue: Cue, row: Mapping[str, Any], stage1_correct: bool, max_notes: int) -> list[tuple[str, str | None]]:
+    """The cue texts stage 2 asks an item with (one per note for notes), each with the option it names."""
+    if cue.uses_notes:
+        return [(cue.text(note=note), None) for note in stages.notes_for(row, stage1_correct, max_notes)]
+    if cue.names_answer:
+        hinted = stages.hinted_answer(row, stage1_correct)
+        return [(cue.text(answer=hinted), hinted)]
+    return [(cue.text(), None)]
+
+
+def stage2_request(
+    key: str, row: Mapping[str, Any], image: Image.Image, prompts: PromptFormat, cue_text: str, stage1: Exchange | None
+) -> Request:
+    """Stage 2 as a fresh request with the cue in the prompt, or (``stage1`` given) as the conversation's next turn."""
+    if stage1 is None:
+        return Request(key, image, render(row, prompts, cue_text), _options(row))
+    return Request(key, image, followup(cue_text, item_kind(row, prompts)), _options(row), history=(stage1,))
 
 
 def run_batch(
@@ -191,10 +211,12 @@ def run_batch(
     """Both stages for a batch of items; each item's decoded image serves both stages.
 
     Each stage's requests go to the backend in one call, which batches them
-    by its own batch size (a local model sorts them by length first).
+    by its own batch size (a local model sorts them by length first). With
+    ``--dialogue multi`` stage 2 continues the conversation of the item's
+    first stage-1 sample, its reply verbatim.
     """
-    preset = config.preset()
-    prompts = preset.prompts[setting_of(config.config)]
+    prompts = config.preset().prompts[setting_of(config.config)]
+    cue = config.cue_spec()
     stage1_requests = [
         Request(f"{row['id']}/stage1/{sample}", image, render(row, prompts), _options(row))
         for row, (image, _) in zip(rows, images)
@@ -203,29 +225,27 @@ def run_batch(
     stage1 = backend.generate(stage1_requests)
     records: list[ItemPrediction] = []
     stage2_requests: list[Request] = []
-    stage2_cues: list[list[str]] = []
+    asked: list[list[tuple[str, str | None]]] = []
     for position, (row, (image, group_id)) in enumerate(zip(rows, images)):
         samples = stage1[position * config.num_samples : (position + 1) * config.num_samples]
         answers = [_answer(generation, "", row) for generation in samples]
         record = item_record(row, group_id, answers)
         records.append(record)
-        cues: list[str] = []
+        cues: list[tuple[str, str | None]] = []
         if record.error is None:
-            correct = stages.is_correct(record.original_prediction, row)
-            if config.config == "implicit":
-                cues = [implicit_cue(note, preset.note_template) for note in stages.notes_for(row, correct, config.notes)]
-            else:
-                cues = [explicit_cue(stages.hinted_answer(row, correct), config.hint())]
-        stage2_cues.append(cues)
-        for number, cue in enumerate(cues):
-            stage2_requests.append(Request(f"{row['id']}/stage2/{number}", image, render(row, prompts, cue), _options(row)))
+            cues = stage2_cues(cue, row, stages.is_correct(record.original_prediction, row), config.notes)
+        asked.append(cues)
+        first = stage1_requests[position * config.num_samples]
+        stage1_turn = Exchange(first.prompt, samples[0].text) if config.dialogue == "multi" else None
+        for number, (text, _) in enumerate(cues):
+            stage2_requests.append(stage2_request(f"{row['id']}/stage2/{number}", row, image, prompts, text, stage1_turn))
     stage2 = iter(backend.generate(stage2_requests))
-    for record, row, cues in zip(records, rows, stage2_cues):
-        record.stage2 = [_answer(next(stage2), cue.strip(), row) for cue in cues]
+    for record, row, cues in zip(records, rows, asked):
+        record.stage2 = [_answer(next(stage2), text.strip(), row, hinted) for text, hinted in cues]
         if record.error is not None:
             continue
         record.error = next((a.error for a in record.stage2 if a.error), None)
-        settle(record, row, implicit=config.config == "implicit")
+        settle(record, row, implicit=cue.uses_notes)
     return records
 
 

@@ -48,6 +48,21 @@ def protocol_name(settings: dict[str, Any]) -> str:
     return (settings.get("protocol") or {}).get("preset", "deterministic")
 
 
+def cue_name(settings: dict[str, Any]) -> str:
+    """The stage-2 cue recorded in run settings; runs made before the cue library used their config's default."""
+    recorded = (settings.get("cue") or {}).get("name")
+    return recorded or ("note" if settings.get("config") == "implicit" else "hint")
+
+
+def dialogue_form(settings: dict[str, Any]) -> str:
+    """``single`` or ``multi``; runs made before dialogue forms were single."""
+    return settings.get("dialogue") or "single"
+
+
+# What a resumed run must share with the earlier one, checked one by one for a message that names the flag.
+_RESUME_CHECKS = (("--protocol", protocol_name), ("--cue", cue_name), ("--dialogue", dialogue_form))
+
+
 def write_json_atomic(path: Path, data: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
@@ -208,12 +223,13 @@ class RunFolder:
         if not self.settings_path.is_file():
             raise RunFolderError(f"{self.path}: predictions without {SETTINGS_FILE}; cannot check what made them")
         earlier = self.read_settings()
-        before, now = protocol_name(earlier), protocol_name(settings)
-        if before != now:
-            raise RunFolderError(
-                f"cannot resume {self.path}: it was made under --protocol {before}, not {now}; "
-                f"resume with --protocol {before} or start another --out"
-            )
+        for flag, read in _RESUME_CHECKS:
+            before, now = read(earlier), read(settings)
+            if before != now:
+                raise RunFolderError(
+                    f"cannot resume {self.path}: it was made under {flag} {before}, not {now}; "
+                    f"resume with {flag} {before} or start another --out"
+                )
         differing = settings_diff(earlier, settings)
         if differing:
             details = "; ".join(f"{key}: was {earlier.get(key)!r}, now {settings.get(key)!r}" for key in differing)
