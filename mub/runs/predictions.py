@@ -19,6 +19,7 @@ class StageAnswer:
     seconds: float = 0.0
     error: str | None = None
     option_probs: dict[str, float] | None = None
+    incomplete_probs: bool = False  # some option had no probability from the backend (vLLM's top-20 fallback)
 
 
 @dataclass

@@ -24,7 +24,7 @@ from mub_dataset.files import cell_bytes, image_digest
 from mub.config import RunConfig
 from mub.protocol import stages
 from mub.runs import distributed
-from mub.backends import Backend, create_backend
+from mub.backends import Backend, create_backend, run_decoding
 from mub.config import DecodingSettings
 from mub.backends.base import Generation, Request
 from mub.backends.common import chunks
@@ -110,6 +110,7 @@ def _answer(generation: Generation, cue: str, row: Mapping[str, Any]) -> StageAn
         seconds=round(generation.seconds, 6),
         error=generation.error,
         option_probs=generation.option_probs,
+        incomplete_probs=bool(generation.extra.get("incomplete_probs")),
     )
 
 
@@ -190,7 +191,7 @@ def run(config: RunConfig, backend: Backend | None = None, dataset: datasets.Dat
     placement = distributed.placement_for(config)
     selection = select_items(config, dataset)
     folder = RunFolder(config.out_dir(), predictions_file=placement.predictions_file)
-    settings = config.settings(selection.info)
+    settings = config.settings(selection.info, run_decoding(config))
     placement.prepare(folder, settings, resume=config.resume, overwrite=config.overwrite)
     with placement.working():
         done = {item_id for item_id, p in folder.load_predictions().items() if p.error is None}
