@@ -214,6 +214,7 @@ def engine(monkeypatch: pytest.MonkeyPatch, ids: dict[str, int]) -> Engine:
     state = Engine(reply=lambda prompt, params: completion([ids[" B"], ids["eos"]]))
     monkeypatch.setitem(sys.modules, "vllm", fake_vllm(state))
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    monkeypatch.setenv(BATCH_INVARIANT_ENV, "0")  # restored after the test, whatever a backend sets
     return state
 
 
@@ -438,7 +439,6 @@ def test_deterministic_protocol_asks_for_batch_invariance(
     envs = types.ModuleType("vllm.envs")
     envs.environment_variables = {BATCH_INVARIANT_ENV: None} if knows_it else {}
     monkeypatch.setitem(sys.modules, "vllm.envs", envs)
-    monkeypatch.setenv(BATCH_INVARIANT_ENV, "0")
     backend = from_run_config(RunConfig(model=MODEL, backend="vllm", protocol="deterministic"))
     assert backend.describe()["batch_invariant"] is knows_it
     assert os.environ[BATCH_INVARIANT_ENV] == ("1" if knows_it else "0")

@@ -574,10 +574,6 @@ class TransformersBackend:
 
     # ------------------------------------------------------------- rendering
 
-    def render(self, conversation: list[dict[str, Any]], *, add_generation_prompt: bool) -> str:
-        """The conversation as text, through the model's (or the given) chat template."""
-        return self.renderer.render(conversation, add_generation_prompt=add_generation_prompt)
-
     def _prompt_texts(self, requests: Sequence[Request]) -> list[str]:
         return [self.renderer.text(r) for r in requests]
 

@@ -55,6 +55,7 @@ import math
 import os
 import time
 from dataclasses import asdict
+from importlib import import_module
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 from mub.backends.base import Generation, Request
@@ -105,11 +106,9 @@ def sampling_fields(vllm: Any) -> set[str]:
     return set(fields) if fields is not None else set(inspect.signature(vllm.SamplingParams).parameters)
 
 
-def has_batch_invariance(vllm: Any) -> bool:
+def has_batch_invariance() -> bool:
     """Whether the installed vLLM reads ``VLLM_BATCH_INVARIANT`` (its ``vllm.envs`` lists the variables it knows)."""
     try:
-        from importlib import import_module
-
         envs = import_module("vllm.envs")
     except ImportError:
         return False
@@ -179,7 +178,7 @@ class VLLMBackend:
         self.sampling_fields = sampling_fields(self.vllm)
         # Exact option probabilities need vLLM's logprob_token_ids (newer releases).
         self.exact_option_probs = "logprob_token_ids" in self.sampling_fields
-        self.batch_invariant = batch_invariant and has_batch_invariance(self.vllm)
+        self.batch_invariant = batch_invariant and has_batch_invariance()
         self.engine_args = {
             "model": self.path,
             "tensor_parallel_size": tensor_parallel_size,
