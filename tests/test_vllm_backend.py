@@ -152,6 +152,7 @@ class CompletionOutput:
     cumulative_logprob: float | None
     logprobs: list[dict[int, Logprob]] | None
     finish_reason: str | None = None
+    stop_reason: int | str | None = None
 
 
 @dataclass
@@ -165,8 +166,19 @@ class Engine:
     """What the fake LLM saw, and how it answers: ``reply(prompt, params) -> CompletionOutput``."""
 
     reply: Callable[[dict, Any], CompletionOutput]
+    decode: Callable[[int], str]  # one token's text, for stop strings
     created: list[dict[str, Any]] = field(default_factory=list)
     calls: list[dict[str, Any]] = field(default_factory=list)
+
+    def answer(self, prompt: dict, params: Any) -> CompletionOutput:
+        """``reply``'s completion, ended as vLLM ends it at the first token whose text holds a stop string."""
+        output = self.reply(prompt, params)
+        for count, token in enumerate(output.token_ids, start=1):
+            hit = next((stop for stop in params.stop if stop in self.decode(token)), None)
+            if hit is not None:
+                output.token_ids, output.finish_reason, output.stop_reason = output.token_ids[:count], "stop", hit
+                break
+        return output
 
 
 def fake_vllm(engine: Engine, sampling_params: type = SamplingParams) -> types.ModuleType:
@@ -188,7 +200,7 @@ def fake_vllm(engine: Engine, sampling_params: type = SamplingParams) -> types.M
                 assert set(prompt) <= {"prompt_token_ids", "multi_modal_data", "mm_processor_kwargs"}
                 assert all(isinstance(t, int) for t in prompt["prompt_token_ids"])
             return [
-                RequestOutput(str(i), [engine.reply(prompt, params)])
+                RequestOutput(str(i), [engine.answer(prompt, params)])
                 for i, (prompt, params) in enumerate(zip(prompts, sampling_params))
             ]
 
@@ -210,8 +222,8 @@ def scored(probabilities: dict[int, float]) -> CompletionOutput:
 
 
 @pytest.fixture
-def engine(monkeypatch: pytest.MonkeyPatch, ids: dict[str, int]) -> Engine:
-    state = Engine(reply=lambda prompt, params: completion([ids[" B"], ids["eos"]]))
+def engine(monkeypatch: pytest.MonkeyPatch, ids: dict[str, int], tokenizer: Any) -> Engine:
+    state = Engine(reply=lambda prompt, params: completion([ids[" B"], ids["eos"]]), decode=lambda t: tokenizer.decode([t]))
     monkeypatch.setitem(sys.modules, "vllm", fake_vllm(state))
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     monkeypatch.setenv(BATCH_INVARIANT_ENV, "0")  # restored after the test, whatever a backend sets
@@ -331,7 +343,7 @@ def test_greedy_sampling_params(engine: Engine) -> None:
     for p in params:
         assert p.temperature == 0.0 and p.max_tokens == 7 and (p.top_p, p.top_k) == (1.0, 0)
         assert p.seed is None and p.logprobs is None and p.n == 1 and p.repetition_penalty == 1.0
-        assert p.skip_special_tokens is True and p.stop == []
+        assert p.skip_special_tokens is True and p.stop == ["\n"]
 
 
 def test_sampling_params_follow_the_decoding_with_per_request_seeds(engine: Engine) -> None:
@@ -379,14 +391,24 @@ def test_answer_length_matches_the_transformers_stopping_rule(texts: list[str], 
     assert answer_length(texts) == length
 
 
-def test_answer_is_cut_like_the_transformers_backend_and_order_kept(engine: Engine, ids: dict[str, int]) -> None:
-    first = [ids["\n"], ids[" B"], ids["\n"], ids[" C"], ids["eos"]]
-    second = [ids["A"], ids["eos"]]
-    engine.reply = lambda prompt, params: completion(second if len(prompt["prompt_token_ids"]) < 20 else first)
-    requests = [_requests()[0], Request("short", _image((1, 2, 3)), "Hm?", ("A", "B"))]
+def test_answer_stops_like_the_transformers_backend_and_order_kept(engine: Engine, ids: dict[str, int]) -> None:
+    """vLLM stops at the first newline; one before any text is generated again, without the stop, and cut."""
+    replies = {
+        "leading newline": [ids["\n"], ids[" B"], ids["\n"], ids[" C"], ids["eos"]],
+        "answer": [ids["A"], ids["\n"], ids[" C"], ids["eos"]],
+        "eos": [ids[" B"], ids["eos"]],
+    }
+    requests = [Request(key, _image((i, 2, 3)), "Hm?", ("A", "B")) for i, key in enumerate(replies)]
+    key_of = {id(r.image): r.key for r in requests}
+    engine.reply = lambda prompt, params: completion(list(replies[key_of[id(prompt["multi_modal_data"]["image"])]]))
     generations = VLLMBackend(MODEL).generate(requests)
-    assert [g.text for g in generations] == ["\n B\n", "A"]
-    assert [g.extra["new_tokens"] for g in generations] == [3, 2]
+    assert [g.text for g in generations] == ["\n B\n", "A\n", " B"]
+    assert [g.extra["new_tokens"] for g in generations] == [3, 2, 2]
+    assert [g.extra.get("regenerated", False) for g in generations] == [True, False, False]
+    first, again = engine.calls
+    assert [p.stop for p in first["sampling_params"]] == [["\n"]] * 3
+    assert [key_of[id(p["multi_modal_data"]["image"])] for p in again["prompts"]] == ["leading newline"]
+    assert again["sampling_params"][0].stop == []
 
 
 def test_logprob_scoring_gets_exact_option_probabilities(engine: Engine, ids: dict[str, int]) -> None:

@@ -31,9 +31,14 @@ How it maps MUB onto vLLM's documented interfaces:
   under ``--protocol deterministic`` where the installed vLLM has it). The two
   backends use different random generators, so sampled answers are
   reproducible per backend, not across backends.
-  ``max_tokens`` is ``--max-new-tokens``; the answer is then cut where the
-  transformers backend stops (:func:`answer_length`: the first newline after
-  some non-space text), and decoded with special tokens removed.
+  ``max_tokens`` is ``--max-new-tokens``.
+* Stop: the transformers backend ends an answer with the first token that
+  holds a newline after some non-space text (:func:`answer_end`). vLLM stops
+  at the first newline (``stop=["\\n"]``) and returns the token ids up to the
+  one that holds it; mub decodes them itself (special tokens removed), so the
+  texts agree and nothing is generated after the answer. An answer stopped
+  at a newline before any text is generated again without the stop and cut
+  by the same rule (one more pass for those requests only).
 * ``--scoring logprob``: one generated token with the log-probabilities of the
   options' answer tokens (the transformers backend's
   :meth:`~mub.backends.transformers_backend.TransformersBackend.option_token_ids`
@@ -69,6 +74,9 @@ if TYPE_CHECKING:
 
 INSTALL_HINT = 'the vllm backend needs vLLM, which is not installed: pip install "mub[vllm]" (Linux with a CUDA GPU)'
 LOGPROB_TOP_N = 20
+# vLLM stops at the first newline; the transformers backend's rule is the first newline after some text, so
+# the rare answer stopped at a leading newline is generated again without it (see VLLMBackend.generate).
+ANSWER_STOP = "\n"
 # vLLM's switch for batch-invariant kernels (logits independent of the batch a request shares).
 BATCH_INVARIANT_ENV = "VLLM_BATCH_INVARIANT"
 
@@ -85,19 +93,25 @@ def import_vllm() -> Any:
     return vllm
 
 
-def answer_length(token_texts: Sequence[str]) -> int:
-    """How many generated tokens form the answer, by the transformers backend's stopping rule.
+def answer_end(token_texts: Sequence[str]) -> int | None:
+    """How many generated tokens form the answer by the transformers backend's stopping rule, ``None`` if unfinished.
 
     The answer ends with the first token that holds a newline after some
     non-space text, either earlier in the answer or in the same token
-    (``"B\\n"``). A leading newline does not end it. vLLM itself stops at EOS.
+    (``"B\\n"``). A leading newline does not end it.
     """
     seen_text = False
     for count, text in enumerate(token_texts, start=1):
         if "\n" in text and (seen_text or text[: text.rfind("\n")].strip()):
             return count
         seen_text = seen_text or text.strip() != ""
-    return len(token_texts)
+    return None
+
+
+def answer_length(token_texts: Sequence[str]) -> int:
+    """The answer's tokens: up to :func:`answer_end`, or all of them (EOS or ``max_tokens`` came first)."""
+    end = answer_end(token_texts)
+    return len(token_texts) if end is None else end
 
 
 def sampling_fields(vllm: Any) -> set[str]:
@@ -208,8 +222,11 @@ class VLLMBackend:
 
     # ------------------------------------------------------------ requests
 
-    def sampling_params(self, request: Request) -> Any:
-        """vLLM ``SamplingParams`` for one request: the resolved decoding, as the transformers backend applies it."""
+    def sampling_params(self, request: Request, stop: bool = True) -> Any:
+        """vLLM ``SamplingParams`` for one request: the resolved decoding, as the transformers backend applies it.
+
+        ``stop``: end at the first newline (:data:`ANSWER_STOP`), else at EOS or ``max_tokens``.
+        """
         decoding = self.decoding
         if decoding.scoring == "logprob":
             if self.exact_option_probs:
@@ -221,6 +238,7 @@ class VLLMBackend:
             "temperature": 0.0,
             "repetition_penalty": decoding.repetition_penalty,
             "min_tokens": decoding.min_new_tokens,
+            "stop": [ANSWER_STOP] if stop else None,
             "skip_special_tokens": True,
         }
         if not decoding.greedy:
@@ -244,15 +262,33 @@ class VLLMBackend:
         if not requests:
             return []
         prompts = self.prompts(requests)
-        params = [self.sampling_params(r) for r in requests]
         start = time.perf_counter()
-        outputs = self.llm.generate(prompts, sampling_params=params, use_tqdm=False)
+        outputs = self._completions(prompts, [self.sampling_params(r) for r in requests])
+        if self.decoding.scoring == "logprob":
+            share = self._charge(start, len(requests))
+            return [self._pick_option(r, c, share) for r, c in zip(requests, outputs)]
+        # Stopped at a newline before any text: the transformers backend goes on, so generate those again in full.
+        again = [i for i, c in enumerate(outputs) if self._stopped_before_the_answer(c)]
+        if again:
+            redone = self._completions([prompts[i] for i in again], [self.sampling_params(requests[i], stop=False) for i in again])
+            for i, completion in zip(again, redone):
+                outputs[i] = completion
+        share = self._charge(start, len(requests))
+        return [self._answer(r, c, share, regenerated=i in again) for i, (r, c) in enumerate(zip(requests, outputs))]
+
+    def _completions(self, prompts: list[dict[str, Any]], params: list[Any]) -> list[Any]:
+        return [o.outputs[0] for o in self.llm.generate(prompts, sampling_params=params, use_tqdm=False)]
+
+    def _charge(self, start: float, count: int) -> float:
+        """Add the seconds since ``start`` to ``model_seconds``; each request's equal share."""
         elapsed = time.perf_counter() - start
         self.model_seconds += elapsed
-        share = elapsed / len(requests)
-        if self.decoding.scoring == "logprob":
-            return [self._pick_option(r, o.outputs[0], share) for r, o in zip(requests, outputs)]
-        return [self._answer(r, o.outputs[0], share) for r, o in zip(requests, outputs)]
+        return elapsed / count
+
+    def _stopped_before_the_answer(self, completion: Any) -> bool:
+        tokenizer = self.renderer.tokenizer
+        texts = [self._token_text(tokenizer, t) for t in completion.token_ids]
+        return getattr(completion, "stop_reason", None) == ANSWER_STOP and answer_end(texts) is None
 
     # ------------------------------------------------------------- outputs
 
@@ -261,11 +297,13 @@ class VLLMBackend:
             self._token_texts[token] = tokenizer.decode([token], skip_special_tokens=False)
         return self._token_texts[token]
 
-    def _answer(self, request: Request, completion: Any, seconds: float) -> Generation:
+    def _answer(self, request: Request, completion: Any, seconds: float, regenerated: bool = False) -> Generation:
         tokenizer = self.renderer.tokenizer
         ids = list(completion.token_ids)
         kept = ids[: answer_length([self._token_text(tokenizer, t) for t in ids])]
         extra: dict[str, Any] = {"new_tokens": len(kept), "finish_reason": completion.finish_reason}
+        if regenerated:
+            extra["regenerated"] = True  # its first attempt stopped at a leading newline
         if not self.decoding.greedy:
             extra["seed"] = request_seed(self.decoding.seed, request.key)
         return Generation(text=tokenizer.decode(kept, skip_special_tokens=True), seconds=seconds, extra=extra)
