@@ -63,6 +63,19 @@ def model_generation_config(path: str, trust_remote_code: bool = False) -> dict[
     return config.to_diff_dict()
 
 
+def option_scoring_problem(options: Sequence[str], token_ids: dict[str, int]) -> str | None:
+    """Why the options cannot be told apart by their answer tokens (one line), or ``None``."""
+    if not options:
+        return "logprob scoring impossible: request has no options"
+    by_token: dict[int, list[str]] = {}
+    for label, token in token_ids.items():
+        by_token.setdefault(token, []).append(label)
+    clash = next((tuple(labels) for labels in by_token.values() if len(labels) > 1), None)
+    if clash:
+        return f"logprob scoring impossible: options {clash} start with the same token"
+    return None
+
+
 def resolved_decoding(
     decoding: DecodingSettings, model_id: str, path: str, trust_remote_code: bool = False
 ) -> DecodingSettings:

@@ -58,7 +58,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 from mub.backends.base import Generation, Request
 from mub.backends.common import chunks, request_seed
-from mub.backends.local import PromptRenderer, loaded, resolved_decoding
+from mub.backends.local import PromptRenderer, loaded, option_scoring_problem, resolved_decoding
 from mub.config import DecodingSettings
 from mub.testing.tiny_models import resolve_model_spec, tiny_model_info
 
@@ -749,10 +749,9 @@ class TransformersBackend:
 
     def _pick_option(self, request: Request, probs: Any) -> Generation:
         token_ids = self.option_token_ids(request.options)
-        clash = _shared_token(token_ids)
-        if not request.options or clash:
-            reason = f"options {clash} start with the same token" if clash else "request has no options"
-            return Generation(text="", error=f"logprob scoring impossible: {reason}")
+        problem = option_scoring_problem(request.options, token_ids)
+        if problem is not None:
+            return Generation(text="", error=problem)
         mass = {label: float(probs[token]) for label, token in token_ids.items()}
         total = sum(mass.values())
         option_probs = {label: (p / total if total > 0 else 1.0 / len(mass)) for label, p in mass.items()}
@@ -760,16 +759,6 @@ class TransformersBackend:
         # option_mass: how much of the whole distribution the options hold; a low
         # value means the model would rarely answer with a bare label.
         return Generation(text=best, option_probs=option_probs, extra={"option_mass": total})
-
-
-def _shared_token(token_ids: dict[str, int]) -> tuple[str, ...] | None:
-    by_token: dict[int, list[str]] = {}
-    for label, token in token_ids.items():
-        by_token.setdefault(token, []).append(label)
-    for labels in by_token.values():
-        if len(labels) > 1:
-            return tuple(labels)
-    return None
 
 
 def _pick_device(device: str) -> str:

@@ -41,8 +41,7 @@ How it maps MUB onto vLLM's documented interfaces:
   by the same rule (one more pass for those requests only).
 * ``--scoring logprob``: one generated token with the log-probabilities of the
   options' answer tokens (the transformers backend's
-  :meth:`~mub.backends.transformers_backend.TransformersBackend.option_token_ids`
-  rule, computed here by :func:`option_token_ids`) through
+  rule, :meth:`mub.backends.local.PromptRenderer.option_token_ids`) through
   ``logprob_token_ids`` where the installed vLLM has it: exact, as in the
   transformers backend. Older vLLM gives only the 20 most likely tokens
   (``logprobs=20``); an option outside them counts as 0, the answer is flagged
@@ -65,7 +64,7 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 from mub.backends.base import Generation, Request
 from mub.backends.common import request_seed
-from mub.backends.local import PromptRenderer, loaded, resolved_decoding
+from mub.backends.local import PromptRenderer, loaded, option_scoring_problem, resolved_decoding
 from mub.config import DecodingSettings
 from mub.testing.tiny_models import resolve_model_spec, tiny_model_info
 
@@ -317,6 +316,9 @@ class VLLMBackend:
         empty (unparsed).
         """
         token_ids = self.renderer.option_token_ids(request.options)
+        problem = option_scoring_problem(request.options, token_ids)
+        if problem is not None:
+            return Generation(text="", seconds=seconds, error=problem)
         scored = completion.logprobs[0] if completion.logprobs else {}
         mass = {label: math.exp(scored[t].logprob) if t in scored else 0.0 for label, t in token_ids.items()}
         complete = all(t in scored for t in token_ids.values())
