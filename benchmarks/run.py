@@ -74,6 +74,7 @@ if "HF_METRICS_CACHE" not in os.environ:
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch
+from targets import misses, readme_targets
 
 import mub_dataset
 from mub.backends.transformers_backend import TransformersBackend
@@ -83,7 +84,6 @@ from mub.protocol.parsing import parse_answer
 from mub.protocol.prompts import explicit_cue, render_prompt
 from mub.runs.runner import run
 from mub.testing.tiny_models import resolve_model_spec
-from targets import misses, readme_targets
 
 MAX_NEW_TOKENS = 16
 BATCH_SIZE = 16

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -30,16 +30,90 @@ class DecodingSettings:
     top_k: int = 0  # 0 means no top-k filter
     seed: int = 0
     scoring: str = "generate"  # one of SCORING_MODES
+    # From the model's generation_config (local backends, see with_model_defaults); the defaults change nothing.
+    repetition_penalty: float = 1.0
+    min_new_tokens: int = 0
 
     def __post_init__(self) -> None:
-        if self.scoring not in SCORING_MODES:
-            raise ValueError(
-                f"scoring (--scoring) must be {' or '.join(map(repr, SCORING_MODES))}, got {self.scoring!r}"
-            )
+        problem = decoding_problem(self)
+        if problem is not None:
+            raise ValueError(problem)
 
     @property
     def greedy(self) -> bool:
         return self.temperature <= 0.0
+
+    def with_model_defaults(self, generation_config: Mapping[str, Any], model: str) -> "DecodingSettings":
+        """These settings completed by the model's ``generation_config`` (its fields that differ from the defaults).
+
+        Local backends (transformers, vLLM) both decode with the result, so
+        they choose tokens by the same rules. Fields in
+        :data:`MODEL_DECODING_FIELDS` fill the matching setting where it is
+        still at its default; the sampling fields (temperature, top-p, top-k,
+        do_sample) are the preset's and the flags'; a field that changes token
+        choice but that not every local backend can apply (e.g.
+        ``no_repeat_ngram_size``: vLLM has no equivalent) is refused.
+        """
+        unmapped = sorted(name for name in generation_config if name in UNMAPPED_GENERATION_FIELDS)
+        if unmapped:
+            shown = ", ".join(f"{name}={generation_config[name]!r}" for name in unmapped)
+            raise ValueError(
+                f"--model {model}: its generation_config sets {shown}, which mub cannot apply the same way in every "
+                "local backend (vLLM has no equivalent); remove it from a copy of the model's generation_config.json"
+            )
+        defaults = DecodingSettings()
+        filled = {
+            field_name: generation_config[name]
+            for name, field_name in MODEL_DECODING_FIELDS.items()
+            if generation_config.get(name) is not None and getattr(self, field_name) == getattr(defaults, field_name)
+        }
+        return replace(self, **filled)
+
+
+# generation_config fields every local backend applies, by DecodingSettings field.
+MODEL_DECODING_FIELDS = {"repetition_penalty": "repetition_penalty", "min_new_tokens": "min_new_tokens"}
+# generation_config fields that change which tokens are chosen and that vLLM's SamplingParams cannot express.
+UNMAPPED_GENERATION_FIELDS = frozenset(
+    {
+        "bad_words_ids", "begin_suppress_tokens", "diversity_penalty", "dola_layers", "encoder_no_repeat_ngram_size",
+        "encoder_repetition_penalty", "epsilon_cutoff", "eta_cutoff", "exponential_decay_length_penalty",
+        "forced_bos_token_id", "forced_eos_token_id", "guidance_scale", "min_length", "min_p", "no_repeat_ngram_size",
+        "num_beam_groups", "num_beams", "penalty_alpha", "sequence_bias", "suppress_tokens", "typical_p",
+        "watermarking_config",
+    }
+)  # fmt: skip
+
+# Allowed decoding values; vLLM and OpenAI-compatible servers reject the rest, so mub does before loading anything.
+MAX_TEMPERATURE = 2.0
+MIN_SAMPLING_TEMPERATURE = 0.01  # vLLM raises lower temperatures to this
+
+
+def decoding_problem(decoding: DecodingSettings) -> str | None:
+    """One line naming the flag whose value no backend accepts, or ``None``.
+
+    ``--top-k 0`` means no top-k filter (vLLM spells it -1; the vLLM backend
+    translates), so a negative top-k is refused rather than given a meaning.
+    """
+    if decoding.scoring not in SCORING_MODES:
+        return f"scoring (--scoring) must be {' or '.join(map(repr, SCORING_MODES))}, got {decoding.scoring!r}"
+    if not decoding.max_new_tokens >= 1:
+        return f"--max-new-tokens must be at least 1, got {decoding.max_new_tokens}"
+    if not 0.0 <= decoding.temperature <= MAX_TEMPERATURE:
+        return f"--temperature must be between 0 (greedy) and {MAX_TEMPERATURE:g}, got {decoding.temperature:g}"
+    if 0.0 < decoding.temperature < MIN_SAMPLING_TEMPERATURE:
+        return (
+            f"--temperature {decoding.temperature:g} is below {MIN_SAMPLING_TEMPERATURE:g}, which vLLM raises to "
+            f"{MIN_SAMPLING_TEMPERATURE:g}; use 0 (greedy) or at least {MIN_SAMPLING_TEMPERATURE:g}"
+        )
+    if not 0.0 < decoding.top_p <= 1.0:
+        return f"--top-p must be above 0 and at most 1 (1 = no top-p filter), got {decoding.top_p:g}"
+    if not decoding.top_k >= 0:
+        return f"--top-k must be 0 (no top-k filter) or more, got {decoding.top_k}"
+    if not decoding.repetition_penalty > 0.0:
+        return f"repetition_penalty (from the model's generation_config) must be above 0, got {decoding.repetition_penalty:g}"
+    if not decoding.min_new_tokens >= 0:
+        return f"min_new_tokens (from the model's generation_config) must be 0 or more, got {decoding.min_new_tokens}"
+    return None
 
 
 
@@ -132,9 +206,9 @@ class RunConfig:
         if self.limit is not None and self.limit < 1:
             raise ValueError(f"--limit must be at least 1 (the first N items), got {self.limit}; leave it out for all items")
         preset = self.preset()  # an unknown --protocol fails here
-        decoding = self.decoding()  # DecodingSettings checks the scoring mode
-        if self.batch_size < 1 or self.notes < 1 or self.num_samples < 1 or decoding.max_new_tokens < 1:
-            raise ValueError("--batch-size, --notes, --num-samples and --max-new-tokens must be at least 1")
+        decoding = self.decoding()  # DecodingSettings checks every decoding value (one line naming the flag)
+        if self.batch_size < 1 or self.notes < 1 or self.num_samples < 1:
+            raise ValueError("--batch-size, --notes and --num-samples must be at least 1")
         if decoding.scoring == "logprob" and not decoding.greedy:
             origin = "--temperature" if self.temperature is not None else f"--protocol {preset.name}"
             raise ValueError(
@@ -170,8 +244,12 @@ class RunConfig:
         shard = f"__shard{self.shard[0]}-of-{self.shard[1]}" if self.shard else ""
         return Path("runs") / f"{slug}__{self.config}{shard}"
 
-    def settings(self, dataset_info: Mapping[str, Any]) -> dict[str, Any]:
-        """What determines the results; a resumed run must match it exactly."""
+    def settings(self, dataset_info: Mapping[str, Any], decoding: DecodingSettings | None = None) -> dict[str, Any]:
+        """What determines the results; a resumed run must match it exactly.
+
+        ``decoding`` is the decoding the backend resolved (with the model's
+        generation_config, for local backends); the preset's with the flags otherwise.
+        """
         chat_template_sha = None
         if self.chat_template:
             chat_template_sha = hashlib.sha256(Path(self.chat_template).read_bytes()).hexdigest()
@@ -193,6 +271,6 @@ class RunConfig:
             "dialogue": self.dialogue,
             "notes": self.notes,
             "num_samples": self.num_samples,
-            "decoding": asdict(self.decoding()),
+            "decoding": asdict(decoding if decoding is not None else self.decoding()),
             "trust_remote_code": self.trust_remote_code,
         }

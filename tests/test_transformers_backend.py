@@ -19,11 +19,8 @@ pytest.importorskip("torch")
 from PIL import Image
 
 from mub.backends.base import Backend, Generation, Request
-from mub.backends.transformers_backend import (
-    MissingChatTemplateError,
-    TransformersBackend,
-    request_seed,
-)
+from mub.backends.local import MissingChatTemplateError
+from mub.backends.transformers_backend import TransformersBackend, request_seed
 from mub.config import DecodingSettings
 from mub.testing.tiny_models import (
     ANSWER_LABELS,

@@ -22,6 +22,8 @@ BACKENDS: dict[str, str] = {
     "openai": "mub.backends.openai_backend:from_run_config",
     "vllm": "mub.backends.vllm_backend:from_run_config",
 }
+# Backends that run the model in this process: they decode with its generation_config too.
+LOCAL_BACKENDS = ("transformers", "vllm")
 
 
 def create_backend(config: "RunConfig") -> Backend:
@@ -32,4 +34,20 @@ def create_backend(config: "RunConfig") -> Backend:
     return factory(config)
 
 
-__all__ = ["BACKENDS", "Backend", "DecodingSettings", "Generation", "Request", "create_backend"]
+def run_decoding(config: "RunConfig") -> DecodingSettings:
+    """The decoding the run's backend applies (what ``run.json`` records).
+
+    Local backends complete the preset and the flags with the model's
+    generation_config (:func:`mub.backends.local.resolved_decoding`), each the
+    same way; a server decides its own.
+    """
+    decoding = config.decoding()
+    if config.backend not in LOCAL_BACKENDS:
+        return decoding
+    from mub.backends.local import resolved_decoding
+    from mub.testing.tiny_models import resolve_model_spec
+
+    return resolved_decoding(decoding, config.model, resolve_model_spec(config.model), config.trust_remote_code)
+
+
+__all__ = ["BACKENDS", "LOCAL_BACKENDS", "Backend", "DecodingSettings", "Generation", "Request", "create_backend", "run_decoding"]

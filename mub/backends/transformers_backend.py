@@ -61,28 +61,18 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
 from mub.backends.base import Generation, Request
-from mub.backends.common import chat_messages, chunks, request_seed
+from mub.backends.common import chunks, request_seed
+from mub.backends.local import (
+    PromptRenderer,
+    loaded,
+    option_scoring_problem,
+    resolved_decoding,
+)
 from mub.config import DecodingSettings
 from mub.testing.tiny_models import resolve_model_spec, tiny_model_info
 
 if TYPE_CHECKING:
     from mub.config import RunConfig
-
-# A neutral one-turn conversation used to see how the template renders an answer.
-_PROBE_QUESTION = "Question?"
-
-
-def _loaded(auto_class: Any, path: str, model_id: str, **kwargs: Any) -> Any:
-    """``auto_class.from_pretrained`` with a message that names the model and the fix, not a Hub traceback."""
-    try:
-        return auto_class.from_pretrained(path, **kwargs)
-    except (OSError, ValueError) as exc:
-        raise ValueError(
-            f"--model {model_id}: cannot load it with {auto_class.__name__} ({exc}); give a Hub id (needs network, "
-            "or a copy in the Hugging Face cache), a local model folder, or tiny:<arch>; models with their own code "
-            "also need --trust-remote-code"
-        ) from None
-
 
 def _hub_model_from_cache(model_id: str, path: str) -> bool:
     """Whether a Hub model must come from the cache because the Hub cannot be reached.
@@ -110,14 +100,6 @@ def _hub_model_from_cache(model_id: str, path: str) -> bool:
             f"cache; {offline_advice('model', path)}"
         )
     return True
-
-
-class MissingChatTemplateError(ValueError):
-    """The model ships no chat template and none was given."""
-
-
-def _user_turn(prompt: str) -> list[dict[str, Any]]:
-    return [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}]
 
 
 class _TokenClasses:
@@ -574,15 +556,16 @@ class TransformersBackend:
         import torch
         from transformers import AutoModelForImageTextToText, AutoProcessor
 
-        self.decoding = decoding
+        # The model's generation_config fields are part of the decoding (the vLLM backend resolves them alike).
+        self.decoding = resolved_decoding(decoding, model_id, self.path, trust_remote_code)
         self.batch_size = batch_size
         self.trust_remote_code = trust_remote_code
         self.chat_template_path = chat_template
         self.model_seconds = 0.0
 
-        self.processor = _loaded(AutoProcessor, self.path, model_id, trust_remote_code=trust_remote_code, **hub_options)
+        self.processor = loaded(AutoProcessor, self.path, model_id, trust_remote_code=trust_remote_code, **hub_options)
         self.tokenizer = self.processor.tokenizer
-        self._template = self._resolve_template(chat_template)
+        self.renderer = PromptRenderer(self.processor, model_id, chat_template)
         # Two batch groups' worth of images: a runner group's stage 1 and stage 2 share them.
         # generate() raises the bound to the distinct images of a call when these are more.
         self.reuse_images = reuse_images
@@ -598,7 +581,7 @@ class TransformersBackend:
             self.tokenizer.pad_token = self.tokenizer.eos_token
 
         self.device = torch.device(_pick_device(device))
-        self.model = _loaded(
+        self.model = loaded(
             AutoModelForImageTextToText,
             self.path,
             model_id,
@@ -609,7 +592,6 @@ class TransformersBackend:
         self.model.eval()
         self._generation_config = self._make_generation_config()
         self._token_classes: _TokenClasses | None = None
-        self._option_ids: dict[str, int] = {}
         self._logits_to_keep = "logits_to_keep" in inspect.signature(self.model.forward).parameters
         self._image_reuse = _ImageReuse(self.model, capacity) if reuse_images else None
         prefix = _PrefixReuse(self.model, capacity, self.tokenizer.pad_token_id) if reuse_prefix else None
@@ -621,31 +603,14 @@ class TransformersBackend:
 
     # ----------------------------------------------------------------- setup
 
-    def _resolve_template(self, path: str | None) -> str | None:
-        """The template to render with: ``path``'s text, else the processor's, else the tokenizer's.
-
-        Returns ``None`` when the processor's own (possibly multi-template) setting applies.
-        """
-        if path is not None:
-            return Path(path).read_text(encoding="utf-8")
-        if getattr(self.processor, "chat_template", None):
-            return None
-        tokenizer_template = getattr(self.tokenizer, "chat_template", None)
-        if isinstance(tokenizer_template, str) and tokenizer_template:
-            return tokenizer_template
-        raise MissingChatTemplateError(
-            f"{self.model_id} has no chat template (neither its processor nor its tokenizer defines one), "
-            "so prompts cannot be formatted the way the model expects. Pass a Jinja template file with "
-            "--chat-template FILE (Python: TransformersBackend(..., chat_template=FILE)); the template must "
-            "put the image placeholder in the user turn."
-        )
-
     def _make_generation_config(self) -> Any:
         config = copy.deepcopy(self.model.generation_config)
         # Only DecodingSettings decide how tokens are chosen, so every backend means the
         # same thing by "greedy"; sampling, when asked for, is done by _seeded_sampler.
         config.update(
             max_new_tokens=self.decoding.max_new_tokens,
+            repetition_penalty=self.decoding.repetition_penalty,
+            min_new_tokens=self.decoding.min_new_tokens,
             do_sample=False,
             num_beams=1,
             temperature=None,
@@ -664,17 +629,8 @@ class TransformersBackend:
 
     # ------------------------------------------------------------- rendering
 
-    def render(self, conversation: list[dict[str, Any]], *, add_generation_prompt: bool) -> str:
-        """The conversation as text, through the model's (or the given) chat template."""
-        return self.processor.apply_chat_template(
-            conversation,
-            chat_template=self._template,
-            add_generation_prompt=add_generation_prompt,
-            tokenize=False,
-        )
-
     def _prompt_texts(self, requests: Sequence[Request]) -> list[str]:
-        return [self.render(chat_messages(r, {"type": "image"}), add_generation_prompt=True) for r in requests]
+        return [self.renderer.text(r) for r in requests]
 
     def _encode(self, texts: list[str], requests: Sequence[Request]) -> Any:
         """Model inputs for one batch, on the model's device and dtype.
@@ -682,9 +638,8 @@ class TransformersBackend:
         With image reuse, already-encoded images come as ``mm_encoder_outputs``
         instead of pixels (see :class:`_ImageReuse`).
         """
-        # Templates that write the BOS themselves must not get a second one.
-        bos = self.tokenizer.bos_token
-        add_special = not (bos and texts[0].startswith(bos))
+        # One template renders every text alike, so one BOS rule holds for the batch.
+        add_special = self.renderer.adds_special_tokens(texts[0])
         inputs = self.processor(
             text=texts,
             images=[[r.image] for r in requests],
@@ -735,7 +690,6 @@ class TransformersBackend:
         import transformers
 
         config = self.model.config
-        template_text = self._template if self._template is not None else self.processor.chat_template
         return {
             "backend": "transformers",
             "model": self.model_id,
@@ -747,7 +701,7 @@ class TransformersBackend:
             "batch_size": self.batch_size,
             "trust_remote_code": self.trust_remote_code,
             "chat_template": self.chat_template_path or "model",
-            "chat_template_sha256": hashlib.sha256(str(template_text).encode("utf-8")).hexdigest(),
+            "chat_template_sha256": hashlib.sha256(self.renderer.template_text().encode("utf-8")).hexdigest(),
             "decoding": asdict(self.decoding),
             "reuse_images": self.reuse_images,
             "reuse_prefix": self.reuse_prefix,
@@ -812,49 +766,8 @@ class TransformersBackend:
     # --------------------------------------------------------------- logprob
 
     def option_token_ids(self, options: Sequence[str]) -> dict[str, int]:
-        """The token each option label starts with when the model answers with it.
-
-        Rule: render a probe conversation twice through the chat template, once
-        ending in the generation prompt and once with an assistant turn whose
-        content is the label. The label's token is the token of the full
-        rendering that covers the label's first character, i.e. the token the
-        model would emit first if it answered with that label. So a template
-        that renders the answer as ``"Assistant: B"`` after a generation prompt
-        ``"Assistant:"`` yields the token for ``" B"`` (leading space), and one
-        that renders it straight after ``"<start_of_turn>model\\n"`` yields the
-        token for ``"B"``. If the template does not render an assistant turn
-        as an extension of the generation prompt, the label is taken to follow
-        the generation prompt directly. If the covering token would straddle
-        the end of the generation prompt (a merge the model can never emit
-        there), the text from the prompt's end is tokenised on its own.
-        """
-        missing = [label for label in options if label not in self._option_ids]
-        if missing:
-            prompt = self.render(_user_turn(_PROBE_QUESTION), add_generation_prompt=True)
-            for label in missing:
-                self._option_ids[label] = self._answer_token(prompt, label)
-        return {label: self._option_ids[label] for label in options}
-
-    def _answer_token(self, prompt: str, label: str) -> int:
-        answer = [{"role": "assistant", "content": [{"type": "text", "text": label}]}]
-        full = self.render(_user_turn(_PROBE_QUESTION) + answer, add_generation_prompt=False)
-        rest = full[len(prompt) :] if full.startswith(prompt) else ""
-        if label in rest:
-            text, label_at = full, len(prompt) + rest.index(label)
-        else:
-            text, label_at = prompt + label, len(prompt)
-        token, token_start = self._token_covering(text, label_at)
-        if token_start < len(prompt):
-            token, _ = self._token_covering(text[len(prompt) :], label_at - len(prompt))
-        return token
-
-    def _token_covering(self, text: str, char: int) -> tuple[int, int]:
-        """(token id, its start offset) of the token of ``text`` that covers character ``char``."""
-        encoded = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-        for token, (start, end) in zip(encoded["input_ids"], encoded["offset_mapping"]):
-            if start <= char < end:
-                return token, start
-        raise ValueError(f"no token covers character {char} of {text!r}")
+        """The token each option label starts with when the model answers with it (see :class:`PromptRenderer`)."""
+        return self.renderer.option_token_ids(options)
 
     def _score_batch(self, requests: list[Request], texts: list[str]) -> list[Generation]:
         import torch
@@ -890,10 +803,9 @@ class TransformersBackend:
 
     def _pick_option(self, request: Request, probs: Any) -> Generation:
         token_ids = self.option_token_ids(request.options)
-        clash = _shared_token(token_ids)
-        if not request.options or clash:
-            reason = f"options {clash} start with the same token" if clash else "request has no options"
-            return Generation(text="", error=f"logprob scoring impossible: {reason}")
+        problem = option_scoring_problem(request.options, token_ids)
+        if problem is not None:
+            return Generation(text="", error=problem)
         mass = {label: float(probs[token]) for label, token in token_ids.items()}
         total = sum(mass.values())
         option_probs = {label: (p / total if total > 0 else 1.0 / len(mass)) for label, p in mass.items()}
@@ -901,16 +813,6 @@ class TransformersBackend:
         # option_mass: how much of the whole distribution the options hold; a low
         # value means the model would rarely answer with a bare label.
         return Generation(text=best, option_probs=option_probs, extra={"option_mass": total})
-
-
-def _shared_token(token_ids: dict[str, int]) -> tuple[str, ...] | None:
-    by_token: dict[int, list[str]] = {}
-    for label, token in token_ids.items():
-        by_token.setdefault(token, []).append(label)
-    for labels in by_token.values():
-        if len(labels) > 1:
-            return tuple(labels)
-    return None
 
 
 def _pick_device(device: str) -> str:

@@ -4,37 +4,50 @@ Install with ``pip install "mub[vllm]"`` (Linux, CUDA GPU).
 
 How it maps MUB onto vLLM's documented interfaces:
 
-* Prompts: ``LLM.chat`` with one user turn per request whose content is the
-  image (an OpenAI-style ``image_url`` part holding a PNG data URL, which
-  ``LLM.chat`` accepts like the OpenAI API does) followed by the prompt text,
-  rendered by the model's own chat template, or by ``--chat-template FILE``.
-  This is the conversation the transformers backend renders. A multi-turn
-  request (``--dialogue multi``) replays its history first: the image and the
-  stage-1 prompt, the model's own stage-1 reply as the assistant turn.
-* One ``LLM.chat`` call per :meth:`VLLMBackend.generate` call, with all its
-  requests, so the engine schedules them together; the engine runs with
+* Prompts: the transformers backend's prompt path (:mod:`mub.backends.local`):
+  mub renders the conversation (one user turn, image then text) with the
+  model's chat template, or ``--chat-template FILE``, tokenises it with the
+  same BOS rule, and hands vLLM those ``prompt_token_ids`` with the image as
+  ``multi_modal_data`` (``LLM.generate``); vLLM expands the image placeholder
+  as the model's processor does. vLLM's own chat rendering (``LLM.chat``) is
+  not used: it tokenises without special tokens (no BOS) and, for templates it
+  reads as "string" content, places the image differently. A multi-turn
+  request (``--dialogue multi``) is rendered with its history: the image and
+  the stage-1 prompt, then the model's own stage-1 reply as the assistant turn.
+* One ``LLM.generate`` call per :meth:`VLLMBackend.generate` call, with all
+  its requests, so the engine schedules them together; the engine runs with
   ``enable_prefix_caching=True``, so a stage-2 prompt reuses the cached work
   of its stage-1 prompt (same image and question; the cue comes after them).
   The runner hands over one stage's requests for a group of ``--batch-size``
-  items per call: give vLLM a large one (e.g. 256). Each image is PNG-encoded
-  once for both stages (see :class:`mub.backends.common.ImageUrls`).
-* Decoding (:class:`SamplingParams`) means what it means in the
-  transformers backend: temperature 0 is greedy; otherwise temperature /
-  top-p / top-k sampling with a per-request seed derived from the run seed and
-  the request key (:func:`request_seed`), so a request's sample does not
-  depend on its batch. (The two backends use different random generators, so
-  sampled answers are reproducible per backend, not across backends.)
-  ``max_tokens`` is ``--max-new-tokens``; the answer is then cut where the
-  transformers backend stops (:func:`answer_length`: the first newline after
-  some non-space text), and decoded with special tokens removed.
-* ``--scoring logprob``: one generated token with its 20 most likely
-  alternatives (``logprobs=20``, vLLM's default cap). An option's probability
-  is the summed probability of those top-20 tokens that read as its label
-  once surrounding spaces are stripped (``"B"`` and ``" B"``), renormalised
-  over the options. Unlike the transformers backend, which reads the exact
-  token the chat template puts first for each label from the full
-  distribution, options outside the top 20 count as 0; when no option is
-  among them the answer is left empty (unparsed) without probabilities.
+  items per call: give vLLM a large one (e.g. 256).
+* Decoding (:class:`SamplingParams`): the settings the transformers backend
+  resolves (:func:`mub.backends.local.resolved_decoding`: the preset, the
+  flags and the model's generation_config, e.g. ``repetition_penalty``),
+  checked before the engine loads: temperature 0 is greedy; otherwise
+  temperature / top-p / top-k sampling with a per-request seed derived from
+  the run seed and the request key (:func:`request_seed`), so a request's
+  sample does not depend on its batch. A seed fixes the draw, not the
+  logits: vLLM's logits can change with the batch a request shares, so
+  sampled (and, at near ties, greedy) answers can differ between runs unless
+  the engine runs batch-invariant (``VLLM_BATCH_INVARIANT=1``, which mub sets
+  under ``--protocol deterministic`` where the installed vLLM has it). The two
+  backends use different random generators, so sampled answers are
+  reproducible per backend, not across backends.
+  ``max_tokens`` is ``--max-new-tokens``.
+* Stop: the transformers backend ends an answer with the first token that
+  holds a newline after some non-space text (:func:`answer_end`). vLLM stops
+  at the first newline (``stop=["\\n"]``) and returns the token ids up to the
+  one that holds it; mub decodes them itself (special tokens removed), so the
+  texts agree and nothing is generated after the answer. An answer stopped
+  at a newline before any text is generated again without the stop and cut
+  by the same rule (one more pass for those requests only).
+* ``--scoring logprob``: one generated token with the log-probabilities of the
+  options' answer tokens (the transformers backend's
+  rule, :meth:`mub.backends.local.PromptRenderer.option_token_ids`) through
+  ``logprob_token_ids`` where the installed vLLM has it: exact, as in the
+  transformers backend. Older vLLM gives only the 20 most likely tokens
+  (``logprobs=20``); an option outside them counts as 0, the answer is flagged
+  ``incomplete_probs`` and the results count such answers.
 * ``--device cuda:N`` selects the N-th block of ``--tensor-parallel-size``
   GPUs (through ``CUDA_VISIBLE_DEVICES``); under torchrun / accelerate launch
   each rank gets ``cuda:LOCAL_RANK``, so the ranks' engines use disjoint GPUs.
@@ -43,15 +56,22 @@ How it maps MUB onto vLLM's documented interfaces:
 from __future__ import annotations
 
 import hashlib
+import inspect
 import math
 import os
 import time
 from dataclasses import asdict
-from pathlib import Path
+from importlib import import_module
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 from mub.backends.base import Generation, Request
-from mub.backends.common import ImageUrls, chat_messages, request_seed
+from mub.backends.common import request_seed
+from mub.backends.local import (
+    PromptRenderer,
+    loaded,
+    option_scoring_problem,
+    resolved_decoding,
+)
 from mub.config import DecodingSettings
 from mub.testing.tiny_models import resolve_model_spec, tiny_model_info
 
@@ -60,6 +80,11 @@ if TYPE_CHECKING:
 
 INSTALL_HINT = 'the vllm backend needs vLLM, which is not installed: pip install "mub[vllm]" (Linux with a CUDA GPU)'
 LOGPROB_TOP_N = 20
+# vLLM stops at the first newline; the transformers backend's rule is the first newline after some text, so
+# the rare answer stopped at a leading newline is generated again without it (see VLLMBackend.generate).
+ANSWER_STOP = "\n"
+# vLLM's switch for batch-invariant kernels (logits independent of the batch a request shares).
+BATCH_INVARIANT_ENV = "VLLM_BATCH_INVARIANT"
 
 
 class VLLMNotInstalledError(ImportError, ValueError):
@@ -74,24 +99,40 @@ def import_vllm() -> Any:
     return vllm
 
 
-def answer_length(token_texts: Sequence[str]) -> int:
-    """How many generated tokens form the answer, by the transformers backend's stopping rule.
+def answer_end(token_texts: Sequence[str]) -> int | None:
+    """How many generated tokens form the answer by the transformers backend's stopping rule, ``None`` if unfinished.
 
     The answer ends with the first token that holds a newline after some
     non-space text, either earlier in the answer or in the same token
-    (``"B\\n"``). A leading newline does not end it. vLLM itself stops at EOS.
+    (``"B\\n"``). A leading newline does not end it.
     """
     seen_text = False
     for count, text in enumerate(token_texts, start=1):
         if "\n" in text and (seen_text or text[: text.rfind("\n")].strip()):
             return count
         seen_text = seen_text or text.strip() != ""
-    return len(token_texts)
+    return None
 
 
-def conversation(request: Request, image_url: str) -> list[dict[str, Any]]:
-    """The request's turns, the image first in the first user turn, as the transformers backend renders them."""
-    return chat_messages(request, {"type": "image_url", "image_url": {"url": image_url}})
+def answer_length(token_texts: Sequence[str]) -> int:
+    """The answer's tokens: up to :func:`answer_end`, or all of them (EOS or ``max_tokens`` came first)."""
+    end = answer_end(token_texts)
+    return len(token_texts) if end is None else end
+
+
+def sampling_fields(vllm: Any) -> set[str]:
+    """The fields of the installed ``SamplingParams`` (a msgspec struct in vLLM)."""
+    fields = getattr(vllm.SamplingParams, "__struct_fields__", None)
+    return set(fields) if fields is not None else set(inspect.signature(vllm.SamplingParams).parameters)
+
+
+def has_batch_invariance() -> bool:
+    """Whether the installed vLLM reads ``VLLM_BATCH_INVARIANT`` (its ``vllm.envs`` lists the variables it knows)."""
+    try:
+        envs = import_module("vllm.envs")
+    except ImportError:
+        return False
+    return BATCH_INVARIANT_ENV in getattr(envs, "environment_variables", {})
 
 
 def visible_devices(device: str, tensor_parallel_size: int, environ: Mapping[str, str] = os.environ) -> str | None:
@@ -121,7 +162,9 @@ class VLLMBackend:
 
     ``engine_args`` are further keyword arguments for ``vllm.LLM`` (for
     example ``gpu_memory_utilization`` or ``max_model_len``). ``llm`` lets a
-    caller (or a test) supply the engine.
+    caller (or a test) supply the engine. Everything that can be refused (the
+    decoding, the model's generation_config, the chat template) is checked
+    before the engine loads.
     """
 
     def __init__(
@@ -135,32 +178,39 @@ class VLLMBackend:
         decoding: DecodingSettings = DecodingSettings(),
         tensor_parallel_size: int = 1,
         engine_args: Mapping[str, Any] | None = None,
+        batch_invariant: bool = False,
         llm: Any = None,
     ) -> None:
+        from transformers import AutoProcessor
+
         self.vllm = import_vllm()
         if tensor_parallel_size < 1:
             raise ValueError("--tensor-parallel-size must be at least 1")
         self.model_id = model_id
         self.path = resolve_model_spec(model_id)
-        self.decoding = decoding
+        self.decoding = resolved_decoding(decoding, model_id, self.path, trust_remote_code)
         self.device = device
         self.tensor_parallel_size = tensor_parallel_size
         self.trust_remote_code = trust_remote_code
         self.chat_template_path = chat_template
-        self.chat_template = Path(chat_template).read_text(encoding="utf-8") if chat_template else None
+        processor = loaded(AutoProcessor, self.path, model_id, trust_remote_code=trust_remote_code)
+        self.renderer = PromptRenderer(processor, model_id, chat_template)
+        self.sampling_fields = sampling_fields(self.vllm)
+        # Exact option probabilities need vLLM's logprob_token_ids (newer releases).
+        self.exact_option_probs = "logprob_token_ids" in self.sampling_fields
+        self.batch_invariant = batch_invariant and has_batch_invariance()
         self.engine_args = {
             "model": self.path,
             "tensor_parallel_size": tensor_parallel_size,
             "dtype": dtype,
             "trust_remote_code": trust_remote_code,
-            "seed": decoding.seed,
+            "seed": self.decoding.seed,
             "enable_prefix_caching": True,
             "limit_mm_per_prompt": {"image": 1},
             **(engine_args or {}),
         }
         self.model_seconds = 0.0
         self._token_texts: dict[int, str] = {}
-        self._image_urls = ImageUrls("png")  # lossless: the engine sees the exact pixels
         self.llm = llm if llm is not None else self._start_engine()
 
     def _start_engine(self) -> Any:
@@ -168,6 +218,8 @@ class VLLMBackend:
         if devices is not None:
             # Read by the engine's worker processes when they start, below.
             os.environ["CUDA_VISIBLE_DEVICES"] = devices
+        if self.batch_invariant:
+            os.environ[BATCH_INVARIANT_ENV] = "1"
         if _process_group_initialised():
             # A forked worker would inherit mub's own process group (data-parallel
             # runs) and take it for vLLM's; spawned workers start clean.
@@ -176,14 +228,23 @@ class VLLMBackend:
 
     # ------------------------------------------------------------ requests
 
-    def sampling_params(self, request: Request) -> Any:
-        """vLLM ``SamplingParams`` for one request, with the same meaning as the transformers backend's decoding."""
+    def sampling_params(self, request: Request, stop: bool = True) -> Any:
+        """vLLM ``SamplingParams`` for one request: the resolved decoding, as the transformers backend applies it.
+
+        ``stop``: end at the first newline (:data:`ANSWER_STOP`), else at EOS or ``max_tokens``.
+        """
         decoding = self.decoding
         if decoding.scoring == "logprob":
+            if self.exact_option_probs:
+                token_ids = sorted(set(self.renderer.option_token_ids(request.options).values()))
+                return self.vllm.SamplingParams(max_tokens=1, temperature=0.0, logprob_token_ids=token_ids)
             return self.vllm.SamplingParams(max_tokens=1, temperature=0.0, logprobs=LOGPROB_TOP_N)
         options: dict[str, Any] = {
             "max_tokens": decoding.max_new_tokens,
             "temperature": 0.0,
+            "repetition_penalty": decoding.repetition_penalty,
+            "min_tokens": decoding.min_new_tokens,
+            "stop": [ANSWER_STOP] if stop else None,
             "skip_special_tokens": True,
         }
         if not decoding.greedy:
@@ -196,32 +257,44 @@ class VLLMBackend:
             )
         return self.vllm.SamplingParams(**options)
 
-    def conversations(self, requests: Sequence[Request]) -> list[list[dict[str, Any]]]:
-        """One conversation per request.
-
-        Each image object is PNG-encoded once, across calls too: its stage-1
-        and stage-2 requests (separate calls) share the data URL.
-        """
-        return [conversation(request, self._image_urls(request.image)) for request in requests]
+    def prompts(self, requests: Sequence[Request]) -> list[dict[str, Any]]:
+        """vLLM ``TokensPrompt`` dicts: mub's token ids (see :class:`PromptRenderer`) and the image."""
+        return [
+            {"prompt_token_ids": self.renderer.token_ids(r), "multi_modal_data": {"image": r.image}} for r in requests
+        ]
 
     def generate(self, requests: Sequence[Request]) -> list[Generation]:
         """Answer every request in one engine call; results are in request order."""
         if not requests:
             return []
+        prompts = self.prompts(requests)
         start = time.perf_counter()
-        outputs = self.llm.chat(
-            self.conversations(requests),
-            sampling_params=[self.sampling_params(r) for r in requests],
-            use_tqdm=False,
-            chat_template=self.chat_template,
-            add_generation_prompt=True,
-        )
+        outputs = self._completions(prompts, [self.sampling_params(r) for r in requests])
+        if self.decoding.scoring == "logprob":
+            share = self._charge(start, len(requests))
+            return [self._pick_option(r, c, share) for r, c in zip(requests, outputs)]
+        # Stopped at a newline before any text: the transformers backend goes on, so generate those again in full.
+        again = [i for i, c in enumerate(outputs) if self._stopped_before_the_answer(c)]
+        if again:
+            redone = self._completions([prompts[i] for i in again], [self.sampling_params(requests[i], stop=False) for i in again])
+            for i, completion in zip(again, redone):
+                outputs[i] = completion
+        share = self._charge(start, len(requests))
+        return [self._answer(r, c, share, regenerated=i in again) for i, (r, c) in enumerate(zip(requests, outputs))]
+
+    def _completions(self, prompts: list[dict[str, Any]], params: list[Any]) -> list[Any]:
+        return [o.outputs[0] for o in self.llm.generate(prompts, sampling_params=params, use_tqdm=False)]
+
+    def _charge(self, start: float, count: int) -> float:
+        """Add the seconds since ``start`` to ``model_seconds``; each request's equal share."""
         elapsed = time.perf_counter() - start
         self.model_seconds += elapsed
-        share = elapsed / len(requests)
-        if self.decoding.scoring == "logprob":
-            return [self._pick_option(r, o.outputs[0], share) for r, o in zip(requests, outputs)]
-        return [self._answer(r, o.outputs[0], share) for r, o in zip(requests, outputs)]
+        return elapsed / count
+
+    def _stopped_before_the_answer(self, completion: Any) -> bool:
+        tokenizer = self.renderer.tokenizer
+        texts = [self._token_text(tokenizer, t) for t in completion.token_ids]
+        return getattr(completion, "stop_reason", None) == ANSWER_STOP and answer_end(texts) is None
 
     # ------------------------------------------------------------- outputs
 
@@ -230,31 +303,44 @@ class VLLMBackend:
             self._token_texts[token] = tokenizer.decode([token], skip_special_tokens=False)
         return self._token_texts[token]
 
-    def _answer(self, request: Request, completion: Any, seconds: float) -> Generation:
-        tokenizer = self.llm.get_tokenizer()
+    def _answer(self, request: Request, completion: Any, seconds: float, regenerated: bool = False) -> Generation:
+        tokenizer = self.renderer.tokenizer
         ids = list(completion.token_ids)
         kept = ids[: answer_length([self._token_text(tokenizer, t) for t in ids])]
         extra: dict[str, Any] = {"new_tokens": len(kept), "finish_reason": completion.finish_reason}
+        if regenerated:
+            extra["regenerated"] = True  # its first attempt stopped at a leading newline
         if not self.decoding.greedy:
             extra["seed"] = request_seed(self.decoding.seed, request.key)
         return Generation(text=tokenizer.decode(kept, skip_special_tokens=True), seconds=seconds, extra=extra)
 
     def _pick_option(self, request: Request, completion: Any, seconds: float) -> Generation:
-        top = completion.logprobs[0] if completion.logprobs else {}
-        mass = {label: 0.0 for label in request.options}
-        for candidate in top.values():
-            label = (candidate.decoded_token or "").strip()
-            if label in mass:
-                mass[label] += math.exp(candidate.logprob)
-        total = sum(mass.values())
+        """The option whose answer token is most likely (the transformers backend's rule).
+
+        With ``logprob_token_ids`` every option's token is scored. With the
+        top-20 fallback an option outside them counts as 0 and the answer is
+        flagged ``incomplete_probs``; with no option among them it is left
+        empty (unparsed).
+        """
+        token_ids = self.renderer.option_token_ids(request.options)
+        problem = option_scoring_problem(request.options, token_ids)
+        if problem is not None:
+            return Generation(text="", seconds=seconds, error=problem)
+        scored = completion.logprobs[0] if completion.logprobs else {}
+        mass = {label: math.exp(scored[t].logprob) if t in scored else 0.0 for label, t in token_ids.items()}
+        complete = all(t in scored for t in token_ids.values())
+        extra: dict[str, Any] = {"option_mass": sum(mass.values())}
+        if not complete:
+            extra["incomplete_probs"] = True
+        total = extra["option_mass"]
         if total <= 0.0:
-            return Generation(text="", seconds=seconds, extra={"option_mass": 0.0, "top_n": LOGPROB_TOP_N})
+            return Generation(text="", seconds=seconds, extra=extra)
         option_probs = {label: p / total for label, p in mass.items()}
         best = max(request.options, key=lambda label: option_probs[label])
-        return Generation(text=best, seconds=seconds, option_probs=option_probs, extra={"option_mass": total})
+        return Generation(text=best, seconds=seconds, option_probs=option_probs, extra=extra)
 
     def describe(self) -> dict[str, Any]:
-        template = self.chat_template
+        logprob = self.decoding.scoring == "logprob"
         return {
             "backend": "vllm",
             "model": self.model_id,
@@ -264,9 +350,10 @@ class VLLMBackend:
             "engine_args": {k: v for k, v in self.engine_args.items() if k != "model"},
             "trust_remote_code": self.trust_remote_code,
             "chat_template": self.chat_template_path or "model",
-            "chat_template_sha256": None if template is None else _sha256(template),
+            "chat_template_sha256": _sha256(self.renderer.template_text()),
             "decoding": asdict(self.decoding),
-            "logprob_top_n": LOGPROB_TOP_N if self.decoding.scoring == "logprob" else None,
+            "option_probs": ("exact" if self.exact_option_probs else f"top {LOGPROB_TOP_N}") if logprob else None,
+            "batch_invariant": self.batch_invariant,
             "plumbing_check": tiny_model_info(self.path),
             "versions": {"vllm": getattr(self.vllm, "__version__", "unknown")},
         }
@@ -296,4 +383,5 @@ def from_run_config(config: "RunConfig") -> VLLMBackend:
         decoding=config.decoding(),
         tensor_parallel_size=int(options.get("tensor_parallel_size") or 1),
         engine_args=options.get("engine_args"),
+        batch_invariant=config.protocol == "deterministic",
     )

@@ -24,6 +24,7 @@ class StageAnswer:
     error: str | None = None
     option_probs: dict[str, float] | None = None
     hinted: str | None = None
+    incomplete_probs: bool = False  # some option had no probability from the backend (vLLM's top-20 fallback)
 
 
 @dataclass

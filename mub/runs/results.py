@@ -108,6 +108,12 @@ def score_sampling_consistency(predictions: Sequence[ItemPrediction]) -> dict[st
     )
 
 
+def count_incomplete_probs(predictions: Sequence[ItemPrediction]) -> dict[str, int]:
+    """How many answers (and items) came with probabilities for only some options (vLLM's top-20 fallback)."""
+    flagged = [sum(a.incomplete_probs for a in p.stage1 + p.stage2) for p in predictions]
+    return {"answers": sum(flagged), "items": sum(1 for n in flagged if n)}
+
+
 def build_results(
     config: "RunConfig",
     settings: Mapping[str, Any],
@@ -121,6 +127,9 @@ def build_results(
     sampling = score_sampling_consistency(predictions)
     if sampling is not None:
         results["stage1_sampling"] = sampling
+    incomplete = count_incomplete_probs(predictions)
+    if incomplete["answers"]:
+        results["incomplete_option_probs"] = incomplete
     return {
         "model": config.model,
         "dataset": dict(dataset_info),
@@ -169,4 +178,10 @@ def format_table(results: Mapping[str, Any]) -> str:
                 f"{_interval(f.get('mr_t2f_ci')):<15} {_percent(f.get('mr_f2t')):>7} {_percent(f.get('consistency')):>7}"
             )
     lines.append("n: items scored; unparsed: answers read as none, stage 1/stage 2; errors: failed items, not scored")
+    incomplete = results["results"].get("incomplete_option_probs")
+    if incomplete:
+        lines.append(
+            f"incomplete option probabilities: {incomplete['answers']} answers of {incomplete['items']} items "
+            "(an option outside vLLM's top 20 counted as 0; a vLLM with logprob_token_ids gives exact ones)"
+        )
     return "\n".join(lines)

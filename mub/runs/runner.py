@@ -17,7 +17,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 import mub_dataset
-from mub.backends import Backend, create_backend
+from mub.backends import Backend, create_backend, run_decoding
 from mub.backends.base import Exchange, Generation, Request
 from mub.backends.common import chunks
 from mub.config import RunConfig
@@ -176,6 +176,7 @@ def _answer(generation: Generation, cue: str, row: Mapping[str, Any], hinted: st
         error=generation.error,
         option_probs=generation.option_probs,
         hinted=hinted,
+        incomplete_probs=bool(generation.extra.get("incomplete_probs")),
     )
 
 
@@ -267,7 +268,7 @@ def run(config: RunConfig, backend: Backend | None = None, dataset: datasets.Dat
     placement = distributed.placement_for(config)
     selection = select_items(config, dataset)
     with RunFolder(config.out_dir(), predictions_file=placement.predictions_file) as folder:
-        settings = config.settings(selection.info)
+        settings = config.settings(selection.info, run_decoding(config))
         placement.prepare(folder, settings, resume=config.resume, overwrite=config.overwrite)
         with placement.working():
             done = {item_id for item_id, p in folder.load_predictions().items() if p.error is None}
