@@ -101,9 +101,9 @@ def test_mub_run_end_to_end_and_batched_equals_one_at_a_time(tiny_models, sample
 
 
 def test_readme_first_command_gives_answers_flips_and_rates(sample_choices, tmp_path, monkeypatch):
-    """README's first command, `mub run --model tiny:llava` on the whole sample."""
+    """README's first command, `mub run --model tiny:llava --protocol deterministic` on the whole sample."""
     monkeypatch.chdir(tmp_path)
-    assert cli_main(["run", "--model", "tiny:llava", "--max-new-tokens", "16", "--no-progress"]) == 0
+    assert cli_main(["run", "--model", "tiny:llava", "--protocol", "deterministic", "--no-progress"]) == 0
     (out,) = (tmp_path / "runs").iterdir()
     figures = json.loads((out / "results.json").read_text())["results"]["explicit"]
     expected = _recount(_records(out), sample_choices)
