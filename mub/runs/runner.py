@@ -44,10 +44,21 @@ class Selection:
     info: dict[str, Any]
 
 
+def _load_quietly(config: RunConfig) -> datasets.Dataset:
+    """``mub_dataset.load`` without the `datasets` builder's progress bars (``--no-progress``, ``--quiet``)."""
+    already_off = datasets.are_progress_bars_disabled()
+    datasets.disable_progress_bars()
+    try:
+        return mub_dataset.load(config.config, config.dataset)
+    finally:
+        if not already_off:
+            datasets.enable_progress_bars()
+
+
 def select_items(config: RunConfig, dataset: datasets.Dataset | None = None) -> Selection:
     """Load the config's items and apply the difficulty, count, limit and shard filters."""
     if dataset is None:
-        dataset = mub_dataset.load(config.config, config.dataset)
+        dataset = _load_quietly(config) if not config.progress else mub_dataset.load(config.config, config.dataset)
     dataset = dataset.cast_column("image", datasets.Image(decode=False))
     all_rows = dataset.remove_columns("image").to_list()
     levels = config.preset().levels
