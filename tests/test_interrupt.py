@@ -43,17 +43,20 @@ def test_ctrl_c_stops_an_api_run_keeps_finished_items_and_prints_the_resume_comm
             "--batch-size", str(BATCH), "--max-retries", "1000", "--out", str(out), "--no-progress"]  # fmt: skip
     with FaultServer() as server:
         argv[3:3] = ["--base-url", server.base_url]
+        # The first group's requests (stage 1 and 2 of BATCH items) are answered; every later one stalls (no
+        # reply until the server stops) or fails with a retryable 500: without Ctrl-C handling the run would
+        # wait or retry (1000 times) for far longer than the bounds below. Queued before the run starts, so a
+        # fast run cannot finish before the fault is in place.
+        first_group = 2 * BATCH
+        server.add("stall", stall=0, times=first_group)
+        server.add(fault, times=None, stall=10 * WAIT_S)
         proc = subprocess.Popen(
             [sys.executable, "-m", "mub.cli", *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
         try:
             _wait_for(lambda: len(_lines(out / "predictions.jsonl")) >= BATCH, "the first group")
-            # From now on every request stalls (no reply until the server stops) or fails with a retryable 500:
-            # without Ctrl-C handling the run would wait or retry (1000 times) for far longer than the bound below.
-            server.add(fault, times=None, stall=10 * WAIT_S)
-            n_before = len(server.received)
-            _wait_for(lambda: len(server.received) > n_before, "a request of the next group")
+            _wait_for(lambda: len(server.received) > first_group, "a request of the next group")
             proc.send_signal(signal.SIGINT)
             _, err = proc.communicate(timeout=WAIT_S)
         finally:
