@@ -16,7 +16,7 @@ import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any, Iterator, Mapping
 
 MARKER_FILE = ".mub"
 
@@ -84,20 +84,6 @@ def check_output_folder(out: str | Path, command: str, *, overwrite: bool = Fals
         )
     if not (overwrite or reuse):
         raise OutputFolderError(f"--out {out} holds an earlier `mub {command}` output; pass --overwrite to replace it")
-
-
-def check_output_file(out: str | Path, command: str, *, overwrite: bool, made_by_mub: Callable[[Path], bool]) -> None:
-    """:func:`check_output_folder` for a single output file: ``made_by_mub`` recognises the command's own files."""
-    out = Path(out)
-    if not out.exists():
-        return
-    if not out.is_file() or not made_by_mub(out):
-        raise OutputFolderError(
-            f"{out} exists and is not a `mub {command}` file; mub never replaces it, even with --overwrite: "
-            "choose another name"
-        )
-    if not overwrite:
-        raise OutputFolderError(f"{out} holds an earlier `mub {command}` output; pass --overwrite to replace it")
 
 
 def mark_folder(out: str | Path, command: str) -> None:
