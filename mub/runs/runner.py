@@ -6,7 +6,6 @@ the same document it writes to ``results.json``.
 
 from __future__ import annotations
 
-import hashlib
 import io
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -32,6 +31,7 @@ from mub.runs.predictions import ItemPrediction, StageAnswer
 from mub.runs.results import build_results
 from mub.runs.storage import RunFolder, RunFolderError
 from mub_dataset.files import cell_bytes, image_digest
+from mub_dataset.fingerprint import items_fingerprint
 
 
 @dataclass
@@ -81,12 +81,7 @@ def select_items(config: RunConfig, dataset: datasets.Dataset | None = None) -> 
         raise ValueError(_no_items_message(config, all_rows))
     if config.cue_spec().uses_notes:
         _check_notes(rows)
-    digest = hashlib.sha256()
-    for row in rows:
-        digest.update(
-            repr((row["id"], row["answer"], row["misleading_answer"], row["misleading_notes"], row["guiding_notes"])).encode()
-        )
-    info = {"name": str(config.dataset), "config": config.config, "n_items": len(rows), "fingerprint": digest.hexdigest()[:16]}
+    info = {"name": str(config.dataset), "config": config.config, "n_items": len(rows), "fingerprint": items_fingerprint(rows)}
     return Selection(dataset, indices, rows, info)
 
 
