@@ -18,7 +18,8 @@ from pathlib import Path
 
 import datasets
 
-from mub_dataset.features import CONFIGS, DEFAULT_CONFIG, FEATURES, ConfigSpec, empty_config_message
+from mub_dataset.features import CONFIGS, DEFAULT_CONFIG, FEATURES, IMAGE_HASH_COLUMN, ConfigSpec, empty_config_message
+from mub_dataset.files import image_sha256
 from mub_dataset.release import Release, read_image_bytes, read_release
 
 _CITATION = """\
@@ -97,4 +98,4 @@ class Mub(datasets.GeneratorBasedBuilder):
             image_file = release.image_files[row["id"]]
             # Already checked to decode in _split_generators; only the bytes are needed here.
             data = image_file.read_bytes()
-            yield row["id"], {**row, "image": {"bytes": data, "path": image_file.name}}
+            yield row["id"], {**row, "image": {"bytes": data, "path": image_file.name}, IMAGE_HASH_COLUMN: image_sha256(data)}

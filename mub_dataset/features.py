@@ -13,10 +13,14 @@ from typing import Sequence
 
 import datasets
 
+IMAGE_HASH_COLUMN = "image_sha256"
 FEATURES = datasets.Features(
     {
         "id": datasets.Value("string"),
         "image": datasets.Image(),
+        # sha256 of the image bytes as stored, computed once by the builder: the items
+        # fingerprint (mub_dataset.fingerprint) sees the image through it.
+        IMAGE_HASH_COLUMN: datasets.Value("string"),
         "question": datasets.Value("string"),
         "choices": datasets.Sequence(datasets.Value("string")),
         "answer": datasets.Value("string"),

@@ -124,9 +124,14 @@ def staged_folder(out: str | Path, command: str, *, overwrite: bool = False) -> 
         shutil.rmtree(staging, ignore_errors=True)
 
 
+def image_sha256(data: bytes) -> str:
+    """The sha256 of an image's bytes as the dataset stores them: the ``image_sha256`` column."""
+    return hashlib.sha256(data).hexdigest()
+
+
 def image_digest(data: bytes) -> str:
     """An image's content hash (sha256, first 16 hex digits): the runner's ``group_id``."""
-    return hashlib.sha256(data).hexdigest()[:16]
+    return image_sha256(data)[:16]
 
 
 def cell_bytes(cell: Mapping[str, Any]) -> bytes:

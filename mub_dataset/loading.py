@@ -12,7 +12,7 @@ import datasets
 
 from .features import DEFAULT_CONFIG, config_spec
 from .hub import hub_offline_reason, offline_advice, offline_mode_variable
-from .release import IMPLICIT_DIR, IMPLICIT_PATTERN, MAIN_FILE
+from .release import MAIN_FILE
 
 SAMPLE = "sample"
 SAMPLE_VERSION = "v1"
@@ -43,13 +43,19 @@ def sample_release_dir() -> Path:
 
 
 def release_fingerprint(release_dir: str | Path) -> str:
-    """A digest of the release's record files, so an edited release is rebuilt, not served from cache."""
+    """A digest of every file in the release folder (records and images), so an edited release is rebuilt.
+
+    It is a cheap key: each file's path, size, and modification and change times
+    (a file replaced in place gets a new change time, even when ``cp -p`` or
+    ``touch`` keeps its modification time), never its bytes. The bytes of each
+    image are hashed once, by the build, into the ``image_sha256`` column.
+    """
     root = Path(release_dir)
     digest = hashlib.sha256()
-    for path in [root / MAIN_FILE, *sorted((root / IMPLICIT_DIR).glob(IMPLICIT_PATTERN))]:
-        if path.is_file():
+    for path in sorted(root.rglob("*")):
+        if path.is_file():  # not a FIFO or device: stat only, nothing is opened
             stat = path.stat()
-            digest.update(f"{path.relative_to(root)}:{stat.st_size}:{stat.st_mtime_ns}\n".encode())
+            digest.update(f"{path.relative_to(root)}:{stat.st_size}:{stat.st_mtime_ns}:{stat.st_ctime_ns}\n".encode())
     return digest.hexdigest()[:16]
 
 

@@ -35,6 +35,7 @@ SOURCE_CONFIG = {
 EXPECTED_FEATURES = {
     "id": datasets.Value("string"),
     "image": datasets.Image(),
+    "image_sha256": datasets.Value("string"),  # issue 22: the fingerprint sees the image bytes
     "question": datasets.Value("string"),
     "choices": datasets.Sequence(datasets.Value("string")),
     "answer": datasets.Value("string"),

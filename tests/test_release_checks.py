@@ -9,6 +9,7 @@ question became "None", a list its repr, ``num`` 7.9 became 7, 1e400 raised
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import random
@@ -109,7 +110,7 @@ def test_build_decodes_every_image_and_names_a_truncated_one(tmp_path: Path, mmm
 
 def _item(number: int, image: bytes) -> dict:
     return {
-        "id": f"item-{number}", "image": {"bytes": image, "path": f"img/{number}.jpg"},
+        "id": f"item-{number}", "image": {"bytes": image, "path": f"img/{number}.jpg"}, "image_sha256": hashlib.sha256(image).hexdigest(),
         "question": f"Question {number}?", "choices": ["red", "green"], "answer": "A",
         "question_type": "multiple_choice", "source": "S", "category": "", "misled_count": 6, "difficulty": "low",
         "misleading_answer": "B", "misleading_answer_source": "seeded", "misleading_notes": [], "guiding_notes": [], "reference_model": "",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -32,9 +33,11 @@ def _png(colour: tuple[int, int, int]) -> bytes:
 
 
 def _item(number: int, *, answer: str = "A", misleading: str = "C", yes_no: bool = False, difficulty: str = "low") -> dict:
+    image = _png((number * 20 % 256, 10, 10))
     return {
         "id": f"item-{number}",
-        "image": {"bytes": _png((number * 20 % 256, 10, 10)), "path": f"{number}.png"},
+        "image": {"bytes": image, "path": f"{number}.png"},
+        "image_sha256": hashlib.sha256(image).hexdigest(),
         "question": f"Question number {number}? <image 1>",
         "choices": ["Yes", "No"] if yes_no else ["red", "green", "blue", "black"],
         "answer": answer,

@@ -7,9 +7,10 @@ above 1, :func:`placement_for` splits a run across the processes:
 - Rank ``r`` of ``n`` evaluates ``items[r::n]`` of the run's selection (the
   same interleaving as ``--shard r/n``) and appends to its own file,
   ``predictions.rank{r}-of-{n}.jsonl``, in the shared run folder. A run
-  folder's predictions are the union of its predictions files
-  (:class:`mub.runs.storage.RunFolder`), so ``--resume`` works per rank, and even
-  with another number of processes than the killed launch had.
+  folder's predictions are the union of the predictions files its marker lists
+  (:class:`mub.runs.storage.RunFolder`; rank 0 lists every rank's file), so
+  ``--resume`` works per rank, and even with another number of processes than
+  the killed launch had.
 - Rank 0 alone prepares the folder (takes the run's lock for the whole
   launch, checks or writes ``run.json``, clears it on ``--overwrite``) before
   any rank reads it, and alone scores the union
@@ -52,6 +53,7 @@ from typing import (
 )
 
 from mub.runs.storage import PREDICTIONS_FILE, RunFolder, write_json_atomic
+from mub_dataset.fingerprint import ItemDigests
 
 if TYPE_CHECKING:
     from mub.config import RunConfig
@@ -93,9 +95,17 @@ class Launch:
 
     @property
     def predictions_file(self) -> str:
+        return self.rank_file(self.rank)
+
+    def rank_file(self, rank: int) -> str:
         if not self.is_distributed:
             return PREDICTIONS_FILE
-        return f"predictions.rank{self.rank}-of-{self.world_size}.jsonl"
+        return f"predictions.rank{rank}-of-{self.world_size}.jsonl"
+
+    @property
+    def predictions_files(self) -> list[str]:
+        """Every rank's predictions file: rank 0 lists them all in the run record before any is written."""
+        return [self.rank_file(rank) for rank in range(self.world_size)]
 
     def share(self, items: Sequence[T]) -> list[T]:
         """This rank's items: every ``world_size``-th, starting at ``rank``."""
@@ -282,6 +292,10 @@ class Placement:
     def predictions_file(self) -> str:
         return self.launch.predictions_file
 
+    @property
+    def launch_files(self) -> list[str]:
+        return self.launch.predictions_files
+
     def share(self, items: Sequence[T]) -> list[T]:
         return self.launch.share(items)
 
@@ -311,7 +325,9 @@ class Placement:
             raise
         self._agree(step, None)
 
-    def prepare(self, folder: RunFolder, settings: dict[str, Any], *, resume: bool, overwrite: bool) -> None:
+    def prepare(
+        self, folder: RunFolder, settings: dict[str, Any], *, resume: bool, overwrite: bool, items: ItemDigests | None = None
+    ) -> None:
         """Rank 0 locks and starts or checks the folder; then each other rank checks it and tidies its own file.
 
         One lock per launch: rank 0 holds it (the caller releases it with
@@ -320,12 +336,12 @@ class Placement:
         """
         with self._reported("prepare"):
             if self.launch.is_main:
-                folder.prepare(settings, resume=resume, overwrite=overwrite)
+                folder.prepare(settings, resume=resume, overwrite=overwrite, items=items)
         with self._reported("check"):
             if not self.launch.is_main:
                 # Rank 0 has written or checked run.json, so this only compares the
                 # settings and cuts a half-written last line of this rank's file.
-                folder.prepare(settings, resume=True, overwrite=False, lock=False)
+                folder.prepare(settings, resume=True, overwrite=False, lock=False, items=items)
 
     def working(self) -> AbstractContextManager[None]:
         """Wrap a rank's share of the work; on leaving, every rank knows whether all shares succeeded."""

@@ -17,7 +17,7 @@ from typing import Any, Mapping, Sequence
 
 from mub.config import RunConfig
 from mub.runs.predictions import ItemPrediction
-from mub.runs.runner import Selection, finish_run, select_items
+from mub.runs.runner import Selection, check_references, finish_run, select_items
 from mub.runs.storage import (
     RunFolder,
     RunFolderError,
@@ -88,6 +88,10 @@ def _check_shard_items(folder: RunFolder, settings: Mapping[str, Any], config: R
     shard = settings.get("shard")
     selection = full if shard is None else select_items(replace(config, shard=tuple(shard)), full.dataset)
     if selection.info["fingerprint"] != settings.get("items_fingerprint"):
+        try:
+            folder.check_items(selection.digests, "merge")
+        except RunFolderError as exc:
+            raise MergeError(str(exc)) from None
         raise MergeError(
             f"{folder.path} ({_label(shard)}) was run on other items than the dataset {settings['dataset']!r} "
             "gives for it now (items fingerprint differs): the dataset changed since; rerun that shard"
@@ -104,6 +108,7 @@ def collect(
     missing: list[str] = []
     for folder, folder_settings in zip(folders, settings):
         expected = _check_shard_items(folder, folder_settings, config, full)
+        check_references(folder, full.rows)
         records = folder.load_predictions()
         duplicated = [item_id for item_id in records if item_id in found]
         if duplicated:
@@ -167,7 +172,7 @@ def merge_runs(
     merged_settings = {**settings[0], "shard": None, "items_fingerprint": full.info["fingerprint"]}
     with RunFolder(target) as folder:
         try:
-            folder.prepare(merged_settings, resume=False, overwrite=overwrite)
+            folder.prepare(merged_settings, resume=False, overwrite=overwrite, items=full.digests)
         except RunFolderError as exc:
             raise MergeError(f"{exc} (mub merge: pass --overwrite to replace it)") from None
         folder.append(records[row["id"]] for row in full.rows)

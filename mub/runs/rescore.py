@@ -16,7 +16,7 @@ from mub.protocol.parsing import parse_answer
 from mub.protocol.reference_reading import reference_answer
 from mub.runs.merge import config_from_settings
 from mub.runs.predictions import ItemPrediction, StageAnswer
-from mub.runs.runner import finish_run, select_items, settle
+from mub.runs.runner import check_references, finish_run, select_items, settle
 from mub.runs.storage import RunFolder
 
 Reader = Callable[[str, Mapping[str, Any]], "str | None"]
@@ -60,12 +60,13 @@ def rescore_run(run_dir: str | Path, parser: str, out: str | Path, *, overwrite:
     config = replace(config_from_settings(settings, out), progress=progress)
     selection = select_items(config)
     rows = {row["id"]: row for row in selection.rows}
+    check_references(source, selection.rows)
     predictions = source.load_predictions()
     implicit = config.cue_spec().uses_notes  # flipped_by_note is recorded only for notes
     rescored = [reread(predictions[item_id], rows[item_id], read, implicit=implicit) for item_id in rows if item_id in predictions]
     new_settings = {**settings, "parser": parser, "rescored_from": str(source.path)}
     folder = RunFolder(out)
-    folder.prepare(new_settings, resume=False, overwrite=overwrite)
+    folder.prepare(new_settings, resume=False, overwrite=overwrite, items=selection.digests)
     folder.append(rescored)
     backend_info = source.read_results().get("run", {}).get("backend_info", {})
     return finish_run(config, new_settings, selection, backend_info, folder)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import io
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Mapping, Sequence
 
 import datasets
@@ -30,8 +30,9 @@ from mub.runs import distributed
 from mub.runs.predictions import ItemPrediction, StageAnswer
 from mub.runs.results import build_results
 from mub.runs.storage import RunFolder, RunFolderError
-from mub_dataset.files import cell_bytes, image_digest
-from mub_dataset.fingerprint import items_fingerprint
+from mub_dataset.features import IMAGE_HASH_COLUMN
+from mub_dataset.files import cell_bytes, image_digest, image_sha256
+from mub_dataset.fingerprint import ItemDigests, field_digests, items_fingerprint
 
 
 @dataclass
@@ -42,6 +43,7 @@ class Selection:
     indices: list[int]
     rows: list[dict[str, Any]]
     info: dict[str, Any]
+    digests: ItemDigests  # per item and field, recorded in the run folder to name what changed
 
 
 def _load_quietly(config: RunConfig) -> datasets.Dataset:
@@ -60,6 +62,10 @@ def select_items(config: RunConfig, dataset: datasets.Dataset | None = None) -> 
     if dataset is None:
         dataset = _load_quietly(config) if not config.progress else mub_dataset.load(config.config, config.dataset)
     dataset = dataset.cast_column("image", datasets.Image(decode=False))
+    if IMAGE_HASH_COLUMN not in dataset.column_names:
+        # Built before the column existed (an older export or Hub copy): hash the images here, one at a time.
+        hashes = [image_sha256(cell_bytes(row["image"])) for row in dataset.select_columns(["image"])]
+        dataset = dataset.add_column(IMAGE_HASH_COLUMN, hashes)
     all_rows = dataset.remove_columns("image").to_list()
     levels = config.preset().levels
     for row in all_rows:
@@ -82,7 +88,7 @@ def select_items(config: RunConfig, dataset: datasets.Dataset | None = None) -> 
     if config.cue_spec().uses_notes:
         _check_notes(rows)
     info = {"name": str(config.dataset), "config": config.config, "n_items": len(rows), "fingerprint": items_fingerprint(rows)}
-    return Selection(dataset, indices, rows, info)
+    return Selection(dataset, indices, rows, info, field_digests(rows))
 
 
 def _no_items_message(config: RunConfig, all_rows: Sequence[Mapping[str, Any]]) -> str:
@@ -273,9 +279,9 @@ def run(config: RunConfig, backend: Backend | None = None, dataset: datasets.Dat
     config.validate()
     placement = distributed.placement_for(config)
     selection = select_items(config, dataset)
-    with RunFolder(config.out_dir(), predictions_file=placement.predictions_file) as folder:
+    with RunFolder(config.out_dir(), predictions_file=placement.predictions_file, launch_files=placement.launch_files) as folder:
         settings = config.settings(selection.info, run_decoding(config))
-        placement.prepare(folder, settings, resume=config.resume, overwrite=config.overwrite)
+        placement.prepare(folder, settings, resume=config.resume, overwrite=config.overwrite, items=selection.digests)
         with placement.working():
             done = {item_id for item_id, p in folder.load_predictions().items() if p.error is None}
             mine = placement.share(list(zip(selection.indices, selection.rows)))
@@ -307,6 +313,30 @@ def run(config: RunConfig, backend: Backend | None = None, dataset: datasets.Dat
         return placement.finish(folder, lambda: finish_run(config, settings, selection, backend_info, folder))
 
 
+# What a prediction record stores of its item's references; each must equal the dataset's.
+REFERENCE_FIELDS = ("answer", "question_type", "source", "misled_count")
+
+
+def check_references(folder: RunFolder, rows: Sequence[Mapping[str, Any]]) -> None:
+    """Refuse, naming the file and the item, a record whose stored reference is not the dataset's.
+
+    Scores are computed against the dataset: an edited ``answer`` in a predictions
+    file must not move them, and must not pass silently either.
+    """
+    by_id = {row["id"]: row for row in rows}
+    for path, record in folder.records():
+        row = by_id.get(record.id)
+        if row is None:
+            continue
+        for name in REFERENCE_FIELDS:
+            if getattr(record, name) != row[name]:
+                raise RunFolderError(
+                    f"{path}: item {record.id} records {name} {getattr(record, name)!r}, but the dataset gives "
+                    f"{row[name]!r}; runs are scored against the dataset: restore the file as mub wrote it, "
+                    "or run again with --overwrite"
+                )
+
+
 def finish_run(
     config: RunConfig,
     settings: Mapping[str, Any],
@@ -314,7 +344,12 @@ def finish_run(
     backend_info: Mapping[str, Any],
     folder: RunFolder,
 ) -> dict[str, Any]:
-    """Score the folder's predictions of the selected items, in selection order, and write results.json."""
+    """Score the folder's predictions of the selected items, in selection order, and write results.json.
+
+    The references come from the dataset: a record whose stored reference differs
+    is refused, and each item's level is the one the dataset's misled count gives.
+    """
+    check_references(folder, selection.rows)
     predictions = folder.load_predictions()
     missing = [row["id"] for row in selection.rows if row["id"] not in predictions]
     if missing:
@@ -323,7 +358,7 @@ def finish_run(
             f"{folder.path}: {len(missing)} of {len(selection.rows)} selected items have no prediction "
             f"(first: {', '.join(missing[:3])}); finish them with --resume before scoring"
         )
-    ordered = [predictions[row["id"]] for row in selection.rows]
+    ordered = [replace(predictions[row["id"]], difficulty=row["difficulty"]) for row in selection.rows]
     results = build_results(config, settings, selection.info, backend_info, ordered)
     folder.write_results(results)
     return results

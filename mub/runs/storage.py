@@ -6,7 +6,12 @@
   disk as batches finish, so a kill loses at most the batch in flight.
   Processes of a data-parallel launch each append to their own file
   (``predictions.rank{r}-of-{n}.jsonl``, see :mod:`mub.runs.distributed`); the
-  folder's predictions are the union of all its ``predictions*.jsonl`` files.
+  folder's predictions are the union of the files its ``.mub`` marker lists
+  (``files``): the ones mub made. Any other file (a backup
+  ``predictions.orig.jsonl``) is never read, and ``--overwrite`` never deletes it.
+- ``items.json``: a short digest of every field of every item the run covers, so a
+  ``--resume`` on a changed dataset is refused naming the first item and field
+  that differ (see :class:`mub_dataset.fingerprint.ItemDigests`).
 - ``results.json``: written once at the end, atomically (temporary file, then
   rename), so a half-written results file never exists.
 - ``.mub``: the marker naming the command that made the folder (see
@@ -23,19 +28,23 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Collection, Iterable, Iterator, Sequence
 
 from mub.runs.predictions import ItemPrediction
-from mub_dataset.files import check_output_folder, give_usual_mode, mark_folder
+from mub_dataset.files import MARKER_FILE, check_output_folder, give_usual_mode, mark_folder
+from mub_dataset.fingerprint import ItemDigests, first_difference
 
 SETTINGS_FILE = "run.json"
 PREDICTIONS_FILE = "predictions.jsonl"
-PREDICTIONS_GLOB = "predictions*.jsonl"
+# The names mub gives predictions files; only these may be listed in the marker.
+PREDICTIONS_NAME = re.compile(r"predictions(\.rank\d+-of-\d+)?\.jsonl")
 RESULTS_FILE = "results.json"
+ITEMS_FILE = "items.json"
 LOCK_FILE = ".mub-lock"
 
 
@@ -155,25 +164,65 @@ class RunFolder:
     """A run folder; ``predictions_file`` is the file this process appends to.
 
     ``command`` names the mub command whose folder this is (its marker).
+    ``launch_files`` are the predictions files every process of this launch
+    appends to (all ranks'; by default only ``predictions_file``).
     """
 
-    def __init__(self, path: str | Path, predictions_file: str = PREDICTIONS_FILE, command: str = "run"):
+    def __init__(
+        self,
+        path: str | Path,
+        predictions_file: str = PREDICTIONS_FILE,
+        command: str = "run",
+        launch_files: Sequence[str] = (),
+    ):
         self.path = Path(path)
         self.command = command
         self.settings_path = self.path / SETTINGS_FILE
         self.predictions_path = self.path / predictions_file
         self.results_path = self.path / RESULTS_FILE
+        self.items_path = self.path / ITEMS_FILE
+        self.launch_files = tuple(launch_files) or (predictions_file,)
         self._lock = RunLock(self.path / LOCK_FILE)
 
-    def prediction_files(self) -> list[Path]:
-        """Every predictions file in the folder (this process's and other ranks' or launches')."""
-        return sorted(self.path.glob(PREDICTIONS_GLOB))
+    def _marker(self) -> dict[str, Any]:
+        try:
+            marker = json.loads((self.path / MARKER_FILE).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return {}
+        return marker if isinstance(marker, dict) else {}
 
-    def prepare(self, settings: dict[str, Any], *, resume: bool, overwrite: bool, lock: bool = True) -> None:
+    def _recorded_names(self) -> list[str]:
+        """The predictions files the marker lists; for a folder made before the list, the files with mub's names."""
+        listed = self._marker().get("files")
+        if isinstance(listed, list):
+            return [name for name in listed if isinstance(name, str) and PREDICTIONS_NAME.fullmatch(name)]
+        if not self.path.is_dir():
+            return []
+        return sorted(entry.name for entry in self.path.iterdir() if PREDICTIONS_NAME.fullmatch(entry.name))
+
+    def _record_names(self, names: Iterable[str]) -> None:
+        """List ``names`` in the marker before any is written, so a kill never leaves an unlisted file of mub's."""
+        write_json_atomic(self.path / MARKER_FILE, {**self._marker(), "command": self.command, "files": list(dict.fromkeys(names))})
+
+    def prediction_files(self) -> list[Path]:
+        """The predictions files mub wrote here (this process's and other ranks' or launches'), in the order made."""
+        return [path for path in (self.path / name for name in self._recorded_names()) if path.is_file()]
+
+    def prepare(
+        self,
+        settings: dict[str, Any],
+        *,
+        resume: bool,
+        overwrite: bool,
+        lock: bool = True,
+        items: ItemDigests | None = None,
+    ) -> None:
         """Start a run here, or check that resuming matches the earlier settings.
 
         With ``lock`` (the default; the other ranks of a launch pass False) the
-        folder's lock is taken first and held until :meth:`unlock`.
+        folder's lock is taken first and held until :meth:`unlock`, and this
+        launch's predictions files are listed in the marker. ``items``, the
+        digests of the items the run covers, are recorded, or compared on resume.
         """
         if lock:
             try:
@@ -187,8 +236,14 @@ class RunFolder:
         # load) is started again without --overwrite.
         has_predictions = bool(self.prediction_files())
         if resume and (has_predictions or self.settings_path.is_file()):
-            self._check_settings(settings)
+            items_changed = self._check_settings(settings, items)
             self._drop_partial_last_line()
+            if lock:
+                self._record_names([*self._recorded_names(), *self.launch_files])
+                if items_changed and items is not None:
+                    # Only unanswered items changed (say, a broken image fixed): the run goes on with the new record.
+                    write_json_atomic(self.items_path, items.to_json())
+                    write_json_atomic(self.settings_path, settings)
             return
         if has_predictions and not overwrite:
             raise RunFolderError(
@@ -197,8 +252,12 @@ class RunFolder:
             )
         try:
             self.path.mkdir(parents=True, exist_ok=True)
-            for stale in (*self.prediction_files(), self.results_path):
+            for stale in (*self.prediction_files(), self.results_path, self.items_path):
                 stale.unlink(missing_ok=True)
+            if lock:
+                self._record_names(self.launch_files)
+            if items is not None:
+                write_json_atomic(self.items_path, items.to_json())
             write_json_atomic(self.settings_path, settings)
         except OSError as exc:
             raise self._unwritable(exc) from None
@@ -219,10 +278,15 @@ class RunFolder:
     def __exit__(self, *exc: object) -> None:
         self.unlock()
 
-    def _check_settings(self, settings: dict[str, Any]) -> None:
+    def _check_settings(self, settings: dict[str, Any], items: ItemDigests | None = None) -> bool:
+        """Refuse other settings or changed answered items; True when only items without an answer changed."""
         if not self.settings_path.is_file():
             raise RunFolderError(f"{self.path}: predictions without {SETTINGS_FILE}; cannot check what made them")
         earlier = self.read_settings()
+        items_changed = items is not None and earlier.get("items_fingerprint") != settings.get("items_fingerprint")
+        if items_changed:
+            answered = {item_id for item_id, record in self.load_predictions().items() if record.error is None}
+            items_changed = self.check_items(items, "resume", only=answered)
         for flag, read in _RESUME_CHECKS:
             before, now = read(earlier), read(settings)
             if before != now:
@@ -230,13 +294,35 @@ class RunFolder:
                     f"cannot resume {self.path}: it was made under {flag} {before}, not {now}; "
                     f"resume with {flag} {before} or start another --out"
                 )
-        differing = settings_diff(earlier, settings)
+        differing = settings_diff(earlier, settings, ignore=("items_fingerprint",) if items_changed else ())
         if differing:
             details = "; ".join(f"{key}: was {earlier.get(key)!r}, now {settings.get(key)!r}" for key in differing)
             raise RunFolderError(
                 f"cannot resume {self.path}: it was made with other settings ({details}); "
                 "use the same settings or another --out"
             )
+        return items_changed
+
+    def check_items(self, items: ItemDigests, action: str, only: Collection[str] | None = None) -> bool:
+        """Refuse, naming the first item and field that differ, items other than those ``items.json`` records.
+
+        With ``only`` (the items the run has answered), only those must be
+        unchanged. True when the comparison passed; False for a folder made
+        before ``items.json`` existed, left to the comparison of fingerprints.
+        """
+        if not self.items_path.is_file():
+            return False
+        try:
+            recorded = ItemDigests.from_json(read_json_object(self.items_path, fix="restore it"))
+        except (ValueError, KeyError, TypeError) as exc:
+            raise RunFolderError(f"{self.items_path} is not an items record ({exc}); restore it, or run again with --overwrite") from None
+        difference = first_difference(recorded, items, only)
+        if difference is not None:
+            raise RunFolderError(
+                f"cannot {action} {self.path}: the dataset changed since the run ({difference}; recorded in "
+                f"{self.items_path}); use the dataset as it was, or run again with --overwrite or another --out"
+            )
+        return True
 
     def read_settings(self) -> dict[str, Any]:
         return read_json_object(self.settings_path, fix="restore it, or start the run again with --overwrite")
@@ -265,10 +351,15 @@ class RunFolder:
         keeps the rule independent of the order in which files are read.
         """
         predictions: dict[str, ItemPrediction] = {}
+        for _, record in self.records():
+            keep_record(predictions, record)
+        return predictions
+
+    def records(self) -> Iterator[tuple[Path, ItemPrediction]]:
+        """Every record of the folder's predictions files, with the file it is in."""
         for path in self.prediction_files():
             for record in _read_records(path):
-                keep_record(predictions, record)
-        return predictions
+                yield path, record
 
     def append(self, predictions: Iterable[ItemPrediction]) -> None:
         lines = "".join(json.dumps(p.to_json(), ensure_ascii=False) + "\n" for p in predictions)

@@ -1,0 +1,177 @@
+"""A run scores only what it ran (issue 22, failures 1-5).
+
+1. ``--resume`` and ``mub merge`` refuse a changed release, naming the first changed item and field;
+2. a replaced image is not served from the datasets cache;
+3. only the predictions files mub wrote are read, and ``--overwrite`` deletes no other file;
+4. a success is never replaced by an error, whatever the order of the files;
+5. references come from the dataset: an edited ``answer`` in a predictions file is refused.
+
+Expectations are computed here from the files (hashlib, the records as written), not by mub's code.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+
+import dist_helpers
+import pytest
+from conftest import copy_release_with_placeholder_images
+from PIL import Image
+
+import mub_dataset
+from mub.cli import main
+
+LIMIT = 8
+
+
+@pytest.fixture(autouse=True)
+def _scripted_backend(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(dist_helpers.BACKENDS, dist_helpers.SCRIPTED, "dist_helpers:scripted_backend")
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(name, raising=False)
+
+
+def _run_args(out: Path, dataset: Path | str = "sample", *extra: str) -> list[str]:
+    return [
+        "run", "--model", "scripted", "--backend", dist_helpers.SCRIPTED, "--dataset", str(dataset),
+        "--limit", str(LIMIT), "--batch-size", "2", "--out", str(out), "--no-progress", "--protocol", "deterministic", *extra,
+    ]  # fmt: skip
+
+
+def _lines(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def _write_lines(path: Path, records: list[dict]) -> None:
+    path.write_text("".join(json.dumps(record) + "\n" for record in records), encoding="utf-8")
+
+
+def _figures(folder: Path) -> dict:
+    return json.loads((folder / "results.json").read_text(encoding="utf-8"))["results"]
+
+
+def _one_line_error(capsys: pytest.CaptureFixture) -> str:
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    return err
+
+
+def _solid_jpeg(path: Path, colour: tuple[int, int, int]) -> None:
+    Image.new("RGB", (16, 16), colour).save(path, format="JPEG")
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A finished run of the sample (read-only: tests copy it)."""
+    out = tmp_path_factory.mktemp("finished") / "run"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setitem(dist_helpers.BACKENDS, dist_helpers.SCRIPTED, "dist_helpers:scripted_backend")
+        assert main(_run_args(out)) == 0
+    return out
+
+
+def _copy(run: Path, target: Path) -> Path:
+    shutil.copytree(run, target)
+    return target
+
+
+# ----------------------------------------------------------- 1. every input is fingerprinted
+
+
+def _edit_release(release: Path, edit: str) -> None:
+    """The issue's edits: every option text, every ``num`` set to 12, every image replaced."""
+    for record_file in [release / "all_combined_items.jsonl", *(release / "implicit" / "mislead_output").glob("*.jsonl")]:
+        records = json.loads(record_file.read_text(encoding="utf-8"))
+        for record in records:
+            if edit in ("choices", "all") and record.get("choices"):
+                record["choices"] = {letter: f"{text} (edited)" for letter, text in record["choices"].items()}
+            if edit in ("num", "all"):
+                record["num"] = 12
+        record_file.write_text(json.dumps(records), encoding="utf-8")
+    if edit in ("images", "all"):
+        for image in (release / "extract_img_all").iterdir():
+            _solid_jpeg(image, (10, 200, 90))
+
+
+def _expected_difference(answered: list[dict], edit: str) -> tuple[str, str]:
+    """The first answered item an edit touches, and the first touched field in name order."""
+    for record in answered:
+        touched = []
+        if edit in ("choices", "all") and record["question_type"] == "multiple_choice":
+            touched.append("choices")
+        if edit in ("images", "all"):
+            touched.append("image_sha256")
+        if edit in ("num", "all") and record["misled_count"] != 12:
+            touched.append("misled_count")
+        if touched:
+            return record["id"], sorted(touched)[0]
+    raise AssertionError("the edit touches no answered item")
+
+
+@pytest.mark.parametrize("edit", ["choices", "num", "images", "all"])
+def test_resume_refuses_an_edited_release_naming_the_item_and_field(tmp_path: Path, edit: str, capsys) -> None:
+    release = copy_release_with_placeholder_images(tmp_path / "release")
+    out = tmp_path / "run"
+    assert main(_run_args(out, release)) == 0
+    # Killed after 4 items: the others are still to do.
+    predictions = out / "predictions.jsonl"
+    answered = _lines(predictions)[:4]
+    _write_lines(predictions, answered)
+    (out / "results.json").unlink()
+    before = predictions.read_bytes()
+    capsys.readouterr()
+
+    _edit_release(release, edit)
+    assert main(_run_args(out, release, "--resume")) == 2
+    error = _one_line_error(capsys)
+    item, field = _expected_difference(answered, edit)
+    assert f"item {item}: field {field} differs" in error, error
+    assert str(out) in error and "--overwrite" in error
+    assert predictions.read_bytes() == before and not (out / "results.json").exists()
+
+
+def test_merge_refuses_an_edited_release_naming_the_item_and_field(tmp_path: Path, capsys) -> None:
+    release = copy_release_with_placeholder_images(tmp_path / "release")
+    shards = [tmp_path / f"shard{i}" for i in range(2)]
+    for index, folder in enumerate(shards):
+        assert main(_run_args(folder, release, "--shard", f"{index}/2")) == 0
+    first = _lines(shards[0] / "predictions.jsonl")[0]
+    capsys.readouterr()
+
+    _edit_release(release, "num")
+    assert main(["merge", *map(str, shards), "--out", str(tmp_path / "merged")]) == 2
+    error = _one_line_error(capsys)
+    assert f"item {first['id']}: field misled_count differs" in error and str(shards[0]) in error, error
+    assert not (tmp_path / "merged").exists()
+
+
+# ----------------------------------------------------------- 2. no stale image from the cache
+
+
+def _group_ids(folder: Path) -> dict[str, str]:
+    return {record["id"]: record["group_id"] for record in _lines(folder / "predictions.jsonl")}
+
+
+def test_a_replaced_image_is_not_served_from_the_cache(tmp_path: Path) -> None:
+    release = copy_release_with_placeholder_images(tmp_path / "release")
+    image = release / "extract_img_all" / "1.jpg"
+    # The golden id of the release's item on extract_img_all/1.jpg (tests/test_dataset.py), first in the release.
+    item = "mub-9698e5f07adb145f"
+    out = tmp_path / "run"
+    assert main(_run_args(out, release)) == 0
+    assert _group_ids(out)[item] == hashlib.sha256(image.read_bytes()).hexdigest()[:16]
+
+    # Other pixels, with the modification time put back as `cp -p` would.
+    stat = image.stat()
+    _solid_jpeg(image, (0, 40, 250))
+    os.utime(image, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    new_digest = hashlib.sha256(image.read_bytes()).hexdigest()[:16]
+    assert main(_run_args(out, release, "--overwrite")) == 0
+    assert _group_ids(out)[item] == new_digest
+    dataset = mub_dataset.load("explicit", release)
+    row = next(row for row in dataset.select_columns(["id", "image_sha256"]) if row["id"] == item)
+    assert row["image_sha256"] == hashlib.sha256(image.read_bytes()).hexdigest()
