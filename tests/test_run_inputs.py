@@ -175,3 +175,105 @@ def test_a_replaced_image_is_not_served_from_the_cache(tmp_path: Path) -> None:
     dataset = mub_dataset.load("explicit", release)
     row = next(row for row in dataset.select_columns(["id", "image_sha256"]) if row["id"] == item)
     assert row["image_sha256"] == hashlib.sha256(image.read_bytes()).hexdigest()
+
+
+# ----------------------------------------------------------- 3. only mub's own files
+
+
+def _flipped(records: list[dict]) -> list[dict]:
+    """The same records with every stage-2 answer set to the reference: a stray file that would move the rates."""
+    return [{**record, "prediction": record["answer"], "original_prediction": record["answer"]} for record in records]
+
+
+def test_a_stray_predictions_file_is_never_read_and_survives_overwrite(finished: Path, tmp_path: Path) -> None:
+    out = _copy(finished, tmp_path / "run")
+    expected = _figures(finished)
+    backup = out / "predictions.orig.jsonl"
+    _write_lines(backup, _flipped(_lines(out / "predictions.jsonl")))
+    kept = backup.read_bytes()
+    (out / "results.json").unlink()
+
+    assert main(_run_args(out, "sample", "--resume")) == 0
+    assert _figures(out) == expected
+    assert main(_run_args(out, "sample", "--overwrite")) == 0
+    assert _figures(out) == expected
+    assert backup.read_bytes() == kept
+
+
+def test_a_stray_file_in_a_shard_folder_changes_nothing_in_merge(tmp_path: Path) -> None:
+    shards = [tmp_path / f"shard{i}" for i in range(2)]
+    for index, folder in enumerate(shards):
+        assert main(_run_args(folder, "sample", "--shard", f"{index}/2")) == 0
+    clean = tmp_path / "clean"
+    assert main(["merge", *map(str, shards), "--out", str(clean), "--no-progress"]) == 0
+    # A stray file with altered records of this shard's items, and one with the other shard's.
+    _write_lines(shards[1] / "predictions.extra.jsonl", _flipped(_lines(shards[1] / "predictions.jsonl")))
+    _write_lines(shards[1] / "predictions.rank0-of-9.jsonl", _lines(shards[0] / "predictions.jsonl"))
+    merged = tmp_path / "merged"
+    assert main(["merge", *map(str, shards), "--out", str(merged), "--no-progress"]) == 0
+    assert _figures(merged) == _figures(clean)
+    assert (merged / "predictions.jsonl").read_bytes() == (clean / "predictions.jsonl").read_bytes()
+
+
+# ----------------------------------------------------------- 4. a success is never replaced by an error
+
+
+def _list_files(folder: Path, names: list[str]) -> None:
+    """The run record of a folder whose launches wrote ``names`` (a 2-process launch, then a resume)."""
+    marker = json.loads((folder / ".mub").read_text(encoding="utf-8"))
+    (folder / ".mub").write_text(json.dumps({**marker, "files": names}), encoding="utf-8")
+
+
+@pytest.mark.parametrize("order", ["success first", "error first"])
+def test_a_success_is_never_replaced_by_an_error_whatever_the_file_order(finished: Path, tmp_path: Path, order: str) -> None:
+    out = _copy(finished, tmp_path / "run")
+    expected = _figures(finished)
+    records = _lines(out / "predictions.jsonl")
+    # Rank 1 of a 2-process launch failed on an item answered in predictions.jsonl.
+    failed = {**records[1], "error": "rank 1: connection reset", "prediction": None}
+    _write_lines(out / "predictions.rank1-of-2.jsonl", [failed])
+    names = ["predictions.jsonl", "predictions.rank1-of-2.jsonl"]
+    _list_files(out, names if order == "success first" else names[::-1])
+    (out / "results.json").unlink()
+
+    assert main(_run_args(out, "sample", "--resume")) == 0
+    assert _figures(out) == expected  # the item is scored, not counted as an error
+    assert len(_lines(out / "predictions.jsonl")) == len(records)  # and it is not asked again
+
+
+# ----------------------------------------------------------- 5. references from the dataset
+
+
+def test_an_edited_reference_is_refused_by_resume_and_rescore(finished: Path, tmp_path: Path, capsys) -> None:
+    out = _copy(finished, tmp_path / "run")
+    predictions = out / "predictions.jsonl"
+    records = _lines(predictions)
+    # The repro: answers edited to what the model said at stage 1, which would raise the accuracy.
+    edited = [
+        {**record, "answer": record["original_prediction"]}
+        if record["original_prediction"] and record["original_prediction"] != record["answer"]
+        else record
+        for record in records
+    ]
+    first = next(new["id"] for old, new in zip(records, edited) if old != new)
+    _write_lines(predictions, edited)
+    capsys.readouterr()
+
+    assert main(["rescore", str(out), "--parser", "mub", "--out", str(tmp_path / "rescored"), "--no-progress"]) == 2
+    error = _one_line_error(capsys)
+    assert str(predictions) in error and f"item {first} records answer" in error, error
+    assert not (tmp_path / "rescored").exists()
+
+    (out / "results.json").unlink()
+    assert main(_run_args(out, "sample", "--resume")) == 2
+    error = _one_line_error(capsys)
+    assert str(predictions) in error and f"item {first} records answer" in error, error
+    assert not (out / "results.json").exists()
+
+
+def test_levels_come_from_the_dataset_not_the_predictions_file(finished: Path, tmp_path: Path) -> None:
+    out = _copy(finished, tmp_path / "run")
+    _write_lines(out / "predictions.jsonl", [{**record, "difficulty": "high"} for record in _lines(out / "predictions.jsonl")])
+    (out / "results.json").unlink()
+    assert main(_run_args(out, "sample", "--resume")) == 0
+    assert _figures(out) == _figures(finished)
