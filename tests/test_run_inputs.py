@@ -12,11 +12,14 @@ Expectations are computed here from the files (hashlib, the records as written),
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
+import datasets
 import dist_helpers
 import pytest
 from conftest import copy_release_with_placeholder_images
@@ -24,6 +27,9 @@ from PIL import Image
 
 import mub_dataset
 from mub.cli import main
+from mub.config import RunConfig
+from mub.runs.runner import run
+from mub.testing.scripted import ScriptedBackend
 
 LIMIT = 8
 
@@ -277,3 +283,38 @@ def test_levels_come_from_the_dataset_not_the_predictions_file(finished: Path, t
     (out / "results.json").unlink()
     assert main(_run_args(out, "sample", "--resume")) == 0
     assert _figures(out) == _figures(finished)
+
+
+def test_rescore_refuses_a_changed_release_naming_the_item_and_field(tmp_path: Path, capsys) -> None:
+    release = copy_release_with_placeholder_images(tmp_path / "release")
+    out = tmp_path / "run"
+    assert main(_run_args(out, release)) == 0
+    first = _lines(out / "predictions.jsonl")[0]["id"]
+    capsys.readouterr()
+    _edit_release(release, "images")
+    assert main(["rescore", str(out), "--parser", "mub", "--out", str(tmp_path / "rescored"), "--no-progress"]) == 2
+    error = _one_line_error(capsys)
+    assert f"item {first}: field image_sha256 differs" in error and "cannot rescore" in error, error
+    assert not (tmp_path / "rescored").exists()
+
+
+def test_a_dataset_built_without_the_hash_column_is_hashed_at_run_time(tmp_path: Path) -> None:
+    """An export made before ``image_sha256`` existed: its fingerprint still covers the image bytes."""
+    built = mub_dataset.load("explicit", "sample").select(range(LIMIT))
+    older = built.remove_columns("image_sha256")
+    config = RunConfig(model="scripted", backend="scripted", limit=LIMIT, progress=False, protocol="deterministic")
+
+    def fingerprint(dataset, name: str) -> str:
+        run(replace(config, out=str(tmp_path / name)), backend=ScriptedBackend(lambda request: "A"), dataset=dataset)
+        return json.loads((tmp_path / name / "run.json").read_text(encoding="utf-8"))["items_fingerprint"]
+
+    assert fingerprint(older, "older") == fingerprint(built, "built")
+    # ... and the images count: one item's image replaced changes it.
+    cells = older.cast_column("image", datasets.Image(decode=False))["image"]
+    other = io.BytesIO()
+    Image.new("RGB", (8, 8), (1, 2, 3)).save(other, format="PNG")
+    swapped = older.cast_column("image", datasets.Image(decode=False)).map(
+        lambda row, index: {"image": {"bytes": other.getvalue(), "path": "x.png"} if index == 3 else cells[index]},
+        with_indices=True,
+    )
+    assert fingerprint(swapped, "swapped") != fingerprint(built, "built2")

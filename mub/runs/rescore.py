@@ -59,6 +59,12 @@ def rescore_run(run_dir: str | Path, parser: str, out: str | Path, *, overwrite:
         raise ValueError(f"--out {out} is the run being rescored; choose another folder")
     config = replace(config_from_settings(settings, out), progress=progress)
     selection = select_items(config)
+    if selection.info["fingerprint"] != settings.get("items_fingerprint"):
+        source.check_items(selection.digests, "rescore")  # names the first changed item, where items.json exists
+        raise ValueError(
+            f"cannot rescore {source.path}: the dataset {settings['dataset']!r} gives other items than the run covered "
+            "(items fingerprint differs); rescore against the dataset as it was"
+        )
     rows = {row["id"]: row for row in selection.rows}
     check_references(source, selection.rows)
     predictions = source.load_predictions()

@@ -240,8 +240,9 @@ class RunFolder:
             self._drop_partial_last_line()
             if lock:
                 self._record_names([*self._recorded_names(), *self.launch_files])
-                if items_changed and items is not None:
-                    # Only unanswered items changed (say, a broken image fixed): the run goes on with the new record.
+                if items is not None and (items_changed or not self.items_path.is_file()):
+                    # Only unanswered items changed (say, a broken image fixed): the run goes on with the new
+                    # record. A folder made before items.json existed gets one.
                     write_json_atomic(self.items_path, items.to_json())
                     write_json_atomic(self.settings_path, settings)
             return
