@@ -171,10 +171,11 @@ def test_a_replaced_image_is_not_served_from_the_cache(tmp_path: Path) -> None:
     assert main(_run_args(out, release)) == 0
     assert _group_ids(out)[item] == hashlib.sha256(image.read_bytes()).hexdigest()[:16]
 
-    # Other pixels, with the modification time put back as `cp -p` would.
+    # Other pixels in a file of the same size, with the modification time put back as `cp -p` would.
     stat = image.stat()
-    _solid_jpeg(image, (0, 40, 250))
+    _solid_jpeg(image, (10, 200, 90))
     os.utime(image, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert (image.stat().st_size, image.stat().st_mtime_ns) == (stat.st_size, stat.st_mtime_ns)
     new_digest = hashlib.sha256(image.read_bytes()).hexdigest()[:16]
     assert main(_run_args(out, release, "--overwrite")) == 0
     assert _group_ids(out)[item] == new_digest
