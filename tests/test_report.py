@@ -716,3 +716,20 @@ def test_a_model_name_cannot_lead_the_results_file_out_of_its_folder(name: str) 
     with pytest.raises(ValueError, match="cannot name a results folder"):
         model_folder(name)
     assert model_folder("org/model-1.5") == "org/model-1.5"
+
+
+def test_power_from_pilot_runs_uses_the_items_both_answered_correctly(runs: dict[str, Path], capsys) -> None:
+    def outcomes(run: Path) -> dict[str, tuple[bool, bool]]:
+        records = [json.loads(line) for line in (run / "predictions.jsonl").read_text().splitlines()]
+        return {r["id"]: (r["original_prediction"] == r["answer"], r["prediction"] == r["answer"]) for r in records}
+
+    steady, fickle = outcomes(runs["steady_explicit"]), outcomes(runs["fickle_explicit"])
+    shared = [i for i in steady if steady[i][0] and fickle[i][0]]
+    flips_b = sum(not fickle[i][1] for i in shared)
+    assert main(["power", "--pilot", str(runs["steady_explicit"]), str(runs["fickle_explicit"])]) == 0
+    out = capsys.readouterr().out
+    assert f"A 0.0000, B {flips_b / len(shared):.4f}" in out
+    assert f"share of items both answer correctly {len(shared) / len(steady):.3f}" in out
+    needed = power.shared_items_needed(power.PairedFlips(0.0, flips_b / len(shared), 0.0))
+    assert f"({needed:,} answered correctly by both)" in out
+    assert f"power with the pilot's {len(steady):,} items:" in out
