@@ -7,7 +7,9 @@ runs, so ``mub --help`` stays fast. Registered in :mod:`mub.cli`.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+from pathlib import Path
 
 from mub.backend_flags import add_backend_flags, backend_options
 from mub.errors import EXIT_ITEM_ERRORS, resume_command
@@ -135,12 +137,14 @@ def add_curate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--levels", metavar="LOW,MEDIUM,HIGH", help="misled counts of the three levels (default: half, three quarters and all of the panel)")
     p.add_argument("--min-count", type=int, help="keep items misled by at least this many models (default: the low level's count)")
     p.add_argument("--limit", type=int, help="the first N items only (a trial)")
+    p.add_argument("--only", action="append", default=[], metavar="NAME",
+                   help="run just this panel model (repeatable; array jobs): no release is written until a run without --only")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_curate)
 
 
 def _cmd_curate(args: argparse.Namespace) -> int:
-    from mub.extend.curate import CurateConfig, CurationIncomplete, curate, format_curation
+    from mub.extend.curate import CURATION_FILE, CurateConfig, CurationIncomplete, curate, format_curation
 
     levels = None
     if args.levels is not None:
@@ -152,14 +156,26 @@ def _cmd_curate(args: argparse.Namespace) -> int:
             raise ValueError(f"--levels takes three misled counts LOW,MEDIUM,HIGH, e.g. 2,3,4; got {args.levels!r}")
     config = CurateConfig(
         panel=args.panel, dataset=args.dataset, out=args.out, misled_rule=args.misled_rule, levels=levels,
-        min_count=args.min_count, limit=args.limit, progress=not args.no_progress,
+        min_count=args.min_count, limit=args.limit, progress=not args.no_progress, only=tuple(args.only),
     )  # fmt: skip
     try:
         curation = curate(config)
     except CurationIncomplete as exc:
         print(f"mub curate: {exc}; their counts are unknown: run the same `mub curate` command again to retry them", file=sys.stderr)
         return EXIT_ITEM_ERRORS
+    if curation is None:
+        print(f"ran {', '.join(args.only)} into {Path(args.out) / 'runs'}; once every panel model has run, "
+              "run `mub curate` without --only to write the release")
+        return 0
     print(format_curation(curation, args.out))
+    try:
+        from mub.report.plots import curation_figure
+    except ModuleNotFoundError:  # matplotlib is the report extra; the release is complete without the picture
+        print("(no curation.png: the plot needs matplotlib, the [report] extra)")
+        return 0
+    figure = Path(args.out) / "curation.png"
+    curation_figure(json.loads((Path(args.out) / CURATION_FILE).read_text(encoding="utf-8")), figure)
+    print(f"plot: {figure}")
     return 0
 
 

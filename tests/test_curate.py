@@ -23,6 +23,7 @@ import mub_dataset
 from mub.cli import main
 from mub.extend.curate import CurateConfig, curate, paper_scale, scaled_levels
 from mub.protocol.prompts import render_prompt
+from mub.report.plots import curation_figure
 from mub_dataset.records import item_id, item_key
 
 LIMIT = 40
@@ -123,6 +124,12 @@ def test_misled_counts_levels_and_selection_follow_the_panels_behaviour(size, tm
         else:
             assert record["num"] == expected_num
     assert "kept:" in capsys.readouterr().out
+    # The picture shows the same distribution: one bar per count, its height the items at that count.
+    figure = curation_figure(curation, tmp_path / "check.png")
+    bars = figure.axes[0].patches
+    assert [round(bar.get_x() + bar.get_width() / 2) for bar in bars] == list(range(size + 1))
+    assert [bar.get_height() for bar in bars] == [sum(1 for c in counts.values() if c == k) for k in range(size + 1)]
+    assert (tmp_path / "curated" / "curation.png").stat().st_size > 0
 
 
 def test_wrong_after_rule_counts_models_wrong_after_the_hint(tmp_path, api_key):
@@ -209,3 +216,19 @@ def test_a_bad_panel_file_is_one_line(panel, message, tmp_path, capsys) -> None:
     assert main(["curate", "--panel", str(path), "--dataset", "sample", "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1
+
+
+def test_array_jobs_run_one_panel_model_each_then_one_curate_assembles(tmp_path, api_key, capsys):
+    names = [f"panel/model-{i}" for i in range(4)]
+    with ExitStack() as stack:
+        servers = {name: stack.enter_context(FaultServer(answer=scripted(name))) for name in names}
+        panel = _panel(tmp_path, servers)
+        for name in names:  # one job per model
+            assert _curate(panel, tmp_path / "curated", "--only", name) == 0
+            assert not (tmp_path / "curated" / "all_combined_items.jsonl").exists()
+        asked = sum(len(server.received) for server in servers.values())
+        assert _curate(panel, tmp_path / "curated") == 0
+        assert sum(len(server.received) for server in servers.values()) == asked  # the assembly asks nothing
+    assert json.loads((tmp_path / "curated" / "curation.json").read_text())["counts"] == expected_counts(names)
+    assert _curate(panel, tmp_path / "other", "--only", "nobody") == 2
+    assert "no panel model of that name" in capsys.readouterr().err

@@ -26,6 +26,8 @@ the count grades it (the paper: low/medium/high = 6/9/12 of 12 models).
 Each model's run is an ordinary ``mub run`` folder under ``OUT/runs/``: a killed
 curate resumes each run where it stopped, finished runs are reused, and a run
 with item errors stops the curation (exit 3) until ``mub curate`` is run again.
+``--only NAME`` runs one panel model (array jobs share the panel out); a final
+``mub curate`` without it assembles the release from the finished runs.
 """
 
 from __future__ import annotations
@@ -191,6 +193,7 @@ class CurateConfig:
     min_count: int | None = None
     limit: int | None = None
     progress: bool = True
+    only: tuple[str, ...] = ()  # run just these panel models (an array job's share); no release is written
 
 
 @dataclass
@@ -237,8 +240,12 @@ class Curation:
 RunFunction = Callable[[RunConfig], Any]
 
 
-def curate(config: CurateConfig, run_model: RunFunction = run) -> Curation:
-    """Run the panel (resuming and reusing its runs), count, grade, select, and write the release."""
+def curate(config: CurateConfig, run_model: RunFunction = run) -> Curation | None:
+    """Run the panel (resuming and reusing its runs), count, grade, select, and write the release.
+
+    With ``config.only``, run just those panel models and return ``None``: array jobs each run a share of the
+    panel into the same folder, and a last ``mub curate`` without it reuses their runs and writes the release.
+    """
     if config.misled_rule not in MISLED_RULES:
         raise ValueError(f"unknown --misled-rule {config.misled_rule!r}; choose one of {', '.join(MISLED_RULES)}")
     panel = read_panel(config.panel)
@@ -252,10 +259,15 @@ def curate(config: CurateConfig, run_model: RunFunction = run) -> Curation:
     source = load_source(config.dataset, config.limit)
     mark_folder(out, COMMAND)
 
+    unknown = sorted(set(config.only) - {model.name for model in panel.models})
+    if unknown:
+        raise ValueError(f"--only {unknown[0]}: no panel model of that name; the panel has {', '.join(m.name for m in panel.models)}")
     runs: list[Mapping[str, ItemPrediction]] = []
     run_records: dict[str, dict[str, Any]] = {}
     unfinished: dict[str, int] = {}
     for model in panel.models:
+        if config.only and model.name not in config.only:
+            continue
         folder = out / RUNS_DIR / folder_name(model.name)
         predictions, record = _panel_run(model, panel.protocol, config, folder, run_model)
         failed = sum(1 for p in predictions.values() if p.error is not None)
@@ -265,6 +277,8 @@ def curate(config: CurateConfig, run_model: RunFunction = run) -> Curation:
         run_records[model.name] = record
     if unfinished:
         raise CurationIncomplete(unfinished)
+    if config.only:
+        return None
 
     item_ids = [row["id"] for row in source.rows]
     misled_by = {
