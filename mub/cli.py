@@ -332,8 +332,49 @@ def _add_publish_metric(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_cmd_publish_metric)
 
 
+def _cmd_power(args: argparse.Namespace) -> int:
+    from mub.report import power
+
+    levels = {
+        "alpha": power.DEFAULT_ALPHA if args.alpha is None else args.alpha,
+        "power": power.DEFAULT_POWER if args.power is None else args.power,
+    }
+    if args.pilot:
+        from mub.report.compare import match_items, outcomes
+        from mub.runs.storage import RunFolder
+
+        a, b = (outcomes(list(RunFolder(path).load_predictions().values())) for path in args.pilot)
+        matched = match_items(a, b)
+        if not matched[0].item_ids:
+            raise ValueError(f"{args.pilot[0]} and {args.pilot[1]} scored no item in common; pilot runs must share items")
+        flips, n_shared = power.pilot_flips(*matched)
+        result = power.answer(flips, **levels, n_shared=n_shared, n_items=len(matched[0].item_ids))
+    else:
+        p_a, p_b = args.rates
+        flips = power.PairedFlips(p_a, p_b, args.corr, args.shared_share)
+        result = power.answer(flips, **levels)
+    print(power.format_answer(result))
+    return 0
+
+
+def _add_power(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("power", help="items needed to tell two models' misleading rates apart (paired McNemar test)")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--pilot", nargs=2, metavar=("RUN_A", "RUN_B"), help="two finished run folders on the same items")
+    source.add_argument("--rates", nargs=2, type=float, metavar=("P_A", "P_B"),
+                        help="assumed mr_t2f of each model on the items both answer correctly")
+    p.add_argument("--corr", type=float, default=0.0,
+                   help="with --rates: correlation of the two models' flips on the same items (default 0: independent)")
+    p.add_argument("--shared-share", type=float, default=1.0,
+                   help="with --rates: share of items both models answer correctly at stage 1 (default 1)")
+    p.add_argument("--alpha", type=float, help="two-sided significance level (default 0.05)")
+    p.add_argument("--power", type=float, help="power to reach (default 0.8)")
+    p.set_defaults(func=_cmd_power)
+
+
 SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_build, _add_run, _add_merge, _add_rescore, _add_report, _add_submit, _add_leaderboard, _add_publish_metric,
+    _add_power,
 ]  # fmt: skip
 SUBCOMMANDS += DATA_SUBCOMMANDS  # notes, sft-data, import (mub/data_cli.py)
 

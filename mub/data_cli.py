@@ -1,4 +1,4 @@
-"""Subcommands that make data: ``mub notes``, ``mub sft-data`` and ``mub import``.
+"""Subcommands that make data: ``mub notes``, ``mub sft-data``, ``mub import`` and ``mub curate``.
 
 Each is a thin shell over its module; heavy imports happen when a command
 runs, so ``mub --help`` stays fast. Registered in :mod:`mub.cli`.
@@ -7,7 +7,9 @@ runs, so ``mub --help`` stays fast. Registered in :mod:`mub.cli`.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+from pathlib import Path
 
 from mub.backend_flags import add_backend_flags, backend_options
 from mub.errors import EXIT_ITEM_ERRORS, resume_command
@@ -125,6 +127,58 @@ def _cmd_import(args: argparse.Namespace) -> int:
     return 0
 
 
-SUBCOMMANDS = (add_notes, add_sft_data, add_import)
+def add_curate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("curate", help="run a panel of models, count who is misled by each item, grade and keep items: a release folder")
+    p.add_argument("--panel", required=True, metavar="PANEL.yaml", help="the panel: 'protocol' and a list of 'models', each with its run settings")
+    p.add_argument("--dataset", required=True, help="items to grade: a release folder, a `mub build` folder, a Hub id or 'sample'")
+    p.add_argument("--out", required=True, help="the curated release folder (its panel runs go under OUT/runs/); run again to resume")
+    p.add_argument("--misled-rule", choices=["t2f", "wrong-after"], default="t2f",
+                   help="t2f (default, the paper's): correct at stage 1, not after the hint; wrong-after: not correct after the hint")
+    p.add_argument("--levels", metavar="LOW,MEDIUM,HIGH", help="misled counts of the three levels (default: half, three quarters and all of the panel)")
+    p.add_argument("--min-count", type=int, help="keep items misled by at least this many models (default: the low level's count)")
+    p.add_argument("--limit", type=int, help="the first N items only (a trial)")
+    p.add_argument("--only", action="append", default=[], metavar="NAME",
+                   help="run just this panel model (repeatable; array jobs): no release is written until a run without --only")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=_cmd_curate)
 
-__all__ = ["SUBCOMMANDS", "add_backend_flags", "add_import", "add_notes", "add_sft_data"]
+
+def _cmd_curate(args: argparse.Namespace) -> int:
+    from mub.extend.curate import CURATION_FILE, CurateConfig, CurationIncomplete, curate, format_curation
+
+    levels = None
+    if args.levels is not None:
+        try:
+            levels = tuple(int(part) for part in args.levels.split(","))
+        except ValueError:
+            levels = ()
+        if len(levels) != 3:
+            raise ValueError(f"--levels takes three misled counts LOW,MEDIUM,HIGH, e.g. 2,3,4; got {args.levels!r}")
+    config = CurateConfig(
+        panel=args.panel, dataset=args.dataset, out=args.out, misled_rule=args.misled_rule, levels=levels,
+        min_count=args.min_count, limit=args.limit, progress=not args.no_progress, only=tuple(args.only),
+    )  # fmt: skip
+    try:
+        curation = curate(config)
+    except CurationIncomplete as exc:
+        print(f"mub curate: {exc}; their counts are unknown: run the same `mub curate` command again to retry them", file=sys.stderr)
+        return EXIT_ITEM_ERRORS
+    if curation is None:
+        print(f"ran {', '.join(args.only)} into {Path(args.out) / 'runs'}; once every panel model has run, "
+              "run `mub curate` without --only to write the release")
+        return 0
+    print(format_curation(curation, args.out))
+    try:
+        from mub.report.plots import curation_figure
+    except ModuleNotFoundError:  # matplotlib is the report extra; the release is complete without the picture
+        print("(no curation.png: the plot needs matplotlib, the [report] extra)")
+        return 0
+    figure = Path(args.out) / "curation.png"
+    curation_figure(json.loads((Path(args.out) / CURATION_FILE).read_text(encoding="utf-8")), figure)
+    print(f"plot: {figure}")
+    return 0
+
+
+SUBCOMMANDS = (add_notes, add_sft_data, add_import, add_curate)
+
+__all__ = ["SUBCOMMANDS", "add_backend_flags", "add_curate", "add_import", "add_notes", "add_sft_data"]

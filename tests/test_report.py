@@ -29,6 +29,7 @@ import mub_dataset
 from mub.backends.base import Request
 from mub.cli import main
 from mub.config import RunConfig
+from mub.report import power
 from mub.report.compare import ItemOutcomes, compare_predictions, paired_bootstrap
 from mub.report.paper import PAPER_AVERAGE, PAPER_RESULTS
 from mub.report.report import (
@@ -216,8 +217,24 @@ def test_html_is_self_contained_and_embeds_every_plot(report_dir: Path) -> None:
 def test_paired_comparison_in_report_says_fickle_differs_significantly(report_dir: Path) -> None:
     rows = _markdown_table((report_dir / "report.md").read_text(), "Paired comparisons")
     explicit = next(r for r in rows if r[0] == "explicit" and r[2] == "scripted/fickle")
-    assert explicit[1] == "scripted/steady" and explicit[-1] == "yes"
+    assert explicit[1] == "scripted/steady" and explicit[8] == "yes"
     assert float(explicit[4]) == 0.0 and float(explicit[5]) > 40
+
+
+def test_paired_comparison_states_the_difference_its_items_can_detect(report_dir: Path, runs: dict[str, Path]) -> None:
+    rows = _markdown_table((report_dir / "report.md").read_text(), "Paired comparisons")
+    explicit = next(r for r in rows if r[0] == "explicit" and r[2] == "scripted/fickle")
+
+    def outcomes(run: Path) -> dict[str, tuple[bool, bool]]:
+        records = [json.loads(line) for line in (run / "predictions.jsonl").read_text().splitlines()]
+        return {r["id"]: (r["original_prediction"] == r["answer"], r["prediction"] == r["answer"]) for r in records}
+
+    steady, fickle = outcomes(runs["steady_explicit"]), outcomes(runs["fickle_explicit"])
+    shared = [i for i in steady if i in fickle and steady[i][0] and fickle[i][0]]
+    # The steady model never flips, so the flips are uncorrelated (phi 0) and A's rate is 0.
+    assert not any(not steady[i][1] for i in shared)
+    expected = power.minimal_detectable_difference(0.0, 0.0, len(shared))
+    assert explicit[9] == f"{100 * expected:.2f}"
 
 
 def test_report_for_twenty_models_grows_with_the_models(runs: dict[str, Path], tmp_path: Path) -> None:
@@ -699,3 +716,20 @@ def test_a_model_name_cannot_lead_the_results_file_out_of_its_folder(name: str) 
     with pytest.raises(ValueError, match="cannot name a results folder"):
         model_folder(name)
     assert model_folder("org/model-1.5") == "org/model-1.5"
+
+
+def test_power_from_pilot_runs_uses_the_items_both_answered_correctly(runs: dict[str, Path], capsys) -> None:
+    def outcomes(run: Path) -> dict[str, tuple[bool, bool]]:
+        records = [json.loads(line) for line in (run / "predictions.jsonl").read_text().splitlines()]
+        return {r["id"]: (r["original_prediction"] == r["answer"], r["prediction"] == r["answer"]) for r in records}
+
+    steady, fickle = outcomes(runs["steady_explicit"]), outcomes(runs["fickle_explicit"])
+    shared = [i for i in steady if steady[i][0] and fickle[i][0]]
+    flips_b = sum(not fickle[i][1] for i in shared)
+    assert main(["power", "--pilot", str(runs["steady_explicit"]), str(runs["fickle_explicit"])]) == 0
+    out = capsys.readouterr().out
+    assert f"A 0.0000, B {flips_b / len(shared):.4f}" in out
+    assert f"share of items both answer correctly {len(shared) / len(steady):.3f}" in out
+    needed = power.shared_items_needed(power.PairedFlips(0.0, flips_b / len(shared), 0.0))
+    assert f"({needed:,} answered correctly by both)" in out
+    assert f"power with the pilot's {len(steady):,} items:" in out

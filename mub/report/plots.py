@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 import textwrap
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 from matplotlib import colormaps
@@ -309,3 +309,34 @@ def accuracy_scatter(rows: Sequence[ModelRow], paper: bool, path: Path) -> None:
         fontsize=8,
     )
     _save(fig, path)
+
+
+# ------------------------------------------------------------ curation (mub curate)
+
+
+def curation_figure(curation: Mapping, path: Path) -> Figure:
+    """``mub curate``'s picture: items per misled count (coloured by level, grey where not kept) and how alike
+    the panel models fail (Jaccard overlap of the items that mislead each pair). ``curation`` is curation.json."""
+    summary = curation["summary"]
+    names = list(curation["agreement"])
+    fig, axes = _figure(1, 2, (11, 4.2 + 0.15 * len(names)))
+    counts_ax, agreement_ax = axes[0]
+    level_of_count = {count: level for level, count in summary["levels"].items()}  # higher level wins a shared count
+    distribution = summary["count_distribution"]
+    colours = [
+        LEVEL_COLOURS.get(level_of_count.get(int(c), ""), "#999999" if int(c) < summary["min_count"] else "#BBBBBB")
+        for c in distribution
+    ]
+    counts_ax.bar([int(c) for c in distribution], list(distribution.values()), color=colours)
+    counts_ax.set_xlabel(f"misled count (of {summary['panel_size']} panel models)")
+    counts_ax.set_ylabel("items")
+    counts_ax.set_title(f"{summary['kept']} of {summary['items']} items kept (misled by >= {summary['min_count']})")
+    counts_ax.set_xticks(range(summary["panel_size"] + 1))
+    matrix = np.array([[np.nan if v is None else v for v in curation["agreement"][a].values()] for a in names], dtype=float)
+    image = agreement_ax.imshow(matrix, cmap=SEQUENTIAL, vmin=0, vmax=1)
+    agreement_ax.set_xticks(range(len(names)), [wrap(n, 18) for n in names], rotation=45, ha="right", fontsize=7)
+    agreement_ax.set_yticks(range(len(names)), [wrap(n, 18) for n in names], fontsize=7)
+    agreement_ax.set_title("items that mislead both / either (Jaccard)")
+    fig.colorbar(image, ax=agreement_ax, shrink=0.8)
+    _save(fig, path)
+    return fig

@@ -20,7 +20,8 @@ from typing import Any, Callable, Sequence
 
 from mub.protocol.stages import same_answer
 from mub.report import plots
-from mub.report.compare import DEFAULT_BOOTSTRAP, PairedBootstrap, compare_predictions
+from mub.report import power
+from mub.report.compare import DEFAULT_BOOTSTRAP, ItemOutcomes, PairedBootstrap, match_items, outcomes, paired_bootstrap
 from mub.report.paper import PAPER_AVERAGE, PAPER_CITATION, PAPER_RESULTS
 from mub.report.plots import levels_mean
 from mub.report.rows import KINDS, STATES, ModelRow, RunSummary
@@ -250,6 +251,7 @@ class Comparison:
     reference: RunSummary
     other: RunSummary
     result: PairedBootstrap
+    detectable: float | None = None  # smallest rise in mr_t2f these shared items detect (mub.report.power)
 
 
 def paired_comparisons(
@@ -267,8 +269,9 @@ def paired_comparisons(
     for run in runs:
         reference = first.setdefault(group(run), run)
         if reference is not run:
-            result = compare_predictions(reference.predictions, run.predictions, n_boot=n_boot, seed=seed)
-            found.append(Comparison(run.config, reference, run, result))
+            matched = match_items(outcomes(reference.predictions), outcomes(run.predictions))
+            result = paired_bootstrap(*matched, n_boot=n_boot, seed=seed)
+            found.append(Comparison(run.config, reference, run, result, detectable_difference(*matched)))
     order = list(first)
     return sorted(found, key=lambda c: order.index(group(c.reference)))  # grouped, stable within a group
 
@@ -313,6 +316,15 @@ def cue_table(runs: Sequence[RunSummary]) -> Table | None:
     return Table("Cue families and dialogue forms", headers, body, caption)
 
 
+def detectable_difference(a: ItemOutcomes, b: ItemOutcomes) -> float | None:
+    """The minimal mr_t2f difference the shared items detect (McNemar, alpha 0.05, power 0.8); None if none."""
+    try:
+        flips, n_shared = power.pilot_flips(a, b)
+    except ValueError:  # no item answered correctly by both
+        return None
+    return power.minimal_detectable_difference(flips.p_a, flips.corr, n_shared)
+
+
 def bootstrap_p(result: PairedBootstrap) -> str:
     if result.p_value is None:
         return MISSING
@@ -335,6 +347,7 @@ def comparison_table(
         "B − A [95% CI]",
         "p",
         "Significant at 95%",
+        "Detectable (80% power)",
     ]
     body = []
     for c in comparisons:
@@ -353,13 +366,16 @@ def comparison_table(
                 difference,
                 bootstrap_p(r),
                 MISSING if r.difference is None else ("yes" if r.significant else "no"),
+                MISSING if c.detectable is None else f"{100 * c.detectable:.2f}",
             ]
         )
     n_boot, seed = (comparisons[0].result.n_boot, comparisons[0].result.seed) if comparisons else (0, 0)
     caption = (
         f"Misleading rate (T→F) of each run against {against}, on the items both "
         f"scored (matched by item id). Paired bootstrap over items ({n_boot} resamples, seed {seed}): the interval is "
-        "the 2.5–97.5 percentile of the difference; significant when it excludes 0."
+        "the 2.5–97.5 percentile of the difference; significant when it excludes 0. Detectable: the smallest rise in "
+        "MR over A's that McNemar's test on the items both answered correctly at stage 1 detects with 80% power at "
+        "alpha 0.05 (`mub power`)."
     )
     return Table(title, headers, body, caption)
 
