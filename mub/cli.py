@@ -220,9 +220,10 @@ def _cmd_report(args: argparse.Namespace) -> int:
     except ModuleNotFoundError as exc:  # matplotlib is an extra
         raise ValueError(f"{exc}; install the plotting extra: pip install 'mub[report]'") from exc
 
-    report = build_report(args.run_dirs, paper=args.paper, n_boot=args.bootstrap, seed=args.seed)
+    report = build_report(args.run_dirs, paper=args.paper, n_boot=args.bootstrap, seed=args.seed, view=not args.no_view)
     files = write_report(report, args.out, overwrite=args.overwrite)
-    print(f"wrote {files.markdown}, {files.html} and {len(files.images)} plots")
+    view = "" if args.no_view else f", and the items behind them in {Path(args.out) / 'view' / 'index.html'}"
+    print(f"wrote {files.markdown}, {files.html} and {len(files.images)} plots{view}")
     return 0
 
 
@@ -231,6 +232,7 @@ def _add_report(sub: argparse._SubParsersAction) -> None:
     p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="finished run folders (typically an explicit and an implicit run per model)")
     p.add_argument("--out", default="report", help="output folder (default: report)")
     p.add_argument("--paper", action="store_true", help="add the paper's models as reference points and table")
+    p.add_argument("--no-view", action="store_true", help="no item view (mub view) beside the report; its figures then link nowhere")
     p.add_argument("--bootstrap", type=int, default=2000, help="paired-bootstrap resamples for run comparisons")
     p.add_argument("--seed", type=int, default=0, help="paired-bootstrap seed")
     p.add_argument("--overwrite", action="store_true", help="replace an earlier `mub report` output in --out")
@@ -372,9 +374,41 @@ def _add_power(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_cmd_power)
 
 
+def _cmd_view(args: argparse.Namespace) -> int:
+    from mub.report.view import write_view
+
+    out = write_view(args.run_dirs, args.out, overwrite=args.overwrite)
+    print(f"wrote {out / 'index.html'} (open it in a browser; no server needed)")
+    return 0
+
+
+def _add_view(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("view", help="an item-by-item page of runs: image, prompts as sent, outputs, verdicts, filters")
+    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="finished run folders; several are shown side by side")
+    p.add_argument("--out", default="view", help="output folder (default: view): index.html, data.js, thumbs/, images/")
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier `mub view` output in --out")
+    p.set_defaults(func=_cmd_view)
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from mub.report.view import export_run
+
+    rows = export_run(args.run_dir, args.out, args.format)
+    print(f"wrote {args.out}: {rows} rows (one per item and draw)")
+    return 0
+
+
+def _add_export(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("export", help="one row per item and draw of a run, joined with its dataset: csv, jsonl or parquet")
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a finished run folder")
+    p.add_argument("--format", choices=["csv", "jsonl", "parquet"], default="csv", help="file format (default csv)")
+    p.add_argument("--out", required=True, help="the file to write (never replaced)")
+    p.set_defaults(func=_cmd_export)
+
+
 SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
-    _add_build, _add_run, _add_merge, _add_rescore, _add_report, _add_submit, _add_leaderboard, _add_publish_metric,
-    _add_power,
+    _add_build, _add_run, _add_merge, _add_rescore, _add_report, _add_view, _add_export, _add_submit, _add_leaderboard,
+    _add_publish_metric, _add_power,
 ]  # fmt: skip
 SUBCOMMANDS += DATA_SUBCOMMANDS  # notes, sft-data, import (mub/data_cli.py)
 

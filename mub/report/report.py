@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Sequence
+from urllib.parse import urlencode
 
 from mub.protocol.stages import same_answer
 from mub.report import plots
@@ -25,6 +26,7 @@ from mub.report.compare import DEFAULT_BOOTSTRAP, ItemOutcomes, PairedBootstrap,
 from mub.report.paper import PAPER_AVERAGE, PAPER_CITATION, PAPER_RESULTS
 from mub.report.plots import levels_mean
 from mub.report.rows import KINDS, STATES, ModelRow, RunSummary
+from mub.report.view import VERDICTS, write_view
 from mub.runs.predictions import ItemPrediction
 from mub.runs.storage import (
     RESULTS_FILE,
@@ -35,6 +37,8 @@ from mub.runs.storage import (
 )
 from mub_dataset.features import DIFFICULTY_LEVELS
 from mub_dataset.files import staged_folder
+
+VIEW_DIR = "view"  # the report's item view (mub view), beside report.html
 
 NON_METRIC_RESULTS = ("stage1_sampling",)  # results.json entries that are not a config's figures
 MISSING = "–"
@@ -74,6 +78,8 @@ class FigureSpec:
     title: str
     caption: str
     draw: Callable[[Path], None]
+    # The items behind the figure: (label, `mub view` filter as a URL fragment), linked when the report has a view.
+    links: tuple[tuple[str, str], ...] = ()
 
 
 Block = Table | FigureSpec
@@ -84,6 +90,7 @@ class Report:
     title: str
     intro: str
     blocks: list[Block]
+    run_dirs: tuple[Path, ...] = ()  # for the item view written beside the report
 
 
 # ------------------------------------------------------------------ reading
@@ -445,9 +452,10 @@ def by_notes_table(runs: Sequence[RunSummary]) -> Table | None:
 
 
 def build_report(
-    run_dirs: Sequence[str | Path], *, paper: bool = False, n_boot: int = DEFAULT_BOOTSTRAP, seed: int = 0
+    run_dirs: Sequence[str | Path], *, paper: bool = False, n_boot: int = DEFAULT_BOOTSTRAP, seed: int = 0,
+    view: bool = False,
 ) -> Report:
-    """Read the run folders and lay out the report; nothing is written."""
+    """Read the run folders and lay out the report; nothing is written. ``view``: write `mub view` beside it."""
     if not run_dirs:
         raise ValueError("mub report needs at least one run folder")
     runs = [load_run(path) for path in run_dirs]
@@ -465,6 +473,7 @@ def build_report(
             "Misleading rate by difficulty, plotted",
             "Bars: misleading rate per difficulty level; whiskers: 95% Wilson intervals.",
             partial(plots.difficulty_bars, rows),
+            tuple((f"flipped, {level}", view_filter(verdict="flipped", level=level)) for level in DIFFICULTY_LEVELS),
         ),
         summary_table(runs),
     ]
@@ -482,12 +491,17 @@ def build_report(
             "Stage 1 → stage 2 transitions",
             "Rows: stage-1 answer; columns: stage-2 answer after the cue. Cells: item count and share of the row.",
             partial(plots.transition_matrices, runs, [transition_counts(run.predictions) for run in runs]),
+            tuple((verdict, view_filter(verdict=verdict)) for verdict in VERDICTS),
         ),
         FigureSpec(
             "misleading_by_source.png",
             "Misleading rate by source benchmark",
             "Misleading rate per source; grey cells: no run, or no item of that source answered correctly in stage 1.",
             partial(plots.source_heatmap, rows),
+            tuple(
+                (f"flipped, {source}", view_filter(source=source, verdict="flipped"))
+                for source in sorted({p.source for run in runs for p in run.predictions})
+            ),
         ),
         FigureSpec(
             "accuracy_vs_misleading.png",
@@ -509,7 +523,7 @@ def build_report(
         f"{len(runs)} run(s) of {len(rows)} model(s) on dataset {', '.join(datasets)}; "
         "run folders are listed at the end."
     )
-    return Report("MUB report", intro, blocks)
+    return Report("MUB report", intro, blocks, tuple(Path(p) for p in run_dirs) if view else ())
 
 
 # ---------------------------------------------------------------- writers
@@ -530,13 +544,21 @@ def markdown_table(table: Table) -> str:
     return "\n".join(lines)
 
 
-def render_markdown(report: Report) -> str:
+def view_filter(**filters: str) -> str:
+    """A `mub view` URL fragment selecting items (see mub.report.view_page)."""
+    return urlencode(filters)
+
+
+def render_markdown(report: Report, view: str | None = None) -> str:
     parts = [f"# {report.title}", report.intro]
     for block in report.blocks:
         if isinstance(block, Table):
             parts.append(markdown_table(block))
         else:
-            parts.append(f"## {block.title}\n\n![{block.title}]({block.filename})\n\n{block.caption}")
+            text = f"## {block.title}\n\n![{block.title}]({block.filename})\n\n{block.caption}"
+            if view and block.links:
+                text += "\n\nThe items behind it: " + ", ".join(f"[{label}]({view}#{f})" for label, f in block.links)
+            parts.append(text)
     return "\n\n".join(parts) + "\n"
 
 
@@ -580,24 +602,30 @@ def html_table(table: Table) -> str:
     )
 
 
-def html_figure(figure: FigureSpec, png: bytes) -> str:
+def html_figure(figure: FigureSpec, png: bytes, view: str | None = None) -> str:
     # Embedded as a data URL so the HTML file is self-contained (mail it, attach it, open it offline).
     data = base64.b64encode(png).decode("ascii")
+    links = ""
+    if view and figure.links:
+        anchors = ", ".join(
+            f"<a href='{html.escape(view)}#{html.escape(f)}'>{html.escape(label)}</a>" for label, f in figure.links
+        )
+        links = f"<p class='caption'>The items behind it: {anchors}</p>"
     return (
         f"<h2>{html.escape(figure.title)}</h2>"
         f"<img alt='{html.escape(figure.title)}' src='data:image/png;base64,{data}'>"
-        f"<p class='caption'>{html.escape(figure.caption)}</p>"
+        f"<p class='caption'>{html.escape(figure.caption)}</p>{links}"
     )
 
 
-def render_html(report: Report, images: dict[str, bytes]) -> str:
+def render_html(report: Report, images: dict[str, bytes], view: str | None = None) -> str:
     parts = [
         "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
         f"<title>{html.escape(report.title)}</title><style>{_STYLE}</style></head><body>",
         f"<h1>{html.escape(report.title)}</h1><p>{html.escape(report.intro)}</p>",
     ]
     for block in report.blocks:
-        parts.append(html_table(block) if isinstance(block, Table) else html_figure(block, images[block.filename]))
+        parts.append(html_table(block) if isinstance(block, Table) else html_figure(block, images[block.filename], view))
     parts.append("</body></html>")
     return "\n".join(parts) + "\n"
 
@@ -622,6 +650,10 @@ def write_report(report: Report, out: str | Path, overwrite: bool = False) -> Re
         for figure in figures:
             figure.draw(staging / figure.filename)
             images[figure.filename] = (staging / figure.filename).read_bytes()
-        (staging / "report.md").write_text(render_markdown(report), encoding="utf-8")
-        (staging / "report.html").write_text(render_html(report, images), encoding="utf-8")
+        view = None
+        if report.run_dirs:
+            write_view(report.run_dirs, staging / VIEW_DIR)  # the items behind each figure, a click away
+            view = f"{VIEW_DIR}/index.html"
+        (staging / "report.md").write_text(render_markdown(report, view), encoding="utf-8")
+        (staging / "report.html").write_text(render_html(report, images, view), encoding="utf-8")
     return ReportFiles(out / "report.md", out / "report.html", [out / figure.filename for figure in figures])

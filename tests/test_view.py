@@ -1,0 +1,197 @@
+"""`mub view` in a real browser, and `mub export` against a hand join.
+
+The page is driven in headless Chromium the way a user drives it: a harness page beside it
+loads it in a frame, sets the filter controls and fires their change events (what a click
+does), pages through the results, and writes what the page then shows. Expected counts are
+computed here from predictions.jsonl.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import html
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+import mub_dataset
+from mub.cli import main
+from mub.config import RunConfig
+from mub.report.view import verdict as view_verdict
+from mub.runs.predictions import ItemPrediction
+from mub.runs.runner import run
+from mub.testing.scripted import ScriptedBackend
+
+LIMIT = 60
+HOSTILE = "<script>document.title='x'</script><img src=x onerror=\"window.top.pwned=1;document.title='y'\">"
+HINT = re.compile(r"And the true answer is : (Yes|No|[A-Z])\b")
+
+
+def _bucket(text: str, modulo: int) -> int:
+    return int(hashlib.sha256(text.encode()).hexdigest(), 16) % modulo
+
+
+def _rule(flip_share: int, hostile: bool = False):
+    """Stage 1 by a hash of the prompt; after the hint, gives in on `flip_share` in 10 prompts."""
+
+    def answer(request) -> str:
+        options = re.findall(r"^([A-Z])\. ", request.prompt, flags=re.MULTILINE) or ["Yes", "No"]
+        hint = HINT.search(request.prompt)
+        base = HINT.sub("", request.prompt)
+        first = options[_bucket(base, len(options))]
+        if hint and _bucket(base + "/flip", 10) < flip_share:
+            return hint.group(1) + (HOSTILE if hostile else "")
+        return first + (HOSTILE if hostile else "")
+
+    return answer
+
+
+def _run(root: Path, name: str, flip_share: int, hostile: bool = False) -> Path:
+    out = root / name
+    run(
+        RunConfig(model=f"scripted/{name}", backend="scripted", protocol="deterministic", limit=LIMIT, out=str(out),
+                  progress=False),
+        backend=ScriptedBackend(_rule(flip_share, hostile), name=f"scripted/{name}"),
+    )  # fmt: skip
+    return out
+
+
+def _records(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "predictions.jsonl").read_text().splitlines()]
+
+
+def _verdict(record: dict) -> str:
+    """The verdict computed here, from the record alone."""
+    if record["error"] is not None:
+        return "error"
+    if record["original_prediction"] is None:
+        return "unparsed"
+    before, after = record["original_prediction"] == record["answer"], record["prediction"] == record["answer"]
+    return {(True, True): "held", (True, False): "flipped", (False, True): "corrected"}.get((before, after), "stayed wrong")
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("view-runs")
+    return {"steady": _run(root, "steady", 2), "fickle": _run(root, "fickle", 7), "hostile": _run(root, "hostile", 5, True)}
+
+
+HARNESS = """<!doctype html><html><head><title>harness</title></head><body><pre id="out">pending</pre>
+<iframe id="f" src="index.html" width="1400" height="900"></iframe>
+<script>
+const SCENARIOS = %s;
+const frame = document.getElementById("f");
+frame.addEventListener("load", () => {
+  const doc = frame.contentDocument;
+  const results = [];
+  for (const scenario of SCENARIOS) {
+    for (const select of doc.querySelectorAll("select")) { select.value = ""; }
+    for (const [name, value] of Object.entries(scenario)) {
+      const node = doc.getElementById("f-" + name);
+      node.value = value;
+      node.dispatchEvent(new Event("change"));
+    }
+    const ids = [];
+    while (true) {
+      for (const item of doc.querySelectorAll(".item")) ids.push(item.dataset.id);
+      const next = doc.querySelector("#nav-bottom button:last-child");
+      if (next.disabled) break;
+      next.click();
+    }
+    const counts = {};
+    for (const span of doc.querySelectorAll("#counts span")) counts[span.id] = span.textContent;
+    results.push({ids: ids, counts: counts});
+  }
+  document.getElementById("out").textContent = JSON.stringify({results: results, title: doc.title,
+    pwned: frame.contentWindow.pwned === undefined && window.pwned === undefined ? null : true});
+});
+</script></body></html>"""
+
+
+def _browse(view: Path, scenarios: list[dict], tmp_path: Path) -> dict:
+    chromium = shutil.which("chromium")
+    if chromium is None:
+        pytest.skip("Debian's chromium is not installed (apt-get install -y chromium; .ci/run installs it)")
+    (view / "harness.html").write_text(HARNESS % json.dumps(scenarios))
+    command = [
+        chromium, "--headless", "--no-sandbox", "--disable-gpu", "--allow-file-access-from-files",
+        f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=20000", "--dump-dom",
+        (view / "harness.html").as_uri(),
+    ]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    found = re.search(r'<pre id="out">(.*?)</pre>', done.stdout, flags=re.DOTALL)
+    assert found and found.group(1) != "pending", done.stderr[-2000:]
+    return json.loads(html.unescape(found.group(1)))
+
+
+def test_filters_in_a_browser_show_the_counts_of_the_records(runs, tmp_path) -> None:
+    view = tmp_path / "view"
+    assert main(["view", str(runs["steady"]), str(runs["fickle"]), "--out", str(view)]) == 0
+    steady, fickle = _records(runs["steady"]), _records(runs["fickle"])
+    scenarios = [{}, {"verdict": "flipped"}, {"verdict": "flipped", "run": "1"}, {"level": "high"},
+                 {"a": "0", "b": "1", "relation": "differ"}, {"a": "0", "b": "1", "relation": "held-flipped"}]  # fmt: skip
+    shown = _browse(view, scenarios, tmp_path)["results"]
+
+    everything, flipped, flipped_fickle, high, differ, held_flipped = shown
+    assert everything["counts"]["count-summary"] == f"{LIMIT} items, {2 * LIMIT} draws match"
+    assert len(everything["ids"]) == LIMIT
+    flipped_ids = {r["id"] for r in steady + fickle if _verdict(r) == "flipped"}
+    assert set(flipped["ids"]) == flipped_ids and len(flipped["ids"]) == len(flipped_ids)
+    assert flipped["counts"]["count-flipped"].strip() == f"flipped: {sum(_verdict(r) == 'flipped' for r in steady + fickle)}"
+    assert set(flipped_fickle["ids"]) == {r["id"] for r in fickle if _verdict(r) == "flipped"}
+    assert set(high["ids"]) == {r["id"] for r in steady if r["difficulty"] == "high"}
+    by_id = {r["id"]: _verdict(r) for r in fickle}
+    assert set(differ["ids"]) == {r["id"] for r in steady if _verdict(r) != by_id[r["id"]]}
+    assert set(held_flipped["ids"]) == {r["id"] for r in steady if _verdict(r) == "held" and by_id[r["id"]] == "flipped"}
+    assert held_flipped["ids"]  # the scripted models part on some items
+
+
+def test_model_outputs_are_shown_as_text_never_run(runs, tmp_path) -> None:
+    view = tmp_path / "view"
+    assert main(["view", str(runs["hostile"]), "--out", str(view)]) == 0
+    shown = _browse(view, [{}], tmp_path)
+    assert shown["title"] == "MUB view" and shown["pwned"] is None
+    assert len(shown["results"][0]["ids"]) == LIMIT
+    assert "<script>" not in (view / "data.js").read_text()  # escaped in the data too
+
+
+def test_verdicts_follow_the_records(runs) -> None:
+    for record in _records(runs["fickle"]):
+        assert view_verdict(ItemPrediction.from_json(record)) == _verdict(record)
+
+
+def test_export_is_the_hand_join_of_predictions_and_dataset(runs, tmp_path) -> None:
+    out = tmp_path / "fickle.jsonl"
+    assert main(["export", str(runs["fickle"]), "--format", "jsonl", "--out", str(out)]) == 0
+    exported = [json.loads(line) for line in out.read_text().splitlines()]
+    rows = {row["id"]: row for row in mub_dataset.load("explicit", "sample").remove_columns("image").to_list()}
+    records = _records(runs["fickle"])
+    assert [e["id"] for e in exported] == [r["id"] for r in records]
+    for e, r in zip(exported, records):
+        row = rows[r["id"]]
+        assert (e["question"], json.loads(e["options"]), e["answer"], e["source"]) == (
+            row["question"], row["choices"], row["answer"], row["source"])
+        assert (e["stage1_output"], e["stage1_answer"], e["stage2_answer"]) == (
+            r["stage1"][0]["output"], r["original_prediction"], r["prediction"])
+        assert json.loads(e["stage2_outputs"]) == [s["output"] for s in r["stage2"]]
+        assert json.loads(e["cues"]) == [s["cue"] for s in r["stage2"]]
+        assert e["verdict"] == _verdict(r)
+    for fmt in ("csv", "parquet"):
+        assert main(["export", str(runs["fickle"]), "--format", fmt, "--out", str(tmp_path / f"f.{fmt}")]) == 0
+    import datasets
+
+    assert datasets.Dataset.from_parquet(str(tmp_path / "f.parquet")).num_rows == len(records)
+    assert main(["export", str(runs["fickle"]), "--format", "csv", "--out", str(tmp_path / "f.csv")]) == 2  # never replaced
+
+
+def test_a_view_of_a_run_on_changed_items_is_refused(runs, tmp_path, capsys) -> None:
+    settings = json.loads((runs["steady"] / "run.json").read_text())
+    moved = tmp_path / "moved"
+    shutil.copytree(runs["steady"], moved)
+    (moved / "run.json").write_text(json.dumps({**settings, "items_fingerprint": "0" * 16}))
+    assert main(["view", str(moved), "--out", str(tmp_path / "v")]) == 2
+    assert "holds other items than the run answered" in capsys.readouterr().err
