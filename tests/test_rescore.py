@@ -35,8 +35,8 @@ def test_yes_and_no_in_one_answer_count_as_correct_whatever_the_truth():
         assert reference_answer("Yes, there is no dog", item) == truth
     item = {"question": "Colour?", "choices": ["red", "blue", "green"], "answer": "B", "question_type": "multiple_choice", "source": "X"}
     assert reference_answer("A or B", item) == "A"  # first standalone letter, the truth not among it
-    # The prompt's options are lines without commas, so the option pattern reads them all as option A's
-    # text and an option named by its text is not found: no letter either, so the answer is unread.
+    # The raw question holds no "X: text" options, so an option named by its text is not found: no letter
+    # either, so the answer is unread.
     assert reference_answer("blue, surely", item) is None
     assert reference_answer("no idea", item) is None
 
