@@ -2,9 +2,24 @@
 
 Works with the OpenAI API itself and with servers that mimic it (vLLM's
 ``vllm serve``, TGI, ``transformers serve``, LiteLLM, ...). One request is one
-``POST {base_url}/chat/completions`` whose user message holds the image as a
-base64 data URL followed by the prompt text, the same order the local
-backends give the chat template.
+``POST {base_url}/chat/completions``. Two request forms (``--api-request``):
+
+* ``open`` (default): the user message holds the image file's own bytes as a
+  base64 data URL (its own MIME type) followed by the prompt text, the same
+  order the local backends give the chat template, with the preset's decoding.
+  A field the preset leaves to the model's ``generation_config`` (the paper
+  preset's temperature; every sampling field of its implicit runs) is not
+  sent, so the server applies its own default: vLLM's server (``--generation-config
+  auto``, its default) takes the model's ``generation_config.json`` values,
+  1.0 for a temperature it names none; note that vLLM ignores ``do_sample``,
+  so a model that decodes greedily under transformers is sampled there unless
+  ``--temperature 0`` is given.
+* ``closed``: the authors' request for API models (my_tool.py): the text,
+  then the file's bytes as ``data:image/jpeg;base64,...`` with ``"detail":
+  "high"``, ``max_tokens`` 2048 and no sampling field or seed.
+
+The returned text is kept as the shared stopping rule keeps it
+(:mod:`mub.backends.stopping`).
 
 Why plain ``httpx`` and not the ``openai`` client: the client runs its own
 retry loop (its own backoff formula, a capped ``Retry-After``) and validates
@@ -112,7 +127,7 @@ class ApiSettings:
     backoff_base: float = 0.5  # first retry waits 0.25-0.5 s, doubling each time
     backoff_max: float = 60.0  # no backoff wait is longer; a server's Retry-After may ask for more
     max_retry_after: float = 300.0  # a longer Retry-After is not waited for: the request fails at once
-    image_format: str = "png"  # "png" (lossless) or "jpeg" (smaller for photographs)
+    image_format: str = "png"  # for a request without an image file only: "png" (lossless) or "jpeg"
     # top_k is no OpenAI chat parameter; vLLM's server (and some others) accept it, others reject the request.
     send_top_k: bool = False
     max_response_bytes: int = MAX_RESPONSE_BYTES  # decoded bytes of a reply; a longer one is an item error
@@ -436,7 +451,7 @@ class OpenAIBackend:
             body["temperature"] = 0.0
         elif decoding.temperature != FROM_MODEL:
             body["temperature"] = decoding.temperature
-        if not decoding.greedy and decoding.top_p != FROM_MODEL:
+        if decoding.top_p != FROM_MODEL:
             body["top_p"] = decoding.top_p
         if self.settings.send_top_k and not decoding.greedy and decoding.top_k not in (0, FROM_MODEL):
             body["top_k"] = decoding.top_k
