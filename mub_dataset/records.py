@@ -207,8 +207,9 @@ def misleading_answer_of(row_id: str, answer: str, labels: list[str], guide: Any
 
     The release's hint names the wrong option its reference model was given
     wherever that model was right at stage 1; that option is kept. Elsewhere
-    the hint names the true answer (or nothing) and a seeded choice stands in
-    for the authors' random one (utils.py, ``select_random_choice``).
+    the hint names the true answer (or nothing) and mub names a wrong option
+    seeded by the item's id (the released scripts insert no hint, so they
+    draw none: their ``select_random_choice`` is never called).
     """
     named = guide_option(guide, labels)
     if named is not None and named != answer:
