@@ -62,16 +62,26 @@ def _run(server: FaultServer, release: Path, out: Path, *extra: str) -> None:
     assert main(argv) == 0
 
 
+def _stage1_with_records(server: FaultServer) -> list[tuple[dict, dict]]:
+    """Each stage-1 body with the release record whose authors' prompt it carries."""
+    records: dict[str, dict] = {}
+    for record in _release_records():
+        records.setdefault(authors_stage1(record), record)
+    return [(r.body, records[prompt_of(r.body)]) for r in server.received if "And the true answer is" not in prompt_of(r.body)]
+
+
+def _stage1_outputs(out: Path) -> list[tuple[str, str | None, str]]:
+    """(output, parsed, question type) of every item's stage 1."""
+    lines = (out / "predictions.jsonl").read_text().splitlines()
+    return [(p["stage1"][0]["output"], p["stage1"][0]["parsed"], p["question_type"]) for p in map(json.loads, lines)]
+
+
 def test_closed_model_request_is_the_authors_body(server, release_dir, tmp_path, monkeypatch):
     monkeypatch.setenv(KEY_ENV, "sk-test")
     _run(server, release_dir, tmp_path / "closed", "--api-request", "closed", "--limit", "12")
-    records = {}
-    for record in _release_records():
-        records.setdefault(authors_stage1(record), record)
-    stage1 = [r.body for r in server.received if "And the true answer is" not in prompt_of(r.body)]
+    stage1 = _stage1_with_records(server)
     assert len(stage1) == 12
-    for body in stage1:
-        record = records[body["messages"][0]["content"][0]["text"]]
+    for body, record in stage1:
         assert body == authors_closed_request("gpt-4o", authors_stage1(record), str(release_dir / record["new_id"]))
     run = json.loads((tmp_path / "closed" / "run.json").read_text())
     assert run["protocol"]["api_request"] == "closed"
@@ -81,9 +91,9 @@ def test_closed_model_request_is_the_authors_body(server, release_dir, tmp_path,
 
     assert run_protocol(results) == "paper (closed-model request)"
     # The whole two-line answer is kept and read as A.
-    predictions = [json.loads(line) for line in (tmp_path / "closed" / "predictions.jsonl").read_text().splitlines()]
-    assert all(p["stage1"][0]["output"] == TWO_LINES for p in predictions)
-    assert {p["stage1"][0]["parsed"] for p in predictions if p["question_type"] == "multiple_choice"} == {"A"}
+    outputs = _stage1_outputs(tmp_path / "closed")
+    assert {output for output, _, _ in outputs} == {TWO_LINES}
+    assert {parsed for _, parsed, kind in outputs if kind == "multiple_choice"} == {"A"}
 
 
 @pytest.mark.parametrize("stop", ["eos", "answer_line"])
@@ -92,19 +102,16 @@ def test_open_model_request_sends_the_files_own_bytes_and_a_two_line_answer_is_r
 ):
     monkeypatch.setenv(KEY_ENV, "sk-test")
     _run(server, release_dir, tmp_path / "open", "--limit", "6", "--stop", stop)
-    records = {}
-    for record in _release_records():
-        records.setdefault(authors_stage1(record), record)
-    stage1 = [r.body for r in server.received if "And the true answer is" not in prompt_of(r.body)]
+    stage1 = _stage1_with_records(server)
     assert len(stage1) == 6
-    for body in stage1:
-        image, text = body["messages"][0]["content"]
-        path = release_dir / records[text["text"]]["new_id"]
+    for body, record in stage1:
+        image, _ = body["messages"][0]["content"]
+        path = release_dir / record["new_id"]
         mime = "image/png" if path.suffix.lower() == ".png" else "image/jpeg"
         assert image["image_url"] == {"url": f"data:{mime};base64,{encode_image(str(path))}"}
-    predictions = [json.loads(line) for line in (tmp_path / "open" / "predictions.jsonl").read_text().splitlines()]
-    assert all(p["stage1"][0]["output"] == TWO_LINES for p in predictions)
-    assert {p["stage1"][0]["parsed"] for p in predictions if p["question_type"] == "multiple_choice"} == {"A"}
+    outputs = _stage1_outputs(tmp_path / "open")
+    assert {output for output, _, _ in outputs} == {TWO_LINES}
+    assert {parsed for _, parsed, kind in outputs if kind == "multiple_choice"} == {"A"}
     assert json.loads((tmp_path / "open" / "run.json").read_text())["decoding"]["stop"] == stop
 
 
