@@ -57,11 +57,6 @@ class DecodingSettings:
         """Whether tokens are chosen greedily; ``False`` too while the model's generation_config still decides."""
         return self.do_sample is False or (self.temperature != FROM_MODEL and self.temperature <= 0.0)
 
-    @property
-    def from_model(self) -> tuple[str, ...]:
-        """The fields still left to the model's generation_config (an API server applies them itself)."""
-        return tuple(name for name in SAMPLING_FIELDS if getattr(self, name) == FROM_MODEL)
-
     def with_model_defaults(self, generation_config: Mapping[str, Any], model: str) -> "DecodingSettings":
         """These settings completed by the model's ``generation_config`` (its fields that differ from the defaults).
 
@@ -93,7 +88,9 @@ class DecodingSettings:
             value = generation_config.get(name)
             return TRANSFORMERS_SAMPLING_DEFAULTS[name] if value is None else value
 
-        sampling = {name: model_value(name) if getattr(self, name) == FROM_MODEL else getattr(self, name) for name in SAMPLING_FIELDS}
+        sampling = {
+            name: model_value(name) if getattr(self, name) == FROM_MODEL else getattr(self, name) for name in SAMPLING_FIELDS
+        }
         if not sampling["do_sample"] or sampling["temperature"] <= 0.0:
             sampling = {"do_sample": False, "temperature": 0.0, "top_p": 1.0, "top_k": 0}
         return replace(self, **filled, **sampling)
