@@ -304,7 +304,7 @@ def main() -> None:
         paper_run = timed_run(paper_backend, dataset, min(args.paper_items, len(dataset)), "generate", spec, "paper")
         paper = {
             "items": min(args.paper_items, len(dataset)),
-            "decoding": {k: getattr(decoding, k) for k in ("temperature", "top_k", "top_p", "max_new_tokens")},
+            "decoding": {k: getattr(paper_backend.decoding, k) for k in ("temperature", "top_k", "top_p", "max_new_tokens", "stop")},
             "items_per_s": round(paper_run["items_per_s"], 3),
             "mean_new_tokens": round(sum(paper_tokens) / max(1, len(paper_tokens)), 2),
             "share_at_limit": round(sum(t >= decoding.max_new_tokens for t in paper_tokens) / max(1, len(paper_tokens)), 4),

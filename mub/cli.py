@@ -88,7 +88,7 @@ def _parse_shard(text: str) -> tuple[int, int]:
 def _add_run(sub: argparse._SubParsersAction) -> None:
     # presets.py imports nothing heavy: `mub --help` stays fast.
     from mub.protocol.cues import CUES, DIALOGUES
-    from mub.protocol.presets import DEFAULT_PROTOCOL, PROTOCOLS
+    from mub.protocol.presets import API_REQUESTS, DEFAULT_PROTOCOL, PROTOCOLS, STOP_RULES
 
     p = sub.add_parser("run", help="evaluate a model on MUB (stage 1, then stage 2 with the misleading cue)")
     p.add_argument("--model", required=True, help="Hub id, local folder, or tiny:<arch> (a random plumbing-check model)")
@@ -98,6 +98,11 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--protocol", default=DEFAULT_PROTOCOL,
         help=f"prompts, decoding and levels: {', '.join(PROTOCOLS)} (default {DEFAULT_PROTOCOL}); the flags below override one field each",
+    )  # fmt: skip
+    p.add_argument(
+        "--api-request", choices=API_REQUESTS, default="open",
+        help="--backend openai: open = the preset's request, as for an open model (default); closed = the authors' request "
+        "to API models (text, then the image file as a JPEG data URL with detail high, max_tokens 2048, no sampling fields)",
     )  # fmt: skip
     p.add_argument("--difficulty", choices=["low", "medium", "high"], help="only items on this level (misled count exactly 6, 9 or 12)")
     p.add_argument("--misled-count", type=int, help="only items misled by exactly N of the 12 reference models")
@@ -123,9 +128,13 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
     )  # fmt: skip
     p.add_argument("--notes", type=int, default=5, help="implicit: notes tried per item (default 5)")
     p.add_argument("--max-new-tokens", type=int, help="default: the preset's (paper 256, deterministic 16)")
-    p.add_argument("--temperature", type=float, help="0 = greedy; default: the preset's (paper 0.4 explicit, 0.1 implicit; deterministic 0)")
-    p.add_argument("--top-p", type=float, help="default: the preset's (paper 0.9 explicit, 1 implicit; deterministic 1)")
-    p.add_argument("--top-k", type=int, help="0 = off; default: the preset's (paper 80 explicit, 0 implicit; deterministic 0)")
+    p.add_argument("--temperature", type=float, help="0 = greedy, above 0 samples; default: the preset's (paper: the model's generation_config's; deterministic 0)")
+    p.add_argument("--top-p", type=float, help="default: the preset's (paper 0.9 explicit, the model's implicit; deterministic 1)")
+    p.add_argument("--top-k", type=int, help="0 = off; default: the preset's (paper 80 explicit, the model's implicit; deterministic 0)")
+    p.add_argument(
+        "--stop", choices=STOP_RULES,
+        help="eos: generate until EOS or --max-new-tokens; answer_line: also stop at a newline once the text before it is a bare answer (default: the preset's: paper eos, deterministic answer_line)",
+    )  # fmt: skip
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--num-samples", type=int, default=1, help="stage-1 samples per item for the consistency figures")
     p.add_argument("--scoring", choices=["generate", "logprob"], default="generate")

@@ -14,7 +14,18 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from mub.protocol.cues import DIALOGUES, HINT, Cue, default_cue, resolve_cue
-from mub.protocol.presets import DEFAULT_PROTOCOL, Protocol, protocol_named, setting_of
+from mub.protocol.presets import (
+    API_REQUESTS,
+    CLOSED_MODEL_DECODING,
+    CLOSED_MODEL_REQUEST,
+    DEFAULT_PROTOCOL,
+    FROM_MODEL,
+    STOP_AT_EOS,
+    STOP_RULES,
+    Protocol,
+    protocol_named,
+    setting_of,
+)
 
 # How answers are read: "generate" decodes text; "logprob" ranks the options by next-token probability.
 SCORING_MODES = ("generate", "logprob")
@@ -25,9 +36,11 @@ class DecodingSettings:
     """How answers are decoded; identical meaning for every backend."""
 
     max_new_tokens: int = 16
-    temperature: float = 0.0  # 0 means greedy decoding
-    top_p: float = 1.0
-    top_k: int = 0  # 0 means no top-k filter
+    temperature: float | str = 0.0  # 0 means greedy decoding; FROM_MODEL: the model's own (resolved per run)
+    top_p: float | str = 1.0
+    top_k: int | str = 0  # 0 means no top-k filter
+    do_sample: bool | str = True  # False is greedy whatever the temperature; FROM_MODEL: the model's own
+    stop: str = STOP_AT_EOS  # one of STOP_RULES: EOS or the token limit, or also a bare answer's line end
     seed: int = 0
     scoring: str = "generate"  # one of SCORING_MODES
     # From the model's generation_config (local backends, see with_model_defaults); the defaults change nothing.
@@ -41,18 +54,21 @@ class DecodingSettings:
 
     @property
     def greedy(self) -> bool:
-        return self.temperature <= 0.0
+        """Whether tokens are chosen greedily; ``False`` too while the model's generation_config still decides."""
+        return self.do_sample is False or (self.temperature != FROM_MODEL and self.temperature <= 0.0)
 
     def with_model_defaults(self, generation_config: Mapping[str, Any], model: str) -> "DecodingSettings":
         """These settings completed by the model's ``generation_config`` (its fields that differ from the defaults).
 
         Local backends (transformers, vLLM) both decode with the result, so
-        they choose tokens by the same rules. Fields in
-        :data:`MODEL_DECODING_FIELDS` fill the matching setting where it is
-        still at its default; the sampling fields (temperature, top-p, top-k,
-        do_sample) are the preset's and the flags'; a field that changes token
-        choice but that not every local backend can apply (e.g.
-        ``no_repeat_ngram_size``: vLLM has no equivalent) is refused.
+        they choose tokens by the same rules. Every :data:`FROM_MODEL` field
+        takes the config's value, or transformers' default where the config
+        names none (:data:`TRANSFORMERS_SAMPLING_DEFAULTS`: temperature 1.0,
+        no sampling), as ``model.generate`` would: a run that does not sample
+        is greedy (temperature 0). Fields in :data:`MODEL_DECODING_FIELDS`
+        fill the matching setting where it is still at its default; a field
+        that changes token choice but that not every local backend can apply
+        (e.g. ``no_repeat_ngram_size``: vLLM has no equivalent) is refused.
         """
         unmapped = sorted(name for name in generation_config if name in UNMAPPED_GENERATION_FIELDS)
         if unmapped:
@@ -62,14 +78,27 @@ class DecodingSettings:
                 "local backend (vLLM has no equivalent); remove it from a copy of the model's generation_config.json"
             )
         defaults = DecodingSettings()
-        filled = {
+        filled: dict[str, Any] = {
             field_name: generation_config[name]
             for name, field_name in MODEL_DECODING_FIELDS.items()
             if generation_config.get(name) is not None and getattr(self, field_name) == getattr(defaults, field_name)
         }
-        return replace(self, **filled)
+
+        def model_value(name: str) -> Any:
+            value = generation_config.get(name)
+            return TRANSFORMERS_SAMPLING_DEFAULTS[name] if value is None else value
+
+        sampling = {
+            name: model_value(name) if getattr(self, name) == FROM_MODEL else getattr(self, name) for name in SAMPLING_FIELDS
+        }
+        if not sampling["do_sample"] or sampling["temperature"] <= 0.0:
+            sampling = {"do_sample": False, "temperature": 0.0, "top_p": 1.0, "top_k": 0}
+        return replace(self, **filled, **sampling)
 
 
+# Decoding fields a preset may leave to the model's generation_config, and transformers' defaults for them.
+SAMPLING_FIELDS = ("do_sample", "temperature", "top_p", "top_k")
+TRANSFORMERS_SAMPLING_DEFAULTS = {"do_sample": False, "temperature": 1.0, "top_p": 1.0, "top_k": 50}
 # generation_config fields every local backend applies, by DecodingSettings field.
 MODEL_DECODING_FIELDS = {"repetition_penalty": "repetition_penalty", "min_new_tokens": "min_new_tokens"}
 # generation_config fields that change which tokens are chosen and that vLLM's SamplingParams cannot express.
@@ -96,19 +125,26 @@ def decoding_problem(decoding: DecodingSettings) -> str | None:
     """
     if decoding.scoring not in SCORING_MODES:
         return f"scoring (--scoring) must be {' or '.join(map(repr, SCORING_MODES))}, got {decoding.scoring!r}"
+    if decoding.stop not in STOP_RULES:
+        return f"--stop must be {' or '.join(STOP_RULES)}, got {decoding.stop!r}"
     if not decoding.max_new_tokens >= 1:
         return f"--max-new-tokens must be at least 1, got {decoding.max_new_tokens}"
-    if not 0.0 <= decoding.temperature <= MAX_TEMPERATURE:
-        return f"--temperature must be between 0 (greedy) and {MAX_TEMPERATURE:g}, got {decoding.temperature:g}"
-    if 0.0 < decoding.temperature < MIN_SAMPLING_TEMPERATURE:
+    if decoding.do_sample not in (True, False, FROM_MODEL):
+        return f"do_sample must be true, false or {FROM_MODEL!r}, got {decoding.do_sample!r}"
+    temperature, top_p, top_k = (
+        None if value == FROM_MODEL else value for value in (decoding.temperature, decoding.top_p, decoding.top_k)
+    )
+    if temperature is not None and not 0.0 <= temperature <= MAX_TEMPERATURE:
+        return f"--temperature must be between 0 (greedy) and {MAX_TEMPERATURE:g}, got {temperature:g}"
+    if temperature is not None and 0.0 < temperature < MIN_SAMPLING_TEMPERATURE:
         return (
-            f"--temperature {decoding.temperature:g} is below {MIN_SAMPLING_TEMPERATURE:g}, which vLLM raises to "
+            f"--temperature {temperature:g} is below {MIN_SAMPLING_TEMPERATURE:g}, which vLLM raises to "
             f"{MIN_SAMPLING_TEMPERATURE:g}; use 0 (greedy) or at least {MIN_SAMPLING_TEMPERATURE:g}"
         )
-    if not 0.0 < decoding.top_p <= 1.0:
-        return f"--top-p must be above 0 and at most 1 (1 = no top-p filter), got {decoding.top_p:g}"
-    if not decoding.top_k >= 0:
-        return f"--top-k must be 0 (no top-k filter) or more, got {decoding.top_k}"
+    if top_p is not None and not 0.0 < top_p <= 1.0:
+        return f"--top-p must be above 0 and at most 1 (1 = no top-p filter), got {top_p:g}"
+    if top_k is not None and not top_k >= 0:
+        return f"--top-k must be 0 (no top-k filter) or more, got {top_k}"
     if not decoding.repetition_penalty > 0.0:
         return f"repetition_penalty (from the model's generation_config) must be above 0, got {decoding.repetition_penalty:g}"
     if not decoding.min_new_tokens >= 0:
@@ -118,7 +154,7 @@ def decoding_problem(decoding: DecodingSettings) -> str | None:
 
 
 # RunConfig fields that override one field of the protocol preset when set.
-OVERRIDABLE = ("max_new_tokens", "temperature", "top_p", "top_k", "hint_template")
+OVERRIDABLE = ("max_new_tokens", "temperature", "top_p", "top_k", "stop", "hint_template")
 
 
 @dataclass
@@ -142,6 +178,7 @@ class RunConfig:
     trust_remote_code: bool = False
     chat_template: str | None = None
     protocol: str = DEFAULT_PROTOCOL  # a preset of mub.protocol.presets
+    api_request: str = "open"  # one of API_REQUESTS: how an OpenAI-compatible server is asked
     # None: the preset's value; anything else overrides that one field.
     hint_template: str | None = None
     cue: str | None = None  # a cue of mub.protocol.cues; None: the config's (hint explicit, note implicit)
@@ -152,6 +189,7 @@ class RunConfig:
     temperature: float | None = None
     top_p: float | None = None
     top_k: int | None = None
+    stop: str | None = None  # one of STOP_RULES
     seed: int = 0
     num_samples: int = 1
     scoring: str = "generate"
@@ -166,9 +204,13 @@ class RunConfig:
         return {name: getattr(self, name) for name in OVERRIDABLE if getattr(self, name) is not None}
 
     def decoding(self) -> DecodingSettings:
-        """The preset's decoding for this config's setting, with the run's overrides."""
-        preset = asdict(self.preset().decoding[setting_of(self.config)])
+        """The preset's decoding for this config's setting (the closed-model request's under ``--api-request closed``),
+        with the run's overrides."""
+        closed = self.api_request == CLOSED_MODEL_REQUEST
+        preset = asdict(CLOSED_MODEL_DECODING if closed else self.preset().decoding[setting_of(self.config)])
         chosen = {name: value for name, value in self.overrides().items() if name in preset}
+        if self.temperature is not None:  # a temperature given is sampling (above 0) or greedy (0)
+            chosen["do_sample"] = self.temperature > 0.0
         return DecodingSettings(**{**preset, **chosen}, seed=self.seed, scoring=self.scoring)
 
     def hint(self) -> str:
@@ -206,6 +248,13 @@ class RunConfig:
         if self.limit is not None and self.limit < 1:
             raise ValueError(f"--limit must be at least 1 (the first N items), got {self.limit}; leave it out for all items")
         preset = self.preset()  # an unknown --protocol fails here
+        if self.api_request not in API_REQUESTS:
+            raise ValueError(f"--api-request must be {' or '.join(API_REQUESTS)}, got {self.api_request!r}")
+        if self.api_request == CLOSED_MODEL_REQUEST and (self.backend != "openai" or self.dialogue != "single"):
+            raise ValueError(
+                "--api-request closed is the authors' one-turn request to an API model: it needs --backend openai "
+                f"and --dialogue single (got --backend {self.backend}, --dialogue {self.dialogue})"
+            )
         decoding = self.decoding()  # DecodingSettings checks every decoding value (one line naming the flag)
         if self.batch_size < 1 or self.notes < 1 or self.num_samples < 1:
             raise ValueError("--batch-size, --notes and --num-samples must be at least 1")
@@ -213,7 +262,7 @@ class RunConfig:
             origin = "--temperature" if self.temperature is not None else f"--protocol {preset.name}"
             raise ValueError(
                 f"--scoring logprob ranks the options once and cannot sample, but {origin} samples at temperature "
-                f"{decoding.temperature:g}; use --protocol deterministic with --scoring logprob"
+                f"{decoding.temperature}; use --protocol deterministic with --scoring logprob"
             )
         if self.shard is not None and not 0 <= self.shard[0] < self.shard[1]:
             raise ValueError(f"--shard I/N needs 0 <= I < N, got {self.shard[0]}/{self.shard[1]}")
@@ -265,7 +314,7 @@ class RunConfig:
             "shard": list(self.shard) if self.shard else None,
             "dtype": self.dtype,
             "chat_template_sha256": chat_template_sha,
-            "protocol": {"preset": self.protocol, "overrides": self.overrides()},
+            "protocol": {"preset": self.protocol, "overrides": self.overrides(), "api_request": self.api_request},
             "hint_template": self.hint(),
             "cue": asdict(self.cue_spec()),
             "dialogue": self.dialogue,

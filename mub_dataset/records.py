@@ -207,8 +207,9 @@ def misleading_answer_of(row_id: str, answer: str, labels: list[str], guide: Any
 
     The release's hint names the wrong option its reference model was given
     wherever that model was right at stage 1; that option is kept. Elsewhere
-    the hint names the true answer (or nothing) and a seeded choice stands in
-    for the authors' random one (utils.py, ``select_random_choice``).
+    the hint names the true answer (or nothing) and mub names a wrong option
+    seeded by the item's id (the released scripts insert no hint, so they
+    draw none: their ``select_random_choice`` is never called).
     """
     named = guide_option(guide, labels)
     if named is not None and named != answer:
@@ -216,29 +217,24 @@ def misleading_answer_of(row_id: str, answer: str, labels: list[str], guide: Any
     return misleading_answer_for(row_id, answer, labels), "seeded"
 
 
-_NOTE_SEPARATOR = re.compile(r"/{2,}")
-# "1. ", "2) " or "3、" (Chinese numbering takes no space) at the start of a line.
-_NUMBERED_LINE = re.compile(r"(?m)^\s*\d{1,2}\s*(?:[.)]\s+|、\s*)")
-# Numbering before a note's text; not the start of a decimal such as "3.5 cm".
-_LEADING_NUMBER = re.compile(r"^\s*\d{1,2}\s*(?:[.)](?!\d)|、)\s*")
+# implicit/Implicit_MR_test/utils.py, seg_note: split at "///", strip each piece, drop a leading "1." numbering.
+_NOTE_SEPARATOR = "///"
+_LEADING_NUMBER = re.compile(r"^\d+\.\s*")
 
 
 def split_notes(raw: Any) -> list[str]:
-    """Implicit notes from the released text.
+    """Implicit notes from the released text, split as the authors' ``seg_note`` splits them.
 
-    Notes are separated by ``///`` (sometimes ``//`` or ``////``) and often
-    numbered; some generator outputs skip the separators and only number the
-    notes, in which case the numbering splits them. Numbering is removed;
-    note text is otherwise kept as released.
+    Every piece between ``///`` separators is a note, empty ones included: a
+    leading, trailing or doubled ``///`` yields an empty note, which the
+    authors sent as a request ending in ``Please pay attention to this
+    instruction: `` and which takes one of the 5 places. Each piece is
+    stripped and loses a leading ``"1. "``-style number (``"3.5 cm"`` becomes
+    ``"5 cm"``, as in their code). A missing field has no notes.
     """
     if raw is None:
         return []
-    text = str(raw)
-    parts = [part for part in _NOTE_SEPARATOR.split(text) if part.strip()]
-    if len(parts) == 1 and len(_NUMBERED_LINE.findall(parts[0])) >= 2:
-        parts = [part for part in _NUMBERED_LINE.split(parts[0]) if part.strip()]
-    notes = [_LEADING_NUMBER.sub("", part).strip() for part in parts]
-    return [note for note in notes if note]  # a bare number between separators is no note
+    return [_LEADING_NUMBER.sub("", piece.strip()) for piece in str(raw).split(_NOTE_SEPARATOR)]
 
 
 def normalise_record(record: Mapping[str, Any], notes_record: Mapping[str, Any] | None) -> dict[str, Any]:

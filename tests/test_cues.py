@@ -64,7 +64,8 @@ def _records(tmp_path: Path, name: str = "run") -> dict[str, dict]:
 def test_single_turn_cue_sits_in_the_fresh_stage2_prompt(tmp_path, cue):
     backend, _ = _run(tmp_path, cue=cue)
     expected = [
-        Request(f"item-{n}/stage2/0", r.image, f"{MC}\nQuestion number {n}? {text}\n{OPTIONS}", tuple("ABCD"))
+        Request(f"item-{n}/stage2/0", r.image, f"{MC}\nQuestion number {n}? {text}\n{OPTIONS}", tuple("ABCD"),
+                image_bytes=r.image_bytes)  # fmt: skip
         for n, text, r in zip((1, 2), CUE_TEXTS[cue], _stage2_requests(backend))
     ]
     assert _stage2_requests(backend) == expected
@@ -86,6 +87,7 @@ def test_multi_turn_cue_follows_the_models_own_stage1_reply(tmp_path, cue):
             f"{text}\n{MC}",
             tuple("ABCD"),
             history=(Exchange(_stage1_prompt(n), STAGE1_REPLIES[n]),),
+            image_bytes=stage1[f"item-{n}/stage1/0"].image_bytes,  # the item's image file, as stage 1 sent it
         )
         for n, text in zip((1, 2), CUE_TEXTS[cue])
     ]

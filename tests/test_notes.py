@@ -75,7 +75,8 @@ ORDINALS = ("first", "second", "third", "fourth", "fifth")
         ("Pick B.", "guiding", MC, ["names_option_letter", "states_answer"]),
         ("No, the cat is missing.", "guiding", YN, ["states_answer"]),
         ("The answer is no.", "misleading", YN, ["copies_answer"]),
-        ("See the corner // then the middle.", "guiding", MC, ["breaks_format"]),
+        ("See the corner /// then the middle.", "guiding", MC, ["breaks_format"]),
+        ("2. See the corner.", "guiding", MC, ["breaks_format"]),
         # Exempt: repeating the question's own words gives nothing away ...
         ("Compare the red shapes with the circle.", "misleading", MC_ANSWER_IN_QUESTION, []),
         ("Compare the red shapes with the circle.", "guiding", MC_ANSWER_IN_QUESTION, []),
@@ -161,7 +162,7 @@ def test_each_broken_rule_is_rejected_reported_and_regenerated(tmp_path):
         ("misleading", 2): "Option C looks right to me.",
         ("misleading", 3): f"The answer is {answer}.",
         ("guiding", 0): f"The answer is {answer}.",
-        ("guiding", 1): "Look at the corner // then the middle.",
+        ("guiding", 1): "Look at the corner /// then the middle.",
         ("guiding", 2): "A note that two slots write.",
         ("guiding", 3): "A note that two slots write.",  # accepted for slot 2 just before: a duplicate
     }

@@ -348,7 +348,7 @@ def test_failures_are_counted_resumed_to_the_clean_result_and_the_key_never_leak
     assert predictions[rows[0]["id"]]["stage1"][0]["output"]  # stage 1 answered before stage 2 failed
     assert all(p == _predictions(tmp_path / "clean")[i] for i, p in predictions.items() if i not in failed)
     assert faulty["run"]["backend_info"] == {
-        "backend": "openai", "model": "fault-model", "base_url": server.base_url, "api_key_env": KEY_ENV,
+        "backend": "openai", "model": "fault-model", "api_request": "open", "base_url": server.base_url, "api_key_env": KEY_ENV,
         "concurrency": 4, "max_retries": 2, "timeout": 0.5, "backoff_base": 0.5, "backoff_max": 60.0,
         "max_retry_after": 300.0, "image_format": "png", "send_top_k": False, "max_response_bytes": 1 << 20,
         "max_output_chars": 32000, "api_key_set": True,

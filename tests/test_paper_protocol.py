@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Iterator
 
 import pytest
+from authors_code import seg_note
 from conftest import SHARED
 from fault_server import FaultServer, prompt_of
 
@@ -184,23 +185,29 @@ def test_every_released_item_renders_as_the_authors_build_it():
 
 
 def test_paper_decoding_levels_and_overrides():
+    # run.py: the model's generation_config with sampling, top-k 80, top-p 0.9, 256 tokens; its temperature
+    # never reached the model (tests/test_decoding_as_it_ran.py resolves "model" against a tiny model).
     explicit = RunConfig(model="m").decoding()
-    assert (explicit.temperature, explicit.top_k, explicit.top_p, explicit.max_new_tokens) == (0.4, 80, 0.9, 256)
+    assert (explicit.do_sample, explicit.temperature, explicit.top_k, explicit.top_p, explicit.max_new_tokens) == (
+        True, "model", 80, 0.9, 256)  # fmt: skip
     implicit = RunConfig(model="m", config="implicit").decoding()
-    assert (implicit.temperature, implicit.max_new_tokens) == (0.1, 256)
+    assert (implicit.do_sample, implicit.temperature, implicit.top_k, implicit.top_p, implicit.max_new_tokens) == (
+        "model", "model", "model", "model", 256)  # fmt: skip
+    assert explicit.stop == implicit.stop == "eos"  # the authors read the whole response
     assert dict(PAPER.levels) == {"low": (6,), "medium": (9,), "high": (12,)}  # MR_test.sh: nums=(6 9 12), '='
     one = RunConfig(model="m", max_new_tokens=32)
-    assert (one.decoding().max_new_tokens, one.decoding().temperature) == (32, 0.4)
-    assert one.settings({"name": "d", "fingerprint": "f"})["protocol"] == {"preset": "paper", "overrides": {"max_new_tokens": 32}}
+    assert (one.decoding().max_new_tokens, one.decoding().temperature) == (32, "model")
+    assert one.settings({"name": "d", "fingerprint": "f"})["protocol"] == {
+        "preset": "paper", "overrides": {"max_new_tokens": 32}, "api_request": "open"}  # fmt: skip
     greedy = RunConfig(model="m", protocol="deterministic").decoding()
-    assert (greedy.temperature, greedy.max_new_tokens, greedy.top_k) == (0.0, 16, 0)
+    assert (greedy.temperature, greedy.max_new_tokens, greedy.top_k, greedy.stop) == (0.0, 16, 0, "answer_line")
 
 
 @pytest.mark.parametrize(
     ("settings", "message"),
     [
         ({"protocol": "paperz"}, r"^unknown --protocol 'paperz'; choose one of paper, deterministic$"),
-        ({"scoring": "logprob"}, r"--protocol paper samples at temperature 0.4; use --protocol deterministic"),
+        ({"scoring": "logprob"}, r"--protocol paper samples at temperature model; use --protocol deterministic"),
         ({"scoring": "logprob", "protocol": "deterministic", "temperature": 0.7}, r"--temperature samples"),
     ],
 )
@@ -257,7 +264,8 @@ def test_a_default_run_sends_the_authors_requests(server, release_dir, records_b
     assert len(stage1) == len(stage2) == 60
     assert all(prompt_of(b) in records_by_prompt for b in stage1)
     for body in stage1 + stage2:
-        assert (body["temperature"], body["top_p"], body["max_tokens"]) == (0.4, 0.9, 256)
+        # No temperature: the server applies the model's own, as ms-swift left the model's own.
+        assert (body["top_p"], body["max_tokens"]) == (0.9, 256) and "temperature" not in body
         assert "top_k" not in body  # not an OpenAI chat parameter: only with --send-top-k
     stage2_prompts = {prompt_of(b) for b in stage2}
     from_release = 0
@@ -278,27 +286,36 @@ def test_a_default_run_sends_the_authors_requests(server, release_dir, records_b
     assert from_release > 10
 
     results = json.loads((tmp_path / "explicit" / "results.json").read_text())
-    assert results["run"]["protocol"] == {"preset": "paper", "overrides": {}}
+    assert results["run"]["protocol"] == {"preset": "paper", "overrides": {}, "api_request": "open"}
     assert json.loads((tmp_path / "explicit" / "run.json").read_text())["protocol"]["preset"] == "paper"
 
 
-def test_implicit_run_sends_the_authors_notes_at_temperature_0_1(server, release_dir, tmp_path, monkeypatch):
+def test_implicit_run_sends_the_authors_notes_split_by_seg_note(server, release_dir, tmp_path, monkeypatch):
+    """Every implicit item: stage 2 sends, per note of the first 5 that seg_note gives (empty pieces included),
+    the authors' request; misleading notes after a correct stage 1, guiding ones after a wrong one."""
     monkeypatch.setenv(KEY_ENV, "sk-test")
-    records = {item_id(r["new_id"], r["question"]): r for r in reversed(_release_records())}  # first copy wins
-    _cli(server, release_dir, tmp_path / "implicit", "--config", "implicit", "--limit", "6")
+    implicit = {}
+    for path in sorted((SHARED / "mub_release_sample" / "implicit" / "mislead_output").glob("*.jsonl")):
+        for record in json.loads(path.read_text(encoding="utf-8")):
+            implicit.setdefault(item_id(record["new_id"], record["question"]), record)
+    _cli(server, release_dir, tmp_path / "implicit", "--config", "implicit")
     stage1, stage2 = _stages(server)
-    assert len(stage1) == 6 and stage2
-    for body in stage1 + stage2:
-        assert (body["temperature"], body["max_tokens"], body["top_p"]) == (0.1, 256, 1.0)
-    stage2_prompts = {prompt_of(b) for b in stage2}
-    expected = set()
+    assert len(stage1) == len(implicit)
+    for body in stage1 + stage2:  # the model's own generation_config decides everything but the 256 tokens
+        assert body["max_tokens"] == 256 and not {"temperature", "top_p", "top_k"} & set(body)
+    sent = [prompt_of(b) for b in stage2]
+    expected = []
+    with_empty = 0
     for line in (tmp_path / "implicit" / "predictions.jsonl").read_text().splitlines():
         prediction = json.loads(line)
-        assert prediction["stage1"][0]["parsed"] is not None
-        for answer in prediction["stage2"]:
-            note = answer["cue"].removeprefix("Please pay attention to this instruction: ")
-            expected.add(implicit_stage2(records[prediction["id"]], note))
-    assert expected == stage2_prompts
+        record = implicit[prediction["id"]]
+        correct = prediction["original_prediction"] == prediction["answer"]
+        notes = seg_note(record["closed_model_response_F" if correct else "closed_model_response_T"])[:5]
+        with_empty += "" in notes
+        expected += [implicit_stage2(record, note) for note in notes]
+    assert sorted(sent) == sorted(expected)
+    assert with_empty >= 3  # items whose requests include one ending in "Please pay attention to this instruction: "
+    assert any(p.endswith("Please pay attention to this instruction: ") or "instruction: \n" in p for p in sent)
     results = json.loads((tmp_path / "implicit" / "results.json").read_text())["results"]["implicit"]
     assert set(results["mr_t2f_by_notes"]) == {"1", "2", "3", "4", "5"}
     assert results["mr_t2f_by_notes"]["5"] == results["mr_t2f"]

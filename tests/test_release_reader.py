@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 
 import pytest
+from authors_code import seg_note
 from conftest import RELEASE_SAMPLE, copy_release_with_placeholder_images
 from PIL import Image
 
@@ -258,7 +259,7 @@ def test_item_in_main_and_implicit_file_is_one_item(tmp_path: Path, real: dict):
         model="generator-side-model",
         guide="And the true answer is : something else",
         closed_model_response_F="1. look left /// 2. look right /// 3. look up",
-        closed_model_response_T="first hint // second hint",
+        closed_model_response_T="first hint /// second hint",
     )
     release = write_release(tmp_path / "release", [item, real["mmmu"]], [notes])
     ds = build_with_builder(release, tmp_path, config="implicit")
@@ -315,26 +316,28 @@ def test_cli_allow_truncated_reports_the_lost_record(small: Path, tmp_path: Path
 
 
 @pytest.mark.parametrize(
-    ("raw", "notes"),
+    "raw",
     [
-        ("1. one /// 2. two /// 3. three", ["one", "two", "three"]),
-        ("one // two //// three", ["one", "two", "three"]),
-        ("/// one ///\n\n/// two ///\n", ["one", "two"]),  # leading and trailing separators
-        ("///1. one///2. two///", ["one", "two"]),
-        ("1. /// 2. real note /// 3.", ["real note"]),  # numbering-only pieces are not notes
-        ("1. first\n2. second\n3. third", ["first", "second", "third"]),  # numbered, no separators
-        ("1、甲方案 /// 2、乙方案", ["甲方案", "乙方案"]),  # Chinese numbering
-        ("1、甲方案\n2、乙方案\n3、丙方案", ["甲方案", "乙方案", "丙方案"]),
-        ("Guidance:\n1. first\n2. second\n\n///", ["Guidance:", "first", "second"]),
-        ("3.5 cm is the length /// 2. other", ["3.5 cm is the length", "other"]),
-        ("a single note", ["a single note"]),
-        ("", []),
-        ("   ///   ", []),
-        (None, []),
+        "1. one /// 2. two /// 3. three",
+        "one // two //// three",  # "//" is no separator; "////" is "///" then "/"
+        "/// one ///\n\n/// two ///\n",  # leading, doubled and trailing separators: empty notes
+        "///1. one///2. two///",
+        "1. /// 2. real note /// 3.",
+        "1. first\n2. second\n3. third",  # numbered lines without separators: one note
+        "1、甲方案 /// 2、乙方案",
+        "Guidance:\n1. first\n2. second\n\n///",
+        "3.5 cm is the length /// 2. other",  # seg_note's number rule eats "3." too
+        "a single note",
+        "",
+        "   ///   ",
     ],
 )
-def test_split_notes(raw, notes):
-    assert split_notes(raw) == notes
+def test_split_notes_is_the_authors_seg_note(raw):
+    assert split_notes(raw) == seg_note(raw)
+
+
+def test_a_missing_notes_field_has_no_notes():
+    assert split_notes(None) == []
 
 
 @pytest.mark.parametrize(

@@ -35,8 +35,8 @@ def test_yes_and_no_in_one_answer_count_as_correct_whatever_the_truth():
         assert reference_answer("Yes, there is no dog", item) == truth
     item = {"question": "Colour?", "choices": ["red", "blue", "green"], "answer": "B", "question_type": "multiple_choice", "source": "X"}
     assert reference_answer("A or B", item) == "A"  # first standalone letter, the truth not among it
-    # The prompt's options are lines without commas, so the option pattern reads them all as option A's
-    # text and an option named by its text is not found: no letter either, so the answer is unread.
+    # The raw question holds no "X: text" options, so an option named by its text is not found: no letter
+    # either, so the answer is unread.
     assert reference_answer("blue, surely", item) is None
     assert reference_answer("no idea", item) is None
 
@@ -112,3 +112,20 @@ def test_bad_rescore_requests_get_one_line(original, tmp_path, capsys):
     assert main(["rescore", str(original), "--parser", "mub", "--out", str(original)]) == 2
     errors = capsys.readouterr().err.strip().splitlines()
     assert len(errors) == 2 and "not a finished run" in errors[0] and "is the run being rescored" in errors[1]
+
+
+def test_an_implicit_run_is_read_with_the_implicit_scripts_letters_a_to_h(tmp_path):
+    """The implicit scripts' extract_option reads letters A-H: an implicit run's "E" is E, an explicit run's is not."""
+    dataset = mub_dataset.load("implicit", "sample")
+    out = tmp_path / "implicit"
+    run(RunConfig(model="scripted/e", backend="scripted", config="implicit", out=str(out), limit=40, progress=False),
+        backend=ScriptedBackend(lambda request: "E", name="scripted/e"), dataset=dataset)  # fmt: skip
+    assert main(["rescore", str(out), "--parser", "reference", "--out", str(tmp_path / "reference"), "--no-progress"]) == 0
+    rows = {row["id"]: row for row in dataset.remove_columns("image").to_list()}
+    rescored = _lines(tmp_path / "reference")
+    read_as_e = 0
+    for item_id, record in rescored.items():
+        parsed = [a["parsed"] for a in record["stage1"]]
+        assert parsed == [reference_answer("E", rows[item_id], implicit=True)]
+        read_as_e += parsed == ["E"] and reference_answer("E", rows[item_id], implicit=False) is None
+    assert read_as_e > 0

@@ -41,12 +41,12 @@ from mub.backends.vllm_backend import (
     LOGPROB_TOP_N,
     VLLMBackend,
     VLLMNotInstalledError,
-    answer_length,
     from_run_config,
     visible_devices,
 )
 from mub.cli import main
 from mub.config import DecodingSettings, RunConfig
+from mub.protocol.parsing import parse_answer
 from mub.runs.runner import run
 from mub.testing.tiny_models import TINY_ARCHITECTURES, resolve_model_spec
 
@@ -346,7 +346,9 @@ def test_greedy_sampling_params(engine: Engine) -> None:
     for p in params:
         assert p.temperature == 0.0 and p.max_tokens == 7 and (p.top_p, p.top_k) == (1.0, 0)
         assert p.seed is None and p.logprobs is None and p.n == 1 and p.repetition_penalty == 1.0
-        assert p.skip_special_tokens is True and p.stop == ["\n"]
+        assert p.skip_special_tokens is True and p.stop == []  # the paper's rule: EOS or max_tokens only
+    VLLMBackend(MODEL, decoding=DecodingSettings(stop="answer_line")).generate(_requests()[:1])
+    assert engine.calls[-1]["sampling_params"][0].stop == ["\n"]
 
 
 def test_sampling_params_follow_the_decoding_with_per_request_seeds(engine: Engine) -> None:
@@ -380,38 +382,34 @@ def test_chat_template_file_renders_the_prompt(engine: Engine, tmp_path: Path, t
     assert backend.describe()["chat_template"] == str(template)
 
 
-@pytest.mark.parametrize(
-    ("texts", "length"),
-    [
-        ([" B", "\n", " because"], 2),  # newline after the answer ends it, newline kept
-        (["\n", " B", "\n\n", " C"], 3),  # a leading newline does not
-        (["B\n", " more"], 1),  # text and newline in one token
-        ([" A", " because", " it"], 3),  # no newline: everything up to max tokens / EOS
-        ([], 0),
-    ],
-)
-def test_answer_length_matches_the_transformers_stopping_rule(texts: list[str], length: int) -> None:
-    assert answer_length(texts) == length
-
-
-def test_answer_stops_like_the_transformers_backend_and_order_kept(engine: Engine, ids: dict[str, int]) -> None:
-    """vLLM stops at the first newline; one before any text is generated again, without the stop, and cut."""
+def test_answer_stops_like_the_transformers_backend_and_order_kept(engine: Engine, ids: dict[str, int], tokenizer: Any) -> None:
+    """Under answer_line vLLM stops at the first newline; an answer the rule does not end there is generated
+    again, without the stop, in full: a two-line answer is kept whole and read as its answer."""
+    two_lines = tokenizer.encode("Looking at the image, the building is round.\nThe answer is A.", add_special_tokens=False)
     replies = {
         "leading newline": [ids["\n"], ids[" B"], ids["\n"], ids[" C"], ids["eos"]],
         "answer": [ids["A"], ids["\n"], ids[" C"], ids["eos"]],
         "eos": [ids[" B"], ids["eos"]],
+        "two lines": [*two_lines, ids["eos"]],
     }
     requests = [Request(key, _image((i, 2, 3)), "Hm?", ("A", "B")) for i, key in enumerate(replies)]
     key_of = {id(r.image): r.key for r in requests}
     engine.reply = lambda prompt, params: completion(list(replies[key_of[id(prompt["multi_modal_data"]["image"])]]))
-    generations = VLLMBackend(MODEL).generate(requests)
-    assert [g.text for g in generations] == ["\n B\n", "A\n", " B"]
-    assert [g.extra["new_tokens"] for g in generations] == [3, 2, 2]
-    assert [g.extra.get("regenerated", False) for g in generations] == [True, False, False]
+    generations = VLLMBackend(MODEL, decoding=DecodingSettings(stop="answer_line")).generate(requests)
+    texts = [g.text for g in generations]
+    assert texts[:3] == ["\n B\n", "A\n", " B"]
+    assert texts[3].strip() == "Looking at the image, the building is round.\nThe answer is A."
+    assert parse_answer(texts[3], ["x", "y"], "multiple_choice") == "A"
+    assert [g.extra["new_tokens"] for g in generations] == [5, 2, 2, len(two_lines) + 1]
+    assert [g.extra.get("regenerated", False) for g in generations] == [True, False, False, True]
     first, again = engine.calls
-    assert [p.stop for p in first["sampling_params"]] == [["\n"]] * 3
-    assert [key_of[id(p["multi_modal_data"]["image"])] for p in again["prompts"]] == ["leading newline"]
+    assert [p.stop for p in first["sampling_params"]] == [["\n"]] * 4
+    assert [key_of[id(p["multi_modal_data"]["image"])] for p in again["prompts"]] == ["leading newline", "two lines"]
     assert again["sampling_params"][0].stop == []
+    # The paper's rule (eos): one pass, nothing cut.
+    engine.calls.clear()
+    whole = VLLMBackend(MODEL, decoding=DecodingSettings(stop="eos")).generate(requests)
+    assert len(engine.calls) == 1 and whole[3].text == texts[3] and whole[1].text == "A\n C"
 
 
 def test_logprob_scoring_gets_exact_option_probabilities(engine: Engine, ids: dict[str, int]) -> None:
@@ -490,7 +488,10 @@ def test_model_generation_config_is_part_of_the_decoding(engine: Engine, tmp_pat
 
     model = _model_with_generation_config(tmp_path, repetition_penalty=1.3, min_new_tokens=2, top_k=1)
     config = RunConfig(model=model, backend="vllm", limit=2, out=str(tmp_path / "r"), progress=False)
-    expected = DecodingSettings(max_new_tokens=256, temperature=0.4, top_p=0.9, top_k=80, repetition_penalty=1.3, min_new_tokens=2)
+    # run.py's sampling at the model's own temperature (transformers' 1.0: this config names none)
+    expected = DecodingSettings(
+        max_new_tokens=256, temperature=1.0, top_p=0.9, top_k=80, do_sample=True, repetition_penalty=1.3, min_new_tokens=2
+    )
     vllm_backend = from_run_config(config)
     transformers_backend = TransformersBackend(model, decoding=config.decoding())
     assert vllm_backend.decoding == transformers_backend.decoding == run_decoding(config) == expected

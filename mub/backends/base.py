@@ -32,6 +32,9 @@ class Request:
     ``("Yes", "No")``); logprob scoring ranks exactly these.
     ``history`` holds the earlier exchanges of a multi-turn conversation; the
     image goes in the first user turn, ``prompt`` is the last user turn.
+    ``image_bytes`` is the image file's own bytes, as the dataset stores them:
+    a backend that sends a file (an API) sends these, never a re-encoding;
+    ``None`` where the image has no file (it is then encoded losslessly).
     """
 
     key: str
@@ -39,6 +42,7 @@ class Request:
     prompt: str
     options: tuple[str, ...]
     history: tuple[Exchange, ...] = ()
+    image_bytes: bytes | None = field(default=None, repr=False)
 
     def turns(self) -> list[tuple[str, str]]:
         """(role, text) of every turn, ``user`` first; the image belongs to the first."""

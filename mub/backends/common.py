@@ -50,6 +50,12 @@ def check_image_format(image_format: str) -> None:
         raise ValueError(f"image_format must be 'png' or 'jpeg', got {image_format!r}")
 
 
+def image_mime_type(data: bytes) -> str:
+    """The MIME type of an image file's bytes (its header only is read), e.g. ``image/jpeg``."""
+    with Image.open(io.BytesIO(data)) as image:
+        return Image.MIME.get(image.format or "", "application/octet-stream")
+
+
 def image_data_url(image: Image.Image, image_format: str = "png") -> str:
     """The image as a base64 data URL; PNG (the default) is lossless, so a server sees the exact pixels."""
     check_image_format(image_format)

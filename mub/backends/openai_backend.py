@@ -2,9 +2,24 @@
 
 Works with the OpenAI API itself and with servers that mimic it (vLLM's
 ``vllm serve``, TGI, ``transformers serve``, LiteLLM, ...). One request is one
-``POST {base_url}/chat/completions`` whose user message holds the image as a
-base64 data URL followed by the prompt text, the same order the local
-backends give the chat template.
+``POST {base_url}/chat/completions``. Two request forms (``--api-request``):
+
+* ``open`` (default): the user message holds the image file's own bytes as a
+  base64 data URL (its own MIME type) followed by the prompt text, the same
+  order the local backends give the chat template, with the preset's decoding.
+  A field the preset leaves to the model's ``generation_config`` (the paper
+  preset's temperature; every sampling field of its implicit runs) is not
+  sent, so the server applies its own default: vLLM's server (``--generation-config
+  auto``, its default) takes the model's ``generation_config.json`` values,
+  1.0 for a temperature it names none; note that vLLM ignores ``do_sample``,
+  so a model that decodes greedily under transformers is sampled there unless
+  ``--temperature 0`` is given.
+* ``closed``: the authors' request for API models (my_tool.py): the text,
+  then the file's bytes as ``data:image/jpeg;base64,...`` with ``"detail":
+  "high"``, ``max_tokens`` 2048 and no sampling field or seed.
+
+The returned text is kept as the shared stopping rule keeps it
+(:mod:`mub.backends.stopping`).
 
 Why plain ``httpx`` and not the ``openai`` client: the client runs its own
 retry loop (its own backoff formula, a capped ``Retry-After``) and validates
@@ -75,8 +90,10 @@ from urllib.parse import urlsplit, urlunsplit
 
 from mub.backends import common
 from mub.backends.base import Generation, Request
+from mub.backends.stopping import kept_text
 from mub.config import DecodingSettings
 from mub.errors import MissingDependencyError
+from mub.protocol.presets import API_REQUESTS, CLOSED_MODEL_REQUEST, FROM_MODEL, OPEN_MODEL_REQUEST
 
 if TYPE_CHECKING:
     import httpx
@@ -110,7 +127,7 @@ class ApiSettings:
     backoff_base: float = 0.5  # first retry waits 0.25-0.5 s, doubling each time
     backoff_max: float = 60.0  # no backoff wait is longer; a server's Retry-After may ask for more
     max_retry_after: float = 300.0  # a longer Retry-After is not waited for: the request fails at once
-    image_format: str = "png"  # "png" (lossless) or "jpeg" (smaller for photographs)
+    image_format: str = "png"  # for a request without an image file only: "png" (lossless) or "jpeg"
     # top_k is no OpenAI chat parameter; vLLM's server (and some others) accept it, others reject the request.
     send_top_k: bool = False
     max_response_bytes: int = MAX_RESPONSE_BYTES  # decoded bytes of a reply; a longer one is an item error
@@ -316,13 +333,17 @@ class OpenAIBackend:
         model: str,
         settings: ApiSettings,
         decoding: DecodingSettings = DecodingSettings(),
+        api_request: str = OPEN_MODEL_REQUEST,
     ) -> None:
         settings.validate()
         if decoding.scoring != "generate":
             raise ValueError("--backend openai supports --scoring generate only (chat APIs return no option scores)")
+        if api_request not in API_REQUESTS:
+            raise ValueError(f"--api-request must be {' or '.join(API_REQUESTS)}, got {api_request!r}")
         self.model = model
         self.settings = settings
         self.decoding = decoding
+        self.api_request = api_request
         self._rng = random.Random()  # jitter only: unseeded on purpose, so clients spread out
         self._api_key = read_api_key(settings.api_key_env)
         self._key_pattern = key_pattern(self._api_key)
@@ -363,13 +384,24 @@ class OpenAIBackend:
 
     def generate(self, requests: Sequence[Request]) -> list[Generation]:
         # Encoding here, in the caller's thread, keeps the image cache single-threaded.
-        bodies = [self._body(request, self._image_urls(request.image)) for request in requests]
+        bodies = [self._body(request, self._image_url(request)) for request in requests]
         futures = [self._pool.submit(self._complete, body) for body in bodies]
         try:
-            return [self._result(future) for future in futures]
+            generations = [self._result(future) for future in futures]
         except KeyboardInterrupt:
             self.cancel()
             raise
+        for request, generation in zip(requests, generations):  # the one stopping rule every backend follows
+            generation.text = kept_text(generation.text, request.options, self.decoding.stop)
+        return generations
+
+    def _image_url(self, request: Request) -> str:
+        """The image file's own bytes as a data URL (labelled JPEG under the closed-model request, as the
+        authors sent every file); a request without a file gets its pixels encoded losslessly."""
+        if request.image_bytes is None:
+            return self._image_urls(request.image)
+        mime = "image/jpeg" if self.api_request == CLOSED_MODEL_REQUEST else common.image_mime_type(request.image_bytes)
+        return f"data:{mime};base64,{base64.b64encode(request.image_bytes).decode('ascii')}"
 
     @staticmethod
     def _result(future: "Future[Generation]") -> Generation:
@@ -394,6 +426,7 @@ class OpenAIBackend:
         return {
             "backend": "openai",
             "model": self.model,
+            "api_request": self.api_request,
             "base_url": _public_url(self.settings.base_url),
             **info,
             "api_key_set": bool(self._api_key),
@@ -404,15 +437,27 @@ class OpenAIBackend:
         self._client.close()
 
     def _body(self, request: Request, image_url: str) -> dict[str, Any]:
-        return {
-            "model": self.model,
-            "messages": common.chat_messages(request, {"type": "image_url", "image_url": {"url": image_url}}),
-            "max_tokens": self.decoding.max_new_tokens,
-            "temperature": max(self.decoding.temperature, 0.0),
-            "top_p": self.decoding.top_p,
-            "seed": request_seed(self.decoding.seed, request.key),
-            **({"top_k": self.decoding.top_k} if self.settings.send_top_k and self.decoding.top_k > 0 else {}),
-        }
+        """The request's JSON body. A decoding field left to the model (:data:`FROM_MODEL`) is not sent, so the
+        server applies the model's own generation_config (vLLM's server does by default) or its own default."""
+        decoding = self.decoding
+        if self.api_request == CLOSED_MODEL_REQUEST:
+            # my_tool.py, get_eval_plain_use_gpt4v: one user turn, the text, then the image with detail high.
+            image = {"type": "image_url", "image_url": {"url": image_url, "detail": "high"}}
+            messages = [{"role": "user", "content": [{"type": "text", "text": request.prompt}, image]}]
+        else:
+            messages = common.chat_messages(request, {"type": "image_url", "image_url": {"url": image_url}})
+        body: dict[str, Any] = {"model": self.model, "messages": messages, "max_tokens": decoding.max_new_tokens}
+        if decoding.do_sample is False:
+            body["temperature"] = 0.0
+        elif decoding.temperature != FROM_MODEL:
+            body["temperature"] = decoding.temperature
+        if decoding.top_p != FROM_MODEL:
+            body["top_p"] = decoding.top_p
+        if self.settings.send_top_k and not decoding.greedy and decoding.top_k not in (0, FROM_MODEL):
+            body["top_k"] = decoding.top_k
+        if self.api_request != CLOSED_MODEL_REQUEST:
+            body["seed"] = request_seed(decoding.seed, request.key)
+        return body
 
     def _complete(self, body: dict[str, Any]) -> Generation:
         """One request with retries; failures end as ``Generation(error=...)``, never as an exception."""
@@ -578,4 +623,4 @@ def from_run_config(config: "RunConfig") -> OpenAIBackend:
             "--top-k reaches an OpenAI-compatible server only with --send-top-k (vLLM's server accepts it; "
             "the OpenAI API rejects it); add --send-top-k or drop --top-k"
         )
-    return OpenAIBackend(config.model, ApiSettings(**options), config.decoding())
+    return OpenAIBackend(config.model, ApiSettings(**options), config.decoding(), config.api_request)

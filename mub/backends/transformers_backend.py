@@ -8,11 +8,12 @@ come back in request order.
 
 Two scoring modes (``DecodingSettings.scoring``):
 
-* ``"generate"``: ``model.generate`` with greedy decoding unless
-  ``temperature > 0``. A row stops as soon as its answer is complete: at EOS,
-  or at the first newline that follows some non-space text. The returned text
-  is the raw decoded continuation (special tokens removed, the stopping
-  newline kept), never stripped or parsed.
+* ``"generate"``: ``model.generate`` with greedy decoding unless the
+  decoding samples. A row stops at EOS or the token limit, or where the
+  shared stopping rule ends it (``--stop answer_line``: the newline after a
+  bare answer, :mod:`mub.backends.stopping`). The returned text is the raw
+  decoded continuation (special tokens removed, a stopping newline kept),
+  never stripped or parsed.
 * ``"logprob"``: one forward pass per batch, no generation. The answer is the
   option whose *answer token* has the highest next-token probability; see
   :meth:`TransformersBackend.option_token_ids` for how that token is chosen.
@@ -68,7 +69,9 @@ from mub.backends.local import (
     option_scoring_problem,
     resolved_decoding,
 )
+from mub.backends.stopping import answer_line_end, first_line_end, kept_text
 from mub.config import DecodingSettings
+from mub.protocol.presets import STOP_AT_ANSWER_LINE
 from mub.testing.tiny_models import resolve_model_spec, tiny_model_info
 
 if TYPE_CHECKING:
@@ -113,39 +116,41 @@ class _TokenClasses:
         # The LM head can be wider than the tokenizer (padded vocabularies): such ids count as text.
         size = max(vocab_size, len(texts))
         texts += ["?"] * (size - len(texts))
-        self.has_text = torch.tensor([t.strip() != "" for t in texts], device=device)
         self.has_newline = torch.tensor(["\n" in t for t in texts], device=device)
-        # A token such as "B\n" completes an answer on its own.
-        self.text_then_newline = torch.tensor(
-            ["\n" in t and t[: t.rfind("\n")].strip() != "" for t in texts], device=device
-        )
         self.is_eos = torch.zeros(size, dtype=torch.bool, device=device)
         self.is_eos[[i for i in eos_ids if 0 <= i < size]] = True
 
 
-def _answer_complete_criteria(classes: _TokenClasses, prompt_len: int, batch: int, device: Any) -> Any:
-    """A StoppingCriteria that ends each row at EOS or at a newline after non-space text.
+def _answer_complete_criteria(
+    classes: _TokenClasses, prompt_len: int, requests: Sequence[Request], stop: str, tokenizer: Any, device: Any
+) -> Any:
+    """A StoppingCriteria that ends each row at EOS, or where the shared ``stop`` rule ends it (:mod:`mub.backends.stopping`).
 
-    It also records each row's answer length (``.lengths``, -1 while running),
-    because rows finished early keep receiving pad tokens until the whole
-    batch is done.
+    The rule is checked on the row's decoded text at tokens that hold a
+    newline, until its first line is complete. It also records each row's
+    answer length (``.lengths``, -1 while running), because rows finished
+    early keep receiving pad tokens until the whole batch is done.
     """
     import torch
     from transformers import StoppingCriteria
 
+    batch = len(requests)
+
     class AnswerComplete(StoppingCriteria):
         def __init__(self) -> None:
-            self.seen_text = torch.zeros(batch, dtype=torch.bool, device=device)
+            # Rows whose first line is still open: only they can still end at a bare answer's newline.
+            self.line_open = torch.full((batch,), stop == STOP_AT_ANSWER_LINE, dtype=torch.bool, device=device)
             self.lengths = torch.full((batch,), -1, dtype=torch.long, device=device)
 
         def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
             last = input_ids[:, -1]
-            done = (
-                classes.is_eos[last]
-                | classes.text_then_newline[last]
-                | (classes.has_newline[last] & self.seen_text)
-            )
-            self.seen_text |= classes.has_text[last]
+            done = classes.is_eos[last]
+            for row in (classes.has_newline[last] & self.line_open).nonzero().flatten().tolist():
+                text = tokenizer.decode(input_ids[row, prompt_len:], skip_special_tokens=True)
+                if first_line_end(text) is not None:
+                    self.line_open[row] = False
+                    if answer_line_end(text, requests[row].options) is not None:
+                        done[row] = True
             newly = done & (self.lengths < 0)
             self.lengths[newly] = input_ids.shape[1] - prompt_len
             return self.lengths >= 0
@@ -727,7 +732,9 @@ class TransformersBackend:
             head = self.model.get_output_embeddings()
             vocab_size = head.weight.shape[0] if head is not None else 0
             self._token_classes = _TokenClasses(self.tokenizer, self._eos_ids(), vocab_size, self.device)
-        stop = _answer_complete_criteria(self._token_classes, prompt_len, len(requests), self.device)
+        stop = _answer_complete_criteria(
+            self._token_classes, prompt_len, requests, self.decoding.stop, self.tokenizer, self.device
+        )
         seeds = [request_seed(self.decoding.seed, r.key) for r in requests]
         processors = [] if self.decoding.greedy else [_seeded_sampler(seeds, self.decoding, self.device)]
 
@@ -751,7 +758,7 @@ class TransformersBackend:
             extra: dict[str, Any] = {"new_tokens": len(ids)}
             if not self.decoding.greedy:
                 extra["seed"] = seeds[row]
-            text = self.tokenizer.decode(ids, skip_special_tokens=True)
+            text = kept_text(self.tokenizer.decode(ids, skip_special_tokens=True), requests[row].options, self.decoding.stop)
             generations.append(Generation(text=text, extra=extra))
         return generations
 

@@ -34,13 +34,15 @@ How it maps MUB onto vLLM's documented interfaces:
   backends use different random generators, so sampled answers are
   reproducible per backend, not across backends.
   ``max_tokens`` is ``--max-new-tokens``.
-* Stop: the transformers backend ends an answer with the first token that
-  holds a newline after some non-space text (:func:`answer_end`). vLLM stops
-  at the first newline (``stop=["\\n"]``) and returns the token ids up to the
-  one that holds it; mub decodes them itself (special tokens removed), so the
-  texts agree and nothing is generated after the answer. An answer stopped
-  at a newline before any text is generated again without the stop and cut
-  by the same rule (one more pass for those requests only).
+* Stop: the shared rule (:mod:`mub.backends.stopping`). Under ``eos`` (the
+  paper preset) no stop string is set: an answer ends at EOS or
+  ``max_tokens``. Under ``answer_line`` vLLM stops at the first newline
+  (``stop=["\\n"]``) and returns the token ids up to the one that holds it;
+  mub decodes them itself (special tokens removed) and keeps what the rule
+  keeps. An answer stopped at a newline where the rule does not end it (a
+  leading newline, or a first line that is no bare answer) is generated again
+  without the stop (one more pass for those requests only), so the texts
+  agree with the transformers backend's.
 * ``--scoring logprob``: one generated token with the log-probabilities of the
   options' answer tokens (the transformers backend's
   rule, :meth:`mub.backends.local.PromptRenderer.option_token_ids`) through
@@ -72,7 +74,9 @@ from mub.backends.local import (
     option_scoring_problem,
     resolved_decoding,
 )
+from mub.backends.stopping import answer_line_end, kept_text
 from mub.config import DecodingSettings
+from mub.protocol.presets import STOP_AT_ANSWER_LINE
 from mub.testing.tiny_models import resolve_model_spec, tiny_model_info
 
 if TYPE_CHECKING:
@@ -80,8 +84,8 @@ if TYPE_CHECKING:
 
 INSTALL_HINT = 'the vllm backend needs vLLM, which is not installed: pip install "mub[vllm]" (Linux with a CUDA GPU)'
 LOGPROB_TOP_N = 20
-# vLLM stops at the first newline; the transformers backend's rule is the first newline after some text, so
-# the rare answer stopped at a leading newline is generated again without it (see VLLMBackend.generate).
+# Under the answer_line rule vLLM stops at every first newline; answers the rule does not end there are
+# generated again without it (see VLLMBackend.generate).
 ANSWER_STOP = "\n"
 # vLLM's switch for batch-invariant kernels (logits independent of the batch a request shares).
 BATCH_INVARIANT_ENV = "VLLM_BATCH_INVARIANT"
@@ -97,27 +101,6 @@ def import_vllm() -> Any:
     except ImportError as exc:
         raise VLLMNotInstalledError(INSTALL_HINT) from exc
     return vllm
-
-
-def answer_end(token_texts: Sequence[str]) -> int | None:
-    """How many generated tokens form the answer by the transformers backend's stopping rule, ``None`` if unfinished.
-
-    The answer ends with the first token that holds a newline after some
-    non-space text, either earlier in the answer or in the same token
-    (``"B\\n"``). A leading newline does not end it.
-    """
-    seen_text = False
-    for count, text in enumerate(token_texts, start=1):
-        if "\n" in text and (seen_text or text[: text.rfind("\n")].strip()):
-            return count
-        seen_text = seen_text or text.strip() != ""
-    return None
-
-
-def answer_length(token_texts: Sequence[str]) -> int:
-    """The answer's tokens: up to :func:`answer_end`, or all of them (EOS or ``max_tokens`` came first)."""
-    end = answer_end(token_texts)
-    return len(token_texts) if end is None else end
 
 
 def sampling_fields(vllm: Any) -> set[str]:
@@ -210,7 +193,6 @@ class VLLMBackend:
             **(engine_args or {}),
         }
         self.model_seconds = 0.0
-        self._token_texts: dict[int, str] = {}
         self.llm = llm if llm is not None else self._start_engine()
 
     def _start_engine(self) -> Any:
@@ -231,7 +213,8 @@ class VLLMBackend:
     def sampling_params(self, request: Request, stop: bool = True) -> Any:
         """vLLM ``SamplingParams`` for one request: the resolved decoding, as the transformers backend applies it.
 
-        ``stop``: end at the first newline (:data:`ANSWER_STOP`), else at EOS or ``max_tokens``.
+        ``stop``: under the ``answer_line`` rule, end at the first newline (:data:`ANSWER_STOP`);
+        otherwise at EOS or ``max_tokens``.
         """
         decoding = self.decoding
         if decoding.scoring == "logprob":
@@ -244,7 +227,7 @@ class VLLMBackend:
             "temperature": 0.0,
             "repetition_penalty": decoding.repetition_penalty,
             "min_tokens": decoding.min_new_tokens,
-            "stop": [ANSWER_STOP] if stop else None,
+            "stop": [ANSWER_STOP] if stop and decoding.stop == STOP_AT_ANSWER_LINE else None,
             "skip_special_tokens": True,
         }
         if not decoding.greedy:
@@ -273,8 +256,8 @@ class VLLMBackend:
         if self.decoding.scoring == "logprob":
             share = self._charge(start, len(requests))
             return [self._pick_option(r, c, share) for r, c in zip(requests, outputs)]
-        # Stopped at a newline before any text: the transformers backend goes on, so generate those again in full.
-        again = [i for i, c in enumerate(outputs) if self._stopped_before_the_answer(c)]
+        # Stopped at a newline where the rule does not end the answer: generate those again in full.
+        again = [i for i, (r, c) in enumerate(zip(requests, outputs)) if self._stopped_before_the_answer(r, c)]
         if again:
             redone = self._completions([prompts[i] for i in again], [self.sampling_params(requests[i], stop=False) for i in again])
             for i, completion in zip(again, redone):
@@ -291,28 +274,23 @@ class VLLMBackend:
         self.model_seconds += elapsed
         return elapsed / count
 
-    def _stopped_before_the_answer(self, completion: Any) -> bool:
-        tokenizer = self.renderer.tokenizer
-        texts = [self._token_text(tokenizer, t) for t in completion.token_ids]
-        return getattr(completion, "stop_reason", None) == ANSWER_STOP and answer_end(texts) is None
+    def _stopped_before_the_answer(self, request: Request, completion: Any) -> bool:
+        if getattr(completion, "stop_reason", None) != ANSWER_STOP:
+            return False
+        text = self.renderer.tokenizer.decode(list(completion.token_ids), skip_special_tokens=True)
+        return answer_line_end(text, request.options) is None
 
     # ------------------------------------------------------------- outputs
 
-    def _token_text(self, tokenizer: Any, token: int) -> str:
-        if token not in self._token_texts:
-            self._token_texts[token] = tokenizer.decode([token], skip_special_tokens=False)
-        return self._token_texts[token]
-
     def _answer(self, request: Request, completion: Any, seconds: float, regenerated: bool = False) -> Generation:
-        tokenizer = self.renderer.tokenizer
         ids = list(completion.token_ids)
-        kept = ids[: answer_length([self._token_text(tokenizer, t) for t in ids])]
-        extra: dict[str, Any] = {"new_tokens": len(kept), "finish_reason": completion.finish_reason}
+        text = kept_text(self.renderer.tokenizer.decode(ids, skip_special_tokens=True), request.options, self.decoding.stop)
+        extra: dict[str, Any] = {"new_tokens": len(ids), "finish_reason": completion.finish_reason}
         if regenerated:
-            extra["regenerated"] = True  # its first attempt stopped at a leading newline
+            extra["regenerated"] = True  # its first attempt stopped at a newline the rule does not end it at
         if not self.decoding.greedy:
             extra["seed"] = request_seed(self.decoding.seed, request.key)
-        return Generation(text=tokenizer.decode(kept, skip_special_tokens=True), seconds=seconds, extra=extra)
+        return Generation(text=text, seconds=seconds, extra=extra)
 
     def _pick_option(self, request: Request, completion: Any, seconds: float) -> Generation:
         """The option whose answer token is most likely (the transformers backend's rule).

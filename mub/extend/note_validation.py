@@ -20,7 +20,7 @@ A generated note is first cleaned (:func:`clean_note`), then checked
   itself contains that text, where only the parser decides). For a
   misleading note this is "copies the answer"; for a guiding note, "states
   the answer";
-- survives the release format: the release reader splits notes at ``//``
+- survives the release format: the release reader splits notes at ``///``
   and strips leading numbering, so the note must come back unchanged from
   :func:`mub_dataset.records.split_notes`;
 - does not repeat an earlier note of the same item.
@@ -49,7 +49,7 @@ PROBLEMS: dict[str, str] = {
     "names_option_letter": "named an option letter",
     "copies_answer": "mentioned or stated the correct answer",
     "states_answer": "stated the correct answer outright",
-    "breaks_format": "contained '//' or started with a number followed by '.' or ')'",
+    "breaks_format": "contained '///' or started with a number followed by '.'",
     "duplicate": "repeated an earlier note",
 }
 

@@ -2,10 +2,13 @@
 
 ``paper`` (the default) reproduces the authors' released code (github
 Yunkaidang/uncertainty, commit e5a4bbd): their system texts, ``A: text``
-options, questions as released, sampling settings and exact-count levels.
+options, questions as released, their decoding as it ran (the model's own
+generation_config, with their sampling fields for explicit runs; answers
+never cut before EOS or 256 tokens) and exact-count levels.
 ``deterministic`` is mub's earlier protocol: a one-line instruction, the
 question without ``<image N>`` placeholders or inline options, ``A. text``
-options, greedy decoding with 16 new tokens.
+options, greedy decoding with 16 new tokens, stopping at the line that holds
+a bare answer.
 
 A preset is plain data (:class:`Protocol`); :mod:`mub.protocol.prompts`
 renders it and :class:`mub.config.RunConfig` resolves its decoding with the
@@ -48,18 +51,32 @@ class PromptFormat:
     inline_option_sources: tuple[str, ...] = ()  # sources whose questions carry their options (INLINE_CHOICE)
 
 
+# A decoding value the model's own ``generation_config`` gives (transformers' default where it names none),
+# resolved once per run: local backends read the config (mub.config.DecodingSettings.with_model_defaults); an
+# OpenAI-compatible server is sent no such field, so it applies the model's config itself.
+FROM_MODEL = "model"
+
+# Early stops a run may use (DecodingSettings.stop): "eos" generates until EOS or the token limit;
+# "answer_line" also stops at a newline once the text before it is a bare answer (mub.backends.stopping).
+STOP_AT_EOS = "eos"
+STOP_AT_ANSWER_LINE = "answer_line"
+STOP_RULES = (STOP_AT_EOS, STOP_AT_ANSWER_LINE)
+
+
 @dataclass(frozen=True)
 class Decoding:
-    """A preset's decoding for one setting; each field is overridden by the flag of the same name."""
+    """A preset's decoding for one setting; each field is overridden by the flag of the same name.
+
+    Any field but ``max_new_tokens`` and ``stop`` may be :data:`FROM_MODEL`.
+    ``do_sample`` False, or a temperature of 0, is greedy decoding.
+    """
 
     max_new_tokens: int
-    temperature: float  # 0 = greedy
-    top_p: float = 1.0
-    top_k: int = 0  # 0 = no top-k filter
-
-    @property
-    def samples(self) -> bool:
-        return self.temperature > 0
+    temperature: float | str  # 0 = greedy
+    top_p: float | str = 1.0
+    top_k: int | str = 0  # 0 = no top-k filter
+    do_sample: bool | str = True
+    stop: str = STOP_AT_EOS  # one of STOP_RULES
 
 
 @dataclass(frozen=True)
@@ -158,14 +175,19 @@ PAPER_LEVELS = MappingProxyType({"low": (6,), "medium": (9,), "high": (12,)})
 
 PAPER = Protocol(
     name="paper",
-    summary="the authors' released prompts and sampling (Dang et al., github Yunkaidang/uncertainty)",
+    summary="the authors' released prompts and decoding as their code ran (Dang et al., github Yunkaidang/uncertainty)",
     prompts=MappingProxyType({"explicit": PAPER_EXPLICIT_PROMPTS, "implicit": PAPER_IMPLICIT_PROMPTS}),
     decoding=MappingProxyType(
         {
-            # run.py: max_new_tokens 256, do_sample, top_k 80, top_p 0.9, --tempeature 0.4
-            "explicit": Decoding(max_new_tokens=256, temperature=0.4, top_p=0.9, top_k=80),
-            # implicit/Implicit_MR_test/run.py: max_new_tokens 256, temperature 0.1 (no top-k / top-p set)
-            "implicit": Decoding(max_new_tokens=256, temperature=0.1),
+            # run.py sets the model's generation_config to max_new_tokens 256, do_sample, top_k 80, top_p 0.9;
+            # its --tempeature 0.4 goes to ms-swift's inference(), which drops it (reference_protocol.md), so
+            # the model's own temperature applied.
+            "explicit": Decoding(max_new_tokens=256, temperature=FROM_MODEL, top_p=0.9, top_k=80, do_sample=True),
+            # implicit/Implicit_MR_test/run.py sets only max_new_tokens 256 (its temperature 0.1 is dropped the
+            # same way): the model's generation_config decides the rest, greedy where it does not sample.
+            "implicit": Decoding(
+                max_new_tokens=256, temperature=FROM_MODEL, top_p=FROM_MODEL, top_k=FROM_MODEL, do_sample=FROM_MODEL
+            ),
         }
     ),
     hint_template=RELEASE_HINT_TEMPLATE,
@@ -189,7 +211,8 @@ CLEAN_PROMPTS = PromptFormat(
     option_line="{letter}. {text}",
     question="clean",
 )
-GREEDY = Decoding(max_new_tokens=16, temperature=0.0)
+# Its instruction asks for the letter (or Yes/No) alone, so it may stop at the line that holds a bare answer.
+GREEDY = Decoding(max_new_tokens=16, temperature=0.0, do_sample=False, stop=STOP_AT_ANSWER_LINE)
 
 DETERMINISTIC = Protocol(
     name="deterministic",
@@ -199,6 +222,19 @@ DETERMINISTIC = Protocol(
     hint_template=RELEASE_HINT_TEMPLATE,
     note_template=PAPER_NOTE_TEMPLATE,
     levels=PAPER_LEVELS,
+)
+
+# --- the closed-model request ---------------------------------------------------
+# How an OpenAI-compatible server is asked (--api-request). "open": the preset's decoding, the image then the
+# text, as a chat template puts them for an open model. "closed": the authors' request for API models
+# (implicit/misleading_generate/my_tool.py, get_eval_plain_use_gpt4v with plain_use=True): one user turn, the
+# text, then the image file's bytes as a JPEG data URL with "detail": "high", max_tokens 2048 and no sampling
+# field at all (whatever the preset), so the server's own defaults decide.
+OPEN_MODEL_REQUEST = "open"
+CLOSED_MODEL_REQUEST = "closed"
+API_REQUESTS = (OPEN_MODEL_REQUEST, CLOSED_MODEL_REQUEST)
+CLOSED_MODEL_DECODING = Decoding(
+    max_new_tokens=2048, temperature=FROM_MODEL, top_p=FROM_MODEL, top_k=FROM_MODEL, do_sample=FROM_MODEL
 )
 
 PROTOCOLS: Mapping[str, Protocol] = MappingProxyType({p.name: p for p in (PAPER, DETERMINISTIC)})

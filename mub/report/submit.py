@@ -27,6 +27,7 @@ from typing import Any, Sequence
 
 import yaml
 
+from mub.protocol.presets import CLOSED_MODEL_REQUEST
 from mub.report.report import read_results
 from mub.report.results_file import number, task_name
 from mub.runs.storage import protocol_name
@@ -71,11 +72,14 @@ class Submission:
 
 def run_protocol(document: dict[str, Any]) -> str:
     """The protocol a run used, as leaderboards rank by it: the preset's name (``paper``,
-    ``deterministic``), with its overrides spelled out when a flag changed a field, since
-    such a run no longer compares with the preset's other runs."""
+    ``deterministic``), marked when the closed-model request asked an API, with its overrides
+    spelled out when a flag changed a field, since such a run no longer compares with the
+    preset's other runs."""
     settings = document.get("run", {})
     overrides = (settings.get("protocol") or {}).get("overrides") or {}
     name = protocol_name(settings)
+    if (settings.get("protocol") or {}).get("api_request") == CLOSED_MODEL_REQUEST:
+        name += " (closed-model request)"
     if not overrides:
         return name
     return f"{name} + " + ", ".join(f"{field}={value}" for field, value in sorted(overrides.items()))

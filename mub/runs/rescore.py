@@ -13,16 +13,18 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from mub.protocol.parsing import parse_answer
+from mub.protocol.presets import setting_of
 from mub.protocol.reference_reading import reference_answer
 from mub.runs.merge import config_from_settings
 from mub.runs.predictions import ItemPrediction, StageAnswer
 from mub.runs.runner import check_references, finish_run, select_items, settle
 from mub.runs.storage import RunFolder
 
-Reader = Callable[[str, Mapping[str, Any]], "str | None"]
+# (output, row, implicit) -> the answer read; implicit: the run is an implicit one (the authors' A-H reader)
+Reader = Callable[[str, Mapping[str, Any], bool], "str | None"]
 READERS: dict[str, Reader] = {
-    "mub": lambda output, row: parse_answer(output, row["choices"], row["question_type"]),
-    "reference": reference_answer,
+    "mub": lambda output, row, implicit: parse_answer(output, row["choices"], row["question_type"]),
+    "reference": lambda output, row, implicit: reference_answer(output, row, implicit=implicit),
 }
 
 
@@ -33,7 +35,9 @@ def reader_named(name: str) -> Reader:
         raise ValueError(f"unknown --parser {name!r}; choose one of {', '.join(READERS)}") from None
 
 
-def reread(prediction: ItemPrediction, row: Mapping[str, Any], read: Reader, *, implicit: bool) -> ItemPrediction:
+def reread(
+    prediction: ItemPrediction, row: Mapping[str, Any], read: Callable[[str, Mapping[str, Any]], "str | None"], *, implicit: bool
+) -> ItemPrediction:
     """The prediction with every stage's output parsed by ``read`` and stage 2 settled again."""
 
     def again(answer: StageAnswer) -> StageAnswer:
@@ -48,7 +52,7 @@ def reread(prediction: ItemPrediction, row: Mapping[str, Any], read: Reader, *, 
 
 def rescore_run(run_dir: str | Path, parser: str, out: str | Path, *, overwrite: bool = False, progress: bool = True) -> dict[str, Any]:
     """Write ``out``: the run in ``run_dir`` scored with ``parser``; returns its results document."""
-    read = reader_named(parser)
+    reader = reader_named(parser)
     source = RunFolder(run_dir)
     if not source.results_path.is_file():
         raise ValueError(f"{source.path} is not a finished run (no results.json); finish it with mub run ... --resume")
@@ -69,6 +73,11 @@ def rescore_run(run_dir: str | Path, parser: str, out: str | Path, *, overwrite:
     check_references(source, selection.rows)
     predictions = source.load_predictions()
     implicit = config.cue_spec().uses_notes  # flipped_by_note is recorded only for notes
+    implicit_setting = setting_of(config.config) == "implicit"  # the implicit scripts read A-H
+
+    def read(output: str, row: Mapping[str, Any]) -> str | None:
+        return reader(output, row, implicit_setting)
+
     rescored = [reread(predictions[item_id], rows[item_id], read, implicit=implicit) for item_id in rows if item_id in predictions]
     new_settings = {**settings, "parser": parser, "rescored_from": str(source.path)}
     folder = RunFolder(out)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import io
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, Mapping, Sequence
 
 import datasets
@@ -119,11 +119,12 @@ def _check_notes(rows: Sequence[Mapping[str, Any]]) -> None:
 
 @dataclass(frozen=True)
 class LoadedImage:
-    """An item's decoded RGB image and content hash (the ``group_id``), or why it could not be decoded."""
+    """An item's decoded RGB image, its file's bytes and content hash (the ``group_id``), or why it could not be decoded."""
 
     image: Image.Image | None
     group_id: str
     error: str | None = None
+    data: bytes | None = field(default=None, repr=False)  # the file as stored: what an API is sent
 
 
 def load_images(dataset: datasets.Dataset, indices: Sequence[int]) -> list[LoadedImage]:
@@ -134,7 +135,7 @@ def load_images(dataset: datasets.Dataset, indices: Sequence[int]) -> list[Loade
         try:
             with Image.open(io.BytesIO(data)) as image:
                 image.load()
-                loaded.append(LoadedImage(image.convert("RGB"), image_digest(data)))
+                loaded.append(LoadedImage(image.convert("RGB"), image_digest(data), data=data))
         except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:  # what Pillow raises for bad data
             error = f"the image ({cell.get('path') or 'embedded'}) cannot be decoded ({type(exc).__name__}: {exc})"
             loaded.append(LoadedImage(None, image_digest(data), error))
@@ -169,7 +170,7 @@ def predict_group(
     """:func:`run_batch` for the items whose image decoded, an item error for each other one; in item order."""
     decoded = [(row, loaded) for row, loaded in zip(rows, images) if loaded.error is None]
     answered = iter(
-        run_batch([row for row, _ in decoded], [(loaded.image, loaded.group_id) for _, loaded in decoded], backend, config)
+        run_batch([row for row, _ in decoded], [(loaded.image, loaded.group_id, loaded.data) for _, loaded in decoded], backend, config)
         if decoded
         else []
     )
@@ -207,21 +208,24 @@ def stage2_cues(cue: Cue, row: Mapping[str, Any], stage1_correct: bool, max_note
 
 
 def stage2_request(
-    key: str, row: Mapping[str, Any], image: Image.Image, prompts: PromptFormat, cue_text: str, stage1: Exchange | None
+    key: str, row: Mapping[str, Any], image: Image.Image, prompts: PromptFormat, cue_text: str, stage1: Exchange | None,
+    image_bytes: bytes | None = None,
 ) -> Request:
     """Stage 2 as a fresh request with the cue in the prompt, or (``stage1`` given) as the conversation's next turn."""
     if stage1 is None:
-        return Request(key, image, render(row, prompts, cue_text), _options(row))
-    return Request(key, image, followup(cue_text, item_kind(row, prompts)), _options(row), history=(stage1,))
+        return Request(key, image, render(row, prompts, cue_text), _options(row), image_bytes=image_bytes)
+    return Request(
+        key, image, followup(cue_text, item_kind(row, prompts)), _options(row), history=(stage1,), image_bytes=image_bytes
+    )
 
 
 def run_batch(
     rows: Sequence[Mapping[str, Any]],
-    images: Sequence[tuple[Image.Image, str]],
+    images: Sequence[tuple[Image.Image, str, bytes | None]],
     backend: Backend,
     config: RunConfig,
 ) -> list[ItemPrediction]:
-    """Both stages for a batch of items; each item's decoded image serves both stages.
+    """Both stages for a batch of items; each item's decoded image (and its file's bytes) serves both stages.
 
     Each stage's requests go to the backend in one call, which batches them
     by its own batch size (a local model sorts them by length first). With
@@ -231,15 +235,15 @@ def run_batch(
     prompts = config.preset().prompts[setting_of(config.config)]
     cue = config.cue_spec()
     stage1_requests = [
-        Request(f"{row['id']}/stage1/{sample}", image, render(row, prompts), _options(row))
-        for row, (image, _) in zip(rows, images)
+        Request(f"{row['id']}/stage1/{sample}", image, render(row, prompts), _options(row), image_bytes=data)
+        for row, (image, _, data) in zip(rows, images)
         for sample in range(config.num_samples)
     ]
     stage1 = backend.generate(stage1_requests)
     records: list[ItemPrediction] = []
     stage2_requests: list[Request] = []
     asked: list[list[tuple[str, str | None]]] = []
-    for position, (row, (image, group_id)) in enumerate(zip(rows, images)):
+    for position, (row, (image, group_id, data)) in enumerate(zip(rows, images)):
         samples = stage1[position * config.num_samples : (position + 1) * config.num_samples]
         answers = [_answer(generation, "", row) for generation in samples]
         record = item_record(row, group_id, answers)
@@ -251,7 +255,9 @@ def run_batch(
         first = stage1_requests[position * config.num_samples]
         stage1_turn = Exchange(first.prompt, samples[0].text) if config.dialogue == "multi" else None
         for number, (text, _) in enumerate(cues):
-            stage2_requests.append(stage2_request(f"{row['id']}/stage2/{number}", row, image, prompts, text, stage1_turn))
+            stage2_requests.append(
+                stage2_request(f"{row['id']}/stage2/{number}", row, image, prompts, text, stage1_turn, data)
+            )
     stage2 = iter(backend.generate(stage2_requests))
     for record, row, cues in zip(records, rows, asked):
         record.stage2 = [_answer(next(stage2), text.strip(), row, hinted) for text, hinted in cues]
