@@ -45,7 +45,10 @@ from mub.runs.predictions import ItemPrediction, StageAnswer
 from mub.runs.runner import run
 from mub.testing.scripted import ScriptedBackend
 
-FIGURES = ("misleading_by_difficulty.png", "transitions.png", "misleading_by_source.png", "accuracy_vs_misleading.png")
+FIGURES = (
+    "misleading_by_difficulty.png", "transitions.png", "misleading_by_source.png", "accuracy_vs_misleading.png",
+    "susceptibility_vs_receptiveness.png",
+)  # fmt: skip
 CELL = re.compile(r"^(?P<value>\d+\.\d{2}) \[(?P<low>\d+\.\d{2}), (?P<high>\d+\.\d{2})\] n=(?P<n>\d+)$")
 
 
@@ -733,3 +736,36 @@ def test_power_from_pilot_runs_uses_the_items_both_answered_correctly(runs: dict
     needed = power.shared_items_needed(power.PairedFlips(0.0, flips_b / len(shared), 0.0))
     assert f"({needed:,} answered correctly by both)" in out
     assert f"power with the pilot's {len(steady):,} items:" in out
+def test_susceptibility_and_receptiveness_are_set_against_each_other(report_dir: Path, runs: dict[str, Path]) -> None:
+    rows = _markdown_table((report_dir / "report.md").read_text(), "Susceptibility and receptiveness")
+    for name in ("steady_explicit", "fickle_explicit"):
+        records = [json.loads(line) for line in (runs[name] / "predictions.jsonl").read_text().splitlines()]
+        scored = [r for r in records if r["error"] is None]
+        correct = [r for r in scored if r["original_prediction"] == r["answer"]]
+        wrong = [r for r in scored if r["original_prediction"] != r["answer"]]
+        t2f = sum(r["prediction"] != r["answer"] for r in correct) / len(correct)
+        f2t = sum(r["prediction"] == r["answer"] for r in wrong) / len(wrong)
+        model = "scripted/" + name.split("_")[0]
+        row = next(r for r in rows if r[0] == model and r[1] == "explicit")
+        assert row[4].startswith(f"{100 * t2f:.2f} [") and row[4].endswith(f"n={len(correct)}")
+        assert row[5].startswith(f"{100 * f2t:.2f} [") and row[5].endswith(f"n={len(wrong)}")
+    # The steady model never gives in and, scripted to keep a wrong answer, is never corrected: it ignores the user.
+    steady = next(r for r in rows if r[0] == "scripted/steady" and r[1] == "explicit")
+    assert steady[6] == "ignores the user"
+    fickle = next(r for r in rows if r[0] == "scripted/fickle" and r[1] == "explicit")
+    assert fickle[6] == "misled more than corrected"
+
+
+def test_susceptibility_scatter_places_each_run_at_its_two_rates(runs: dict[str, Path], tmp_path: Path) -> None:
+    from mub.report.plots import susceptibility_scatter
+    from mub.report.report import load_run
+
+    loaded = [load_run(runs[name]) for name in ("steady_explicit", "fickle_explicit")]
+    for run in loaded:
+        run.label = run.model
+    figure = susceptibility_scatter(loaded, tmp_path / "s.png")
+    from matplotlib.collections import PathCollection
+
+    points = [tuple(c.get_offsets()[0]) for c in figure.axes[0].collections if type(c) is PathCollection]
+    expected = [(100 * run.figures["mr_f2t"], 100 * run.figures["mr_t2f"]) for run in loaded]
+    assert [tuple(round(v, 6) for v in p) for p in points] == [tuple(round(v, 6) for v in e) for e in expected]

@@ -338,5 +338,39 @@ def curation_figure(curation: Mapping, path: Path) -> Figure:
     agreement_ax.set_yticks(range(len(names)), [wrap(n, 18) for n in names], fontsize=7)
     agreement_ax.set_title("items that mislead both / either (Jaccard)")
     fig.colorbar(image, ax=agreement_ax, shrink=0.8)
+# ------------------------------------------------------------ susceptibility vs receptiveness
+
+
+def susceptibility_scatter(runs: Sequence[RunSummary], path: Path) -> Figure:
+    """Each run's MR F→T (x) against its MR T→F (y), with 95% intervals; runs without both rates are named."""
+    fig, axes = _figure(1, 1, (7.5, 6.2 + 0.22 * len(runs)))
+    ax = axes[0][0]
+    ax.plot([0, 100], [0, 100], color="#bbb", linewidth=0.8, zorder=1)
+    ax.axhspan(0, 10, xmin=0, xmax=0.1, color="#eee", zorder=0)
+    unplaced = []
+    for index, run in enumerate(runs):
+        figures = run.figures
+        if figures.get("mr_t2f") is None or figures.get("mr_f2t") is None:
+            unplaced.append(run.label)
+            continue
+        style = model_style(index)
+        x_err = error_lengths(figures["mr_f2t"], figures["mr_f2t_ci"])
+        y_err = error_lengths(figures["mr_t2f"], figures["mr_t2f_ci"])
+        x, y = 100 * figures["mr_f2t"], 100 * figures["mr_t2f"]
+        ax.errorbar(x, y, xerr=[[x_err[0]], [x_err[1]]], yerr=[[y_err[0]], [y_err[1]]], fmt="none",
+                    ecolor=style["color"], elinewidth=1, alpha=0.7, zorder=2)  # fmt: skip
+        cue = f" ({run.variant})" if run.variant else ""
+        ax.scatter(x, y, s=55, edgecolors="black", linewidths=0.6, zorder=3, label=wrap(f"{run.label} {run.config}{cue}"),
+                   **style)  # fmt: skip
+    if unplaced:
+        ax.text(0.01, 0.99, "no point (a rate without items): " + ", ".join(unplaced), transform=ax.transAxes,
+                va="top", fontsize=7, color="#666")  # fmt: skip
+    ax.set_xlim(0, 100)
+    ax.set_ylim(0, 100)
+    ax.set_xlabel("MR F→T: wrong answers corrected by the cue (%)")
+    ax.set_ylabel("MR T→F: correct answers abandoned under the cue (%)")
+    ax.text(5, 3, "ignores the user", fontsize=7, color="#666", ha="center")
+    if len(ax.collections):
+        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.12), fontsize=7, ncol=2, frameon=False)
     _save(fig, path)
     return fig
