@@ -11,8 +11,11 @@ from typing import TYPE_CHECKING, Any, Iterator, Sequence, TypeVar
 
 from PIL import Image
 
+from mub.protocol.presets import FROM_MODEL
+
 if TYPE_CHECKING:
     from mub.backends.base import Request
+    from mub.config import DecodingSettings
 
 T = TypeVar("T")
 
@@ -115,3 +118,23 @@ class ImageUrls:
             entry = self._entries.get(key)
             if entry is not None and entry[0]() is None:  # not since replaced by a live image with that id
                 del self._entries[key]
+
+
+def sent_sampling_fields(decoding: "DecodingSettings", *, send_top_k: bool) -> dict[str, Any]:
+    """The sampling fields a chat API request carries: ``temperature``, ``top_p``, ``top_k``.
+
+    A field left to the model (``FROM_MODEL``) is not sent, so the server applies the
+    model's own generation_config (vLLM's server does by default) or its own default; a
+    run that does not sample sends temperature 0. ``top_k`` is no OpenAI chat field: it
+    goes only when asked for (vLLM's server takes it) and only when sampling.
+    """
+    fields: dict[str, Any] = {}
+    if decoding.do_sample is False:
+        fields["temperature"] = 0.0
+    elif decoding.temperature != FROM_MODEL:
+        fields["temperature"] = decoding.temperature
+    if decoding.top_p != FROM_MODEL:
+        fields["top_p"] = decoding.top_p
+    if send_top_k and not decoding.greedy and decoding.top_k not in (0, FROM_MODEL):
+        fields["top_k"] = decoding.top_k
+    return fields

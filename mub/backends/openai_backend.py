@@ -93,7 +93,7 @@ from mub.backends.base import Generation, Request
 from mub.backends.stopping import kept_text
 from mub.config import DecodingSettings
 from mub.errors import MissingDependencyError
-from mub.protocol.presets import API_REQUESTS, CLOSED_MODEL_REQUEST, FROM_MODEL, OPEN_MODEL_REQUEST
+from mub.protocol.presets import API_REQUESTS, CLOSED_MODEL_REQUEST, OPEN_MODEL_REQUEST
 
 if TYPE_CHECKING:
     import httpx
@@ -447,14 +447,7 @@ class OpenAIBackend:
         else:
             messages = common.chat_messages(request, {"type": "image_url", "image_url": {"url": image_url}})
         body: dict[str, Any] = {"model": self.model, "messages": messages, "max_tokens": decoding.max_new_tokens}
-        if decoding.do_sample is False:
-            body["temperature"] = 0.0
-        elif decoding.temperature != FROM_MODEL:
-            body["temperature"] = decoding.temperature
-        if decoding.top_p != FROM_MODEL:
-            body["top_p"] = decoding.top_p
-        if self.settings.send_top_k and not decoding.greedy and decoding.top_k not in (0, FROM_MODEL):
-            body["top_k"] = decoding.top_k
+        body.update(common.sent_sampling_fields(decoding, send_top_k=self.settings.send_top_k))
         if self.api_request != CLOSED_MODEL_REQUEST:
             body["seed"] = request_seed(decoding.seed, request.key)
         return body

@@ -40,7 +40,7 @@ from inspect_ai.solver import Generate, Solver, TaskState, solver
 from PIL import Image
 
 from mub.backends.base import Exchange, Generation, Request
-from mub.backends.common import request_seed
+from mub.backends.common import request_seed, sent_sampling_fields
 from mub.config import RunConfig
 from mub.protocol import stages
 from mub.protocol.presets import setting_of
@@ -73,14 +73,15 @@ def request_messages(request: Request, image_uri: str) -> list[ChatMessage]:
 
 
 def generate_config(config: RunConfig, key: str) -> GenerateConfig:
-    """The preset's decoding for one request, with its mub seed."""
+    """The preset's decoding for one request, as an API backend sends it, with its mub seed.
+
+    A field the preset leaves to the model is not set, so the provider applies the model's own.
+    """
     decoding = config.decoding()
     return GenerateConfig(
         max_tokens=decoding.max_new_tokens,
-        temperature=decoding.temperature,
-        top_p=decoding.top_p if decoding.top_p < 1.0 else None,
-        top_k=decoding.top_k or None,
-        seed=request_seed(decoding.seed, key) if not decoding.greedy else None,
+        seed=None if decoding.greedy else request_seed(decoding.seed, key),
+        **sent_sampling_fields(decoding, send_top_k=True),
     )
 
 

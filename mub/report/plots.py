@@ -338,6 +338,10 @@ def curation_figure(curation: Mapping, path: Path) -> Figure:
     agreement_ax.set_yticks(range(len(names)), [wrap(n, 18) for n in names], fontsize=7)
     agreement_ax.set_title("items that mislead both / either (Jaccard)")
     fig.colorbar(image, ax=agreement_ax, shrink=0.8)
+    _save(fig, path)
+    return fig
+
+
 # ------------------------------------------------------------ susceptibility vs receptiveness
 
 
