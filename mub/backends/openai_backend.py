@@ -508,7 +508,7 @@ class OpenAIBackend:
         try:
             with self._client.stream("POST", self._endpoint, json=body) as response:
                 with _Deadline(response, deadline):
-                    data = read_body(response, self.settings.max_response_bytes, deadline)
+                    data = read_body(response, self.settings.max_response_bytes, deadline, timeout)
         except httpx.TimeoutException as exc:
             raise RequestFailed(f"timed out after {timeout:g}s ({type(exc).__name__})", retryable=True) from None
         except (httpx.LocalProtocolError, httpx.UnsupportedProtocol) as exc:  # our request is wrong: again is the same
@@ -548,10 +548,11 @@ def _decoder(encoding: str) -> "zlib._Decompress | None":
     raise RequestFailed(f"reply in Content-Encoding {encoding!r}, which was not asked for", retryable=False)
 
 
-def read_body(response: "httpx.Response", limit: int, deadline: float) -> bytes:
+def read_body(response: "httpx.Response", limit: int, deadline: float, timeout: float) -> bytes:
     """The decoded body, read and inflated piecewise: never more than ``limit`` (+1) decoded bytes in memory.
 
-    ``ReplyTooLarge`` past ``limit``; ``RequestFailed`` (retryable) past ``deadline``.
+    ``ReplyTooLarge`` past ``limit``; ``RequestFailed`` (retryable) past ``deadline`` (``timeout`` seconds after the
+    request was sent: the message names it, whichever check sees the deadline first).
     """
     decoder = _decoder(response.headers.get("content-encoding", ""))
     body = bytearray()
@@ -567,7 +568,9 @@ def read_body(response: "httpx.Response", limit: int, deadline: float) -> bytes:
             if len(body) > limit:
                 raise ReplyTooLarge(limit)
         if time.monotonic() >= deadline:
-            raise RequestFailed("timed out: the reply was still arriving at the deadline (--timeout)", retryable=True)
+            raise RequestFailed(
+                f"timed out: the reply was still arriving at the deadline, {timeout:g}s (--timeout)", retryable=True
+            )
     if decoder is not None:
         body += decoder.flush()
         if len(body) > limit:
