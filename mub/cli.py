@@ -241,7 +241,8 @@ def _cmd_submit(args: argparse.Namespace) -> int:
     import tempfile
     from contextlib import nullcontext
 
-    from mub.report.submit import build_submission, check_uploadable, is_hub_id
+    from mub.report.results_file import is_hub_id
+    from mub.report.submit import build_submission, check_uploadable
 
     for flag, repo in (("--to", args.to), ("--eval-results-pr", args.eval_results_pr)):
         if repo is not None and not is_hub_id(repo):

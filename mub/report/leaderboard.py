@@ -56,9 +56,10 @@ MAX_INT_DIGITS = 18  # counts; a 5,000-digit integer is refused before Python co
 MAX_NAME_CHARS = 200
 TOLERANCE = 1e-9  # figures are written rounded to 12 decimals
 CLOCK_SKEW = timedelta(minutes=5)  # a submission "from the future" by less is a clock difference
-# Where several draws per item make the interval clustered by item, it is not the Wilson interval of
-# the draws; it must still contain its rate and lie within these factors of that interval's width.
-CLUSTERED_WIDTH = (0.5, 4.0)
+# Where several draws per item make the interval clustered by item, it is not the Wilson interval of the
+# draws; it must still contain its rate and be no narrower than half that interval, and no wider than it
+# times sqrt(draws per item) (the widest a cluster of m identical draws makes it) with 25% slack.
+CLUSTERED_NARROWEST, CLUSTERED_SLACK = 0.5, 1.25
 
 
 class InvalidSubmission(ValueError):
@@ -218,7 +219,7 @@ def _stated_fraction(where: str, value: Any) -> float | None:
     return float(value)
 
 
-def _checked_interval(where: str, value: Any, successes: int, total: int, single_draws: bool) -> tuple[float, float] | None:
+def _checked_interval(where: str, value: Any, successes: int, total: int, draws_per_item: float) -> tuple[float, float] | None:
     """The stated interval, if it is the Wilson interval of successes/total (or, over several draws per
     item, a clustered interval around the same rate of a plausible width)."""
     wilson = wilson_interval(successes, total)
@@ -229,7 +230,7 @@ def _checked_interval(where: str, value: Any, successes: int, total: int, single
     low, high = (_stated_fraction(f"{where}[{i}]", bound) for i, bound in enumerate(value))
     if low is None or high is None:
         raise InvalidSubmission(f"{where} is {value!r}, not a [low, high] pair")
-    if single_draws:
+    if draws_per_item == 1:
         if abs(low - wilson[0]) > 1e-6 or abs(high - wilson[1]) > 1e-6:
             raise InvalidSubmission(
                 f"{where} {value!r} is not the 95% Wilson interval of {successes}/{total} "
@@ -238,15 +239,16 @@ def _checked_interval(where: str, value: Any, successes: int, total: int, single
         return low, high
     rate = successes / total
     width, expected = high - low, wilson[1] - wilson[0]
+    widest = CLUSTERED_SLACK * math.sqrt(draws_per_item) * expected
     if not (low - TOLERANCE <= rate <= high + TOLERANCE) or not (
-        CLUSTERED_WIDTH[0] * expected - TOLERANCE <= width <= CLUSTERED_WIDTH[1] * expected + TOLERANCE
+        CLUSTERED_NARROWEST * expected - TOLERANCE <= width <= widest + TOLERANCE
     ):
         raise InvalidSubmission(f"{where} {value!r} does not fit the rate {successes}/{total} (Wilson width {expected:.4f})")
     return low, high
 
 
 def _checked_rate(
-    where: str, figures: Mapping[str, Any], rate: str, numerator: str, denominator: str, single_draws: bool
+    where: str, figures: Mapping[str, Any], rate: str, numerator: str, denominator: str, draws_per_item: float
 ) -> Rate:
     """``figures[rate]`` recomputed as numerator/denominator; a stated value that differs is refused."""
     successes = _count(f"{where}.{numerator}", figures.get(numerator))
@@ -257,7 +259,7 @@ def _checked_rate(
     stated = _stated_fraction(f"{where}.{rate}", figures.get(rate))
     if (stated is None) != (computed is None) or (computed is not None and abs(stated - computed) > TOLERANCE):
         raise InvalidSubmission(f"{where}.{rate} is {stated!r}, but {numerator}/{denominator} = {successes}/{total} gives {computed!r}")
-    ci = _checked_interval(f"{where}.{rate}_ci", figures.get(f"{rate}_ci"), successes, total, single_draws)
+    ci = _checked_interval(f"{where}.{rate}_ci", figures.get(f"{rate}_ci"), successes, total, draws_per_item)
     return Rate(None if computed is None else number(computed), ci, total)
 
 
@@ -278,14 +280,14 @@ def _kind(task: str, figures: Any, published: PublishedItems) -> tuple[KindFigur
         raise InvalidSubmission(f"{task} has {errors} item errors: finish them (mub run --resume) before submitting")
     if n_draws < n_items or n + errors != n_draws:
         raise InvalidSubmission(f"{task}: n = {n} scored of {n_draws} draws of {n_items} items do not add up")
-    single = n_draws == n_items
-    _checked_rate(task, figures, "mr_t2f", "t2f", "n_t", single)
-    _checked_rate(task, figures, "mr_f2t", "f2t", "n_f", single)
-    acc = _checked_rate(task, figures, "accuracy_before", "n_t", "n", single)
+    draws_per_item = n_draws / n_items if n_items else 1.0
+    _checked_rate(task, figures, "mr_t2f", "t2f", "n_t", draws_per_item)
+    _checked_rate(task, figures, "mr_f2t", "f2t", "n_f", draws_per_item)
+    acc = _checked_rate(task, figures, "accuracy_before", "n_t", "n", draws_per_item)
     levels = {}
     for level in LEVELS:
         level_n = _count(f"{task}.n_{level}", figures.get(f"n_{level}"))
-        rate = _checked_rate(task, figures, f"mr_t2f_{level}", f"t2f_{level}", f"n_t_{level}", single)
+        rate = _checked_rate(task, figures, f"mr_t2f_{level}", f"t2f_{level}", f"n_t_{level}", draws_per_item)
         if rate.n > level_n:
             raise InvalidSubmission(f"{task}.n_t_{level} = {rate.n} exceeds {task}.n_{level} = {level_n}")
         levels[level] = rate
@@ -494,9 +496,10 @@ def flat_row(row: BoardRow) -> dict[str, Any]:
 def board_document(board: Leaderboard) -> dict[str, Any]:
     """leaderboard.json: the rows, what was skipped and why, and the board's items fingerprints."""
     return {
-        "units": "fractions; *_ci: 95% Wilson interval; *_n: its denominator (items answered correctly in stage 1, "
-        "or all items for acc); *_mean: unweighted mean of the low/medium/high levels; overall: mean of the "
-        "explicit and implicit means, the ranking key (lower holds answers better)",
+        "units": "fractions, lower is better for every misleading rate; *_ci: 95% Wilson interval; *_n: its "
+        "denominator (items answered correctly in stage 1, or all items for acc); *_mean: unweighted mean of the "
+        "low/medium/high levels (null unless all three have a rate); overall: mean of the explicit and implicit "
+        "means, the ranking key; every figure of a submission was recomputed from its counts",
         "protocols": board.protocols,
         "items_fingerprint": board.fingerprints,
         "rows": [flat_row(row) for row in board.rows],
@@ -507,8 +510,9 @@ def board_document(board: Leaderboard) -> dict[str, Any]:
 # ------------------------------------------------------------------ display table (the Space)
 
 VALUE_COLUMNS = ["Acc"] + [f"{kind.capitalize()} {label}" for kind in KINDS for label in (*LEVELS, "mean")] + ["Overall"]
-DISPLAY_COLUMNS = ["Rank", "Model", "Protocol", *VALUE_COLUMNS, "Submitted", "Source"]
-INTERVAL_COLUMNS = ["Model", "Protocol", "Acc"] + [f"{kind.capitalize()} {level}" for kind in KINDS for level in LEVELS]
+# The main table's columns; each submission's source is in the interval table, to keep the main one narrow.
+DISPLAY_COLUMNS = ["Rank", "Model", "Protocol", *VALUE_COLUMNS, "Submitted"]
+INTERVAL_COLUMNS = ["Model", "Protocol", "Acc"] + [f"{kind.capitalize()} {level}" for kind in KINDS for level in LEVELS] + ["Source"]
 
 
 def _percent(value: float | None) -> float | None:
@@ -550,7 +554,7 @@ def display_table(
     submitted, published = [], []
     for row in select_rows(board, protocol, search):
         model = f"{row.model} (paper)" if row.reference else row.model
-        cells = [row.rank, model, row.protocol, *map(_percent, _values(row)), row.submitted or "", row.source]
+        cells = [row.rank, model, row.protocol, *map(_percent, _values(row)), (row.submitted or "")[:10]]
         (published if row.reference else submitted).append(cells)
     return ordered(submitted) + ordered(published)
 
@@ -571,5 +575,5 @@ def interval_table(board: Leaderboard, *, protocol: str | None = None, search: s
         for kind in KINDS:
             figures = row.kinds.get(kind)
             cells += [_interval_text(figures.levels[level]) if figures else "–" for level in LEVELS]
-        rows.append(cells)
+        rows.append([*cells, row.source])
     return rows

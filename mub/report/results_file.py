@@ -6,10 +6,19 @@ import it without datasets or matplotlib.
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
 from typing import Any
 
 UNKNOWN_PROTOCOL = "unknown (pre-preset)"  # runs made before protocol presets were recorded
 DECIMALS = 12  # drops floating-point noise (2.7e-17) without touching any real figure
+# A Hub repository id: one optional namespace and a name, no path syntax.
+HUB_ID = re.compile(r"^(?:[A-Za-z0-9][A-Za-z0-9_.-]{0,95}/)?[A-Za-z0-9][A-Za-z0-9_.-]{0,95}$")
+
+
+def is_hub_id(text: str) -> bool:
+    """A Hub repository id, and not a path that exists here (a local folder named like one)."""
+    return bool(HUB_ID.match(text)) and not Path(text).exists()
 
 
 def task_name(config: str) -> str:

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import tempfile
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -37,7 +36,7 @@ from typing import Any, Sequence
 import yaml
 
 from mub.report.report import read_results
-from mub.report.results_file import number, task_name
+from mub.report.results_file import is_hub_id, number, task_name
 from mub.runs.storage import protocol_name
 from mub_dataset.features import DIFFICULTY_LEVELS
 from mub_dataset.files import give_usual_mode
@@ -51,8 +50,6 @@ TASK_TYPE = "visual-question-answering"
 PROTOCOL_NAMES = {"explicit": "explicit hints", "implicit": "implicit notes"}
 BUILD_SUMMARY = "build_summary.json"  # written by `mub build`; holds the Hub id given with --repo-id
 STAMP_FORMAT = "%Y-%m-%dT%H-%M-%S"
-# A Hub repository id: one optional namespace and a name, no path syntax.
-HUB_ID = re.compile(r"^(?:[A-Za-z0-9][A-Za-z0-9_.-]{0,95}/)?[A-Za-z0-9][A-Za-z0-9_.-]{0,95}$")
 
 
 @dataclass(frozen=True)
@@ -147,10 +144,6 @@ def check_rankable(run: RunResults) -> None:
     missing = [level for level in DIFFICULTY_LEVELS if not by_level.get(level, {}).get("n")]
     if missing:
         raise ValueError(f"{where} has no items on level {', '.join(missing)}; a submission covers every level")
-
-
-def is_hub_id(text: str) -> bool:
-    return bool(HUB_ID.match(text)) and not Path(text).exists()
 
 
 def dataset_id(runs: Sequence[RunResults], given: str | None = None) -> str | None:
