@@ -55,3 +55,15 @@ def results_text(model: str, **kwargs) -> str:
 
 def submission_file(model: str, *, when: str = "2025-01-01T00:00:00+00:00", **kwargs) -> SubmissionFile:
     return SubmissionFile(results_path(model, when), results_text(model, when=when, **kwargs))
+
+
+def write_published_build(folder) -> str:
+    """A folder whose dataset card publishes :data:`PUBLISHED` as `mub build` writes it (the `mub:` block)."""
+    import yaml
+
+    from mub.report.leaderboard_files import CARD_KEY
+
+    block = {CARD_KEY: {"items_fingerprint": {"explicit": "f1", "implicit": "g1"}, "n_items": {"explicit": N_ITEMS, "implicit": N_ITEMS}}}
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "README.md").write_text("---\n" + yaml.safe_dump(block) + "---\n# a MUB build\n", encoding="utf-8")
+    return str(folder)

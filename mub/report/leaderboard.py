@@ -509,10 +509,21 @@ def board_document(board: Leaderboard) -> dict[str, Any]:
 
 # ------------------------------------------------------------------ display table (the Space)
 
-VALUE_COLUMNS = ["Acc"] + [f"{kind.capitalize()} {label}" for kind in KINDS for label in (*LEVELS, "mean")] + ["Overall"]
+# Short headers ("Exp. med.") so that narrow columns break between words, never inside one.
+KIND_ABBREVIATIONS = {"explicit": "Exp.", "implicit": "Imp."}
+LEVEL_ABBREVIATIONS = {"low": "low", "medium": "med.", "high": "high", "mean": "mean"}
+VALUE_COLUMNS = (
+    ["Acc"]
+    + [f"{KIND_ABBREVIATIONS[kind]} {LEVEL_ABBREVIATIONS[label]}" for kind in KINDS for label in (*LEVELS, "mean")]
+    + ["Overall"]
+)
 # The main table's columns; each submission's source is in the interval table, to keep the main one narrow.
 DISPLAY_COLUMNS = ["Rank", "Model", "Protocol", *VALUE_COLUMNS, "Submitted"]
-INTERVAL_COLUMNS = ["Model", "Protocol", "Acc"] + [f"{kind.capitalize()} {level}" for kind in KINDS for level in LEVELS] + ["Source"]
+INTERVAL_COLUMNS = (
+    ["Model", "Protocol", "Acc"]
+    + [f"{KIND_ABBREVIATIONS[kind]} {LEVEL_ABBREVIATIONS[level]}" for kind in KINDS for level in LEVELS]
+    + ["Source"]
+)
 
 
 def _percent(value: float | None) -> float | None:

@@ -29,8 +29,9 @@ from mub.report.results_file import is_hub_id
 ALL = "all submissions (and the paper's rows)"
 SKIPPED_COLUMNS = ["Source", "Reason"]
 # Pixel widths: wide enough that no header breaks inside a word; the table fits a 1400 px window.
-WIDTHS = {"Rank": 64, "Model": 230, "Protocol": 96, "Submitted": 104}
-VALUE_WIDTH = 74
+WIDTHS = {"Rank": 64, "Model": 200, "Protocol": 130, "Overall": 90, "Submitted": 104, "Source": 240}
+VALUE_WIDTH = 70
+INTERVAL_WIDTH = 100  # "[65.24, 89.50] n=40" on two lines
 
 HOW_TO_SUBMIT = """
 ## How to submit
@@ -74,8 +75,8 @@ def _frame(rows: list[list], headers: list[str]):
     return pd.DataFrame(rows, columns=headers)
 
 
-def _widths(headers: list[str]) -> list[str]:
-    return [f"{WIDTHS.get(name, VALUE_WIDTH)}px" for name in headers]
+def _widths(headers: list[str], value_width: int = VALUE_WIDTH) -> list[str]:
+    return [f"{WIDTHS.get(name, value_width)}px" for name in headers]
 
 
 def build_app(source: str, *, dataset: str, results_repo: str) -> gr.Blocks:
@@ -94,8 +95,8 @@ def build_app(source: str, *, dataset: str, results_repo: str) -> gr.Blocks:
             "# MUB leaderboard\nMisleading rate (percent, **lower is better**): among items a model first answered "
             "correctly, the share it abandoned after a misleading cue, per difficulty level. Mean: unweighted mean "
             "of the three levels; Overall: mean of the explicit and implicit means, the ranking key within a "
-            "protocol. Rows marked (paper) are the published figures, listed after the submissions and never "
-            "ranked against them."
+            "protocol. Exp.: explicit hints; Imp.: implicit notes; med.: medium. Rows marked (paper) are the "
+            "published figures, listed after the submissions and never ranked against them."
         )
         with gr.Tab("Leaderboard"):
             with gr.Row():
@@ -111,7 +112,7 @@ def build_app(source: str, *, dataset: str, results_repo: str) -> gr.Blocks:
             gr.Markdown("### 95% intervals, n and source\nn: the rate's denominator (items answered correctly in stage 1; all items for Acc).")
             intervals = gr.Dataframe(
                 value=first[1], headers=INTERVAL_COLUMNS, datatype="str", interactive=False, elem_id="intervals",
-                column_widths=_widths(INTERVAL_COLUMNS[:-1]) + ["260px"], wrap=True,
+                column_widths=_widths(INTERVAL_COLUMNS, INTERVAL_WIDTH), wrap=True,
             )  # fmt: skip
             gr.Markdown("### Skipped")
             gr.Dataframe(
