@@ -43,7 +43,7 @@ PHISHING = "[Verify your HF token](https:evil.example)"
 PIXEL = "![pixel](https:evil.example)<img src=https:evil.example>"
 HOSTILE_FILES = {
     f"{PHISHING}/model/results_2025-01-01T00-00-00.json": '{"config": {}, "results": {}}',
-    f"org/{PIXEL}/results_2025-01-01T00-00-00.json": results_text(f"org/{PIXEL}x", rate=0.1),
+    f"org/{PIXEL}/results_2025-01-01T00-00-00.json": results_text(f"org/{PIXEL}", rate=0.1),  # valid: ranks, in the cells
 }
 
 
@@ -73,23 +73,24 @@ def published(tmp_path: Path) -> str:
 def test_table_builder_filters_searches_and_sorts(results_repo: Path) -> None:
     files, skipped = collect([str(results_repo)])
     board = build_leaderboard(files, PUBLISHED, skipped=skipped)
-    assert sorted(s.source.endswith(BROKEN) for s in board.skipped) == [False, False, True]
+    assert sorted(s.source.endswith(BROKEN) for s in board.skipped) == [False, True]
     rows = display_table(board, protocol="paper")
     model, rank, overall = (DISPLAY_COLUMNS.index(name) for name in ("Model", "Rank", "Overall"))
-    assert [r[model] for r in rows[:2]] == ["org/model-alpha", "org/model-beta"] and [r[rank] for r in rows[:2]] == [1, 2]
-    assert [r[model] for r in rows[2:]] == [f"{p.model} (paper)" for p in PAPER_RESULTS]
-    assert rows[0][overall] == 30.0 and rows[1][overall] == 60.0  # percent on screen
+    assert [r[model] for r in rows[:3]] == [f"org/{PIXEL}", "org/model-alpha", "org/model-beta"]
+    assert [r[rank] for r in rows[:3]] == [1, 2, 3]
+    assert [r[model] for r in rows[3:]] == [f"{p.model} (paper)" for p in PAPER_RESULTS]
+    assert rows[1][overall] == 30.0 and rows[2][overall] == 60.0  # percent on screen
     assert [r[model] for r in display_table(board, protocol="deterministic")] == ["org/model-gamma"]
     assert [r[model] for r in display_table(board, search="BETA")] == ["org/model-beta"]
     by_overall = display_table(board, protocol="paper", sort_by="Overall", descending=True)
     values = [r[overall] for r in by_overall]
     submitted = [r for r in by_overall if not r[model].endswith("(paper)")]
-    assert [r[model] for r in submitted] == ["org/model-beta", "org/model-alpha"]  # descending, lower is better
+    assert [r[model] for r in submitted] == ["org/model-beta", "org/model-alpha", f"org/{PIXEL}"]  # descending
     assert by_overall[len(submitted):] == [r for r in by_overall if r[model].endswith("(paper)")]  # paper rows apart
     paper_values = [r[overall] for r in by_overall[len(submitted):]]
     assert paper_values == sorted(paper_values, reverse=True)
     everything = display_table(board, sort_by="Overall")  # all protocols: submissions first, then the paper's
-    assert [r[model] for r in everything[:3]] == ["org/model-gamma", "org/model-alpha", "org/model-beta"]
+    assert [r[model] for r in everything[:4]] == [f"org/{PIXEL}", "org/model-gamma", "org/model-alpha", "org/model-beta"]
     (alpha,) = interval_table(board, search="alpha")
     # 32 of 40 right in stage 1 (Wilson [65.24, 89.50]); 3 of 10 flipped on the low level (Wilson [10.8, 60.3])
     assert alpha[2] == "[65.24, 89.50] n=40" and alpha[3] == "[10.78, 60.32] n=10"
@@ -157,10 +158,12 @@ def _assert_shown_as_text(dom: str, text: str) -> None:
 MEASURE = """<script>
 sortBy(COLUMN); sortBy(COLUMN);
 const names = Array.from(document.querySelectorAll('#submissions tr')).map(r => r.cells[1].textContent);
-document.body.insertAdjacentHTML('beforeend', '<pre id="measured">' + JSON.stringify({
+const pre = document.body.appendChild(document.createElement('pre'));
+pre.id = 'measured';
+pre.textContent = (JSON.stringify({
   width: document.documentElement.scrollWidth, sorted: names,
   indicator: getComputedStyle(document.querySelectorAll('th')[COLUMN], '::after').content,
-  paperFirst: document.querySelector('#paper tr:not(.section)').cells[1].textContent}) + '</pre>');
+  paperFirst: document.querySelector('#paper tr:not(.section)').cells[1].textContent}));
 </script>"""
 
 
@@ -182,13 +185,13 @@ def test_index_html_runs_its_script_in_a_real_browser(results_repo: Path, publis
               "--window-size=1400,1000"]  # fmt: skip
     env = {**os.environ, "HOME": str(tmp_path)}
     dom = subprocess.run([*browse, "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=180, env=env).stdout
-    rows = 3 + len(PAPER_RESULTS)  # alpha, beta, gamma and the paper's models
+    rows = 4 + len(PAPER_RESULTS)  # alpha, beta, gamma, the pixel-named model and the paper's models
     assert re.search(rf"<span id=\"count\">{rows} rows</span>", dom), "the page's script did not run"
     _assert_shown_as_text(dom, _visible_text(dom))
     dom = subprocess.run([*browse, "--dump-dom", measured.as_uri()], capture_output=True, text=True, timeout=180, env=env).stdout
     figures = json.loads(html.unescape(re.findall(r'<pre id="measured">(\{.*?)</pre>', dom, re.DOTALL)[-1]))
     assert figures["width"] <= 1400, figures
-    assert figures["sorted"] == ["org/model-beta", "org/model-alpha", "org/model-gamma"]  # by Overall, descending
+    assert figures["sorted"] == ["org/model-beta", "org/model-alpha", "org/model-gamma", f"org/{PIXEL}"]  # by Overall, descending
     worst = max(PAPER_RESULTS, key=lambda paper: sum(paper.explicit) + sum(paper.implicit))  # the paper's rows sort apart
     assert figures["indicator"] == '" ▼"' and figures["paperFirst"] == f"{worst.model} (paper)"
     screenshot = tmp_path / "index.png"
