@@ -151,15 +151,18 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def end_of_run(results: Mapping[str, Any], out: str | Path) -> str:
-    """The table, where the results are, and the commands that come next."""
+    """The table, where the results are, and the commands that come next (submit only for a run that can rank)."""
+    from mub.report.results_file import rank_refusal
     from mub.runs.results import format_table
 
     folder = shlex.quote(str(out))
+    refusal = rank_refusal(results, results.get("run", {}).get("config", ""))
     return "\n".join([
         format_table(results),
         f"results: {Path(out) / 'results.json'} (predictions and settings beside it)",
         f"next: mub report {folder}   (tables and plots; give several runs to compare)",
-        f"      mub submit {folder}   (leaderboard file; add the model's other config run)",
+        f"      mub submit {folder}   (leaderboard file; add the model's other config run)" if refusal is None
+        else f"      not for the leaderboard: {refusal}",
     ])  # fmt: skip
 
 

@@ -53,6 +53,16 @@ def test_submit_refuses_what_cannot_rank(rankable_runs: dict[str, Path], tmp_pat
         assert phrase in err and err.count("\n") == 1 and str(run) in err, (name, err)
         assert not out.exists(), name
     assert main(["submit", str(rankable_runs["steady_explicit"]), "--out", str(tmp_path / "ok")]) == 0  # the full run goes
+    # The end of a run suggests `mub submit` only where it would be accepted.
+    from mub.cli import end_of_run
+
+    for run in (rankable_runs["steady_explicit"], _refusals_limit(tmp_path, rankable_runs)):
+        printed = end_of_run(json.loads((run / "results.json").read_text()), run)
+        assert (f"mub submit {run}" in printed) == (run == rankable_runs["steady_explicit"]), printed
+
+
+def _refusals_limit(tmp_path: Path, rankable_runs: dict[str, Path]) -> Path:
+    return tmp_path / "runs" / "limit"
 
 
 def test_eval_results_round_trip_through_huggingface_hub(rankable_runs: dict[str, Path], tmp_path: Path) -> None:

@@ -36,7 +36,7 @@ from typing import Any, Sequence
 import yaml
 
 from mub.report.report import read_results
-from mub.report.results_file import is_hub_id, number, task_name
+from mub.report.results_file import BUILD_SUMMARY, is_hub_id, number, rank_refusal, task_name
 from mub.runs.storage import protocol_name
 from mub_dataset.features import DIFFICULTY_LEVELS
 from mub_dataset.files import give_usual_mode
@@ -44,11 +44,9 @@ from mub_dataset.files import give_usual_mode
 RATES = ("mr_t2f", "mr_f2t", "accuracy_before", "accuracy_after", "consistency")
 COUNTS = ("n", "n_t", "n_f", "t2f", "f2t", "unparsed_before", "unparsed_after", "errors", "n_items", "n_draws")
 EVAL_RESULTS_FILE = ".eval_results/mub.yaml"  # where a model repository lists its MUB scores
-RUN_FILTERS = {"limit": "--limit", "difficulty": "--difficulty", "misled_count": "--misled-count", "shard": "--shard"}
 PAPER_URL = "https://arxiv.org/abs/2411.02708"
 TASK_TYPE = "visual-question-answering"
 PROTOCOL_NAMES = {"explicit": "explicit hints", "implicit": "implicit notes"}
-BUILD_SUMMARY = "build_summary.json"  # written by `mub build`; holds the Hub id given with --repo-id
 STAMP_FORMAT = "%Y-%m-%dT%H-%M-%S"
 
 
@@ -112,38 +110,11 @@ def read_runs(run_dirs: Sequence[str | Path]) -> list[RunResults]:
     return runs
 
 
-def is_synthetic(dataset: str) -> bool:
-    """The embedded synthetic sample, or a `mub build` of it: stand-in data whose figures say nothing about MUB."""
-    from mub_dataset.loading import SAMPLE, sample_release_dir
-
-    if dataset == SAMPLE or (Path(dataset).is_dir() and Path(dataset).resolve() == sample_release_dir().resolve()):
-        return True
-    summary = Path(dataset) / BUILD_SUMMARY
-    return summary.is_file() and bool(json.loads(summary.read_text(encoding="utf-8")).get("synthetic"))
-
-
 def check_rankable(run: RunResults) -> None:
     """Refuse, naming the run and the fix, a run that cannot rank: only the full benchmark ranks."""
-    settings = run.document.get("run", {})
-    where = f"{run.path}"
-    if str(run.document["model"]).startswith("tiny:"):
-        raise ValueError(f"{where}: {run.document['model']} is a random plumbing-check model, not a model to rank")
-    used = [f"{flag} {settings[key]}" for key, flag in RUN_FILTERS.items() if settings.get(key) is not None]
-    if used:
-        raise ValueError(
-            f"{where} ran on part of the benchmark ({', '.join(used)}); only full runs rank: run without them, "
-            "or merge the shards (mub merge) and submit the merged run"
-        )
-    dataset = str(run.document.get("dataset", {}).get("name", ""))
-    if is_synthetic(dataset):
-        raise ValueError(f"{where} ran on the synthetic sample, whose figures say nothing about MUB; run on a MUB build")
-    errors = run.figures.get("errors", 0)
-    if errors:
-        raise ValueError(f"{where} has {errors} item errors; finish them (mub run ... --resume), then submit")
-    by_level = run.figures.get("by_difficulty", {})
-    missing = [level for level in DIFFICULTY_LEVELS if not by_level.get(level, {}).get("n")]
-    if missing:
-        raise ValueError(f"{where} has no items on level {', '.join(missing)}; a submission covers every level")
+    reason = rank_refusal(run.document, run.config)
+    if reason is not None:
+        raise ValueError(f"{run.path}: {reason}")
 
 
 def dataset_id(runs: Sequence[RunResults], given: str | None = None) -> str | None:
