@@ -56,13 +56,9 @@ def test_submit_refuses_what_cannot_rank(rankable_runs: dict[str, Path], tmp_pat
     # The end of a run suggests `mub submit` only where it would be accepted.
     from mub.cli import end_of_run
 
-    for run in (rankable_runs["steady_explicit"], _refusals_limit(tmp_path, rankable_runs)):
+    for run in (rankable_runs["steady_explicit"], tmp_path / "runs" / "limit"):
         printed = end_of_run(json.loads((run / "results.json").read_text()), run)
         assert (f"mub submit {run}" in printed) == (run == rankable_runs["steady_explicit"]), printed
-
-
-def _refusals_limit(tmp_path: Path, rankable_runs: dict[str, Path]) -> Path:
-    return tmp_path / "runs" / "limit"
 
 
 def test_eval_results_round_trip_through_huggingface_hub(rankable_runs: dict[str, Path], tmp_path: Path) -> None:
