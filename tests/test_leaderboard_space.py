@@ -210,3 +210,29 @@ def test_a_hub_results_repository_is_read_through_its_snapshot(results_repo: Pat
     assert [s.source for s in skipped] == []  # README.md is the repository's own file
     with pytest.raises(ValueError, match="no such file or folder"):
         collect(["no/such/place/here"])
+
+
+def test_the_space_starts_on_the_hostile_files_and_ranks_the_honest_ones(tmp_path: Path, published: str) -> None:
+    """Issue 24, item 4: the Space failed to start on the files that took `mub leaderboard` down."""
+    pytest.importorskip("gradio", reason="the Space needs the [space] extra (in [test]): pip install 'mub[space]'")
+    from leaderboard_files import honest_files, hostile_files
+
+    repo = tmp_path / "results"
+    hostile = hostile_files()
+    for file in [*honest_files(), *(file for file, _ in hostile.values())]:
+        (repo / file.source).parent.mkdir(parents=True, exist_ok=True)
+        (repo / file.source).write_text(file.text, encoding="utf-8")
+    app_module = _load_app()
+    app = app_module.build_app(str(repo), dataset=published, results_repo="org/mub-results")
+    board = leaderboard_from([str(repo)], published)
+    assert [row.model for row in board.rows if row.rank] == ["llava/llava-1.5", "org/alpha", "org/delta", "org/epsilon", "org/beta"]
+    assert len(board.skipped) == len(hostile) + 1 and app is not None
+
+
+def test_how_to_submit_names_the_spaces_own_repositories() -> None:
+    pytest.importorskip("gradio", reason="the Space needs the [space] extra (in [test]): pip install 'mub[space]'")
+    how = _load_app().how_to_submit("real-org/mub", "real-org/mub-results")
+    assert "--dataset real-org/mub --config explicit" in how and "--to real-org/mub-results" in how
+    assert "ORG/" not in how.replace("YOUR-ORG/YOUR-MODEL", "")  # only the user's own model is left to fill in
+    local = _load_app().how_to_submit("real-org/mub", "/srv/results")
+    assert "--to" not in local and "/srv/results" not in local
