@@ -11,7 +11,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
-from leaderboard_files import PUBLISHED, edited, hostile_files, honest_files, results_document, results_path, submission_file, task_figures
+from leaderboard_files import PUBLISHED, edited, hostile_files, honest_files, results_document, results_path, results_text, submission_file, task_figures
 
 from mub.report.leaderboard import SubmissionFile, build_leaderboard
 from mub.report.leaderboard_files import collect
@@ -84,10 +84,15 @@ def test_oversized_and_special_files_are_skipped_unread(tmp_path: Path) -> None:
     os.mkfifo(repo / "org" / "pipe" / "results_2025-01-01T00-00-00.json")  # would block a reader forever
     (repo / "org" / "link").mkdir()
     (repo / "org" / "link" / "results_2025-01-01T00-00-00.json").symlink_to("/etc/hostname")
+    outside = tmp_path / "outside" / "elsewhere"
+    outside.mkdir(parents=True)
+    (outside / "results_2025-01-01T00-00-00.json").write_text(results_text("org/elsewhere"))
+    (repo / "org" / "linked").symlink_to(outside)  # a linked folder: its files lie outside the repository
     files, skipped = collect([str(repo)])
     assert files == []
     reasons = {Path(s.source).parent.name: s.reason for s in skipped}
-    assert "over the" in reasons["big"] and "not a regular file" in reasons["pipe"] and "not a regular file" in reasons["link"]
+    assert "over the" in reasons["big"] and "not a regular file" in reasons["pipe"] and "a link" in reasons["link"]
+    assert "a link" in {s.reason for s in skipped if s.source.endswith("/org/linked")}.pop()
 
 
 def test_a_stated_overall_is_never_the_ranking_key() -> None:

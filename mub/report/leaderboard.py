@@ -383,7 +383,8 @@ def parse_submission(file: SubmissionFile, published: PublishedItems, now: datet
     )
 
 
-def _skip_reason(file: SubmissionFile, published: PublishedItems, now: datetime) -> BoardRow | Skipped:
+def _checked(file: SubmissionFile, published: PublishedItems, now: datetime) -> BoardRow | Skipped:
+    """The file's row, or why it is skipped: whatever is wrong with one file stays with that file."""
     try:
         return parse_submission(file, published, now)
     except InvalidSubmission as exc:
@@ -431,7 +432,7 @@ def build_leaderboard(
     left_out = list(skipped)
     parsed: list[BoardRow] = []
     for file in files:
-        outcome = _skip_reason(file, published, now)
+        outcome = _checked(file, published, now)
         (left_out if isinstance(outcome, Skipped) else parsed).append(outcome)
     newest: dict[tuple[str, str], BoardRow] = {}
     for row in sorted(parsed, key=lambda r: (r.submitted or "", r.source)):

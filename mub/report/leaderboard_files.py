@@ -64,6 +64,9 @@ def _folder_files(folder: Path, label: str) -> tuple[list[SubmissionFile], list[
         if any(part.startswith(".") for part in relative.parts) or str(relative) in REPO_FILES:
             continue
         source = f"{label}/{relative.as_posix()}"
+        if path.is_symlink():  # paths from data stay inside the folder: a link is never followed
+            skipped.append(Skipped(source, "a link, not followed; only the folder's own files are read"))
+            continue
         if path.suffix != ".json":
             skipped.append(Skipped(source, f"not a results file ({path.suffix or 'no extension'}); only .json files are read"))
             continue
