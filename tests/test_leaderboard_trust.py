@@ -15,6 +15,7 @@ from leaderboard_files import PUBLISHED, edited, hostile_files, honest_files, re
 
 from mub.report.leaderboard import SubmissionFile, build_leaderboard
 from mub.report.leaderboard_files import collect
+from mub_metric.mub_misleading_rate.mub_misleading_rate import wilson_interval
 
 NOW = datetime(2026, 6, 1, tzinfo=timezone.utc)
 
@@ -54,6 +55,11 @@ def test_a_kind_missing_a_level_has_no_mean_and_no_rank() -> None:
 
 
 def test_every_stated_rate_is_checked_against_its_counts() -> None:
+    document = results_document("org/m")
+    # 0.5 with its own interval still, but the levels' 30 + 10 + 10 exceed n_t = 32
+    document["results"]["mub_explicit"].update(n_t_low=30, t2f_low=15, n_low=30, mr_t2f_low_ci=wilson_interval(15, 30))
+    board = build_leaderboard([SubmissionFile(results_path("org/m"), json.dumps(document))], PUBLISHED, now=NOW)
+    assert "the levels hold" in board.skipped[0].reason
     for field, value in (("mr_t2f", 0.0), ("accuracy_before", 0.99), ("mr_f2t", 0.5), ("mr_t2f_medium", 0.2)):
         document = results_document("org/m")
         document["results"]["mub_implicit"][field] = value

@@ -219,6 +219,10 @@ def _stated_fraction(where: str, value: Any) -> float | None:
     return float(value)
 
 
+def _differs(stated: float | None, computed: float | None) -> bool:
+    return (stated is None) != (computed is None) or (computed is not None and abs(stated - computed) > TOLERANCE)
+
+
 def _checked_interval(where: str, value: Any, successes: int, total: int, draws_per_item: float) -> tuple[float, float] | None:
     """The stated interval, if it is the Wilson interval of successes/total (or, over several draws per
     item, a clustered interval around the same rate of a plausible width)."""
@@ -257,7 +261,7 @@ def _checked_rate(
         raise InvalidSubmission(f"{where}.{numerator} = {successes} exceeds {where}.{denominator} = {total}")
     computed = successes / total if total else None
     stated = _stated_fraction(f"{where}.{rate}", figures.get(rate))
-    if (stated is None) != (computed is None) or (computed is not None and abs(stated - computed) > TOLERANCE):
+    if _differs(stated, computed):
         raise InvalidSubmission(f"{where}.{rate} is {stated!r}, but {numerator}/{denominator} = {successes}/{total} gives {computed!r}")
     ci = _checked_interval(f"{where}.{rate}_ci", figures.get(f"{rate}_ci"), successes, total, draws_per_item)
     return Rate(None if computed is None else number(computed), ci, total)
@@ -291,11 +295,15 @@ def _kind(task: str, figures: Any, published: PublishedItems) -> tuple[KindFigur
         if rate.n > level_n:
             raise InvalidSubmission(f"{task}.n_t_{level} = {rate.n} exceeds {task}.n_{level} = {level_n}")
         levels[level] = rate
+    for count in ("n", "n_t", "t2f"):  # the levels are disjoint subsets of the items
+        in_levels = sum(figures[f"{count}_{level}"] for level in LEVELS)
+        if in_levels > figures[count]:
+            raise InvalidSubmission(f"{task}: the levels hold {in_levels} for {count}, more than the {figures[count]} in all")
     rates = [rate.value for rate in levels.values() if rate.value is not None]
     # The run's own mean (the metric's levels_mean) is over the levels that have a rate.
     computed = sum(rates) / len(rates) if rates else None
     stated = _stated_fraction(f"{task}.mr_t2f_levels_mean", figures.get("mr_t2f_levels_mean"))
-    if (stated is None) != (computed is None) or (computed is not None and abs(stated - computed) > TOLERANCE):
+    if _differs(stated, computed):
         raise InvalidSubmission(f"{task}.mr_t2f_levels_mean is {stated!r}, but its levels give {computed!r}")
     mean = number(computed) if len(rates) == len(LEVELS) else None
     return KindFigures(levels, mean), acc
