@@ -15,6 +15,7 @@ import yaml
 from built_runs import BUILD_REPO_ID, scripted_run
 
 from mub.cli import main
+from mub_dataset.loading import sample_release_dir
 
 
 def _edited_copy(run: Path, target: Path, edit) -> Path:
@@ -32,12 +33,18 @@ def _refusals(rankable_runs: dict[str, Path], root: Path) -> dict[str, tuple[Pat
     def figures(document: dict) -> dict:
         return document["results"]["explicit"]
 
+    sample_build = root / "sample_build"
+    assert main(["build", "--out", str(sample_build), "--repo-id", "org/sample"]) == 0  # a build of the synthetic sample
     return {
+        "a build of the sample": (scripted_run(root / "sample_built", "scripted/steady", "explicit", str(sample_build), 0),
+                                  "synthetic sample"),
         "a tiny: model": (_edited_copy(run, root / "tiny", lambda d: d.update(model="tiny:idefics3")), "plumbing-check model"),
         "--limit": (scripted_run(root / "limit", "scripted/steady", "explicit", build, 0, limit=80), "--limit 80"),
         "--difficulty": (scripted_run(root / "low", "scripted/steady", "explicit", build, 0, difficulty="low"), "--difficulty low"),
         "an unmerged shard": (scripted_run(root / "shard", "scripted/steady", "explicit", build, 0, shard=(0, 2)), "mub merge"),
         "the synthetic sample": (scripted_run(root / "sample", "scripted/steady", "explicit", "sample", 0), "synthetic sample"),
+        "the sample's release folder": (
+            scripted_run(root / "sample_folder", "scripted/steady", "explicit", str(sample_release_dir()), 0), "synthetic sample"),
         "item errors": (_edited_copy(run, root / "errors", lambda d: figures(d).update(errors=2)), "2 item errors"),
         "a level not covered": (
             _edited_copy(run, root / "levels", lambda d: figures(d)["by_difficulty"]["high"].update(n=0)), "level high"),

@@ -41,9 +41,11 @@ LEVELS = ("low", "medium", "high")  # mub_dataset.features.DIFFICULTY_LEVELS
 
 def is_synthetic(dataset: str) -> bool:
     """The embedded synthetic sample, or a `mub build` of it: stand-in data whose figures say nothing about MUB."""
-    from mub_dataset.loading import SAMPLE, sample_release_dir
+    from mub_dataset.loading import SAMPLE, SAMPLE_VERSION, cache_root
 
-    if dataset == SAMPLE or (Path(dataset).is_dir() and Path(dataset).resolve() == sample_release_dir().resolve()):
+    # The sample's release folder (mub_dataset.loading.sample_release_dir), named without generating it.
+    sample_folder = (cache_root() / f"synthetic-sample-{SAMPLE_VERSION}").resolve()
+    if dataset == SAMPLE or (dataset and Path(dataset).resolve() == sample_folder):
         return True
     summary = Path(dataset) / BUILD_SUMMARY
     return summary.is_file() and bool(json.loads(summary.read_text(encoding="utf-8")).get("synthetic"))
