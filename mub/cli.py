@@ -160,15 +160,18 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def end_of_run(results: Mapping[str, Any], out: str | Path) -> str:
-    """The table, where the results are, and the commands that come next."""
+    """The table, where the results are, and the commands that come next (submit only for a run that can rank)."""
+    from mub.report.results_file import rank_refusal
     from mub.runs.results import format_table
 
     folder = shlex.quote(str(out))
+    refusal = rank_refusal(results, results.get("run", {}).get("config", ""))
     return "\n".join([
         format_table(results),
         f"results: {Path(out) / 'results.json'} (predictions and settings beside it)",
         f"next: mub report {folder}   (tables and plots; give several runs to compare)",
-        f"      mub submit {folder}   (leaderboard file; add the model's other config run)",
+        f"      mub submit {folder}   (leaderboard file; add the model's other config run)" if refusal is None
+        else f"      not for the leaderboard: {refusal}",
     ])  # fmt: skip
 
 
@@ -249,35 +252,58 @@ def _add_report(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_submit(args: argparse.Namespace) -> int:
-    from mub.report.submit import (
-        build_submission,
-        check_uploadable,
-        upload,
-        write_submission,
-    )
+    import tempfile
+    from contextlib import nullcontext
 
-    submission = build_submission(args.run_dirs, dataset=args.dataset_id, model_name=args.model_name)
-    if args.to:
+    from mub.report.results_file import is_hub_id
+    from mub.report.submit import build_submission, check_uploadable
+
+    for flag, repo in (("--to", args.to), ("--eval-results-pr", args.eval_results_pr)):
+        if repo is not None and not is_hub_id(repo):
+            raise ValueError(f"{flag} {repo!r} is not a Hub repository id (ORG/NAME); a local path cannot be one (use --out)")
+    submission = build_submission(
+        args.run_dirs, dataset=args.dataset_id, model_name=args.model_name, revision=args.dataset_revision
+    )
+    uploading = bool(args.to or args.eval_results_pr) and not args.dry_run
+    if args.to or args.eval_results_pr:
         check_uploadable(submission)  # before writing anything
-    results_file = write_submission(submission, args.out)
-    print(f"wrote {results_file}")
+    # An upload without --out writes nothing that stays: a refused or failed upload leaves no file behind.
+    out = args.out or (None if uploading else "submission")
+    with tempfile.TemporaryDirectory(prefix="mub-submit-") if out is None else nullcontext(out) as folder:
+        return _write_and_upload(submission, args, Path(folder), keep=out is not None)
+
+
+def _write_and_upload(submission, args: argparse.Namespace, folder: Path, *, keep: bool) -> int:
+    from mub.report.submit import EVAL_RESULTS_FILE, upload, upload_eval_results, write_eval_results, write_submission
+
+    results_file = write_submission(submission, folder)
+    eval_file = write_eval_results(submission, folder) if submission.eval_results else None
+    if keep:
+        print(f"wrote {results_file}" + (f" and {eval_file} (.eval_results entries for the model repository)" if eval_file else ""))
     if submission.model_index is None:
-        print("model-index: not made, the dataset has no Hub id (pass --dataset-id ORG/NAME)")
+        print("model-index and .eval_results: not made, the dataset has no Hub id (pass --dataset-id ORG/NAME)")
     elif args.model_index:
         Path(args.model_index).write_text(submission.model_index, encoding="utf-8")
         print(f"wrote {args.model_index} (paste it into the model card's YAML header)")
     else:
         print("model-index block for the model card's YAML header:\n" + submission.model_index.rstrip())
-    if not args.to:
+    plans = []
+    if args.to:
+        plans.append(f"upload to Hub dataset repository {args.to}:\n  {results_file} -> {submission.path_in_repo}")
+    if args.eval_results_pr:
+        plans.append(f"open a pull request on Hub model repository {args.eval_results_pr}:\n  {eval_file} -> {EVAL_RESULTS_FILE}")
+    if not plans:
         return 0
-    plan = f"upload to Hub dataset repository {args.to}:\n  {results_file} -> {submission.path_in_repo}"
     if args.dry_run:
-        print(f"dry run: would {plan}")
+        print("dry run: would " + "\nand ".join(plans))
         return 0
-    print(f"about to {plan}")
+    print("about to " + "\nand ".join(plans))
     if not args.yes:
         _confirm_upload()
-    print(f"uploaded to dataset {args.to}: {upload(submission, results_file, args.to)}")
+    if args.to:
+        print(f"uploaded to dataset {args.to}: {upload(submission, results_file, args.to)}")
+    if args.eval_results_pr:
+        print(f"pull request on {args.eval_results_pr}: {upload_eval_results(submission, eval_file, args.eval_results_pr)}")
     return 0
 
 
@@ -290,14 +316,16 @@ def _confirm_upload() -> None:
 
 
 def _add_submit(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("submit", help="leaderboard results file and model-index block for a model's runs")
+    p = sub.add_parser("submit", help="leaderboard results file, model-index block and .eval_results for a model's runs")
     p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="a model's finished run folders, one per config")
     p.add_argument("--to", metavar="REPO_ID", help="upload to this Hub dataset repository (the leaderboard's results repo)")
+    p.add_argument("--eval-results-pr", metavar="MODEL_ID", help="open a pull request adding .eval_results/mub.yaml to this Hub model repository")
     p.add_argument("--dry-run", action="store_true", help="write the files only, upload nothing")
     p.add_argument("--yes", action="store_true", help="upload without asking for confirmation")
     p.add_argument("--model-name", metavar="OWNER/NAME", help="the model's Hub id on the board and in repository paths (needed when the runs used a local model path)")
-    p.add_argument("--out", default="submission", help="folder the results go under as <org>/<model>/results_<time>.json (default: submission)")
+    p.add_argument("--out", help="folder the results go under as <org>/<model>/results_<time>.json (default: submission; with --to, nothing is kept)")
     p.add_argument("--dataset-id", metavar="ORG/NAME", help="Hub id of the dataset the runs evaluated (default: from mub build --repo-id)")
+    p.add_argument("--dataset-revision", metavar="SHA", help="the Hub dataset's revision the runs evaluated (default: as recorded)")
     p.add_argument("--model-index", metavar="FILE", help="write the model-index block here (default: print it)")
     p.set_defaults(func=_cmd_submit)
 
@@ -305,8 +333,8 @@ def _add_submit(sub: argparse._SubParsersAction) -> None:
 def _cmd_leaderboard(args: argparse.Namespace) -> int:
     from mub.report.leaderboard_files import leaderboard_from, write_leaderboard
 
-    board = leaderboard_from(args.sources)
-    files = write_leaderboard(board, args.out)
+    board = leaderboard_from(args.sources, args.dataset)
+    files = write_leaderboard(board, args.out, overwrite=args.overwrite)
     submitted = sum(not row.reference for row in board.rows)
     print(f"{submitted} submission(s) on the board, protocols: {', '.join(board.protocols)}")
     for skipped in board.skipped:
@@ -318,7 +346,9 @@ def _cmd_leaderboard(args: argparse.Namespace) -> int:
 def _add_leaderboard(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("leaderboard", help="rank submissions per protocol: leaderboard.json and a sortable index.html")
     p.add_argument("sources", nargs="+", metavar="SOURCE", help="results files, folders of them, or a Hub dataset repository (ORG/NAME)")
-    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--dataset", required=True, metavar="BUILD_OR_ID", help="the MUB build submissions are checked against: a mub build folder or its Hub id (its card publishes the items fingerprints)")
+    p.add_argument("--out", required=True, help="output folder: new, empty, or an earlier mub leaderboard output")
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier `mub leaderboard` output in --out")
     p.set_defaults(func=_cmd_leaderboard)
 
 

@@ -19,6 +19,33 @@ SYNTHETIC_BANNER = (
 )
 
 
+PUBLISHED_KEY = "mub"  # the card's block of per-config items fingerprints and counts
+EVAL_FRAMEWORK = "mub"
+EVAL_DESCRIPTION = (
+    "MUB measures how often a vision-language model abandons a correct answer after a misleading cue "
+    "(explicit hints or implicit notes). Scores are misleading rates T->F as fractions: lower is better. "
+    "Evaluate with `pip install mub` and `mub run`."
+)
+
+
+def render_eval_yaml(data_files: dict[str, str], fingerprints: dict[str, str], *, synthetic: bool) -> str:
+    """The Hub's benchmark declaration (``eval.yaml``): name, description, framework, one task per config.
+
+    The fields are the documented ones only; each task's items fingerprint is a comment beside it (the card's
+    ``mub:`` block holds the same values in a form a program reads).
+    """
+    name = "MUB (Multimodal Uncertainty Benchmark)" + (" (synthetic sample)" if synthetic else "")
+    header = yaml.safe_dump(
+        {"name": name, "description": EVAL_DESCRIPTION, "evaluation_framework": EVAL_FRAMEWORK},
+        sort_keys=False, allow_unicode=True, width=120,
+    )  # fmt: skip
+    tasks = "".join(
+        f"  # items_fingerprint: {fingerprints[config]}\n  - id: {config}\n    config: {config}\n    split: test\n"
+        for config in data_files
+    )
+    return header + "tasks:\n" + tasks
+
+
 def split_front_matter(text: str) -> tuple[dict[str, Any], str]:
     """The YAML header and the markdown body of a card."""
     if not text.startswith("---\n"):
@@ -87,6 +114,11 @@ def render_card(
     sizes = {name: (summary["items_per_config"][name], data_bytes[name]) for name in data_files}
     header["dataset_info"] = dataset_info_yaml(header["dataset_info"]["features"], sizes)
     header["size_categories"] = [size_category(summary["items"])]
+    # What the leaderboard checks submissions against (mub.report.leaderboard_files reads it back).
+    header[PUBLISHED_KEY] = {
+        "items_fingerprint": {name: summary["items_fingerprint"][name] for name in data_files},
+        "n_items": {name: summary["items_per_config"][name] for name in data_files},
+    }
     if synthetic:
         header["pretty_name"] = f"{header.get('pretty_name', 'MUB')} (synthetic sample)"
         header.setdefault("tags", []).append("synthetic")

@@ -2,7 +2,8 @@
 
 Layout of the output folder::
 
-    README.md                      # dataset card with YAML `configs:`
+    README.md                      # dataset card with YAML `configs:` and each config's items fingerprint
+    eval.yaml                      # the Hub's benchmark declaration: one task per config
     build_summary.json             # what the build read and kept
     <config>/test-00000-of-00001.parquet   # one per config, images embedded
 
@@ -20,9 +21,10 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .card import render_card
+from .card import render_card, render_eval_yaml
 from .features import CONFIGS
 from .files import MARKER_FILE, check_output_folder, staged_folder
+from .fingerprint import items_fingerprint
 from .loading import build_from_release
 from .release import read_release
 
@@ -76,22 +78,29 @@ def export_release(
     summary = read_release(release_dir, allow_truncated=allow_truncated).summary()
     if repo_id is not None:
         summary["repo_id"] = repo_id
+    summary["synthetic"] = synthetic
     with staged_folder(out_dir, "build", overwrite=overwrite) as staging, tempfile.TemporaryDirectory() as cache_dir:
         everything = build_from_release(release_dir, "explicit", cache_dir=cache_dir, allow_truncated=allow_truncated)
         # Config membership needs only these columns: no image is decoded to decide it.
         rows = everything.select_columns(["source", "misleading_notes", "guiding_notes"]).to_list()
         written: dict[str, str] = {}
         data_bytes: dict[str, int] = {}
+        fingerprints: dict[str, str] = {}
         for spec in CONFIGS:
             indices = [i for i, row in enumerate(rows) if spec.includes(row)]
             if not indices:
                 continue
             (staging / spec.name).mkdir()
-            parquet = write_parquet(everything.select(indices), staging / spec.name)
+            selected = everything.select(indices)
+            parquet = write_parquet(selected, staging / spec.name)
+            # The runner's fingerprint of a full run of this config: the same rows, image column aside.
+            fingerprints[spec.name] = items_fingerprint(selected.remove_columns("image").to_list())
             written[spec.name] = f"{spec.name}/{parquet.name}"
             data_bytes[spec.name] = uncompressed_bytes(parquet)
+        summary["items_fingerprint"] = fingerprints
         card = render_card(written, summary, data_bytes, synthetic=synthetic)
         (staging / "README.md").write_text(card, encoding="utf-8")
+        (staging / "eval.yaml").write_text(render_eval_yaml(written, fingerprints, synthetic=synthetic), encoding="utf-8")
         (staging / "build_summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     return summary
 

@@ -69,3 +69,11 @@ def release_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     if not RELEASE_SAMPLE.is_dir():
         pytest.fail(f"{RELEASE_SAMPLE} is missing: tests read the release sample from ../shared/")
     return copy_release_with_placeholder_images(tmp_path_factory.mktemp("release") / "mub_release")
+
+
+@pytest.fixture(scope="session")
+def rankable_runs(tmp_path_factory: pytest.TempPathFactory, release_dir: Path) -> dict[str, Path]:
+    """Full scripted runs on a `mub build` of the release sample, which `mub submit` accepts (tests/built_runs.py)."""
+    from built_runs import make_rankable_runs
+
+    return make_rankable_runs(tmp_path_factory.mktemp("rankable"), release_dir)

@@ -130,19 +130,19 @@ def test_an_empty_folder_is_used(tmp_path: Path) -> None:
     assert folder_marker(out) == "run" and (out / "results.json").is_file()
 
 
-def test_submit_never_replaces_a_file_it_did_not_write(tmp_path: Path, finished_runs, capsys) -> None:
+def test_submit_never_replaces_a_file_it_did_not_write(tmp_path: Path, rankable_runs, capsys) -> None:
     theirs = tmp_path / "notes.json"
     theirs.write_text('{"mine": true}\n')
-    assert main(["submit", str(finished_runs["whole"]), "--out", str(theirs)]) == 2  # a file, not the results folder
+    assert main(["submit", str(rankable_runs["steady_explicit"]), "--out", str(theirs)]) == 2  # a file, not the results folder
     assert theirs.read_text() == '{"mine": true}\n'
     folder = tmp_path / "results"
     folder.mkdir()
     (folder / "README.md").write_text("my results repository\n")
-    assert main(["submit", str(finished_runs["whole"]), "--out", str(folder)]) == 0
+    assert main(["submit", str(rankable_runs["steady_explicit"]), "--out", str(folder)]) == 0
     assert (folder / "README.md").read_text() == "my results repository\n"
     from mub.report.submit import build_submission, write_submission
 
-    submission = build_submission([finished_runs["whole"]], now=datetime(2026, 1, 1, tzinfo=timezone.utc))
+    submission = build_submission([rankable_runs["steady_explicit"]], now=datetime(2026, 1, 1, tzinfo=timezone.utc))
     path = write_submission(submission, folder)
     path.write_text("edited by hand\n")
     with pytest.raises(ValueError, match="already exists"):

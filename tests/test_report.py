@@ -8,7 +8,6 @@ transformers models are available, one plumbing-check run of ``tiny:llava``.
 from __future__ import annotations
 
 import base64
-import hashlib
 import io
 import json
 import math
@@ -16,17 +15,15 @@ import re
 import shutil
 from dataclasses import replace
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pytest
 import yaml
 from conftest import SHARED
-from leaderboard_files import results_text
+from built_runs import BUILD_REPO_ID, scripted_rule, scripted_run
+from leaderboard_files import PUBLISHED, submission_file
 from PIL import Image
 
-import mub_dataset
-from mub.backends.base import Request
 from mub.cli import main
 from mub.config import RunConfig
 from mub.report import power
@@ -43,7 +40,6 @@ from mub.report.report import (
 from mub.report.submit import build_submission
 from mub.runs.predictions import ItemPrediction, StageAnswer
 from mub.runs.runner import run
-from mub.testing.scripted import ScriptedBackend
 
 FIGURES = (
     "misleading_by_difficulty.png", "transitions.png", "misleading_by_source.png", "accuracy_vs_misleading.png",
@@ -52,47 +48,12 @@ FIGURES = (
 CELL = re.compile(r"^(?P<value>\d+\.\d{2}) \[(?P<low>\d+\.\d{2}), (?P<high>\d+\.\d{2})\] n=(?P<n>\d+)$")
 
 
-def _bucket(text: str, modulo: int) -> int:
-    return int(hashlib.sha256(text.encode()).hexdigest(), 16) % modulo
-
-
-def _rule(items: dict[str, dict], flip_share: int) -> Callable[[Request], str]:
-    """Stage 1: mostly correct, some wrong, some unparsed. Stage 2: a correct answer is
-    abandoned for the misleading one on `flip_share` in 10 items; wrong ones are kept."""
-
-    def answer(request: Request) -> str:
-        item_id, stage, _ = request.key.split("/")
-        item = items[item_id]
-        bucket = _bucket(item_id, 10)
-        if bucket == 0:
-            return "I cannot tell from this image."  # unparsed in stage 1 and stage 2
-        stage1_correct = bucket >= 3
-        if stage == "stage1":
-            return item["answer"] if stage1_correct else item["misleading_answer"]
-        if stage1_correct:
-            return item["misleading_answer"] if _bucket(item_id + "/flip", 10) < flip_share else item["answer"]
-        return item["misleading_answer"]
-
-    return answer
-
-
 def _scripted_run(
     root: Path, model: str, config: str, flip_share: int, limit: int | None = None, protocol: str = "paper",
     dataset: str = "sample",
 ) -> Path:
-    name = dataset
-    dataset = mub_dataset.load(config, name)
-    items = {row["id"]: row for row in dataset.remove_columns("image").to_list()}
     out = root / f"{model.replace('/', '_')}__{config}{'' if protocol == 'paper' else '__' + protocol}"
-    run(
-        RunConfig(
-            model=model, config=config, dataset=name, backend="scripted", out=str(out), limit=limit, progress=False,
-            protocol=protocol,
-        ),
-        backend=ScriptedBackend(_rule(items, flip_share), name=model),
-        dataset=dataset,
-    )
-    return out
+    return scripted_run(out, model, config, dataset, flip_share, limit=limit, protocol=protocol)
 
 
 def _tiny_run(root: Path) -> Path | None:
@@ -438,34 +399,24 @@ def test_predictions_are_matched_by_item_id() -> None:
 
 def _submit(runs: list[Path], out: Path, *extra: str) -> dict:
     assert main(["submit", *map(str, runs), "--out", str(out), *extra]) == 0
-    (path,) = out.rglob("*.json")
+    (path,) = [p for p in out.rglob("*.json") if ".eval_results" not in p.parts]
     return json.loads(path.read_text())
 
 
-def test_submission_schema_and_values(runs: dict[str, Path], tmp_path: Path, capsys) -> None:
+def test_submission_schema_and_values(rankable_runs: dict[str, Path], tmp_path: Path, capsys) -> None:
+    runs = rankable_runs
     out = tmp_path / "sub"
-    code = main(
-        [
-            "submit",
-            str(runs["fickle_explicit"]),
-            str(runs["fickle_implicit"]),
-            "--to",
-            "someone/leaderboard-results",
-            "--dataset-id",
-            "someone/mub",
-            "--dry-run",
-            "--out",
-            str(out),
-        ]
-    )
-    assert code == 0
+    argv = ["submit", str(runs["fickle_explicit"]), str(runs["fickle_implicit"]), "--to", "someone/leaderboard-results",
+            "--dataset-id", "someone/mub", "--dataset-revision", "abc123", "--dry-run", "--out", str(out)]  # fmt: skip
+    assert main(argv) == 0
     # The results file alone in <org>/<model>/, as leaderboard readers walk a results repository.
-    (path,) = [p for p in out.rglob("*") if p.is_file()]
+    (path,) = [p for p in out.rglob("*") if p.is_file() and ".eval_results" not in p.parts]
     assert re.fullmatch(r"scripted/fickle/results_\d{4}-\d\d-\d\dT\d\d-\d\d-\d\d\.json", path.relative_to(out).as_posix())
     assert f"-> {path.relative_to(out).as_posix()}" in capsys.readouterr().out  # the dry run names the repository path
     document = json.loads(path.read_text())
     config = document["config"]
     assert config["model_name"] == "scripted/fickle" and config["dataset_id"] == "someone/mub"
+    assert config["dataset_revision"] == "abc123"
     assert config["protocol"] == _results(runs["fickle_explicit"])["run"]["protocol"]["preset"] == "paper"
     assert config["model_sha"] is None and config["model_dtype"] is None  # the scripted backend has no weights
     assert config["items_fingerprint"] == {
@@ -480,33 +431,34 @@ def test_submission_schema_and_values(runs: dict[str, Path], tmp_path: Path, cap
             assert submitted[rate] == pytest.approx(source[rate], abs=1e-12)
             low, high = submitted[f"{rate}_ci"]
             assert 0 <= low <= submitted[rate] + 1e-9 and submitted[rate] - 1e-9 <= high <= 1
-        for count in ("n", "n_t", "n_f", "t2f", "f2t"):
+        for count in ("n", "n_t", "n_f", "t2f", "f2t", "n_items"):
             assert isinstance(submitted[count], int) and submitted[count] == source[count]
+        assert submitted["n_draws"] == source.get("n_draws", source["n_items"])
         for level in ("low", "medium", "high"):
-            assert submitted[f"mr_t2f_{level}"] == pytest.approx(source["by_difficulty"][level]["mr_t2f"], abs=1e-12)
-            assert submitted[f"n_t_{level}"] == source["by_difficulty"][level]["n_t"]
+            by_level = source["by_difficulty"][level]
+            assert submitted[f"mr_t2f_{level}"] == pytest.approx(by_level["mr_t2f"], abs=1e-12)
+            assert (submitted[f"t2f_{level}"], submitted[f"n_t_{level}"]) == (by_level["t2f"], by_level["n_t"])
             assert len(submitted[f"mr_t2f_{level}_ci"]) == 2
 
 
-def test_an_exact_zero_is_written_zero(runs: dict[str, Path], tmp_path: Path) -> None:
+def test_an_exact_zero_is_written_zero(rankable_runs: dict[str, Path], tmp_path: Path) -> None:
     """The steady model never lets go: its misleading rates and their low bounds are exactly 0."""
-    document = _submit([runs["steady_explicit"]], tmp_path / "sub")
-    text = next((tmp_path / "sub").rglob("*.json")).read_text()
+    document = _submit([rankable_runs["steady_explicit"]], tmp_path / "sub")
+    text = next((tmp_path / "sub").glob("*/*/*.json")).read_text()
     figures = document["results"]["mub_explicit"]
     assert figures["mr_t2f"] == 0 and figures["mr_t2f_ci"][0] == 0
     assert type(figures["mr_t2f"]) is int and re.search(r'"mr_t2f": 0,', text)
     assert not re.search(r"\de-\d", text)  # no 2.77e-17 anywhere
 
 
-def test_model_index_names_the_hub_dataset_in_fractions(runs: dict[str, Path], tmp_path: Path) -> None:
+def test_model_index_names_the_hub_dataset_in_fractions(rankable_runs: dict[str, Path], tmp_path: Path) -> None:
     index = tmp_path / "card.yaml"
-    document = _submit(
-        [runs["steady_explicit"], runs["steady_implicit"]], tmp_path / "sub", "--dataset-id", "org/mub", "--model-index", str(index)
-    )
-    assert not list((tmp_path / "sub").rglob("*.yaml"))  # the snippet is never beside the results file
+    runs = [rankable_runs["steady_explicit"], rankable_runs["steady_implicit"]]
+    document = _submit(runs, tmp_path / "sub", "--dataset-id", "org/mub", "--model-index", str(index), "--model-name", "real-org/steady-7b")
+    assert not list((tmp_path / "sub").glob("*/*/*.yaml"))  # the snippet is never beside the results file
     card = yaml.safe_load(index.read_text())
     (entry,) = card["model-index"]
-    assert entry["name"] == "scripted/steady"
+    assert entry["name"] == "real-org/steady-7b"  # the name on the board, not the runs' model
     assert [r["dataset"]["config"] for r in entry["results"]] == ["explicit", "implicit"]
     for result in entry["results"]:
         assert result["task"]["type"] and result["dataset"]["type"] == "org/mub"
@@ -515,59 +467,57 @@ def test_model_index_names_the_hub_dataset_in_fractions(runs: dict[str, Path], t
     explicit = document["results"]["mub_explicit"]
     assert metrics["accuracy"]["value"] == round(explicit["accuracy_before"], 4)  # fractions, as the JSON
     assert metrics["misleading_rate"]["value"] == 0 and f"n={explicit['n_t']}" in metrics["misleading_rate"]["name"]
+    assert "lower is better" in metrics["misleading_rate"]["name"]
 
 
-def test_no_local_path_reaches_a_model_index(runs: dict[str, Path], tmp_path: Path, release_dir: Path, capsys) -> None:
-    # A run on a local build: no Hub id is known, so no model-index and no upload.
+def test_no_local_path_reaches_a_model_index(rankable_runs: dict[str, Path], tmp_path: Path, release_dir: Path, capsys) -> None:
+    # A run on a local build made without --repo-id: no Hub id is known, so no model-index and no upload.
     built = tmp_path / "built"
     assert main(["build", "--release", str(release_dir), "--out", str(built)]) == 0
-    local = _scripted_run(tmp_path, "scripted/local", "explicit", 3, limit=12, dataset=str(built))
+    local = scripted_run(tmp_path / "local", "scripted/local", "explicit", str(built), 3)
     capsys.readouterr()
     document = _submit([local], tmp_path / "sub")
     printed = capsys.readouterr().out
     assert document["config"]["dataset_id"] is None and str(built) not in json.dumps(document)
-    assert "model-index: not made" in printed and str(built) not in printed
+    assert "model-index and .eval_results: not made" in printed and str(built) not in printed
     assert main(["submit", str(local), "--to", "org/results", "--out", str(tmp_path / "refused")]) == 2
     assert "upload refused" in capsys.readouterr().err and not (tmp_path / "refused").exists()
     assert main(["submit", str(local), "--dataset-id", str(built), "--out", str(tmp_path / "x")]) == 2
     assert "not a Hub dataset id" in capsys.readouterr().err
-    # The same build made with --repo-id: its Hub id goes into the model-index, the path never.
-    named = tmp_path / "named"
-    assert main(["build", "--release", str(release_dir), "--out", str(named), "--repo-id", "org/mub-build"]) == 0
-    run_dir = _scripted_run(tmp_path, "scripted/named", "explicit", 3, limit=12, dataset=str(named))
-    capsys.readouterr()
-    document = _submit([run_dir], tmp_path / "out2")
+    # The build made with --repo-id: its Hub id goes into the model-index, the path never.
+    document = _submit([rankable_runs["steady_explicit"]], tmp_path / "out2")
     printed = capsys.readouterr().out
-    assert document["config"]["dataset_id"] == "org/mub-build"
-    block = yaml.safe_load(printed.split("model-index block for the model card's YAML header:\n", 1)[1].split("\ndry run", 1)[0])
-    assert block["model-index"][0]["results"][0]["dataset"]["type"] == "org/mub-build"
-    assert str(named) not in printed
+    assert document["config"]["dataset_id"] == BUILD_REPO_ID
+    block = yaml.safe_load(printed.split("model-index block for the model card's YAML header:\n", 1)[1])
+    assert block["model-index"][0]["results"][0]["dataset"]["type"] == BUILD_REPO_ID
+    assert str(rankable_runs["build"]) not in printed
 
 
-def test_submission_refuses_mixed_models_and_repeated_configs(runs: dict[str, Path]) -> None:
+def test_submission_refuses_mixed_models_and_repeated_configs(rankable_runs: dict[str, Path]) -> None:
     with pytest.raises(ValueError, match="one model"):
-        build_submission([runs["steady_explicit"], runs["fickle_explicit"]])
+        build_submission([rankable_runs["steady_explicit"], rankable_runs["fickle_explicit"]])
     with pytest.raises(ValueError, match="more than one run"):
-        build_submission([runs["steady_explicit"], runs["steady_explicit"]])
+        build_submission([rankable_runs["steady_explicit"], rankable_runs["steady_explicit"]])
 
 
-def test_submission_refuses_runs_of_different_protocols(runs: dict[str, Path], tmp_path: Path) -> None:
+def test_submission_refuses_runs_of_different_protocols(rankable_runs: dict[str, Path], tmp_path: Path) -> None:
     copy = tmp_path / "implicit_copy"
-    shutil.copytree(runs["steady_implicit"], copy)
+    shutil.copytree(rankable_runs["steady_implicit"], copy)
     document = _results(copy)
     document["run"]["protocol"] = {"preset": "deterministic", "overrides": {}}
     (copy / "results.json").write_text(json.dumps(document))
-    with pytest.raises(ValueError, match="one protocol"):
-        build_submission([runs["steady_explicit"], copy])
+    with pytest.raises(ValueError, match="one protocol.*: deterministic"):
+        build_submission([rankable_runs["steady_explicit"], copy])
 
 
-def test_upload_path_follows_the_leaderboard_layout(runs: dict[str, Path]) -> None:
+def test_upload_path_follows_the_leaderboard_layout(rankable_runs: dict[str, Path]) -> None:
     from datetime import datetime, timezone
 
     stamp = datetime(2025, 1, 2, 3, 4, 5, tzinfo=timezone.utc)
-    submission = build_submission([runs["steady_explicit"]], now=stamp)
+    submission = build_submission([rankable_runs["steady_explicit"]], now=stamp)
     assert submission.path_in_repo == "scripted/steady/results_2025-01-02T03-04-05.json"
     assert submission.results["config"]["submitted_at"] == "2025-01-02T03:04:05+00:00"
+    assert submission.results["config"]["protocol"] == "paper"
 
 
 def test_tiny_model_run_goes_into_the_report(runs: dict[str, Path], report_dir: Path) -> None:
@@ -602,32 +552,25 @@ def test_paper_comparison_takes_only_runs_under_the_paper_protocol(runs, tmp_pat
     assert protocols == {"scripted/steady": "paper", "scripted/clean": "deterministic"}
 
 
-def test_submission_records_the_protocol_and_refuses_mixed_ones(runs, tmp_path) -> None:
-    from mub.report.submit import build_submission
-
-    submission = build_submission([runs["steady_explicit"], runs["steady_implicit"]])
-    assert submission.results["config"]["protocol"] == "paper"
-    clean = _scripted_run(tmp_path, "scripted/steady", "implicit", 0, limit=8, protocol="deterministic")
-    with pytest.raises(ValueError, match="one protocol.*: deterministic"):
-        build_submission([runs["steady_explicit"], clean])
 # ---------------------------------------------------------------- leaderboard
 
 
 @pytest.fixture(scope="module")
-def results_repo(runs: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+def results_repo(rankable_runs: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A results repository as `mub submit` fills it: two models, plus one malformed file."""
     repo = tmp_path_factory.mktemp("results_repo")
     for model in ("steady", "fickle"):
-        assert main(["submit", str(runs[f"{model}_explicit"]), str(runs[f"{model}_implicit"]), "--dataset-id", "org/mub", "--out", str(repo)]) == 0
+        runs = [str(rankable_runs[f"{model}_explicit"]), str(rankable_runs[f"{model}_implicit"])]
+        assert main(["submit", *runs, "--out", str(repo)]) == 0
     broken = repo / "someone" / "broken" / "results_2025-01-01T00-00-00.json"
     broken.parent.mkdir(parents=True)
     broken.write_text('{"config": {"model_name": "someone/broken"}, "results": {"mub_explicit": ', encoding="utf-8")
     return repo
 
 
-def test_leaderboard_from_two_submissions_and_a_malformed_file(results_repo: Path, runs: dict[str, Path], tmp_path: Path, capsys) -> None:
+def test_leaderboard_from_two_submissions_and_a_malformed_file(results_repo: Path, rankable_runs: dict[str, Path], tmp_path: Path, capsys) -> None:
     out = tmp_path / "board"
-    assert main(["leaderboard", str(results_repo), "--out", str(out)]) == 0
+    assert main(["leaderboard", str(results_repo), "--dataset", str(rankable_runs["build"]), "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     assert re.search(r"skipped .*someone/broken/results_2025-01-01T00-00-00\.json: not JSON", printed)
     document = json.loads((out / "leaderboard.json").read_text())
@@ -639,59 +582,68 @@ def test_leaderboard_from_two_submissions_and_a_malformed_file(results_repo: Pat
     assert all(row["source"].startswith("paper:") and row["rank"] is None for row in references)
     assert references[0]["explicit_low"] == pytest.approx(PAPER_RESULTS[0].explicit[0] / 100)
     # Every figure is the run's own, as a fraction; the steady model holds every answer, so it ranks first.
-    protocol = submitted[0]["protocol"]
-    assert all(row["protocol"] == protocol for row in submitted)
+    assert all(row["protocol"] == "paper" for row in submitted)
     steady, fickle = sorted(submitted, key=lambda row: row["rank"])
     assert (steady["model"], steady["rank"], fickle["rank"]) == ("scripted/steady", 1, 2)
     for row in submitted:
         model = row["model"].split("/")[1]
         for kind in ("explicit", "implicit"):
-            figures = _results(runs[f"{model}_{kind}"])["results"][kind]
-            assert row[f"{kind}_mean"] == pytest.approx(figures["mr_t2f_levels_mean"])
+            figures = _results(rankable_runs[f"{model}_{kind}"])["results"][kind]
+            levels = [figures["by_difficulty"][level]["t2f"] / figures["by_difficulty"][level]["n_t"] for level in ("low", "medium", "high")]
+            assert row[f"{kind}_mean"] == pytest.approx(sum(levels) / 3)
             for level in ("low", "medium", "high"):
                 by_level = figures["by_difficulty"][level]
-                assert row[f"{kind}_{level}"] == pytest.approx(by_level["mr_t2f"])
+                assert row[f"{kind}_{level}"] == pytest.approx(by_level["t2f"] / by_level["n_t"])
                 assert row[f"{kind}_{level}_n"] == by_level["n_t"]
                 assert row[f"{kind}_{level}_ci"] == pytest.approx(by_level["mr_t2f_ci"])
-        assert row["acc"] == pytest.approx(_results(runs[f"{model}_explicit"])["results"]["explicit"]["accuracy_before"])
-        assert row["submitted"] and row["dataset_id"] == "org/mub"
+        assert row["acc"] == pytest.approx(_results(rankable_runs[f"{model}_explicit"])["results"]["explicit"]["accuracy_before"])
+        assert row["submitted"] and row["dataset_id"] == BUILD_REPO_ID
         assert row["overall"] == pytest.approx((row["explicit_mean"] + row["implicit_mean"]) / 2)
     page = (out / "index.html").read_text()
     assert "scripted/fickle" in page and "GPT-4o" in page and "someone/broken" in page
     assert "<script src" not in page and "<link" not in page  # self-contained
 
 
-def _file(source: str, model: str, *, low: float = 0.5, **kwargs) -> "SubmissionFile":
-    from mub.report.leaderboard import SubmissionFile
-
-    return SubmissionFile(source, results_text(model, rate=low, **kwargs))
+def test_leaderboard_out_follows_the_folder_rule(results_repo: Path, rankable_runs: dict[str, Path], tmp_path: Path, capsys) -> None:
+    """Issue 22, item 12: a folder mub did not make (a user's site, a run folder) is never written into."""
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "index.html").write_text("my own page\n")
+    argv = ["leaderboard", str(results_repo), "--dataset", str(rankable_runs["build"])]
+    assert main([*argv, "--out", str(site), "--overwrite"]) == 2
+    assert "mub did not write" in capsys.readouterr().err and (site / "index.html").read_text() == "my own page\n"
+    assert sorted(p.name for p in site.iterdir()) == ["index.html"]
+    run_folder = rankable_runs["steady_explicit"]
+    before = sorted(p.name for p in run_folder.iterdir())
+    assert main([*argv, "--out", str(run_folder)]) == 2 and sorted(p.name for p in run_folder.iterdir()) == before
+    board = tmp_path / "board"
+    assert main([*argv, "--out", str(board)]) == 0
+    assert main([*argv, "--out", str(board)]) == 2 and "--overwrite" in capsys.readouterr().err
+    assert main([*argv, "--out", str(board), "--overwrite"]) == 0
 
 
 def test_leaderboard_validation_ranking_and_protocols_apart() -> None:
     from mub.report.leaderboard import build_leaderboard
 
     files = [
-        _file("a.json", "org/a", low=0.4),
-        _file("b.json", "org/b", low=0.2),
-        _file("b_old.json", "org/b", low=0.9, when="2024-06-01T00:00:00+00:00"),  # superseded by b.json
-        _file("c.json", "org/c", low=0.1, fingerprint="other"),  # answered other items
-        _file("d.json", "org/d", low=45.0),  # percentages
-        # Another protocol may select its own items: its fingerprint is checked among its own submissions.
-        _file("e.json", "org/e", low=0.3, protocol="deterministic", fingerprint="det"),
-        _file("f.json", "org/a", low=0.7, protocol="deterministic", fingerprint="det"),  # same model, other protocol: kept
+        submission_file("org/a", rate=0.4),
+        submission_file("org/b", rate=0.2, when="2025-01-02T00:00:00+00:00"),
+        submission_file("org/b", rate=0.9, when="2024-06-01T00:00:00+00:00"),  # superseded by the newer one
+        submission_file("org/c", rate=0.1, fingerprint="other"),  # answered other items
+        submission_file("org/e", rate=0.3, protocol="deterministic"),
+        submission_file("org/a", rate=0.7, protocol="deterministic", when="2025-01-03T00:00:00+00:00"),  # other protocol: kept
     ]
-    board = build_leaderboard(files)
+    board = build_leaderboard(files, PUBLISHED)
     reasons = {s.source: s.reason for s in board.skipped}
-    assert set(reasons) == {"b_old.json", "c.json", "d.json"}
-    assert "newer: b.json" in reasons["b_old.json"]
-    assert "fingerprint differs" in reasons["c.json"] and "other" in reasons["c.json"]
-    assert "not a fraction" in reasons["d.json"] and "percentage" in reasons["d.json"]
+    assert set(reasons) == {"org/b/results_2024-06-01T00-00-00.json", "org/c/results_2025-01-01T00-00-00.json"}
+    assert "newer: org/b/results_2025-01-02T00-00-00.json" in reasons["org/b/results_2024-06-01T00-00-00.json"]
+    assert "fingerprint" in reasons["org/c/results_2025-01-01T00-00-00.json"] and "other" in reasons["org/c/results_2025-01-01T00-00-00.json"]
     ranked = {(row.protocol, row.model): row.rank for row in board.rows if not row.reference}
     assert ranked == {("paper", "org/b"): 1, ("paper", "org/a"): 2, ("deterministic", "org/e"): 1, ("deterministic", "org/a"): 2}
     assert board.protocols == ["paper", "deterministic"]
-    assert board.fingerprints == {"paper": {"mub_explicit": "f1", "mub_implicit": "g1"},
-                                  "deterministic": {"mub_explicit": "det", "mub_implicit": "g1"}}
+    assert board.fingerprints == PUBLISHED.fingerprints
     assert sum(row.reference for row in board.rows) == len(PAPER_RESULTS)
+    assert all(row.reference for row in board.rows[-len(PAPER_RESULTS):])  # the paper's rows after every submission
 
 
 @pytest.mark.parametrize(
@@ -699,16 +651,16 @@ def test_leaderboard_validation_ranking_and_protocols_apart() -> None:
     [
         ("[]", "not a results file"),
         ('{"config": {}, "results": {}}', "model_name is missing"),
-        ('{"config": {"model_name": "m"}, "results": {"mub_mmmu": {}}}', "neither mub_explicit nor mub_implicit"),
-        ('{"config": {"model_name": "m", "submitted_at": "2025-01-01"}, "results": {"mub_explicit": {}}}', "items_fingerprint is missing"),
-        ('{"config": {"model_name": "m", "protocol": 3}, "results": {"mub_explicit": {}}}', "not a preset name"),
+        ('{"config": {"model_name": "x/m"}, "results": {"mub_mmmu": {}}}', "neither mub_explicit nor mub_implicit"),
+        ('{"config": {"model_name": "x/m", "submitted_at": "2025-01-01"}, "results": {"mub_explicit": {}}}', "items_fingerprint is missing"),
+        ('{"config": {"model_name": "x/m", "protocol": 3}, "results": {"mub_explicit": {}}}', "not a preset name"),
     ],
 )
 def test_each_malformed_submission_is_skipped_with_its_reason(text: str, reason: str) -> None:
     from mub.report.leaderboard import SubmissionFile, build_leaderboard
 
-    board = build_leaderboard([SubmissionFile("x/results_2025-01-01T00-00-00.json", text), _file("ok.json", "org/ok")])
-    assert [s.source for s in board.skipped] == ["x/results_2025-01-01T00-00-00.json"] and reason in board.skipped[0].reason
+    board = build_leaderboard([SubmissionFile("x/m/results_2025-01-01T00-00-00.json", text), submission_file("org/ok")], PUBLISHED)
+    assert [s.source for s in board.skipped] == ["x/m/results_2025-01-01T00-00-00.json"] and reason in board.skipped[0].reason
     assert [row.model for row in board.rows if not row.reference] == ["org/ok"]
 
 

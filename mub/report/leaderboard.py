@@ -1,17 +1,28 @@
 """The leaderboard: submission files in, one ranked table per protocol out (pure: no I/O).
 
 :func:`build_leaderboard` takes the text of each submission (``mub submit``'s
-results files) and returns a :class:`Leaderboard`: the valid submissions as
-rows, ranked apart per protocol, the paper's 17 models as reference rows, and
-every file that was left out with the reason. A submission is left out when
+results files) and what the dataset publishes about its items
+(:class:`PublishedItems`: per task, the items fingerprint and the item count,
+read from the dataset's card by :mod:`mub.report.leaderboard_files`), and
+returns a :class:`Leaderboard`: the valid submissions as rows, ranked apart
+per protocol, the paper's 17 models as reference rows, and every file that
+was left out with the reason. Nothing a file states is believed:
 
-- it is not a JSON object in the results-file schema (config, results, rates
-  as fractions in [0, 1] with 95% intervals and counts);
-- its items fingerprint for a task differs from the board's (the fingerprint
-  most submissions of its protocol share): it answered other items (another
-  build, a subset);
-- another submission of the same model under the same protocol is newer.
+- size and nesting are capped before anything is read; an oversized integer,
+  NaN or a non-object is refused;
+- every rate is recomputed from its counts and every interval from its n; a
+  level mean and the ranking key are computed from the levels, and a stated
+  value that differs skips the file;
+- the items fingerprint and item count of each task must equal the
+  dataset's: a subset, another build or a partial run is left out;
+- ``model_name`` must be the file's ``<org>/<model>/`` folder, and
+  ``submitted_at`` must parse, equal the ``results_<time>`` stamp of its name
+  and not lie in the future;
+- names and protocol labels are compared normalised (NFKC, format characters
+  removed, case-folded), so look-alikes are one model; the newest submission
+  per model and protocol counts.
 
+Every problem skips that one file with its reason; the board never fails.
 :mod:`mub.report.leaderboard_files` reads sources and writes
 ``leaderboard.json`` and ``index.html``; ``spaces/leaderboard/app.py`` shows
 the same rows.
@@ -22,20 +33,33 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections import Counter
+import unicodedata
 from dataclasses import dataclass, replace
-from datetime import datetime, timezone
-from typing import Any, Iterable, Mapping, Sequence
+from datetime import datetime, timedelta, timezone
+from pathlib import PurePosixPath
+from typing import Any, Mapping, Sequence
 
 from mub.report.paper import PAPER_CITATION, PAPER_RESULTS
 from mub.report.results_file import UNKNOWN_PROTOCOL, number, task_name
 from mub.report.rows import KINDS
+from mub_metric.mub_misleading_rate.mub_misleading_rate import wilson_interval
 
 LEVELS = ("low", "medium", "high")  # mub_dataset.features.DIFFICULTY_LEVELS, without importing datasets
 TASKS = {kind: task_name(kind) for kind in KINDS}
 PAPER_PROTOCOL = "paper"  # the paper's decoding and prompts (issue 12's preset name)
 PAPER_SOURCE = f"paper: {PAPER_CITATION}"
-STAMP = re.compile(r"results_(\d{4}-\d{2}-\d{2})T(\d{2})-(\d{2})-(\d{2})")
+STAMP = re.compile(r"results_(\d{4}-\d{2}-\d{2})T(\d{2})-(\d{2})-(\d{2})\.json$")
+# A results file is about 6 KB; anything far larger is not one (and would be copied into every page).
+MAX_SUBMISSION_CHARS = 200_000
+MAX_NESTING = 8  # a results file nests 4 levels deep (config.items_fingerprint, an interval in a task)
+MAX_INT_DIGITS = 18  # counts; a 5,000-digit integer is refused before Python converts it
+MAX_NAME_CHARS = 200
+TOLERANCE = 1e-9  # figures are written rounded to 12 decimals
+CLOCK_SKEW = timedelta(minutes=5)  # a submission "from the future" by less is a clock difference
+# Where several draws per item make the interval clustered by item, it is not the Wilson interval of the
+# draws; it must still contain its rate and be no narrower than half that interval, and no wider than it
+# times sqrt(draws per item) (the widest a cluster of m identical draws makes it) with 25% slack.
+CLUSTERED_NARROWEST, CLUSTERED_SLACK = 0.5, 1.25
 
 
 class InvalidSubmission(ValueError):
@@ -55,6 +79,15 @@ class Skipped:
 
 
 @dataclass(frozen=True)
+class PublishedItems:
+    """What the dataset publishes (``mub build`` writes it into the card and eval.yaml), per task."""
+
+    source: str  # the dataset it was read from: a build folder or a Hub id
+    fingerprints: dict[str, str]  # task (mub_explicit) -> items fingerprint
+    n_items: dict[str, int]  # task -> number of items
+
+
+@dataclass(frozen=True)
 class Rate:
     """A fraction with its 95% interval and denominator (both unknown for the paper's rows)."""
 
@@ -65,7 +98,10 @@ class Rate:
 
 @dataclass(frozen=True)
 class KindFigures:
-    """One protocol kind (explicit or implicit): misleading rate per level and their unweighted mean."""
+    """One protocol kind (explicit or implicit): misleading rate per level and the mean of the three.
+
+    ``mean`` is None unless all three levels have a rate: the page says "mean of the three levels".
+    """
 
     levels: dict[str, Rate]
     mean: float | None
@@ -95,20 +131,85 @@ class BoardRow:
 
 @dataclass(frozen=True)
 class Leaderboard:
-    rows: list[BoardRow]  # per protocol: ranked submissions, then reference rows in the paper's order
+    rows: list[BoardRow]  # per protocol: ranked submissions, then unranked ones; the paper's rows after all
     skipped: list[Skipped]
-    fingerprints: dict[str, dict[str, str]]  # protocol -> task -> the board's items fingerprint
+    fingerprints: dict[str, str]  # task -> the dataset's published items fingerprint
 
     @property
     def protocols(self) -> list[str]:
         return list(dict.fromkeys(row.protocol for row in self.rows))
 
 
-# ------------------------------------------------------------------ validation
+# ------------------------------------------------------------------ normalising submitted text
 
 
-def _fraction(where: str, value: Any, allow_none: bool = True) -> float | None:
-    if value is None and allow_none:
+def clean_text(text: str) -> str:
+    """``text`` as shown: NFKC, format characters (zero-width, direction marks) and control characters removed."""
+    text = unicodedata.normalize("NFKC", text)
+    return "".join(ch for ch in text if unicodedata.category(ch) not in ("Cf", "Cc")).strip()
+
+
+def comparison_key(text: str) -> str:
+    """The form two names are compared in: :func:`clean_text`, case-folded, inner white space collapsed."""
+    return " ".join(clean_text(text).casefold().split())
+
+
+# ------------------------------------------------------------------ reading a file safely
+
+
+def _bounded_int(text: str) -> int:
+    if len(text.lstrip("-")) > MAX_INT_DIGITS:
+        raise InvalidSubmission(f"holds an integer of {len(text)} digits; counts have at most {MAX_INT_DIGITS}")
+    return int(text)
+
+
+def _no_constant(text: str) -> None:
+    raise InvalidSubmission(f"holds {text}, which is not a number in a results file")
+
+
+def _nesting(document: Any) -> int:
+    """How deep ``document`` nests (iteratively: a hostile depth cannot exhaust the stack)."""
+    deepest, stack = 0, [(document, 1)]
+    while stack:
+        value, depth = stack.pop()
+        deepest = max(deepest, depth)
+        if depth > MAX_NESTING:
+            break
+        children = value.values() if isinstance(value, dict) else value if isinstance(value, list) else ()
+        stack.extend((child, depth + 1) for child in children)
+    return deepest
+
+
+def read_document(text: str) -> dict[str, Any]:
+    """The JSON object of a submission, within the size, nesting and number caps."""
+    if len(text) > MAX_SUBMISSION_CHARS:
+        raise InvalidSubmission(f"{len(text)} characters, over the {MAX_SUBMISSION_CHARS:,} a results file may hold")
+    try:
+        document = json.loads(text, parse_int=_bounded_int, parse_constant=_no_constant)
+    except InvalidSubmission:
+        raise
+    except RecursionError:
+        raise InvalidSubmission(f"nested deeper than {MAX_NESTING} levels") from None
+    except ValueError as exc:
+        raise InvalidSubmission(f"not JSON ({str(exc)[:120]})") from None
+    if _nesting(document) > MAX_NESTING:
+        raise InvalidSubmission(f"nested deeper than {MAX_NESTING} levels")
+    if not isinstance(document, dict) or not isinstance(document.get("config"), dict) or not isinstance(document.get("results"), dict):
+        raise InvalidSubmission("not a results file: needs a 'config' object and a 'results' object (mub submit writes them)")
+    return document
+
+
+# ------------------------------------------------------------------ checking figures against their counts
+
+
+def _count(where: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise InvalidSubmission(f"{where} is {value!r}, not a count (submit again with this mub: it writes every count)")
+    return value
+
+
+def _stated_fraction(where: str, value: Any) -> float | None:
+    if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         raise InvalidSubmission(f"{where} is {value!r}, not a number")
@@ -118,68 +219,145 @@ def _fraction(where: str, value: Any, allow_none: bool = True) -> float | None:
     return float(value)
 
 
-def _interval(where: str, value: Any, rate: float | None) -> tuple[float, float] | None:
-    if value is None:
+def _differs(stated: float | None, computed: float | None) -> bool:
+    return (stated is None) != (computed is None) or (computed is not None and abs(stated - computed) > TOLERANCE)
+
+
+def _checked_interval(where: str, value: Any, successes: int, total: int, draws_per_item: float) -> tuple[float, float] | None:
+    """The stated interval, if it is the Wilson interval of successes/total (or, over several draws per
+    item, a clustered interval around the same rate of a plausible width)."""
+    wilson = wilson_interval(successes, total)
+    if value is None and wilson is None:
         return None
-    if not isinstance(value, list) or len(value) != 2:
+    if not isinstance(value, list) or len(value) != 2 or wilson is None:
+        raise InvalidSubmission(f"{where} is {value!r}; the 95% interval of {successes}/{total} is {wilson}")
+    low, high = (_stated_fraction(f"{where}[{i}]", bound) for i, bound in enumerate(value))
+    if low is None or high is None:
         raise InvalidSubmission(f"{where} is {value!r}, not a [low, high] pair")
-    low, high = (_fraction(f"{where}[{i}]", bound, allow_none=False) for i, bound in enumerate(value))
-    if not low <= high or (rate is not None and not low - 1e-9 <= rate <= high + 1e-9):
-        raise InvalidSubmission(f"{where} {value!r} does not contain its rate {rate!r}")
+    if draws_per_item == 1:
+        if abs(low - wilson[0]) > 1e-6 or abs(high - wilson[1]) > 1e-6:
+            raise InvalidSubmission(
+                f"{where} {value!r} is not the 95% Wilson interval of {successes}/{total} "
+                f"[{wilson[0]:.6f}, {wilson[1]:.6f}]"
+            )
+        return low, high
+    rate = successes / total
+    width, expected = high - low, wilson[1] - wilson[0]
+    widest = CLUSTERED_SLACK * math.sqrt(draws_per_item) * expected
+    if not (low - TOLERANCE <= rate <= high + TOLERANCE) or not (
+        CLUSTERED_NARROWEST * expected - TOLERANCE <= width <= widest + TOLERANCE
+    ):
+        raise InvalidSubmission(f"{where} {value!r} does not fit the rate {successes}/{total} (Wilson width {expected:.4f})")
     return low, high
 
 
-def _count(where: str, value: Any) -> int | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise InvalidSubmission(f"{where} is {value!r}, not a count")
-    return value
+def _checked_rate(
+    where: str, figures: Mapping[str, Any], rate: str, numerator: str, denominator: str, draws_per_item: float
+) -> Rate:
+    """``figures[rate]`` recomputed as numerator/denominator; a stated value that differs is refused."""
+    successes = _count(f"{where}.{numerator}", figures.get(numerator))
+    total = _count(f"{where}.{denominator}", figures.get(denominator))
+    if successes > total:
+        raise InvalidSubmission(f"{where}.{numerator} = {successes} exceeds {where}.{denominator} = {total}")
+    computed = successes / total if total else None
+    stated = _stated_fraction(f"{where}.{rate}", figures.get(rate))
+    if _differs(stated, computed):
+        raise InvalidSubmission(f"{where}.{rate} is {stated!r}, but {numerator}/{denominator} = {successes}/{total} gives {computed!r}")
+    ci = _checked_interval(f"{where}.{rate}_ci", figures.get(f"{rate}_ci"), successes, total, draws_per_item)
+    return Rate(None if computed is None else number(computed), ci, total)
 
 
-def _rate(task: str, figures: Mapping[str, Any], rate: str, denominator: str) -> Rate:
-    value = _fraction(f"{task}.{rate}", figures.get(rate))
-    return Rate(value, _interval(f"{task}.{rate}_ci", figures.get(f"{rate}_ci"), value), _count(f"{task}.{denominator}", figures.get(denominator)))
-
-
-def _kind(task: str, figures: Any) -> KindFigures:
+def _kind(task: str, figures: Any, published: PublishedItems) -> tuple[KindFigures, Rate]:
+    """One task's level rates and mean, and its stage-1 accuracy, all recomputed from the counts."""
     if not isinstance(figures, dict):
         raise InvalidSubmission(f"results.{task} is not an object")
-    levels = {level: _rate(task, figures, f"mr_t2f_{level}", f"n_t_{level}") for level in LEVELS}
-    return KindFigures(levels, _fraction(f"{task}.mr_t2f_levels_mean", figures.get("mr_t2f_levels_mean")))
+    n_items = _count(f"{task}.n_items", figures.get("n_items"))
+    if n_items != published.n_items[task]:
+        raise InvalidSubmission(
+            f"{task} answered {n_items} items, the dataset's {task} has {published.n_items[task]}: "
+            "only full runs of the benchmark rank (no --limit, filters or unmerged shards)"
+        )
+    n_draws = _count(f"{task}.n_draws", figures.get("n_draws", n_items))
+    errors = _count(f"{task}.errors", figures.get("errors"))
+    n = _count(f"{task}.n", figures.get("n"))
+    if errors:
+        raise InvalidSubmission(f"{task} has {errors} item errors: finish them (mub run --resume) before submitting")
+    if n_draws < n_items or n + errors != n_draws:
+        raise InvalidSubmission(f"{task}: n = {n} scored of {n_draws} draws of {n_items} items do not add up")
+    draws_per_item = n_draws / n_items if n_items else 1.0
+    _checked_rate(task, figures, "mr_t2f", "t2f", "n_t", draws_per_item)
+    _checked_rate(task, figures, "mr_f2t", "f2t", "n_f", draws_per_item)
+    acc = _checked_rate(task, figures, "accuracy_before", "n_t", "n", draws_per_item)
+    levels = {}
+    for level in LEVELS:
+        level_n = _count(f"{task}.n_{level}", figures.get(f"n_{level}"))
+        rate = _checked_rate(task, figures, f"mr_t2f_{level}", f"t2f_{level}", f"n_t_{level}", draws_per_item)
+        if rate.n > level_n:
+            raise InvalidSubmission(f"{task}.n_t_{level} = {rate.n} exceeds {task}.n_{level} = {level_n}")
+        levels[level] = rate
+    for count in ("n", "n_t", "t2f"):  # the levels are disjoint subsets of the items
+        in_levels = sum(figures[f"{count}_{level}"] for level in LEVELS)
+        if in_levels > figures[count]:
+            raise InvalidSubmission(f"{task}: the levels hold {in_levels} for {count}, more than the {figures[count]} in all")
+    rates = [rate.value for rate in levels.values() if rate.value is not None]
+    # The run's own mean (the metric's levels_mean) is over the levels that have a rate.
+    computed = sum(rates) / len(rates) if rates else None
+    stated = _stated_fraction(f"{task}.mr_t2f_levels_mean", figures.get("mr_t2f_levels_mean"))
+    if _differs(stated, computed):
+        raise InvalidSubmission(f"{task}.mr_t2f_levels_mean is {stated!r}, but its levels give {computed!r}")
+    mean = number(computed) if len(rates) == len(LEVELS) else None
+    return KindFigures(levels, mean), acc
 
 
-def submitted_date(config: Mapping[str, Any], source: str) -> str:
-    """The submission's UTC time: ``config.submitted_at``, else the ``results_<time>`` file name."""
-    value = config.get("submitted_at")
-    if value is not None:
-        try:
-            when = datetime.fromisoformat(str(value))
-        except ValueError:
-            raise InvalidSubmission(f"config.submitted_at {value!r} is not an ISO date") from None
-        return (when if when.tzinfo else when.replace(tzinfo=timezone.utc)).astimezone(timezone.utc).isoformat(timespec="seconds")
+# ------------------------------------------------------------------ identity and date
+
+
+def _model_name(config: Mapping[str, Any], source: str) -> str:
+    model = config.get("model_name")
+    if not isinstance(model, str) or not clean_text(model) or len(model) > MAX_NAME_CHARS:
+        raise InvalidSubmission("config.model_name is missing (or not a name)")
+    shown = clean_text(model)
+    folder = PurePosixPath(source).parent.parts
+    parts = shown.split("/")
+    if [comparison_key(part) for part in folder[-len(parts):]] != [comparison_key(part) for part in parts]:
+        raise InvalidSubmission(
+            f"config.model_name {shown!r} is not the file's folder {'/'.join(folder[-2:])!r}: a submission lives "
+            "in <org>/<model>/results_<time>.json of its own model"
+        )
+    return shown
+
+
+def submitted_date(config: Mapping[str, Any], source: str, now: datetime) -> str:
+    """``config.submitted_at`` in UTC, checked against the ``results_<time>.json`` stamp and the clock."""
     match = STAMP.search(source)
     if not match:
-        raise InvalidSubmission("no config.submitted_at and no results_<time>.json file name to date it")
+        raise InvalidSubmission("the file name is not results_<YYYY-MM-DDTHH-MM-SS>.json, as mub submit writes it")
     day, hour, minute, second = match.groups()
-    return f"{day}T{hour}:{minute}:{second}+00:00"
-
-
-def parse_submission(file: SubmissionFile) -> BoardRow:
-    """One submission as a board row; :class:`InvalidSubmission` says why it cannot be one."""
+    value = config.get("submitted_at")
+    if not isinstance(value, str) or len(value) > 40:
+        raise InvalidSubmission("config.submitted_at is missing (or not a date)")
     try:
-        document = json.loads(file.text)
-    except json.JSONDecodeError as exc:
-        raise InvalidSubmission(f"not JSON ({exc})") from None
-    if not isinstance(document, dict) or not isinstance(document.get("config"), dict) or not isinstance(document.get("results"), dict):
-        raise InvalidSubmission("not a results file: needs a 'config' object and a 'results' object (mub submit writes them)")
+        when = datetime.fromisoformat(value)
+        when = (when if when.tzinfo else when.replace(tzinfo=timezone.utc)).astimezone(timezone.utc)
+        stamped = datetime.fromisoformat(f"{day}T{hour}:{minute}:{second}+00:00")
+    except (ValueError, OverflowError):
+        raise InvalidSubmission("config.submitted_at is not an ISO date (or out of range)") from None
+    if when.replace(microsecond=0) != stamped:
+        raise InvalidSubmission(f"config.submitted_at {when.isoformat()} is not the file name's time {stamped.isoformat()}")
+    if when > now + CLOCK_SKEW:
+        raise InvalidSubmission(f"config.submitted_at {when.isoformat()} lies in the future")
+    return when.isoformat(timespec="seconds")
+
+
+def parse_submission(file: SubmissionFile, published: PublishedItems, now: datetime | None = None) -> BoardRow:
+    """One submission as a board row; :class:`InvalidSubmission` says why it cannot be one."""
+    now = now or datetime.now(timezone.utc)
+    document = read_document(file.text)
     config, results = document["config"], document["results"]
-    model = config.get("model_name")
-    if not isinstance(model, str) or not model.strip():
-        raise InvalidSubmission("config.model_name is missing")
+    model = _model_name(config, file.source)
     protocol = config.get("protocol", UNKNOWN_PROTOCOL)
-    if not isinstance(protocol, str) or not protocol.strip():
-        raise InvalidSubmission(f"config.protocol is {protocol!r}, not a preset name")
+    if not isinstance(protocol, str) or not comparison_key(protocol) or len(protocol) > MAX_NAME_CHARS:
+        raise InvalidSubmission("config.protocol is not a preset name")
     tasks = [kind for kind in KINDS if TASKS[kind] in results]
     if not tasks:
         raise InvalidSubmission(f"results has neither {' nor '.join(TASKS.values())}")
@@ -187,24 +365,40 @@ def parse_submission(file: SubmissionFile) -> BoardRow:
     if not isinstance(fingerprints, dict):
         raise InvalidSubmission("config.items_fingerprint is missing: the items a result was computed on are unknown")
     for kind in tasks:
-        if not isinstance(fingerprints.get(TASKS[kind]), str) or not fingerprints[TASKS[kind]]:
-            raise InvalidSubmission(f"config.items_fingerprint has no fingerprint for {TASKS[kind]}")
+        task = TASKS[kind]
+        if task not in published.fingerprints:
+            raise InvalidSubmission(f"the dataset {published.source} publishes no {task}")
+        if fingerprints.get(task) != published.fingerprints[task]:
+            raise InvalidSubmission(
+                f"{task} items fingerprint {str(fingerprints.get(task))[:40]!r} is not the dataset's "
+                f"{published.fingerprints[task]!r}: other items were answered (another build or a subset)"
+            )
     dataset_id = config.get("dataset_id")
-    if dataset_id is not None and not isinstance(dataset_id, str):
-        raise InvalidSubmission(f"config.dataset_id is {dataset_id!r}, not a Hub id")
-    acc_figures = results[TASKS[tasks[0]]]  # stage 1 is the same prompt in both: the explicit run's, if any
-    kinds = {kind: _kind(TASKS[kind], results[TASKS[kind]]) for kind in tasks}
+    if dataset_id is not None and (not isinstance(dataset_id, str) or len(dataset_id) > MAX_NAME_CHARS):
+        raise InvalidSubmission("config.dataset_id is not a Hub id")
+    submitted = submitted_date(config, file.source, now)
+    checked = {kind: _kind(TASKS[kind], results[TASKS[kind]], published) for kind in tasks}
     return BoardRow(
-        model=model.strip(),
-        protocol=protocol,
+        model=model,
+        protocol=comparison_key(protocol),
         reference=False,
-        acc=_rate(TASKS[tasks[0]], acc_figures, "accuracy_before", "n"),
-        kinds=kinds,
-        submitted=submitted_date(config, file.source),
+        acc=checked[tasks[0]][1],  # stage 1 is the same prompt in both: the explicit run's, if any
+        kinds={kind: figures for kind, (figures, _) in checked.items()},
+        submitted=submitted,
         source=file.source,
-        dataset_id=dataset_id,
+        dataset_id=None if dataset_id is None else clean_text(dataset_id),
         fingerprints=tuple((TASKS[kind], fingerprints[TASKS[kind]]) for kind in tasks),
     )
+
+
+def _checked(file: SubmissionFile, published: PublishedItems, now: datetime) -> BoardRow | Skipped:
+    """The file's row, or why it is skipped: whatever is wrong with one file stays with that file."""
+    try:
+        return parse_submission(file, published, now)
+    except InvalidSubmission as exc:
+        return Skipped(file.source, str(exc))
+    except (ValueError, TypeError, OverflowError, RecursionError, MemoryError) as exc:  # never the whole board
+        return Skipped(file.source, f"unreadable ({type(exc).__name__})")
 
 
 # ------------------------------------------------------------------ the board
@@ -225,67 +419,45 @@ def paper_rows() -> list[BoardRow]:
     return rows
 
 
-def board_fingerprints(rows: Iterable[BoardRow]) -> dict[str, dict[str, str]]:
-    """Per protocol and task, the fingerprint most submissions share; a tie goes to the earliest submission.
-
-    Per protocol, because a protocol preset may select its own items (the paper's exact misled counts).
-    """
-    seen: dict[tuple[str, str], Counter[str]] = {}
-    first: dict[tuple[str, str, str], str] = {}
-    for row in rows:
-        for task, fingerprint in row.fingerprints:
-            seen.setdefault((row.protocol, task), Counter())[fingerprint] += 1
-            key = (row.protocol, task, fingerprint)
-            first[key] = min(first.get(key, row.submitted or ""), row.submitted or "")
-    board: dict[str, dict[str, str]] = {}
-    for (protocol, task), counts in sorted(seen.items()):
-        board.setdefault(protocol, {})[task] = min(counts, key=lambda fp: (-counts[fp], first[protocol, task, fp], fp))
-    return board
-
-
 def _rank_key(row: BoardRow) -> tuple:
     overall = row.overall
-    return (overall is None, overall if overall is not None else 0.0, row.model.lower())
+    return (overall is None, overall if overall is not None else 0.0, comparison_key(row.model))
 
 
-def build_leaderboard(files: Sequence[SubmissionFile], *, skipped: Sequence[Skipped] = (), reference: bool = True) -> Leaderboard:
-    """Validate every file, keep the newest submission per (model, protocol), rank per protocol."""
+def build_leaderboard(
+    files: Sequence[SubmissionFile],
+    published: PublishedItems,
+    *,
+    skipped: Sequence[Skipped] = (),
+    reference: bool = True,
+    now: datetime | None = None,
+) -> Leaderboard:
+    """Check every file, keep the newest submission per (model, protocol), rank per protocol.
+
+    A row ranks when it has both kinds with all three levels; others are listed unranked after the ranked.
+    """
+    now = now or datetime.now(timezone.utc)
     left_out = list(skipped)
     parsed: list[BoardRow] = []
     for file in files:
-        try:
-            parsed.append(parse_submission(file))
-        except InvalidSubmission as exc:
-            left_out.append(Skipped(file.source, str(exc)))
-    fingerprints = board_fingerprints(parsed)
-    matching = []
-    for row in parsed:
-        expected = fingerprints[row.protocol]
-        wrong = [f"{task} {fp} (board: {expected[task]})" for task, fp in row.fingerprints if fp != expected[task]]
-        if wrong:
-            left_out.append(Skipped(row.source, "items fingerprint differs, other items were answered: " + ", ".join(wrong)))
-        else:
-            matching.append(row)
+        outcome = _checked(file, published, now)
+        (left_out if isinstance(outcome, Skipped) else parsed).append(outcome)
     newest: dict[tuple[str, str], BoardRow] = {}
-    for row in sorted(matching, key=lambda r: (r.submitted or "", r.source)):
-        key = (row.model, row.protocol)
+    for row in sorted(parsed, key=lambda r: (r.submitted or "", r.source)):
+        key = (comparison_key(row.model), row.protocol)
         if key in newest:
             older = newest[key]
             left_out.append(Skipped(older.source, f"{row.model} ({row.protocol}) is submitted again, newer: {row.source}"))
         newest[key] = row
     board: list[BoardRow] = []
-    references = paper_rows() if reference else []
-    protocols = sorted({row.protocol for row in newest.values()} | {row.protocol for row in references},
-                       key=lambda p: (p != PAPER_PROTOCOL, p == UNKNOWN_PROTOCOL, p))
+    protocols = sorted({row.protocol for row in newest.values()}, key=lambda p: (p != PAPER_PROTOCOL, p == UNKNOWN_PROTOCOL, p))
     for protocol in protocols:
-        ranked = sorted((row for row in newest.values() if row.protocol == protocol), key=_rank_key)
-        board += [_with_rank(row, rank) for rank, row in enumerate(ranked, 1)]
-        board += [row for row in references if row.protocol == protocol]
-    return Leaderboard(board, left_out, fingerprints)
-
-
-def _with_rank(row: BoardRow, rank: int) -> BoardRow:
-    return replace(row, rank=rank)
+        ordered = sorted((row for row in newest.values() if row.protocol == protocol), key=_rank_key)
+        ranked = [row for row in ordered if row.overall is not None]
+        board += [replace(row, rank=rank) for rank, row in enumerate(ranked, 1)]
+        board += [row for row in ordered if row.overall is None]
+    board += paper_rows() if reference else []
+    return Leaderboard(board, left_out, dict(published.fingerprints))
 
 
 # ------------------------------------------------------------------ flat rows (leaderboard.json, the Space)
@@ -333,9 +505,10 @@ def flat_row(row: BoardRow) -> dict[str, Any]:
 def board_document(board: Leaderboard) -> dict[str, Any]:
     """leaderboard.json: the rows, what was skipped and why, and the board's items fingerprints."""
     return {
-        "units": "fractions; *_ci: 95% Wilson interval; *_n: its denominator (items answered correctly in stage 1, "
-        "or all items for acc); *_mean: unweighted mean of the low/medium/high levels; overall: mean of the "
-        "explicit and implicit means, the ranking key (lower holds answers better)",
+        "units": "fractions, lower is better for every misleading rate; *_ci: 95% Wilson interval; *_n: its "
+        "denominator (items answered correctly in stage 1, or all items for acc); *_mean: unweighted mean of the "
+        "low/medium/high levels (null unless all three have a rate); overall: mean of the explicit and implicit "
+        "means, the ranking key; every figure of a submission was recomputed from its counts",
         "protocols": board.protocols,
         "items_fingerprint": board.fingerprints,
         "rows": [flat_row(row) for row in board.rows],
@@ -345,9 +518,21 @@ def board_document(board: Leaderboard) -> dict[str, Any]:
 
 # ------------------------------------------------------------------ display table (the Space)
 
-VALUE_COLUMNS = ["Acc"] + [f"{kind.capitalize()} {label}" for kind in KINDS for label in (*LEVELS, "mean")] + ["Overall"]
-DISPLAY_COLUMNS = ["Rank", "Model", "Protocol", *VALUE_COLUMNS, "Submitted", "Source"]
-INTERVAL_COLUMNS = ["Model", "Protocol", "Acc"] + [f"{kind.capitalize()} {level}" for kind in KINDS for level in LEVELS]
+# Short headers ("Exp. med.") so that narrow columns break between words, never inside one.
+KIND_ABBREVIATIONS = {"explicit": "Exp.", "implicit": "Imp."}
+LEVEL_ABBREVIATIONS = {"low": "low", "medium": "med.", "high": "high", "mean": "mean"}
+VALUE_COLUMNS = (
+    ["Acc"]
+    + [f"{KIND_ABBREVIATIONS[kind]} {LEVEL_ABBREVIATIONS[label]}" for kind in KINDS for label in (*LEVELS, "mean")]
+    + ["Overall"]
+)
+# The main table's columns; each submission's source is in the interval table, to keep the main one narrow.
+DISPLAY_COLUMNS = ["Rank", "Model", "Protocol", *VALUE_COLUMNS, "Submitted"]
+INTERVAL_COLUMNS = (
+    ["Model", "Protocol", "Acc"]
+    + [f"{KIND_ABBREVIATIONS[kind]} {LEVEL_ABBREVIATIONS[level]}" for kind in KINDS for level in LEVELS]
+    + ["Source"]
+)
 
 
 def _percent(value: float | None) -> float | None:
@@ -365,26 +550,33 @@ def _values(row: BoardRow) -> list[float | None]:
 
 def select_rows(board: Leaderboard, protocol: str | None = None, search: str = "") -> list[BoardRow]:
     """The rows of one protocol (None: all) whose model or source contains ``search`` (any case)."""
-    needle = search.strip().lower()
+    needle = comparison_key(search)
     return [
         row
         for row in board.rows
-        if (not protocol or row.protocol == protocol) and (needle in row.model.lower() or needle in row.source.lower())
+        if (not protocol or row.protocol == protocol)
+        and (needle in comparison_key(row.model) or needle in comparison_key(row.source))
     ]
 
 
 def display_table(
     board: Leaderboard, *, protocol: str | None = None, search: str = "", sort_by: str = "Rank", descending: bool = False
 ) -> list[list[Any]]:
-    """The board as :data:`DISPLAY_COLUMNS` rows, figures in percent; empty cells sort last either way."""
-    rows = []
+    """The board as :data:`DISPLAY_COLUMNS` rows, figures in percent, submissions first and the paper's
+    rows after them whatever the sort (they are not ranked against submissions); empty cells sort last."""
+    column = DISPLAY_COLUMNS.index(sort_by)
+
+    def ordered(rows: list[list[Any]]) -> list[list[Any]]:
+        present = [r for r in rows if r[column] not in (None, "")]
+        absent = [r for r in rows if r[column] in (None, "")]
+        return sorted(present, key=lambda r: r[column], reverse=descending) + absent
+
+    submitted, published = [], []
     for row in select_rows(board, protocol, search):
         model = f"{row.model} (paper)" if row.reference else row.model
-        rows.append([row.rank, model, row.protocol, *map(_percent, _values(row)), row.submitted or "", row.source])
-    column = DISPLAY_COLUMNS.index(sort_by)
-    present = [r for r in rows if r[column] not in (None, "")]
-    absent = [r for r in rows if r[column] in (None, "")]
-    return sorted(present, key=lambda r: r[column], reverse=descending) + absent
+        cells = [row.rank, model, row.protocol, *map(_percent, _values(row)), (row.submitted or "")[:10]]
+        (published if row.reference else submitted).append(cells)
+    return ordered(submitted) + ordered(published)
 
 
 def _interval_text(rate: Rate) -> str:
@@ -403,5 +595,5 @@ def interval_table(board: Leaderboard, *, protocol: str | None = None, search: s
         for kind in KINDS:
             figures = row.kinds.get(kind)
             cells += [_interval_text(figures.levels[level]) if figures else "–" for level in LEVELS]
-        rows.append(cells)
+        rows.append([*cells, row.source])
     return rows

@@ -4,21 +4,29 @@ The results file follows the shape Hub leaderboard readers walk, one JSON
 file alone in ``<org>/<model>/results_<UTC time>.json``::
 
     {"config": {"model_name", "model_sha", "model_dtype", "protocol", "mub_version",
-                "dataset_id", "items_fingerprint", "submitted_at", ...},
+                "dataset_id", "dataset_revision", "items_fingerprint", "submitted_at", ...},
      "results": {"mub_explicit": {...}, "mub_implicit": {...}}}
 
 Every rate is a fraction, with its 95% Wilson interval as ``<rate>_ci`` and
-its denominator as a count; an exact 0 or 1 is written ``0`` or ``1``. The
-model-index block (the ``model-index`` of a Hub model card) uses the same
-fractions, and is made only when the dataset has a Hub id: a local build
-path never reaches a model card, and ``upload`` refuses a submission without
-a Hub dataset id.
+its numerator and denominator as counts (per level too), so that the board
+recomputes it; an exact 0 or 1 is written ``0`` or ``1``. Each task records
+``n_items`` and ``n_draws``. Only a run that can rank is submitted: the full
+benchmark (no ``tiny:`` model, no ``--limit``/``--difficulty``/
+``--misled-count``, no unmerged shard, not the synthetic sample), no item
+errors left, every level covered.
+
+Beside it, the Hub's own formats: the model-index block (the ``model-index``
+of a Hub model card) and ``.eval_results/mub.yaml`` entries made with
+huggingface_hub's :class:`~huggingface_hub.EvalResultEntry`. Both are made
+only when the dataset has a Hub id: a local build path never reaches a model
+card, and ``upload`` refuses a submission without a Hub dataset id.
 """
 
 from __future__ import annotations
 
 import json
-import re
+import os
+import tempfile
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from importlib import metadata
@@ -29,19 +37,18 @@ import yaml
 
 from mub.protocol.presets import CLOSED_MODEL_REQUEST
 from mub.report.report import read_results
-from mub.report.results_file import number, task_name
+from mub.report.results_file import BUILD_SUMMARY, is_hub_id, number, rank_refusal, task_name
 from mub.runs.storage import protocol_name
 from mub_dataset.features import DIFFICULTY_LEVELS
+from mub_dataset.files import give_usual_mode
 
 RATES = ("mr_t2f", "mr_f2t", "accuracy_before", "accuracy_after", "consistency")
-COUNTS = ("n", "n_t", "n_f", "t2f", "f2t", "unparsed_before", "unparsed_after", "errors", "n_items")
+COUNTS = ("n", "n_t", "n_f", "t2f", "f2t", "unparsed_before", "unparsed_after", "errors", "n_items", "n_draws")
+EVAL_RESULTS_FILE = ".eval_results/mub.yaml"  # where a model repository lists its MUB scores
 PAPER_URL = "https://arxiv.org/abs/2411.02708"
 TASK_TYPE = "visual-question-answering"
 PROTOCOL_NAMES = {"explicit": "explicit hints", "implicit": "implicit notes"}
-BUILD_SUMMARY = "build_summary.json"  # written by `mub build`; holds the Hub id given with --repo-id
 STAMP_FORMAT = "%Y-%m-%dT%H-%M-%S"
-# A Hub repository id: one optional namespace and a name, no path syntax.
-HUB_ID = re.compile(r"^(?:[A-Za-z0-9][A-Za-z0-9_.-]{0,95}/)?[A-Za-z0-9][A-Za-z0-9_.-]{0,95}$")
 
 
 @dataclass(frozen=True)
@@ -61,6 +68,7 @@ class RunResults:
 class Submission:
     results: dict[str, Any]  # the leaderboard results file
     model_index: str | None  # YAML text of the model-card block; None without a Hub dataset id
+    eval_results: str | None = None  # YAML text of .eval_results/mub.yaml; None without a Hub dataset id
 
     @property
     def path_in_repo(self) -> str:
@@ -101,11 +109,16 @@ def read_runs(run_dirs: Sequence[str | Path]) -> list[RunResults]:
     if len(set(protocols.values())) > 1:
         listed = ", ".join(f"{path}: {protocol}" for path, protocol in protocols.items())
         raise ValueError(f"a submission is for one protocol; these runs differ ({listed})")
+    for run in runs:
+        check_rankable(run)
     return runs
 
 
-def is_hub_id(text: str) -> bool:
-    return bool(HUB_ID.match(text)) and not Path(text).exists()
+def check_rankable(run: RunResults) -> None:
+    """Refuse, naming the run and the fix, a run that cannot rank: only the full benchmark ranks."""
+    reason = rank_refusal(run.document, run.config)
+    if reason is not None:
+        raise ValueError(f"{run.path}: {reason}")
 
 
 def dataset_id(runs: Sequence[RunResults], given: str | None = None) -> str | None:
@@ -141,7 +154,22 @@ def model_dtype(document: dict[str, Any]) -> str | None:
     return dtype if dtype.startswith("torch.") else f"torch.{dtype}"
 
 
-def model_config(runs: Sequence[RunResults], hub_dataset: str | None, now: datetime) -> dict[str, Any]:
+def dataset_revision(runs: Sequence[RunResults], given: str | None = None) -> str | None:
+    """The dataset's Hub revision: ``--dataset-revision``, else what the runs or their build recorded."""
+    if given is not None:
+        return given
+    found = set()
+    for run in runs:
+        dataset = run.document.get("dataset", {})
+        summary = Path(str(dataset.get("name", ""))) / BUILD_SUMMARY
+        recorded = dataset.get("revision")
+        if recorded is None and summary.is_file():
+            recorded = json.loads(summary.read_text(encoding="utf-8")).get("revision")
+        found.add(recorded)
+    return found.pop() if len(found) == 1 else None
+
+
+def model_config(runs: Sequence[RunResults], hub_dataset: str | None, now: datetime, revision: str | None = None) -> dict[str, Any]:
     """The ``config`` block: model identity, protocol, and what the figures were computed on."""
     first = runs[0].document
     backend = first.get("run", {}).get("backend_info", {})
@@ -153,6 +181,7 @@ def model_config(runs: Sequence[RunResults], hub_dataset: str | None, now: datet
         "protocol": run_protocol(first),
         "mub_version": _mub_version(),
         "dataset_id": hub_dataset,
+        "dataset_revision": revision,
         "items_fingerprint": {
             task_name(run.config): run.document.get("dataset", {}).get("fingerprint") for run in runs
         },
@@ -186,20 +215,24 @@ def task_results(figures: dict[str, Any]) -> dict[str, Any]:
         flat[f"{rate}_ci"] = figures.get(f"{rate}_ci")
     for count in COUNTS:
         flat[count] = figures.get(count)
+    flat["n_draws"] = figures.get("n_draws", figures.get("n_items"))  # one draw per item where not recorded
     flat["mr_t2f_levels_mean"] = figures.get("mr_t2f_levels_mean")
     flat["mcnemar_p"] = figures.get("mcnemar_p")
     for level in DIFFICULTY_LEVELS:
         subset = figures.get("by_difficulty", {}).get(level, {})
         flat[f"mr_t2f_{level}"] = subset.get("mr_t2f")
         flat[f"mr_t2f_{level}_ci"] = subset.get("mr_t2f_ci")
+        flat[f"t2f_{level}"] = subset.get("t2f")
         flat[f"n_t_{level}"] = subset.get("n_t")
         flat[f"n_{level}"] = subset.get("n")
     return {key: number(value) for key, value in flat.items()}
 
 
-def leaderboard_results(runs: Sequence[RunResults], hub_dataset: str | None, now: datetime) -> dict[str, Any]:
+def leaderboard_results(
+    runs: Sequence[RunResults], hub_dataset: str | None, now: datetime, revision: str | None = None
+) -> dict[str, Any]:
     return {
-        "config": model_config(runs, hub_dataset, now),
+        "config": model_config(runs, hub_dataset, now, revision),
         "results": {task_name(run.config): task_results(run.figures) for run in runs},
     }
 
@@ -208,7 +241,7 @@ def _metric(kind: str, label: str, figures: dict[str, Any], rate: str, denominat
     value = figures.get(rate)
     if value is None:
         return None
-    name = f"{label} (fraction)"
+    name = f"{label} (fraction{', lower is better' if kind.startswith('misleading_rate') else ''})"
     ci = figures.get(f"{rate}_ci")
     if ci:
         name += f", 95% CI [{ci[0]:.4f}, {ci[1]:.4f}]"
@@ -241,8 +274,11 @@ def _metrics(figures: dict[str, Any]) -> list[dict[str, Any]]:
     return [entry for entry in entries if entry is not None]
 
 
-def model_index(runs: Sequence[RunResults], hub_dataset: str) -> dict[str, Any]:
-    """The model card's ``model-index`` block: one result entry per config, on the Hub dataset ``hub_dataset``."""
+def model_index(runs: Sequence[RunResults], hub_dataset: str, model_name: str, revision: str | None = None) -> dict[str, Any]:
+    """The model card's ``model-index`` block: one result entry per config, on the Hub dataset ``hub_dataset``.
+
+    ``model_name`` is the name on the board (``--model-name``), never the runs' local path or ``tiny:`` name.
+    """
     if not is_hub_id(hub_dataset):
         raise ValueError(f"model-index needs a Hub dataset id, not {hub_dataset!r}")
     results = []
@@ -256,12 +292,60 @@ def model_index(runs: Sequence[RunResults], hub_dataset: str) -> dict[str, Any]:
                     "type": hub_dataset,
                     "config": run.config,
                     "split": "test",
+                    **({"revision": revision} if revision else {}),
                 },
                 "metrics": _metrics(run.figures),
                 "source": {"name": "MUB (Dang et al., 2025)", "url": PAPER_URL},
             }
         )
-    return {"model-index": [{"name": runs[0].document["model"], "results": results}]}
+    return {"model-index": [{"name": model_name, "results": results}]}
+
+
+def _level_note(level: str, protocol: str) -> str:
+    return (
+        f"misleading rate T->F on the {level} difficulty level (as the protocol defines levels): "
+        f"the share of correct stage-1 answers abandoned after a misleading cue; a fraction, lower is better; "
+        f"protocol {protocol}"
+    )
+
+
+def eval_result_entries(results: dict[str, Any], revision: str | None) -> list[Any]:
+    """``.eval_results`` entries (huggingface_hub's EvalResultEntry): per config, its ranking figure (the
+    unweighted mean of the three levels' misleading rates) first, then each level; task ids are the
+    configs, as ``mub build`` declares them in the dataset's eval.yaml."""
+    from huggingface_hub import EvalResultEntry
+
+    config = results["config"]
+    protocol = config["protocol"]
+    version = config.get("mub_version") or "unknown"
+    common = {
+        "dataset_id": config["dataset_id"],
+        "dataset_revision": revision,
+        "date": config["submitted_at"],
+        "source_url": PAPER_URL,
+        "source_name": f"mub {version} (mub submit)",
+    }
+    entries = []
+    for task, figures in results["results"].items():
+        config_name = task.removeprefix("mub_")
+        n_note = f"n_items {figures.get('n_items')}, n_draws {figures.get('n_draws')}"
+        entries.append(EvalResultEntry(
+            task_id=config_name, value=figures["mr_t2f_levels_mean"], **common,
+            notes=f"mr_t2f_levels_mean: unweighted mean of the low, medium and high misleading rates T->F (the "
+            f"leaderboard's key for this config); a fraction, lower is better; protocol {protocol}; {n_note}",
+        ))  # fmt: skip
+        entries += [
+            EvalResultEntry(task_id=config_name, value=figures[f"mr_t2f_{level}"], **common, notes=_level_note(level, protocol))
+            for level in DIFFICULTY_LEVELS
+        ]
+    return entries
+
+
+def eval_results_yaml(results: dict[str, Any], revision: str | None) -> str:
+    from huggingface_hub import eval_result_entries_to_yaml
+
+    entries = eval_result_entries_to_yaml(eval_result_entries(results, revision))
+    return yaml.safe_dump(entries, sort_keys=False, allow_unicode=True, width=120)
 
 
 def build_submission(
@@ -269,6 +353,7 @@ def build_submission(
     *,
     dataset: str | None = None,
     model_name: str | None = None,
+    revision: str | None = None,
     now: datetime | None = None,
 ) -> Submission:
     """The results file and, when the dataset's Hub id is known, the model-index block.
@@ -281,14 +366,16 @@ def build_submission(
     if model_name is not None and not is_hub_id(model_name):
         raise ValueError(f"--model-name {model_name!r} is not a Hub model id (OWNER/NAME)")
     hub_dataset = dataset_id(runs, dataset)
+    revision = dataset_revision(runs, revision)
     now = now or datetime.now(timezone.utc).replace(microsecond=0)
-    results = leaderboard_results(runs, hub_dataset, now)
+    results = leaderboard_results(runs, hub_dataset, now, revision)
     if model_name is not None:
         results["config"]["model_name"] = model_name
-    snippet = None
-    if hub_dataset is not None:
-        snippet = yaml.safe_dump(model_index(runs, hub_dataset), sort_keys=False, allow_unicode=True, width=120)
-    return Submission(results, snippet)
+    if hub_dataset is None:
+        return Submission(results, None)
+    index = model_index(runs, hub_dataset, results["config"]["model_name"], revision)
+    snippet = yaml.safe_dump(index, sort_keys=False, allow_unicode=True, width=120)
+    return Submission(results, snippet, eval_results_yaml(results, revision))
 
 
 def write_submission(submission: Submission, out: str | Path) -> Path:
@@ -297,11 +384,26 @@ def write_submission(submission: Submission, out: str | Path) -> Path:
     if out.suffix == ".json":
         raise ValueError(f"--out {out} names a file; it is the folder the results go under (<org>/<model>/results_<time>.json)")
     path = out / submission.path_in_repo
-    if path.exists():
-        raise ValueError(f"{path} already exists; a submission never replaces a file (submit again for a new time stamp)")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(submission.results, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    create_exclusively(path, json.dumps(submission.results, indent=2, ensure_ascii=False) + "\n")
     return path
+
+
+def create_exclusively(path: Path, text: str) -> None:
+    """Write ``text`` to a new file ``path``, whole or not at all: a temporary file, then a hard link to the
+    name, which fails if the name exists. Two writers racing for one name: one wins, the other is refused."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, staging = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as file:
+            file.write(text)
+            file.flush()
+            os.fsync(file.fileno())
+        give_usual_mode(staging)
+        os.link(staging, path)
+    except FileExistsError:
+        raise ValueError(f"{path} already exists; a submission never replaces a file (submit again for a new time stamp)") from None
+    finally:
+        os.unlink(staging)
 
 
 def check_uploadable(submission: Submission) -> None:
@@ -333,3 +435,34 @@ def upload(submission: Submission, results_file: Path, repo_id: str) -> str:
         commit_message=f"MUB results for {submission.results['config']['model_name']}",
     )
     return target
+
+
+def eval_results_path(submission: Submission, out: str | Path) -> Path:
+    """``out/.eval_results/<org>/<model>/mub_<time>.yaml``: hidden, so a results repository's readers skip it."""
+    stamp = Path(submission.path_in_repo).stem.removeprefix("results_")
+    return Path(out) / ".eval_results" / model_folder(submission.results["config"]["model_name"]) / f"mub_{stamp}.yaml"
+
+
+def write_eval_results(submission: Submission, out: str | Path) -> Path:
+    """Write the ``.eval_results`` entries (a new file, as the results file) for the model repository."""
+    if submission.eval_results is None:
+        raise ValueError("no .eval_results entries: the dataset has no Hub id (pass --dataset-id ORG/NAME)")
+    path = eval_results_path(submission, out)
+    create_exclusively(path, submission.eval_results)
+    return path
+
+
+def upload_eval_results(submission: Submission, eval_file: Path, model_repo: str) -> str:
+    """Open a pull request adding ``.eval_results/mub.yaml`` to a Hub model repository; returns its URL."""
+    check_uploadable(submission)
+    from huggingface_hub import HfApi
+
+    info = HfApi().upload_file(
+        path_or_fileobj=str(eval_file),
+        path_in_repo=EVAL_RESULTS_FILE,
+        repo_id=model_repo,
+        repo_type="model",
+        create_pr=True,
+        commit_message=f"MUB results ({submission.results['config']['protocol']} protocol)",
+    )
+    return str(getattr(info, "pr_url", None) or info)
