@@ -62,7 +62,11 @@ def rescore_run(run_dir: str | Path, parser: str, out: str | Path, *, overwrite:
     rows = {row["id"]: row for row in selection.rows}
     predictions = source.load_predictions()
     implicit = config.cue_spec().uses_notes  # flipped_by_note is recorded only for notes
-    rescored = [reread(predictions[item_id], rows[item_id], read, implicit=implicit) for item_id in rows if item_id in predictions]
+    rescored = [
+        reread(predictions[key], rows[key[0]], read, implicit=implicit)
+        for key in selection.draw_keys()
+        if key in predictions
+    ]
     new_settings = {**settings, "parser": parser, "rescored_from": str(source.path)}
     folder = RunFolder(out)
     folder.prepare(new_settings, resume=False, overwrite=overwrite)

@@ -55,7 +55,9 @@ Args (config "default"):
         given adds by_difficulty / by_misled_count / by_source / by_question_type. Give a label for every
         row or leave the input out; only difficulty may be None on some rows (items on no level: they
         count in every figure but by_difficulty). misled_count labels are counts as strings ("6").
-    group_id (list of str, optional): cluster of the row (e.g. the image) for the bootstrap.
+    group_id (list of str, optional): cluster of the row (e.g. the image, which holds every draw of an
+        item); given, the <rate>_ci are Wilson intervals at the design-effect-adjusted sample size and the
+        bootstrap resamples clusters.
     original_confidence (list of float in [0, 1], optional): probability the model put on its stage-1
         answer at stage 1.
     confidence_on_original_after (list of float in [0, 1], optional): probability it still puts on
@@ -68,7 +70,8 @@ Args (config "consistency"):
 Returns (config "default"):
     n, n_t, n_f, t2f, f2t, unparsed_before, unparsed_after (int);
     mr_t2f, mr_f2t, accuracy_before, accuracy_after, consistency (float, None when the denominator is 0),
-    each with <rate>_ci = [low, high] (95% Wilson) and, with bootstrap, <rate>_bootstrap_ci;
+    each with <rate>_ci = [low, high] (95% Wilson; with group_id, at n / design effect) and, with
+    bootstrap, <rate>_bootstrap_ci;
     mcnemar_p (float); with confidences: confidence_before, confidence_after_on_original, confidence_drop;
     by_difficulty / by_misled_count / by_source / by_question_type (dict label -> the same figures);
     mr_t2f_levels_mean (unweighted mean of the per-difficulty mr_t2f).
@@ -158,6 +161,33 @@ def wilson_interval(successes: int, total: int, z: float = Z_95) -> Optional[Lis
     low = 0.0 if successes == 0 else max(0.0, centre - half_width)
     high = 1.0 if successes == total else min(1.0, centre + half_width)
     return [low, high]
+
+
+def design_effect(numerators: np.ndarray, denominators: np.ndarray) -> float:
+    """Kish's design effect of a ratio rate sum(numerators) / sum(denominators) over clusters (one entry each).
+
+    The linearised variance of the ratio, sum((y_i - p m_i)^2) / n^2, over the binomial p(1 - p) / n;
+    clusters of one row give exactly 1. Floored at 1, so that clustering never narrows an interval,
+    and 1 where p is 0 or 1 (no spread to measure).
+    """
+    n = float(denominators.sum())
+    if n == 0:
+        return 1.0
+    p = float(numerators.sum()) / n
+    if p <= 0.0 or p >= 1.0:
+        return 1.0
+    between = float(np.square(numerators - p * denominators).sum())
+    return max(1.0, between / (n * p * (1.0 - p)))
+
+
+def clustered_wilson_interval(numerators: np.ndarray, denominators: np.ndarray) -> Optional[List[float]]:
+    """The Wilson interval at the effective sample size n / design_effect: rows of one cluster (the draws
+    of one item, items on one image) are not independent, so they count for less than their number."""
+    total = int(denominators.sum())
+    if total == 0:
+        return None
+    n_effective = total / design_effect(numerators, denominators)
+    return wilson_interval(int(numerators.sum()) / total * n_effective, n_effective)
 
 
 def mcnemar_exact_p(b: int, c: int) -> float:
@@ -349,13 +379,22 @@ def figures(
     counts: Sequence[int],
     confidence_sums: Optional[Sequence[float]] = None,
     bootstrap_cis: Optional[Mapping[str, Optional[List[float]]]] = None,
+    cluster_cells: Optional[np.ndarray] = None,
 ) -> Dict[str, Any]:
-    """All reported figures of one set of rows from its COUNT_FIELDS sums (plain Python types)."""
+    """All reported figures of one set of rows from its COUNT_FIELDS sums (plain Python types).
+
+    With cluster_cells (cluster_counts() of the rows) the intervals are clustered_wilson_interval()s.
+    """
     c = dict(zip(COUNT_FIELDS, (int(x) for x in counts)))
     out: Dict[str, Any] = {name: c[name] for name in REPORTED_COUNTS}
     for name, (numerator, denominator) in RATES.items():
         out[name] = rate(c[numerator], c[denominator])
-        out[f"{name}_ci"] = wilson_interval(c[numerator], c[denominator])
+        if cluster_cells is None:
+            out[f"{name}_ci"] = wilson_interval(c[numerator], c[denominator])
+        else:
+            out[f"{name}_ci"] = clustered_wilson_interval(
+                cluster_cells[:, FIELD_INDEX[numerator]], cluster_cells[:, FIELD_INDEX[denominator]]
+            )
         if bootstrap_cis is not None:
             out[f"{name}_bootstrap_ci"] = bootstrap_cis[name]
     out["mcnemar_p"] = mcnemar_exact_p(c["t2f"], c["f2t"])
@@ -380,23 +419,27 @@ def summarise_groups(
     """Figures per group label (codes index labels); the overall figures are the one-group case.
 
     indicators: outcome_indicators() matrix; confidences: (2 x n) or None; clusters: per-row
-    cluster codes for the bootstrap (defaults to one cluster per row); n_resamples: None = no bootstrap.
+    cluster codes for the intervals and the bootstrap (None: one cluster per row, plain Wilson
+    intervals); n_resamples: None = no bootstrap.
     """
     n_groups = len(labels)
     counts = group_counts(indicators, codes, n_groups)
     conf_sums = None if confidences is None else group_sums(confidences, codes, n_groups)
-    members = rows_by_group(codes, n_groups) if n_resamples else None
+    clustered = clusters is not None
+    members = rows_by_group(codes, n_groups) if n_resamples or clustered else None
     if clusters is None:
         clusters = np.arange(indicators.shape[1])
     index = {label: i for i, label in enumerate(labels)}
     out = {}
     for label in ordered_labels(labels, preferred_order):
         g = index[label]
-        boot = None
+        boot = cells = None
         if members is not None:
             rows = members[g]
-            boot = cluster_bootstrap_intervals(cluster_counts(indicators[:, rows], clusters[rows]), n_resamples, rng)
-        out[label] = figures(counts[g], None if conf_sums is None else conf_sums[g], boot)
+            cells = cluster_counts(indicators[:, rows], clusters[rows])
+            if n_resamples:
+                boot = cluster_bootstrap_intervals(cells, n_resamples, rng)
+        out[label] = figures(counts[g], None if conf_sums is None else conf_sums[g], boot, cells if clustered else None)
     return out
 
 
