@@ -193,7 +193,14 @@ def format_table(results: Mapping[str, Any]) -> str:
                 f"{_percent(f.get('accuracy_before')):>6} {_percent(f.get('mr_t2f')):>7} "
                 f"{_interval(f.get('mr_t2f_ci')):<15} {_percent(f.get('mr_f2t')):>7} {_percent(f.get('consistency')):>7}"
             )
-    lines.append("n: items scored; unparsed: answers read as none, stage 1/stage 2; errors: failed items, not scored")
+    lines.append("n: draws scored; unparsed: answers read as none, stage 1/stage 2; errors: failed draws, not scored")
+    dataset = results["dataset"]
+    if dataset.get("n_draws", dataset.get("n_items")) != dataset.get("n_items"):
+        lines.append(f"draws: {dataset['n_draws']} of {dataset['n_items']} items, once per release copy (rates over draws)")
+    if dataset.get("items_without_copies"):
+        lines.append(
+            f"not drawn: {dataset['items_without_copies']} items have no copy in the release file this setting reads"
+        )
     incomplete = results["results"].get("incomplete_option_probs")
     if incomplete:
         lines.append(

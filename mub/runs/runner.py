@@ -87,6 +87,12 @@ def select_items(config: RunConfig, dataset: datasets.Dataset | None = None) -> 
     if config.cue_spec().uses_notes:
         _check_notes(rows)
     draws = _draws(config, rows)
+    if not any(draws):
+        raise ValueError(
+            f"none of the {len(rows)} selected items of dataset {config.dataset} (config {config.config}) has a copy in "
+            f"the release file the authors' {setting_of(config.config)} script reads, so --draws {DRAW_COPIES} draws "
+            "nothing; select other items, or pass --draws once"
+        )
     info = {
         "name": str(config.dataset),
         "config": config.config,
