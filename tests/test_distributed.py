@@ -258,7 +258,7 @@ def test_merge_refuses_folders_that_are_not_one_run(tmp_path: Path) -> None:
     predictions = one / "predictions.jsonl"
     lines = predictions.read_text(encoding="utf-8").splitlines(keepends=True)
     predictions.write_text("".join(lines[:-1]), encoding="utf-8")
-    with pytest.raises(MergeError, match=r"shard 1/2\) lacks 1 of its 6 items .*--resume"):
+    with pytest.raises(MergeError, match=r"shard 1/2\) lacks 1 of its 6 draws .*--resume"):
         merge_runs([zero, one], out)
     assert main(_run_args(one, dist_helpers.SCRIPTED, "scripted", "--shard", "1/2", "--resume")) == 0
     merge_runs([zero, one], out, progress=False)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections import Counter
 from pathlib import Path
 from typing import Iterator
 
@@ -254,7 +255,11 @@ def test_a_default_run_sends_the_authors_requests(server, release_dir, records_b
     records = {item_id(r["new_id"], r["question"]): r for r in reversed(_release_records())}  # first copy wins
     _cli(server, release_dir, tmp_path / "explicit", "--limit", "60")
     stage1, stage2 = _stages(server)
-    assert len(stage1) == len(stage2) == 60
+    # One stage-1 and one stage-2 request per copy: the records of the item in the main file (run.py runs each).
+    main_file = json.loads((SHARED / "mub_release_sample" / "all_combined_items.jsonl").read_text(encoding="utf-8"))
+    copies = Counter(item_id(r["new_id"], r["question"]) for r in main_file)
+    drawn = {json.loads(line)["id"] for line in (tmp_path / "explicit" / "predictions.jsonl").read_text().splitlines()}
+    assert len(drawn) == 60 and len(stage1) == len(stage2) == sum(copies[i] for i in drawn) > 60
     assert all(prompt_of(b) in records_by_prompt for b in stage1)
     for body in stage1 + stage2:
         assert (body["temperature"], body["top_p"], body["max_tokens"]) == (0.4, 0.9, 256)
@@ -287,7 +292,10 @@ def test_implicit_run_sends_the_authors_notes_at_temperature_0_1(server, release
     records = {item_id(r["new_id"], r["question"]): r for r in reversed(_release_records())}  # first copy wins
     _cli(server, release_dir, tmp_path / "implicit", "--config", "implicit", "--limit", "6")
     stage1, stage2 = _stages(server)
-    assert len(stage1) == 6 and stage2
+    implicit_files = sorted((SHARED / "mub_release_sample" / "implicit" / "mislead_output").glob("*.jsonl"))
+    copies = Counter(item_id(r["new_id"], r["question"]) for f in implicit_files for r in json.loads(f.read_text(encoding="utf-8")))
+    drawn = {json.loads(line)["id"] for line in (tmp_path / "implicit" / "predictions.jsonl").read_text().splitlines()}
+    assert len(drawn) == 6 and len(stage1) == sum(copies[i] for i in drawn) > 6 and stage2
     for body in stage1 + stage2:
         assert (body["temperature"], body["max_tokens"], body["top_p"]) == (0.1, 256, 1.0)
     stage2_prompts = {prompt_of(b) for b in stage2}
