@@ -285,3 +285,20 @@ def test_merge_refuses_a_shard_that_lost_a_draw(release_dir, tmp_path):
     predictions.write_text("".join(line for line in lines if json.loads(line) != lost))
     with pytest.raises(MergeError, match=f"lacks 1 of its .* draws \\({lost['id']}/d2\\)"):
         merge_runs([tmp_path / "shard0", tmp_path / "shard1"], out=tmp_path / "merged", progress=False)
+
+
+def test_report_pairs_two_runs_draw_by_draw_and_resamples_items(tmp_path):
+    from mub.report.compare import compare_predictions
+    from mub.runs.storage import RunFolder
+
+    def steady(request: Request) -> str:
+        return "A"  # every draw correct and kept
+
+    config = RunConfig(model="scripted", backend="scripted", protocol="paper", out=str(tmp_path / "a"), progress=False)
+    run(config, backend=ScriptedBackend(scripted), dataset=_small_dataset())
+    run(replace(config, out=str(tmp_path / "b")), backend=ScriptedBackend(steady), dataset=_small_dataset())
+    a, b = (list(RunFolder(tmp_path / name).load_predictions().values()) for name in "ab")
+    result = compare_predictions(a, b, n_boot=500, seed=1)
+    # Over the six shared draws: a flips 3 of its 5 T draws, b none of its 6; three items are resampled.
+    assert (result.n_items, result.mr_t2f_a, result.mr_t2f_b) == (3, pytest.approx(3 / 5), 0.0)
+    assert result.ci is not None and result.ci[0] <= -3 / 5 <= result.ci[1]

@@ -33,7 +33,7 @@ from mub.runs.storage import protocol_name
 from mub_dataset.features import DIFFICULTY_LEVELS
 
 RATES = ("mr_t2f", "mr_f2t", "accuracy_before", "accuracy_after", "consistency")
-COUNTS = ("n", "n_t", "n_f", "t2f", "f2t", "unparsed_before", "unparsed_after", "errors", "n_items")
+COUNTS = ("n", "n_t", "n_f", "t2f", "f2t", "unparsed_before", "unparsed_after", "errors", "n_items", "n_draws")
 PAPER_URL = "https://arxiv.org/abs/2411.02708"
 TASK_TYPE = "visual-question-answering"
 PROTOCOL_NAMES = {"explicit": "explicit hints", "implicit": "implicit notes"}
