@@ -50,7 +50,8 @@ def format_build_summary(summary: dict) -> str:
     lines = [
         f"release: {summary['release']}",
         f"records read: {summary['records_read']}",
-        f"duplicates removed: {summary['duplicates_removed']}",
+        f"duplicates removed: {summary['duplicates_removed']} (kept as copies: the paper preset draws each item once per "
+        f"copy, {summary['copies']} main-file and {summary['implicit_copies']} implicit-file draws in all)",
         f"records lost to truncation: {summary['records_lost_to_truncation']}",
         f"items: {summary['items']}",
     ]

@@ -195,8 +195,9 @@ def format_table(results: Mapping[str, Any]) -> str:
             )
     lines.append("n: draws scored; unparsed: answers read as none, stage 1/stage 2; errors: failed draws, not scored")
     dataset = results["dataset"]
-    if dataset.get("n_draws", dataset.get("n_items")) != dataset.get("n_items"):
-        lines.append(f"draws: {dataset['n_draws']} of {dataset['n_items']} items, once per release copy (rates over draws)")
+    drawn = dataset.get("n_items", 0) - dataset.get("items_without_copies", 0)
+    if dataset.get("n_draws", drawn) != drawn:
+        lines.append(f"draws: {dataset['n_draws']} of {drawn} items, once per release copy (rates over draws)")
     if dataset.get("items_without_copies"):
         lines.append(
             f"not drawn: {dataset['items_without_copies']} items have no copy in the release file this setting reads"
