@@ -778,3 +778,13 @@ def test_group_id_of_one_row_each_leaves_the_wilson_interval_and_repeated_rows_w
     centre = (0.5 + z * z / (2 * n)) / (1 + z * z / n)
     half = z * math.sqrt(0.25 / n + z * z / (4 * n * n)) / (1 + z * z / n)
     assert deff == 4 and spread["mr_t2f_ci"] == pytest.approx([centre - half, centre + half])
+
+
+def test_design_effects_are_the_same_from_dense_and_sorted_cells(monkeypatch):
+    rng = np.random.default_rng(4)
+    indicators = (rng.random((len(mm.COUNT_FIELDS), 3000)) < 0.4).astype(np.int64)
+    codes = rng.integers(0, 5, 3000)
+    clusters = rng.integers(0, 700, 3000)
+    dense = mm.design_effects(indicators, codes, 5, clusters)
+    monkeypatch.setattr(mm, "DENSE_CELL_FACTOR", 0)  # every cell found by sorting instead
+    assert np.allclose(mm.design_effects(indicators, codes, 5, clusters), dense) and (dense > 1).any()

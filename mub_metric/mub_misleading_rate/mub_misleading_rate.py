@@ -132,6 +132,8 @@ RATES = {
 EXACT_BINOMIAL_LIMIT = 1000
 # Bound on resamples x distinct-cluster cells held at once by the bootstrap.
 BOOTSTRAP_CHUNK_CELLS = 4_000_000
+# design_effects bins (group, cluster) cells densely up to this many cells per row, and sorts beyond.
+DENSE_CELL_FACTOR = 4
 # Rows per Arrow record batch in the cache file. evaluate leaves writer_batch_size unset, so datasets
 # falls back to 1,000-row batches and 1e6 rows come back as 1,000 chunks (~0.4 s extra, profiled).
 WRITER_BATCH_ROWS = 100_000
@@ -163,31 +165,13 @@ def wilson_interval(successes: int, total: int, z: float = Z_95) -> Optional[Lis
     return [low, high]
 
 
-def design_effect(numerators: np.ndarray, denominators: np.ndarray) -> float:
-    """Kish's design effect of a ratio rate sum(numerators) / sum(denominators) over clusters (one entry each).
-
-    The linearised variance of the ratio, sum((y_i - p m_i)^2) / n^2, over the binomial p(1 - p) / n;
-    clusters of one row give exactly 1. Floored at 1, so that clustering never narrows an interval,
-    and 1 where p is 0 or 1 (no spread to measure).
-    """
-    n = float(denominators.sum())
-    if n == 0:
-        return 1.0
-    p = float(numerators.sum()) / n
-    if p <= 0.0 or p >= 1.0:
-        return 1.0
-    between = float(np.square(numerators - p * denominators).sum())
-    return max(1.0, between / (n * p * (1.0 - p)))
-
-
-def clustered_wilson_interval(numerators: np.ndarray, denominators: np.ndarray) -> Optional[List[float]]:
-    """The Wilson interval at the effective sample size n / design_effect: rows of one cluster (the draws
-    of one item, items on one image) are not independent, so they count for less than their number."""
-    total = int(denominators.sum())
+def clustered_wilson_interval(successes: int, total: int, deff: float) -> Optional[List[float]]:
+    """The Wilson interval at the effective sample size total / deff (see design_effects): rows of one
+    cluster (the draws of one item, items on one image) are not independent, so count for less."""
     if total == 0:
         return None
-    n_effective = total / design_effect(numerators, denominators)
-    return wilson_interval(int(numerators.sum()) / total * n_effective, n_effective)
+    n_effective = total / deff
+    return wilson_interval(successes / total * n_effective, n_effective)
 
 
 def mcnemar_exact_p(b: int, c: int) -> float:
@@ -365,6 +349,39 @@ def rows_by_group(codes: np.ndarray, n_groups: int) -> List[np.ndarray]:
     return np.split(order, np.cumsum(np.bincount(codes, minlength=n_groups))[:-1])
 
 
+def design_effects(indicators: np.ndarray, codes: np.ndarray, n_groups: int, clusters: np.ndarray) -> np.ndarray:
+    """Kish's design effect of every RATES entry in every group (n_groups x len(RATES)), clustered by clusters.
+
+    For a ratio p = sum(y) / sum(m) over clusters c (y_c, m_c: the cluster's numerator and denominator
+    counts within the group), deff = sum_c (y_c - p m_c)^2 / (m p (1 - p)): the linearised variance of
+    the ratio over the binomial one. Clusters of one row give 1. Floored at 1, so that clustering never
+    narrows an interval, and 1 where p is 0 or 1 (no spread to measure). Each (group, cluster) cell is
+    a bin: dense while groups x clusters stays within DENSE_CELL_FACTOR x rows, else one sort of the
+    rows finds the cells present; memory stays linear in the rows.
+    """
+    n_rows = indicators.shape[1]
+    n_clusters = int(clusters.max()) + 1 if clusters.size else 0
+    cell = codes.astype(np.int64) * n_clusters + clusters
+    if n_groups * n_clusters <= DENSE_CELL_FACTOR * max(n_rows, 1):
+        n_cells, cell_of_row = n_groups * n_clusters, cell
+        group_of_cell = np.repeat(np.arange(n_groups), n_clusters)
+    else:
+        cells, cell_of_row = np.unique(cell, return_inverse=True)
+        n_cells, cell_of_row, group_of_cell = len(cells), cell_of_row.ravel(), cells // n_clusters
+    needed = sorted({FIELD_INDEX[name] for pair in RATES.values() for name in pair})
+    sums = {f: np.bincount(cell_of_row, weights=indicators[f].astype(np.float64), minlength=n_cells) for f in needed}
+    out = np.ones((n_groups, len(RATES)))
+    for j, (numerator, denominator) in enumerate(RATES.values()):
+        y, m = sums[FIELD_INDEX[numerator]], sums[FIELD_INDEX[denominator]]
+        n = np.bincount(group_of_cell, weights=m, minlength=n_groups)
+        p = np.divide(np.bincount(group_of_cell, weights=y, minlength=n_groups), n, out=np.zeros(n_groups), where=n > 0)
+        between = np.bincount(group_of_cell, weights=np.square(y - p[group_of_cell] * m), minlength=n_groups)
+        binomial = n * p * (1.0 - p)
+        deff = np.divide(between, binomial, out=np.ones(n_groups), where=binomial > 0)
+        out[:, j] = np.maximum(1.0, deff)
+    return out
+
+
 def ordered_labels(labels: Sequence[str], preferred: Sequence[str] = ()) -> List[str]:
     """Preferred labels first (in their order, when present), then the rest sorted."""
     present = set(labels)
@@ -379,22 +396,20 @@ def figures(
     counts: Sequence[int],
     confidence_sums: Optional[Sequence[float]] = None,
     bootstrap_cis: Optional[Mapping[str, Optional[List[float]]]] = None,
-    cluster_cells: Optional[np.ndarray] = None,
+    deffs: Optional[Sequence[float]] = None,
 ) -> Dict[str, Any]:
     """All reported figures of one set of rows from its COUNT_FIELDS sums (plain Python types).
 
-    With cluster_cells (cluster_counts() of the rows) the intervals are clustered_wilson_interval()s.
+    With deffs (one per RATES entry, from design_effects()) the intervals are clustered_wilson_interval()s.
     """
     c = dict(zip(COUNT_FIELDS, (int(x) for x in counts)))
     out: Dict[str, Any] = {name: c[name] for name in REPORTED_COUNTS}
-    for name, (numerator, denominator) in RATES.items():
+    for j, (name, (numerator, denominator)) in enumerate(RATES.items()):
         out[name] = rate(c[numerator], c[denominator])
-        if cluster_cells is None:
+        if deffs is None:
             out[f"{name}_ci"] = wilson_interval(c[numerator], c[denominator])
         else:
-            out[f"{name}_ci"] = clustered_wilson_interval(
-                cluster_cells[:, FIELD_INDEX[numerator]], cluster_cells[:, FIELD_INDEX[denominator]]
-            )
+            out[f"{name}_ci"] = clustered_wilson_interval(c[numerator], c[denominator], float(deffs[j]))
         if bootstrap_cis is not None:
             out[f"{name}_bootstrap_ci"] = bootstrap_cis[name]
     out["mcnemar_p"] = mcnemar_exact_p(c["t2f"], c["f2t"])
@@ -425,21 +440,19 @@ def summarise_groups(
     n_groups = len(labels)
     counts = group_counts(indicators, codes, n_groups)
     conf_sums = None if confidences is None else group_sums(confidences, codes, n_groups)
-    clustered = clusters is not None
-    members = rows_by_group(codes, n_groups) if n_resamples or clustered else None
+    deffs = None if clusters is None else design_effects(indicators, codes, n_groups, clusters)
+    members = rows_by_group(codes, n_groups) if n_resamples else None
     if clusters is None:
         clusters = np.arange(indicators.shape[1])
     index = {label: i for i, label in enumerate(labels)}
     out = {}
     for label in ordered_labels(labels, preferred_order):
         g = index[label]
-        boot = cells = None
+        boot = None
         if members is not None:
             rows = members[g]
-            cells = cluster_counts(indicators[:, rows], clusters[rows])
-            if n_resamples:
-                boot = cluster_bootstrap_intervals(cells, n_resamples, rng)
-        out[label] = figures(counts[g], None if conf_sums is None else conf_sums[g], boot, cells if clustered else None)
+            boot = cluster_bootstrap_intervals(cluster_counts(indicators[:, rows], clusters[rows]), n_resamples, rng)
+        out[label] = figures(counts[g], None if conf_sums is None else conf_sums[g], boot, None if deffs is None else deffs[g])
     return out
 
 
