@@ -349,7 +349,7 @@ def run(config: RunConfig, backend: Backend | None = None, dataset: datasets.Dat
             groups = list(chunks(range(len(todo)), config.batch_size))
             try:
                 with ThreadPoolExecutor(max_workers=1) as pool, tqdm(
-                    total=sum(len(todo[i][2]) for i in range(len(todo))), unit="draw", desc=f"mub {config.config}",
+                    total=sum(len(missing) for _, _, missing in todo), unit="draw", desc=f"mub {config.config}",
                     disable=not config.progress,
                 ) as progress:
                     pending = pool.submit(load_images, selection.dataset, [todo[i][0] for i in groups[0]]) if groups else None

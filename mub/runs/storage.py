@@ -260,11 +260,11 @@ class RunFolder:
     def load_predictions(self) -> dict[DrawKey, ItemPrediction]:
         """Finished draws by (item id, draw), over all predictions files.
 
-        A later record for an id (a retried error) replaces an earlier one,
+        A later record for a draw (a retried error) replaces an earlier one,
         except that a record with an error never replaces one without: that
         keeps the rule independent of the order in which files are read.
         """
-        predictions: dict[str, ItemPrediction] = {}
+        predictions: dict[DrawKey, ItemPrediction] = {}
         for path in self.prediction_files():
             for record in _read_records(path):
                 keep_record(predictions, record, record.draw_key)
