@@ -58,7 +58,7 @@ class MubConfig(datasets.BuilderConfig):
 class Mub(datasets.GeneratorBasedBuilder):
     """MUB from a release folder given as ``data_dir``."""
 
-    VERSION = datasets.Version("1.0.0")
+    VERSION = datasets.Version("1.1.0")  # 1.1.0: the copies and implicit_copies columns
     BUILDER_CONFIG_CLASS = MubConfig
     BUILDER_CONFIGS = [
         MubConfig(name=spec.name, description=spec.description, implicit_only=spec.implicit_only, source=spec.source)

@@ -50,7 +50,8 @@ def format_build_summary(summary: dict) -> str:
     lines = [
         f"release: {summary['release']}",
         f"records read: {summary['records_read']}",
-        f"duplicates removed: {summary['duplicates_removed']}",
+        f"duplicates removed: {summary['duplicates_removed']} (kept as copies: the paper preset draws each item once per "
+        f"copy, {summary['copies']} main-file and {summary['implicit_copies']} implicit-file draws in all)",
         f"records lost to truncation: {summary['records_lost_to_truncation']}",
         f"items: {summary['items']}",
     ]
@@ -88,7 +89,7 @@ def _parse_shard(text: str) -> tuple[int, int]:
 def _add_run(sub: argparse._SubParsersAction) -> None:
     # presets.py imports nothing heavy: `mub --help` stays fast.
     from mub.protocol.cues import CUES, DIALOGUES
-    from mub.protocol.presets import API_REQUESTS, DEFAULT_PROTOCOL, PROTOCOLS, STOP_RULES
+    from mub.protocol.presets import API_REQUESTS, DEFAULT_PROTOCOL, DRAW_MODES, PROTOCOLS, STOP_RULES
 
     p = sub.add_parser("run", help="evaluate a model on MUB (stage 1, then stage 2 with the misleading cue)")
     p.add_argument("--model", required=True, help="Hub id, local folder, or tiny:<arch> (a random plumbing-check model)")
@@ -127,6 +128,11 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
         help="single: stage 2 is a fresh request with the cue in the prompt (the paper's); multi: stage 2 follows the model's own stage-1 answer",
     )  # fmt: skip
     p.add_argument("--notes", type=int, default=5, help="implicit: notes tried per item (default 5)")
+    p.add_argument(
+        "--draws", choices=DRAW_MODES,
+        help="copies: draw each item once per release copy, rates over all draws (the paper's); once: one draw per item. "
+        "Default: the preset's (paper copies, deterministic once); given, it marks the protocol (e.g. 'paper + draws=once')",
+    )  # fmt: skip
     p.add_argument("--max-new-tokens", type=int, help="default: the preset's (paper 256, deterministic 16)")
     p.add_argument("--temperature", type=float, help="0 = greedy, above 0 samples; default: the preset's (paper: the model's generation_config's; deterministic 0)")
     p.add_argument("--top-p", type=float, help="default: the preset's (paper 0.9 explicit, the model's implicit; deterministic 1)")
@@ -180,9 +186,10 @@ def check_item_errors(results: Mapping[str, Any], out: str | Path, fix: str) -> 
     errors = sum(figures.get("errors", 0) for figures in results["results"].values() if isinstance(figures, dict))
     if not errors:
         return EXIT_OK
-    n_items = results.get("dataset", {}).get("n_items", "?")
+    dataset = results.get("dataset", {})
+    n_draws = dataset.get("n_draws", dataset.get("n_items", "?"))  # runs made before draws: one per item
     print(
-        f"mub: {errors} of {n_items} items failed (errors in {Path(out) / 'predictions.jsonl'}); {fix}",
+        f"mub: {errors} of {n_draws} draws failed (errors in {Path(out) / 'predictions.jsonl'}); {fix}",
         file=sys.stderr,
     )
     return EXIT_ITEM_ERRORS
@@ -488,7 +495,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         _check_no_nul(args)
         return args.func(args)
     except RunInterrupted as exc:
-        print(f"interrupted: {exc.saved} of {exc.total} items saved; continue with: {resume_command(argv)}", file=sys.stderr)
+        print(f"interrupted: {exc.saved} of {exc.total} draws saved; continue with: {resume_command(argv)}", file=sys.stderr)
         return EXIT_INTERRUPTED
     except KeyboardInterrupt:
         if args.debug:

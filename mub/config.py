@@ -19,6 +19,7 @@ from mub.protocol.presets import (
     CLOSED_MODEL_DECODING,
     CLOSED_MODEL_REQUEST,
     DEFAULT_PROTOCOL,
+    DRAW_MODES,
     FROM_MODEL,
     STOP_AT_EOS,
     STOP_RULES,
@@ -154,7 +155,7 @@ def decoding_problem(decoding: DecodingSettings) -> str | None:
 
 
 # RunConfig fields that override one field of the protocol preset when set.
-OVERRIDABLE = ("max_new_tokens", "temperature", "top_p", "top_k", "stop", "hint_template")
+OVERRIDABLE = ("max_new_tokens", "temperature", "top_p", "top_k", "stop", "hint_template", "draws")
 
 
 @dataclass
@@ -181,6 +182,7 @@ class RunConfig:
     api_request: str = "open"  # one of API_REQUESTS: how an OpenAI-compatible server is asked
     # None: the preset's value; anything else overrides that one field.
     hint_template: str | None = None
+    draws: str | None = None  # one of mub.protocol.presets.DRAW_MODES; None: the preset's
     cue: str | None = None  # a cue of mub.protocol.cues; None: the config's (hint explicit, note implicit)
     cue_template: str | None = None  # a file whose text replaces the cue's template
     dialogue: str = "single"  # one of mub.protocol.cues.DIALOGUES
@@ -216,6 +218,10 @@ class RunConfig:
     def hint(self) -> str:
         """The explicit hint template: the preset's unless --hint-template gave one."""
         return self.hint_template if self.hint_template is not None else self.preset().hint_template
+
+    def draw_mode(self) -> str:
+        """How many times each item is drawn: ``copies`` (once per release copy) or ``once``."""
+        return self.draws if self.draws is not None else self.preset().draws
 
     def cue_name(self) -> str:
         return self.cue if self.cue is not None else default_cue(setting_of(self.config))
@@ -256,6 +262,8 @@ class RunConfig:
                 f"and --dialogue single (got --backend {self.backend}, --dialogue {self.dialogue})"
             )
         decoding = self.decoding()  # DecodingSettings checks every decoding value (one line naming the flag)
+        if self.draw_mode() not in DRAW_MODES:
+            raise ValueError(f"--draws must be one of {', '.join(DRAW_MODES)}, got {self.draws!r}")
         if self.batch_size < 1 or self.notes < 1 or self.num_samples < 1:
             raise ValueError("--batch-size, --notes and --num-samples must be at least 1")
         if decoding.scoring == "logprob" and not decoding.greedy:
@@ -315,6 +323,7 @@ class RunConfig:
             "dtype": self.dtype,
             "chat_template_sha256": chat_template_sha,
             "protocol": {"preset": self.protocol, "overrides": self.overrides(), "api_request": self.api_request},
+            "draws": self.draw_mode(),
             "hint_template": self.hint(),
             "cue": asdict(self.cue_spec()),
             "dialogue": self.dialogue,

@@ -23,10 +23,10 @@ class MissingDependencyError(ImportError):
 
 
 class RunInterrupted(Exception):
-    """Ctrl-C stopped a run; the finished items are saved in its folder."""
+    """Ctrl-C stopped a run; the finished draws (one per item unless the run draws copies) are saved in its folder."""
 
     def __init__(self, saved: int, total: int) -> None:
-        super().__init__(f"{saved} of {total} items saved")
+        super().__init__(f"{saved} of {total} draws saved")
         self.saved = saved
         self.total = total
 

@@ -37,6 +37,11 @@ FEATURES = datasets.Features(
         "reference_hint": datasets.Value("string"),
         "reference_response": datasets.Value("string"),
         "reference_outcome": datasets.Value("string"),
+        # Records of the item in the release file the authors' script for a setting reads: the main
+        # file (explicit and per-source configs) and the implicit files (implicit config). The paper
+        # preset draws an item once per copy (mub.protocol.presets); 0 where the file lacks the item.
+        "copies": datasets.Value("int32"),
+        "implicit_copies": datasets.Value("int32"),
     }
 )
 

@@ -4,8 +4,11 @@ A release folder holds ``all_combined_items.jsonl`` (one JSON array, despite
 the name), optional ``implicit/mislead_output/allmislead_gpt*_all.jsonl``
 files with implicit notes, and the images the records' ``new_id`` point to.
 Records repeat (4-9 identical copies of an item); an item is identified by
-(``new_id``, ``question``). Every problem raises :class:`ReleaseError` naming
-the file, the item and the fix; nothing is dropped silently.
+(``new_id``, ``question``). Each item becomes one row, which records how many
+copies each file holds (``copies``: the main file, ``implicit_copies``: the
+implicit files), since the authors' scripts run and score every copy. Every
+problem raises :class:`ReleaseError` naming the file, the item and the fix;
+nothing is dropped silently.
 """
 
 from __future__ import annotations
@@ -69,6 +72,9 @@ class Release:
             "release": str(self.root),
             "records_read": self.records_read,
             "duplicates_removed": self.duplicates_removed,
+            # The paper preset draws an item once per copy: these are its draws per setting.
+            "copies": sum(row["copies"] for row in self.rows),
+            "implicit_copies": sum(row["implicit_copies"] for row in self.rows),
             "records_lost_to_truncation": sum(f.records_lost for f in self.files),
             "copies_with_differing_reference_fields": self.reference_conflicts,
             "items": len(self.rows),
@@ -241,11 +247,13 @@ def read_release(root: str | Path, allow_truncated: bool = False) -> Release:
     release.files.append(report)
     implicit_records: dict[tuple[str, str], tuple[Path, dict]] = {}
     implicit_order: list[tuple[str, str]] = []
+    implicit_copies: Counter[tuple[str, str]] = Counter()
     for path in sorted((root / IMPLICIT_DIR).glob(IMPLICIT_PATTERN)):
         records, report = read_record_array(path, allow_truncated)
         release.files.append(report)
         for record in records:
             key = _checked_key(path, record)
+            implicit_copies[key] += 1
             if key not in implicit_records:
                 implicit_records[key] = (path, record)
                 implicit_order.append(key)
@@ -254,8 +262,10 @@ def read_release(root: str | Path, allow_truncated: bool = False) -> Release:
     release.records_read = sum(f.records for f in release.files)
 
     main_items: dict[tuple[str, str], tuple[Path, dict]] = {}
+    main_copies: Counter[tuple[str, str]] = Counter()
     for record in main_records:
         key = _checked_key(main_path, record)
+        main_copies[key] += 1
         if key in main_items:
             release.reference_conflicts += _check_same_item(main_items[key], (main_path, record), notes=False)
         else:
@@ -272,6 +282,7 @@ def read_release(root: str | Path, allow_truncated: bool = False) -> Release:
             row = normalise_record(record, notes[1] if notes else None)
         except RecordError as exc:
             raise ReleaseError(f"{describe_item(path, record)}: {exc}") from None
+        row["copies"], row["implicit_copies"] = main_copies[key], implicit_copies[key]
         try:
             release.image_files[row["id"]] = resolve_image(root, key[0])
         except ReleaseError as exc:

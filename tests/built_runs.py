@@ -23,7 +23,8 @@ def scripted_rule(items: dict[str, dict], flip_share: int) -> Callable[[Request]
     abandoned for the misleading one on `flip_share` in 10 items; wrong ones are kept."""
 
     def answer(request: Request) -> str:
-        item_id, stage, _ = request.key.split("/")
+        parts = request.key.split("/")  # <id>/stage1/0, or <id>/d<k>/stage1/0 for later draws
+        item_id, stage = parts[0], parts[-2]
         item = items[item_id]
         share = bucket(item_id, 10)
         if share == 0:

@@ -53,6 +53,8 @@ EXPECTED_FEATURES = {
     "reference_hint": datasets.Value("string"),
     "reference_response": datasets.Value("string"),
     "reference_outcome": datasets.Value("string"),
+    "copies": datasets.Value("int32"),  # issue 21: records of the item in the main file
+    "implicit_copies": datasets.Value("int32"),  # issue 21: records of the item in the implicit files
 }
 
 # Two real release items, ids and misleading answers computed once from the documented rule:

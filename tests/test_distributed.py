@@ -258,7 +258,7 @@ def test_merge_refuses_folders_that_are_not_one_run(tmp_path: Path) -> None:
     predictions = one / "predictions.jsonl"
     lines = predictions.read_text(encoding="utf-8").splitlines(keepends=True)
     predictions.write_text("".join(lines[:-1]), encoding="utf-8")
-    with pytest.raises(MergeError, match=r"shard 1/2\) lacks 1 of its 6 items .*--resume"):
+    with pytest.raises(MergeError, match=r"shard 1/2\) lacks 1 of its 6 draws .*--resume"):
         merge_runs([zero, one], out)
     assert main(_run_args(one, dist_helpers.SCRIPTED, "scripted", "--shard", "1/2", "--resume")) == 0
     merge_runs([zero, one], out, progress=False)
@@ -312,3 +312,31 @@ def test_tiny_shards_resumed_then_merged_equal_single_process(tmp_path: Path, ti
     assert main(_run_args(shards[1], "transformers", "tiny:llava", "--shard", "1/2", "--resume")) == 0
     assert main(["merge", *map(str, shards), "--out", str(tmp_path / "merged"), "--no-progress"]) == 0
     _assert_same_run(tmp_path / "merged", tiny_single[0])
+
+
+def test_ranks_split_items_with_all_their_draws_and_equal_single_process(tmp_path: Path, release_dir: Path) -> None:
+    """Under the paper preset every item is drawn once per release copy; ranks take whole items."""
+    args = ["run", "--model", "scripted", "--backend", dist_helpers.SCRIPTED, "--dataset", str(release_dir),
+            "--limit", "6", "--batch-size", "2", "--no-progress"]  # fmt: skip
+    assert main([*args, "--out", str(tmp_path / "single")]) == 0
+    for proc in _file_synchronised([*args, "--out", str(tmp_path / "ranks")], launch="draws"):
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    main_file = json.loads((release_dir / "all_combined_items.jsonl").read_text(encoding="utf-8"))
+    single = _items(tmp_path / "single")
+    ids = {record["id"] for record in single}
+    copies = {item: sum(1 for r in main_file if _release_id(r) == item) for item in ids}
+    assert len(ids) == 6 and len(single) == sum(copies.values()) > 6
+    by_rank = [
+        {json.loads(line)["id"] for line in path.read_text(encoding="utf-8").splitlines()}
+        for path in sorted((tmp_path / "ranks").glob("predictions.rank*.jsonl"))
+    ]
+    assert len(by_rank) == 2 and not by_rank[0] & by_rank[1]  # an item's draws are all in one rank's file
+    key = lambda record: (record["id"], record["draw"])  # noqa: E731
+    assert sorted(_items(tmp_path / "ranks"), key=key) == sorted(single, key=key)
+    assert _results(tmp_path / "ranks")["results"] == _results(tmp_path / "single")["results"]
+
+
+def _release_id(record: dict) -> str:
+    import hashlib
+
+    return "mub-" + hashlib.sha256(f"{record['new_id']}\0{record['question']}".encode("utf-8")).hexdigest()[:16]

@@ -159,7 +159,7 @@ def test_failed_items_exit_3_with_the_count_and_the_resume_command(capsys, tmp_p
                 "--out", str(out), "--no-progress"]  # fmt: skip
         code, printed, err = _cli(capsys, *argv)
     assert code == EXIT_ITEM_ERRORS
-    assert f"3 of 3 items failed (errors in {out / 'predictions.jsonl'}); ask for them again with: " in err
+    assert f"3 of 3 draws failed (errors in {out / 'predictions.jsonl'}); ask for them again with: " in err
     assert err.rstrip().endswith(shlex.join(["mub", *argv, "--resume"]))
     row = next(line.split() for line in printed.splitlines() if line.startswith("explicit   all"))
     assert row[2:5] == ["0", "-", "3"]  # n 0, unparsed -, errors 3: visible in the table, not only in results.json
@@ -284,7 +284,7 @@ def test_merging_shards_with_failed_items_exits_3_and_says_to_finish_the_shards(
             assert code == EXIT_ITEM_ERRORS
     code, printed, err = _cli(capsys, "merge", *map(str, shards), "--out", str(tmp_path / "merged"))
     assert code == EXIT_ITEM_ERRORS
-    assert "4 of 4 items failed" in err and "--shard I/N` command with --resume), then merge again" in err
+    assert "4 of 4 draws failed" in err and "--shard I/N` command with --resume), then merge again" in err
     assert f"mub report {tmp_path / 'merged'}" in printed
 
 

@@ -68,7 +68,7 @@ def test_ctrl_c_stops_an_api_run_keeps_finished_items_and_prints_the_resume_comm
         assert "Traceback" not in err
         resume = shlex.join(["mub", *argv, "--resume"])
         ok = [record for record in saved if record["error"] is None]
-        assert f"interrupted: {len(ok)} of {N_ITEMS} items saved; continue with: {resume}" in err
+        assert f"interrupted: {len(ok)} of {N_ITEMS} draws saved; continue with: {resume}" in err
         assert len(ok) >= BATCH
 
         # The printed command finishes the run: only the missing items are asked for.

@@ -756,3 +756,35 @@ def test_publish_metric_dry_run_lists_the_space_files(capsys):
     assert 'evaluate.load("my-org/mub_misleading_rate")' in printed
     assert main(["publish-metric", "--to", "my-org/other_name", "--dry-run"]) == 2
     assert "must be ORG/mub_misleading_rate" in capsys.readouterr().err
+
+
+def test_group_id_of_one_row_each_leaves_the_wilson_interval_and_repeated_rows_widen_it():
+    import mub_metric
+
+    metric = mub_metric.load()
+    rows = dict(original_predictions=["A"] * 8, predictions=["B", "B", "A", "A", "A", "B", "A", "A"], references=["A"] * 8)
+    plain = metric.compute(**rows)
+    singletons = metric.compute(**rows, group_id=[f"img{i}" for i in range(8)])
+    assert singletons["mr_t2f_ci"] == pytest.approx(plain["mr_t2f_ci"])
+    # The same 8 rows as 2 items drawn 4 times, flips (2 of 4) and (1 of 4): deff by hand, Wilson at n / deff.
+    clustered = metric.compute(**rows, group_id=["a"] * 4 + ["b"] * 4)
+    p = 3 / 8
+    deff = ((2 - 4 * p) ** 2 + (1 - 4 * p) ** 2) / (8 * p * (1 - p))
+    assert deff < 1 and clustered["mr_t2f_ci"] == pytest.approx(plain["mr_t2f_ci"])  # floored: never narrower
+    spread = metric.compute(**{**rows, "predictions": ["B"] * 4 + ["A"] * 4}, group_id=["a"] * 4 + ["b"] * 4)
+    deff = ((4 - 4 * 0.5) ** 2 + (0 - 4 * 0.5) ** 2) / (8 * 0.25)
+    z = 1.959963984540054
+    n = 8 / deff
+    centre = (0.5 + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(0.25 / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    assert deff == 4 and spread["mr_t2f_ci"] == pytest.approx([centre - half, centre + half])
+
+
+def test_design_effects_are_the_same_from_dense_and_sorted_cells(monkeypatch):
+    rng = np.random.default_rng(4)
+    indicators = (rng.random((len(mm.COUNT_FIELDS), 3000)) < 0.4).astype(np.int64)
+    codes = rng.integers(0, 5, 3000)
+    clusters = rng.integers(0, 700, 3000)
+    dense = mm.design_effects(indicators, codes, 5, clusters)
+    monkeypatch.setattr(mm, "DENSE_CELL_FACTOR", 0)  # every cell found by sorting instead
+    assert np.allclose(mm.design_effects(indicators, codes, 5, clusters), dense) and (dense > 1).any()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections import Counter
 from pathlib import Path
 from typing import Iterator
 
@@ -261,7 +262,11 @@ def test_a_default_run_sends_the_authors_requests(server, release_dir, records_b
     records = {item_id(r["new_id"], r["question"]): r for r in reversed(_release_records())}  # first copy wins
     _cli(server, release_dir, tmp_path / "explicit", "--limit", "60")
     stage1, stage2 = _stages(server)
-    assert len(stage1) == len(stage2) == 60
+    # One stage-1 and one stage-2 request per copy: the records of the item in the main file (run.py runs each).
+    main_file = json.loads((SHARED / "mub_release_sample" / "all_combined_items.jsonl").read_text(encoding="utf-8"))
+    copies = Counter(item_id(r["new_id"], r["question"]) for r in main_file)
+    drawn = {json.loads(line)["id"] for line in (tmp_path / "explicit" / "predictions.jsonl").read_text().splitlines()}
+    assert len(drawn) == 60 and len(stage1) == len(stage2) == sum(copies[i] for i in drawn) > 60
     assert all(prompt_of(b) in records_by_prompt for b in stage1)
     for body in stage1 + stage2:
         # No temperature: the server applies the model's own, as ms-swift left the model's own.
@@ -300,7 +305,11 @@ def test_implicit_run_sends_the_authors_notes_split_by_seg_note(server, release_
             implicit.setdefault(item_id(record["new_id"], record["question"]), record)
     _cli(server, release_dir, tmp_path / "implicit", "--config", "implicit")
     stage1, stage2 = _stages(server)
-    assert len(stage1) == len(implicit)
+    # One stage-1 request per copy of each item in the implicit files (the authors' implicit run.py runs each).
+    implicit_files = sorted((SHARED / "mub_release_sample" / "implicit" / "mislead_output").glob("*.jsonl"))
+    copies = Counter(item_id(r["new_id"], r["question"]) for f in implicit_files for r in json.loads(f.read_text(encoding="utf-8")))
+    drawn = {json.loads(line)["id"] for line in (tmp_path / "implicit" / "predictions.jsonl").read_text().splitlines()}
+    assert drawn == set(implicit) and len(stage1) == sum(copies[i] for i in drawn) > len(implicit)
     for body in stage1 + stage2:  # the model's own generation_config decides everything but the 256 tokens
         assert body["max_tokens"] == 256 and not {"temperature", "top_p", "top_k"} & set(body)
     sent = [prompt_of(b) for b in stage2]

@@ -114,7 +114,7 @@ def _item(number: int, image: bytes) -> dict:
         "question": f"Question {number}?", "choices": ["red", "green"], "answer": "A",
         "question_type": "multiple_choice", "source": "S", "category": "", "misled_count": 6, "difficulty": "low",
         "misleading_answer": "B", "misleading_answer_source": "seeded", "misleading_notes": [], "guiding_notes": [], "reference_model": "",
-        "reference_hint": "", "reference_response": "", "reference_outcome": "",
+        "reference_hint": "", "reference_response": "", "reference_outcome": "", "copies": 1, "implicit_copies": 1,
     }  # fmt: skip
 
 

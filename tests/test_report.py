@@ -160,8 +160,9 @@ def test_summary_table_covers_every_run(report_dir: Path, runs: dict[str, Path])
     assert sorted((row[0], row[1]) for row in rows) == expected
     steady = _results(runs["steady_explicit"])["results"]["explicit"]
     row = next(r for r in rows if r[0] == "scripted/steady" and r[1] == "explicit")
-    _check_cell(row[6], steady, "mr_t2f", "n_t")
-    _check_cell(row[8], steady, "mr_f2t", "n_f")
+    assert (row[2], row[3]) == (str(steady["n_items"]), str(steady["n_draws"]))  # Items, Draws
+    _check_cell(row[7], steady, "mr_t2f", "n_t")
+    _check_cell(row[9], steady, "mr_f2t", "n_f")
 
 
 def test_html_is_self_contained_and_embeds_every_plot(report_dir: Path) -> None:

@@ -54,6 +54,8 @@ def _item(number: int, *, answer: str = "A", misleading: str = "C", yes_no: bool
         "reference_hint": "",
         "reference_response": "",
         "reference_outcome": "",
+        "copies": 1,
+        "implicit_copies": 1,
     }
 
 
@@ -322,7 +324,7 @@ def test_scoring_refuses_a_run_with_missing_items(tmp_path):
     predictions = tmp_path / "run" / "predictions.jsonl"
     predictions.write_text("".join(predictions.read_text().splitlines(keepends=True)[:2]))  # e.g. a rank not done
     selection = select_items(config, dataset)
-    with pytest.raises(RunFolderError, match="1 of 3 selected items have no prediction"):
+    with pytest.raises(RunFolderError, match="1 of the 3 draws of the 3 selected items have no prediction"):
         finish_run(config, config.settings(selection.info), selection, {}, RunFolder(tmp_path / "run"))
 
 

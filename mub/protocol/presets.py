@@ -31,6 +31,15 @@ INLINE_CHOICE = "inline_choice"  # options written inside the question, sent as 
 YES_NO = "yes_no"
 SETTINGS = ("explicit", "implicit")  # what stage 2 adds: a hint, or notes
 
+# How many times a run draws each item. "copies": once per record of the item in the release file the
+# authors' script for the setting reads (the dataset's `copies` / `implicit_copies` columns); their scripts
+# run and score every record, so an item repeated k times is drawn k times and counts k times. "once": one
+# draw per item, every item weighing the same.
+DRAW_COPIES = "copies"
+DRAW_ONCE = "once"
+DRAW_MODES = (DRAW_COPIES, DRAW_ONCE)
+COPIES_COLUMNS = {"explicit": "copies", "implicit": "implicit_copies"}  # by setting
+
 
 @dataclass(frozen=True)
 class PromptFormat:
@@ -90,6 +99,17 @@ class Protocol:
     hint_template: str  # explicit cue; {answer} is the option it names
     note_template: str  # implicit cue; {note} is the note
     levels: Mapping[str, tuple[int, ...]] = field(default_factory=dict)  # level -> misled counts on it
+    draws: str = DRAW_ONCE  # one of DRAW_MODES: how many times each item is drawn (see draws_of)
+
+
+def draws_of(row: Mapping, setting: str, mode: str) -> int:
+    """How many times a run in draw ``mode`` draws the item ``row`` in ``setting`` (0: never, the file lacks it)."""
+    if mode == DRAW_ONCE:
+        return 1
+    column = COPIES_COLUMNS[setting]
+    if row.get(column) is None:  # a dataset built before copies were recorded
+        raise KeyError(column)
+    return int(row[column])
 
 
 def setting_of(config_name: str) -> str:
@@ -193,6 +213,7 @@ PAPER = Protocol(
     hint_template=RELEASE_HINT_TEMPLATE,
     note_template=PAPER_NOTE_TEMPLATE,
     levels=PAPER_LEVELS,
+    draws=DRAW_COPIES,
 )
 
 # --- deterministic -------------------------------------------------------------

@@ -1,5 +1,9 @@
 """Paired comparison of two runs on the same items: a bootstrap over items.
 
+Runs that draw items several times (the paper preset: once per release copy)
+are paired draw by draw, on the draws both made, and resampled by item: an
+item's draws stay together, as the metric's intervals cluster them.
+
 Two models answered the same items, so their misleading rates are correlated
 (an item that is hard for one tends to be hard for the other). Resampling
 items, and recomputing both rates on each resample, keeps that pairing; the
@@ -15,7 +19,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from mub.protocol.stages import same_answer
-from mub.runs.predictions import ItemPrediction
+from mub.runs.predictions import DrawKey, ItemPrediction
 
 DEFAULT_BOOTSTRAP = 2000
 _CHUNK = 256  # resamples per matrix product: bounds memory to _CHUNK x n_items
@@ -23,7 +27,8 @@ _CHUNK = 256  # resamples per matrix product: bounds memory to _CHUNK x n_items
 
 @dataclass(frozen=True)
 class ItemOutcomes:
-    """Per-item stage-1 and stage-2 correctness of one run, aligned with ``item_ids``."""
+    """Per-draw stage-1 and stage-2 correctness of one run, aligned with ``item_ids`` (an item's id once per
+    draw: the bootstrap resamples items, each with all its draws)."""
 
     item_ids: tuple[str, ...]
     correct_before: np.ndarray  # bool
@@ -45,24 +50,25 @@ class PairedBootstrap:
     seed: int
 
 
-def outcomes(predictions: Sequence[ItemPrediction]) -> dict[str, tuple[bool, bool]]:
-    """Item id -> (stage 1 correct, stage 2 correct); items with errors are left out, as in the metric."""
+def outcomes(predictions: Sequence[ItemPrediction]) -> dict[DrawKey, tuple[bool, bool]]:
+    """(item id, draw) -> (stage 1 correct, stage 2 correct); draws with errors are left out, as in the metric."""
     return {
-        p.id: (same_answer(p.original_prediction, p.answer), same_answer(p.prediction, p.answer))
+        p.draw_key: (same_answer(p.original_prediction, p.answer), same_answer(p.prediction, p.answer))
         for p in predictions
         if p.error is None
     }
 
 
 def match_items(
-    a: Mapping[str, tuple[bool, bool]], b: Mapping[str, tuple[bool, bool]]
+    a: Mapping[DrawKey, tuple[bool, bool]], b: Mapping[DrawKey, tuple[bool, bool]]
 ) -> tuple[ItemOutcomes, ItemOutcomes]:
-    """Both runs restricted to the item ids they share, in one order."""
+    """Both runs restricted to the draws they share, in one order."""
     common = tuple(sorted(set(a) & set(b)))
+    item_ids = tuple(item for item, _ in common)
 
-    def aligned(run: Mapping[str, tuple[bool, bool]]) -> ItemOutcomes:
-        pairs = np.array([run[item] for item in common], dtype=bool).reshape(len(common), 2)
-        return ItemOutcomes(common, pairs[:, 0], pairs[:, 1])
+    def aligned(run: Mapping[DrawKey, tuple[bool, bool]]) -> ItemOutcomes:
+        pairs = np.array([run[key] for key in common], dtype=bool).reshape(len(common), 2)
+        return ItemOutcomes(item_ids, pairs[:, 0], pairs[:, 1])
 
     return aligned(a), aligned(b)
 
@@ -87,14 +93,18 @@ def paired_bootstrap(
     """
     if a.item_ids != b.item_ids:
         raise ValueError("paired_bootstrap needs both runs on the same items in the same order (use match_items)")
-    n = len(a.item_ids)
+    code = {item: number for number, item in enumerate(dict.fromkeys(a.item_ids))}  # in order of appearance
+    item_codes = np.array([code[item] for item in a.item_ids], dtype=np.int64)
+    n = len(code)  # items; each resample draws n of them, each with all its draws
     mr_a, mr_b = _mr_t2f(a), _mr_t2f(b)
     if n == 0 or mr_a is None or mr_b is None:
         return PairedBootstrap(n, mr_a, mr_b, None, None, None, False, n_boot, seed)
-    columns = np.stack(
+    per_draw = np.stack(
         [a.correct_before, a.correct_before & ~a.correct_after, b.correct_before, b.correct_before & ~b.correct_after],
         axis=1,
     ).astype(np.float64)
+    columns = np.zeros((n, per_draw.shape[1]))
+    np.add.at(columns, item_codes, per_draw)  # per item: its draws' counts
     rng = np.random.default_rng(seed)
     differences = []
     for start in range(0, n_boot, _CHUNK):
@@ -112,5 +122,5 @@ def paired_bootstrap(
 def compare_predictions(
     a: Sequence[ItemPrediction], b: Sequence[ItemPrediction], *, n_boot: int = DEFAULT_BOOTSTRAP, seed: int = 0
 ) -> PairedBootstrap:
-    """Paired bootstrap of two runs' predictions, matched by item id."""
+    """Paired bootstrap of two runs' predictions, matched by (item id, draw), resampled by item."""
     return paired_bootstrap(*match_items(outcomes(a), outcomes(b)), n_boot=n_boot, seed=seed)

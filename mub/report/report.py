@@ -207,8 +207,8 @@ def main_table(rows: Sequence[ModelRow]) -> Table:
         body.append(cells)
     caption = (
         "Percentages with 95% Wilson intervals. Acc: stage-1 accuracy (of the explicit run when there is one), "
-        "n = items. Level columns: misleading rate (correct answers abandoned after the cue), "
-        "n = items answered correctly in stage 1, the rate's denominator."
+        "n = draws (one per item, or one per release copy under paper). Level columns: misleading rate (correct "
+        "answers abandoned after the cue), n = draws answered correctly in stage 1, the rate's denominator."
     )
     return Table("Misleading rate by difficulty (paper layout)", headers, body, caption)
 
@@ -218,6 +218,7 @@ def summary_table(runs: Sequence[RunSummary]) -> Table:
         "Model",
         "Config",
         "Items",
+        "Draws",
         "Errors",
         "Acc before",
         "Acc after",
@@ -235,6 +236,7 @@ def summary_table(runs: Sequence[RunSummary]) -> Table:
                 run.label,
                 run.config,
                 str(f.get("n_items", f.get("n", 0))),
+                str(f.get("n_draws", f.get("n_items", f.get("n", 0)))),  # runs made before draws: one per item
                 str(f.get("errors", 0)),
                 rate_cell(f, "accuracy_before", "n"),
                 percent(f.get("accuracy_after")),
@@ -247,7 +249,8 @@ def summary_table(runs: Sequence[RunSummary]) -> Table:
         )
     caption = (
         "All items of each run. MR T→F: misleading rate; MR F→T: wrong or unparsed stage-1 answers that became "
-        "correct after the cue; McNemar p: exact test of T→F against F→T flips. Items with errors are not scored."
+        "correct after the cue; McNemar p: exact test of T→F against F→T flips. Rates are over draws (Draws: one "
+        "per item, or one per release copy under paper); draws with errors are not scored."
     )
     return Table("All figures per run", headers, body, caption)
 
@@ -414,10 +417,11 @@ def comparison_table(
     n_boot, seed = (comparisons[0].result.n_boot, comparisons[0].result.seed) if comparisons else (0, 0)
     caption = (
         f"Misleading rate (T→F) of each run against {against}, on the items both "
-        f"scored (matched by item id). Paired bootstrap over items ({n_boot} resamples, seed {seed}): the interval is "
+        f"scored (matched by item id and draw). Paired bootstrap over items, each with all its draws ({n_boot} "
+        f"resamples, seed {seed}): the interval is "
         "the 2.5–97.5 percentile of the difference; significant when it excludes 0. Detectable: the smallest rise in "
-        "MR over A's that McNemar's test on the items both answered correctly at stage 1 detects with 80% power at "
-        "alpha 0.05 (`mub power`)."
+        "MR over A's that McNemar's test on the draws both answered correctly at stage 1 detects with 80% power at "
+        "alpha 0.05 (`mub power`; draws of one item counted as independent pairs)."
     )
     return Table(title, headers, body, caption)
 

@@ -2,7 +2,8 @@
 
 The shards' items are re-derived from the dataset and the run's settings,
 exactly as ``mub run`` selects them, so the merge can check that the folders
-together hold every item once, detect a dataset that changed since a shard
+together hold every draw of every item once (shards split by item, so an
+item's draws are in one folder), detect a dataset that changed since a shard
 ran, and order the predictions as a single-process run would. The merged
 folder (``run.json``, ``predictions.jsonl``, ``results.json``) is then the
 folder that single-process run would have written; ``mub run --resume`` on
@@ -16,7 +17,8 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from mub.config import RunConfig
-from mub.runs.predictions import ItemPrediction
+from mub.protocol.presets import DRAW_ONCE
+from mub.runs.predictions import DrawKey, ItemPrediction, draw_name
 from mub.runs.runner import Selection, check_references, finish_run, select_items
 from mub.runs.storage import (
     RunFolder,
@@ -59,9 +61,9 @@ def _label(shard: Sequence[int] | None) -> str:
     return "the whole run" if shard is None else f"shard {shard[0]}/{shard[1]}"
 
 
-def _shown(ids: Sequence[str]) -> str:
-    more = f" and {len(ids) - SHOWN_IDS} more" if len(ids) > SHOWN_IDS else ""
-    return ", ".join(ids[:SHOWN_IDS]) + more
+def _shown(keys: Sequence[DrawKey]) -> str:
+    more = f" and {len(keys) - SHOWN_IDS} more" if len(keys) > SHOWN_IDS else ""
+    return ", ".join(map(draw_name, keys[:SHOWN_IDS])) + more
 
 
 def config_from_settings(settings: Mapping[str, Any], out: str | Path | None) -> RunConfig:
@@ -78,13 +80,14 @@ def config_from_settings(settings: Mapping[str, Any], out: str | Path | None) ->
         cue=cue_name(settings),  # whether stage 2 tried notes
         dialogue=dialogue_form(settings),
         notes=settings.get("notes", RunConfig.notes),
+        draws=settings.get("draws", DRAW_ONCE),  # runs made before draws drew each item once
         out=str(out) if out is not None else None,
         progress=False,
     )
 
 
-def _check_shard_items(folder: RunFolder, settings: Mapping[str, Any], config: RunConfig, full: Selection) -> list[str]:
-    """The ids this folder must hold; refuses a folder run on other items than the dataset now gives."""
+def _check_shard_items(folder: RunFolder, settings: Mapping[str, Any], config: RunConfig, full: Selection) -> list[DrawKey]:
+    """The draws this folder must hold; refuses a folder run on other items than the dataset now gives."""
     shard = settings.get("shard")
     selection = full if shard is None else select_items(replace(config, shard=tuple(shard)), full.dataset)
     if selection.info["fingerprint"] != settings.get("items_fingerprint"):
@@ -96,45 +99,46 @@ def _check_shard_items(folder: RunFolder, settings: Mapping[str, Any], config: R
             f"{folder.path} ({_label(shard)}) was run on other items than the dataset {settings['dataset']!r} "
             "gives for it now (items fingerprint differs): the dataset changed since; rerun that shard"
         )
-    return [row["id"] for row in selection.rows]
+    return selection.draw_keys()
 
 
 def collect(
     folders: Sequence[RunFolder], settings: Sequence[Mapping[str, Any]], config: RunConfig, full: Selection
-) -> dict[str, ItemPrediction]:
-    """Every selected item's record, each from the one folder that holds it."""
-    found: dict[str, ItemPrediction] = {}
-    holder: dict[str, Path] = {}
+) -> dict[DrawKey, ItemPrediction]:
+    """Every selected draw's record, each from the one folder that holds it."""
+    found: dict[DrawKey, ItemPrediction] = {}
+    holder: dict[DrawKey, Path] = {}
     missing: list[str] = []
     for folder, folder_settings in zip(folders, settings):
         expected = _check_shard_items(folder, folder_settings, config, full)
         check_references(folder, full.rows)
         records = folder.load_predictions()
-        duplicated = [item_id for item_id in records if item_id in found]
+        duplicated = [key for key in records if key in found]
         if duplicated:
             raise MergeError(
-                f"items {_shown(duplicated)} are in both {holder[duplicated[0]]} and {folder.path}: "
+                f"draws {_shown(duplicated)} are in both {holder[duplicated[0]]} and {folder.path}: "
                 "each shard may be given once"
             )
         outside = sorted(set(records) - set(expected))
         if outside:
-            raise MergeError(f"{folder.path} holds items outside its {_label(folder_settings.get('shard'))}: {_shown(outside)}")
-        missing_here = [item_id for item_id in expected if item_id not in records]
+            raise MergeError(f"{folder.path} holds draws outside its {_label(folder_settings.get('shard'))}: {_shown(outside)}")
+        missing_here = [key for key in expected if key not in records]
         if missing_here:
             missing.append(
                 f"{folder.path} ({_label(folder_settings.get('shard'))}) lacks {len(missing_here)} of its "
-                f"{len(expected)} items ({_shown(missing_here)}); finish it with mub run ... --resume"
+                f"{len(expected)} draws ({_shown(missing_here)}); finish it with mub run ... --resume"
             )
-        for item_id in records:
-            holder[item_id] = folder.path
+        for key in records:
+            holder[key] = folder.path
         found.update(records)
     if missing:
         raise MergeError("; ".join(missing))
-    absent = [row["id"] for row in full.rows if row["id"] not in found]
+    expected_all = full.draw_keys()
+    absent = [key for key in expected_all if key not in found]
     if absent:
         shards = sorted({tuple(s["shard"]) for s in settings if s.get("shard")})
         raise MergeError(
-            f"{len(absent)} of the run's {len(full.rows)} items are in none of the folders ({_shown(absent)}); "
+            f"{len(absent)} of the run's {len(expected_all)} draws are in none of the folders ({_shown(absent)}); "
             f"shards given: {', '.join(f'{i}/{n}' for i, n in shards) or 'none'}. Add the missing shard folders"
         )
     return found
@@ -175,7 +179,7 @@ def merge_runs(
             folder.prepare(merged_settings, resume=False, overwrite=overwrite, items=full.digests)
         except RunFolderError as exc:
             raise MergeError(f"{exc} (mub merge: pass --overwrite to replace it)") from None
-        folder.append(records[row["id"]] for row in full.rows)
+        folder.append(records[key] for key in full.draw_keys())
 
         shard_results = _shard_results(folders)
         run_info = shard_results.get("run", {})

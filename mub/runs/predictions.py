@@ -1,12 +1,22 @@
 """Per-item records of a run: what was asked, what came back, what it parsed to.
 
-One :class:`ItemPrediction` is one line of ``predictions.jsonl``.
+One :class:`ItemPrediction` is one line of ``predictions.jsonl``: one draw of
+one item. A run that draws an item several times (the paper preset: once per
+release copy) writes one line per draw, told apart by ``draw`` (0, 1, ...).
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from typing import Any
+
+DrawKey = tuple[str, int]  # (item id, draw): what identifies a line of predictions.jsonl
+
+
+def draw_name(key: DrawKey) -> str:
+    """A draw as messages name it: the item id, then ``/d<draw>`` after the first draw."""
+    item_id, draw = key
+    return item_id if draw == 0 else f"{item_id}/d{draw}"
 
 
 @dataclass
@@ -29,7 +39,7 @@ class StageAnswer:
 
 @dataclass
 class ItemPrediction:
-    """Both stages of one item.
+    """Both stages of one draw of one item (``draw``: 0 for the first; runs made before draws hold 0).
 
     ``original_prediction`` is the stage-1 answer (the first sample when
     several were drawn); ``prediction`` is the stage-2 answer (for implicit
@@ -51,6 +61,11 @@ class ItemPrediction:
     prediction: str | None = None
     flipped_by_note: int | None = None
     error: str | None = None
+    draw: int = 0
+
+    @property
+    def draw_key(self) -> DrawKey:
+        return (self.id, self.draw)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

@@ -78,7 +78,11 @@ def rescore_run(run_dir: str | Path, parser: str, out: str | Path, *, overwrite:
     def read(output: str, row: Mapping[str, Any]) -> str | None:
         return reader(output, row, implicit_setting)
 
-    rescored = [reread(predictions[item_id], rows[item_id], read, implicit=implicit) for item_id in rows if item_id in predictions]
+    rescored = [
+        reread(predictions[key], rows[key[0]], read, implicit=implicit)
+        for key in selection.draw_keys()
+        if key in predictions
+    ]
     new_settings = {**settings, "parser": parser, "rescored_from": str(source.path)}
     folder = RunFolder(out)
     folder.prepare(new_settings, resume=False, overwrite=overwrite, items=selection.digests)

@@ -64,22 +64,38 @@ def metric_inputs(predictions: Sequence[ItemPrediction]) -> dict[str, list]:
     return inputs
 
 
+def draw_counts(predictions: Sequence[ItemPrediction]) -> dict[str, int]:
+    """``n_items`` (distinct items) and ``n_draws`` (records: draws, failed ones included) of ``predictions``."""
+    return {"n_items": len({p.id for p in predictions}), "n_draws": len(predictions)}
+
+
+# Breakdowns of the metric's output that get n_items and n_draws per group, by the record field that groups.
+COUNTED_BREAKDOWNS = {"by_difficulty": "difficulty", "by_source": "source"}
+
+
 def score(predictions: Sequence[ItemPrediction], *, bootstrap: int = 0, seed: int = 0) -> dict[str, Any]:
-    """The mub_misleading_rate output plus error counts for a list of item predictions."""
+    """The mub_misleading_rate output over draws plus error and item/draw counts for a list of draw records.
+
+    Every draw is a row (an item drawn k times counts k times, as in the paper); rows share the item's
+    ``group_id`` (its image), so the metric's intervals are clustered by item. ``n`` counts scored draws.
+    """
     inputs = metric_inputs(predictions)
     failed = [p for p in predictions if p.error is not None]
     # Items on no level (difficulty None) count in "errors" only, as they count in no level's figures.
     by_level = Counter(p.difficulty for p in failed if p.difficulty is not None)
     errors = {"errors": len(failed), "errors_by_difficulty": dict(by_level)}
     if not inputs["references"]:
-        return {"n": 0, **errors, "n_items": len(predictions)}
+        return {"n": 0, **errors, **draw_counts(predictions)}
     kwargs = {"bootstrap": bootstrap, "seed": seed} if bootstrap else {}
     result = _metric().compute(**inputs, **kwargs)
-    return {**result, **errors, "n_items": len(predictions)}
+    for breakdown, field_name in COUNTED_BREAKDOWNS.items():
+        for label, figures in result.get(breakdown, {}).items():
+            figures.update(draw_counts([p for p in predictions if getattr(p, field_name) == label]))
+    return {**result, **errors, **draw_counts(predictions)}
 
 
 def rates_by_notes(predictions: Sequence[ItemPrediction], max_notes: int) -> dict[str, dict[str, float | None]]:
-    """Implicit rates had only the first k notes been tried, k = 1..max_notes (``--notes``).
+    """Implicit rates over draws had only the first k notes been tried, k = 1..max_notes (``--notes``).
 
     An item counts as flipped within k notes when the note that flipped it
     (``flipped_by_note``, 0-based) is among its first k; the paper's runs with up
@@ -177,7 +193,15 @@ def format_table(results: Mapping[str, Any]) -> str:
                 f"{_percent(f.get('accuracy_before')):>6} {_percent(f.get('mr_t2f')):>7} "
                 f"{_interval(f.get('mr_t2f_ci')):<15} {_percent(f.get('mr_f2t')):>7} {_percent(f.get('consistency')):>7}"
             )
-    lines.append("n: items scored; unparsed: answers read as none, stage 1/stage 2; errors: failed items, not scored")
+    lines.append("n: draws scored; unparsed: answers read as none, stage 1/stage 2; errors: failed draws, not scored")
+    dataset = results["dataset"]
+    drawn = dataset.get("n_items", 0) - dataset.get("items_without_copies", 0)
+    if dataset.get("n_draws", drawn) != drawn:
+        lines.append(f"draws: {dataset['n_draws']} of {drawn} items, once per release copy (rates over draws)")
+    if dataset.get("items_without_copies"):
+        lines.append(
+            f"not drawn: {dataset['items_without_copies']} items have no copy in the release file this setting reads"
+        )
     incomplete = results["results"].get("incomplete_option_probs")
     if incomplete:
         lines.append(

@@ -24,10 +24,10 @@ from mub.errors import RunInterrupted
 from mub.protocol import stages
 from mub.protocol.cues import Cue, followup
 from mub.protocol.parsing import option_labels, parse_answer
-from mub.protocol.presets import PromptFormat, level_of, setting_of
+from mub.protocol.presets import DRAW_COPIES, PromptFormat, draws_of, level_of, setting_of
 from mub.protocol.prompts import item_kind, render
 from mub.runs import distributed
-from mub.runs.predictions import ItemPrediction, StageAnswer
+from mub.runs.predictions import DrawKey, ItemPrediction, StageAnswer, draw_name
 from mub.runs.results import build_results
 from mub.runs.storage import RunFolder, RunFolderError
 from mub_dataset.features import IMAGE_HASH_COLUMN
@@ -37,13 +37,18 @@ from mub_dataset.fingerprint import ItemDigests, field_digests, items_fingerprin
 
 @dataclass
 class Selection:
-    """The items a run covers: metadata rows and the dataset they index (images undecoded)."""
+    """The items a run covers: metadata rows, the dataset they index (images undecoded) and each item's draws."""
 
     dataset: datasets.Dataset
     indices: list[int]
     rows: list[dict[str, Any]]
     info: dict[str, Any]
     digests: ItemDigests  # per item and field, recorded in the run folder to name what changed
+    draws: list[int]  # per row: how many times the run draws it (0: the setting's release file lacks it)
+
+    def draw_keys(self) -> list[DrawKey]:
+        """Every draw the run makes, item by item, in selection order."""
+        return [(row["id"], draw) for row, count in zip(self.rows, self.draws) for draw in range(count)]
 
 
 def _load_quietly(config: RunConfig) -> datasets.Dataset:
@@ -87,8 +92,34 @@ def select_items(config: RunConfig, dataset: datasets.Dataset | None = None) -> 
         raise ValueError(_no_items_message(config, all_rows))
     if config.cue_spec().uses_notes:
         _check_notes(rows)
-    info = {"name": str(config.dataset), "config": config.config, "n_items": len(rows), "fingerprint": items_fingerprint(rows)}
-    return Selection(dataset, indices, rows, info, field_digests(rows))
+    draws = _draws(config, rows)
+    if not any(draws):
+        raise ValueError(
+            f"none of the {len(rows)} selected items of dataset {config.dataset} (config {config.config}) has a copy in "
+            f"the release file the authors' {setting_of(config.config)} script reads, so --draws {DRAW_COPIES} draws "
+            "nothing; select other items, or pass --draws once"
+        )
+    info = {
+        "name": str(config.dataset),
+        "config": config.config,
+        "n_items": len(rows),
+        "n_draws": sum(draws),
+        "items_without_copies": draws.count(0),
+        "fingerprint": items_fingerprint(rows),
+    }
+    return Selection(dataset, indices, rows, info, field_digests(rows), draws)
+
+
+def _draws(config: RunConfig, rows: Sequence[Mapping[str, Any]]) -> list[int]:
+    """Each item's number of draws under the run's draw mode (``--draws``)."""
+    setting, mode = setting_of(config.config), config.draw_mode()
+    try:
+        return [draws_of(row, setting, mode) for row in rows]
+    except KeyError as exc:
+        raise ValueError(
+            f"dataset {config.dataset} has no {exc.args[0]!r} column (built before mub recorded release copies), "
+            f"which --draws {DRAW_COPIES} needs; rebuild it with `mub build`, or pass --draws once"
+        ) from None
 
 
 def _no_items_message(config: RunConfig, all_rows: Sequence[Mapping[str, Any]]) -> str:
@@ -142,8 +173,8 @@ def load_images(dataset: datasets.Dataset, indices: Sequence[int]) -> list[Loade
     return loaded
 
 
-def item_record(row: Mapping[str, Any], group_id: str, stage1: list[StageAnswer]) -> ItemPrediction:
-    """An item's record after stage 1; its error is the first failed answer's."""
+def item_record(row: Mapping[str, Any], group_id: str, stage1: list[StageAnswer], draw: int = 0) -> ItemPrediction:
+    """A draw's record after stage 1; its error is the first failed answer's."""
     return ItemPrediction(
         id=row["id"],
         answer=row["answer"],
@@ -155,26 +186,42 @@ def item_record(row: Mapping[str, Any], group_id: str, stage1: list[StageAnswer]
         stage1=stage1,
         original_prediction=stage1[0].parsed,
         error=next((a.error for a in stage1 if a.error), None),
+        draw=draw,
     )
 
 
-def image_error_record(row: Mapping[str, Any], loaded: LoadedImage) -> ItemPrediction:
-    """The record of an item whose image could not be decoded: an item error, retried by ``--resume``."""
+def image_error_record(row: Mapping[str, Any], loaded: LoadedImage, draw: int = 0) -> ItemPrediction:
+    """The record of a draw whose image could not be decoded: an item error, retried by ``--resume``."""
     error = f"item {row['id']}: {loaded.error}; fix or replace the image in the dataset"
-    return item_record(row, loaded.group_id, [StageAnswer(cue="", output="", parsed=None, error=error)])
+    return item_record(row, loaded.group_id, [StageAnswer(cue="", output="", parsed=None, error=error)], draw)
 
 
 def predict_group(
-    rows: Sequence[Mapping[str, Any]], images: Sequence[LoadedImage], backend: Backend, config: RunConfig
+    rows: Sequence[Mapping[str, Any]],
+    images: Sequence[LoadedImage],
+    backend: Backend,
+    config: RunConfig,
+    draws: Sequence[Sequence[int]] | None = None,
 ) -> list[ItemPrediction]:
-    """:func:`run_batch` for the items whose image decoded, an item error for each other one; in item order."""
-    decoded = [(row, loaded) for row, loaded in zip(rows, images) if loaded.error is None]
+    """:func:`run_batch` for the draws (``draws[i]``: row i's, default its first) of the items whose image
+    decoded, an item error for each draw of every other one; item by item, draws in the order given."""
+    draws = draws if draws is not None else [[0]] * len(rows)
+    units = [(row, loaded, draw) for row, loaded, wanted in zip(rows, images, draws) for draw in wanted]
+    decoded = [(row, loaded, draw) for row, loaded, draw in units if loaded.error is None]
     answered = iter(
-        run_batch([row for row, _ in decoded], [(loaded.image, loaded.group_id, loaded.data) for _, loaded in decoded], backend, config)
+        run_batch(
+            [row for row, _, _ in decoded],
+            [(loaded.image, loaded.group_id, loaded.data) for _, loaded, _ in decoded],
+            backend,
+            config,
+            [draw for _, _, draw in decoded],
+        )
         if decoded
         else []
     )
-    return [next(answered) if loaded.error is None else image_error_record(row, loaded) for row, loaded in zip(rows, images)]
+    return [
+        next(answered) if loaded.error is None else image_error_record(row, loaded, draw) for row, loaded, draw in units
+    ]
 
 
 def _answer(generation: Generation, cue: str, row: Mapping[str, Any], hinted: str | None = None) -> StageAnswer:
@@ -224,8 +271,15 @@ def run_batch(
     images: Sequence[tuple[Image.Image, str, bytes | None]],
     backend: Backend,
     config: RunConfig,
+    draws: Sequence[int] | None = None,
 ) -> list[ItemPrediction]:
-    """Both stages for a batch of items; each item's decoded image (and its file's bytes) serves both stages.
+    """Both stages for a batch of draws (``rows[i]`` drawn as draw ``draws[i]``, default 0); each decoded
+    image (and its file's bytes) serves both stages.
+
+    Every draw is its own stage-1 request and its own stage 2, built from that
+    draw's stage-1 answer; request keys start with :func:`draw_name` (the item id
+    for draw 0, as before draws existed, ``<id>/d<k>`` after), so each draw has
+    its own sampling seed and a single-draw run keeps its seeds.
 
     Each stage's requests go to the backend in one call, which batches them
     by its own batch size (a local model sorts them by length first). With
@@ -234,19 +288,21 @@ def run_batch(
     """
     prompts = config.preset().prompts[setting_of(config.config)]
     cue = config.cue_spec()
+    draws = draws if draws is not None else [0] * len(rows)
+    prefixes = [draw_name((row["id"], draw)) for row, draw in zip(rows, draws)]
     stage1_requests = [
-        Request(f"{row['id']}/stage1/{sample}", image, render(row, prompts), _options(row), image_bytes=data)
-        for row, (image, _, data) in zip(rows, images)
+        Request(f"{prefix}/stage1/{sample}", image, render(row, prompts), _options(row), image_bytes=data)
+        for row, prefix, (image, _, data) in zip(rows, prefixes, images)
         for sample in range(config.num_samples)
     ]
     stage1 = backend.generate(stage1_requests)
     records: list[ItemPrediction] = []
     stage2_requests: list[Request] = []
     asked: list[list[tuple[str, str | None]]] = []
-    for position, (row, (image, group_id, data)) in enumerate(zip(rows, images)):
+    for position, (row, draw, prefix, (image, group_id, data)) in enumerate(zip(rows, draws, prefixes, images)):
         samples = stage1[position * config.num_samples : (position + 1) * config.num_samples]
         answers = [_answer(generation, "", row) for generation in samples]
-        record = item_record(row, group_id, answers)
+        record = item_record(row, group_id, answers, draw)
         records.append(record)
         cues: list[tuple[str, str | None]] = []
         if record.error is None:
@@ -255,9 +311,7 @@ def run_batch(
         first = stage1_requests[position * config.num_samples]
         stage1_turn = Exchange(first.prompt, samples[0].text) if config.dialogue == "multi" else None
         for number, (text, _) in enumerate(cues):
-            stage2_requests.append(
-                stage2_request(f"{row['id']}/stage2/{number}", row, image, prompts, text, stage1_turn, data)
-            )
+            stage2_requests.append(stage2_request(f"{prefix}/stage2/{number}", row, image, prompts, text, stage1_turn, data))
     stage2 = iter(backend.generate(stage2_requests))
     for record, row, cues in zip(records, rows, asked):
         record.stage2 = [_answer(next(stage2), text.strip(), row, hinted) for text, hinted in cues]
@@ -289,31 +343,38 @@ def run(config: RunConfig, backend: Backend | None = None, dataset: datasets.Dat
         settings = config.settings(selection.info, run_decoding(config))
         placement.prepare(folder, settings, resume=config.resume, overwrite=config.overwrite, items=selection.digests)
         with placement.working():
-            done = {item_id for item_id, p in folder.load_predictions().items() if p.error is None}
-            mine = placement.share(list(zip(selection.indices, selection.rows)))
-            todo = [(i, row) for i, row in mine if row["id"] not in done]
+            done = {key for key, p in folder.load_predictions().items() if p.error is None}
+            mine = placement.share(list(zip(selection.indices, selection.rows, selection.draws)))
+            # Each item with the draws it still lacks: a resumed run makes exactly the missing ones.
+            todo = [
+                (i, row, missing)
+                for i, row, count in mine
+                if (missing := [draw for draw in range(count) if (row["id"], draw) not in done])
+            ]
             if backend is None:
                 backend = create_backend(placement.backend_config(config))
 
-            # Items are processed in groups of batch_size; the next group's images are
-            # decoded on a worker thread while the model answers the current one.
+            # Items are processed in groups of batch_size, all their missing draws together (an item's image is
+            # decoded once); the next group's images are decoded on a worker thread while the model answers.
             groups = list(chunks(range(len(todo)), config.batch_size))
             try:
                 with ThreadPoolExecutor(max_workers=1) as pool, tqdm(
-                    total=len(todo), unit="item", desc=f"mub {config.config}", disable=not config.progress
+                    total=sum(len(missing) for _, _, missing in todo), unit="draw", desc=f"mub {config.config}",
+                    disable=not config.progress,
                 ) as progress:
                     pending = pool.submit(load_images, selection.dataset, [todo[i][0] for i in groups[0]]) if groups else None
                     for number, group in enumerate(groups):
                         images = pending.result()
                         if number + 1 < len(groups):
                             pending = pool.submit(load_images, selection.dataset, [todo[i][0] for i in groups[number + 1]])
-                        folder.append(predict_group([todo[i][1] for i in group], images, backend, config))
-                        progress.update(len(group))
+                        draws = [todo[i][2] for i in group]
+                        folder.append(predict_group([todo[i][1] for i in group], images, backend, config, draws))
+                        progress.update(sum(map(len, draws)))
             except KeyboardInterrupt:
                 # Finished groups are on disk (appended and synced); the group in flight is redone by --resume.
                 saved = folder.load_predictions()
-                mine_ids = [row["id"] for _, row in mine]
-                raise RunInterrupted(sum(1 for i in mine_ids if i in saved and saved[i].error is None), len(mine_ids)) from None
+                mine_keys = [(row["id"], draw) for _, row, count in mine for draw in range(count)]
+                raise RunInterrupted(sum(1 for k in mine_keys if k in saved and saved[k].error is None), len(mine_keys)) from None
 
         backend_info = backend.describe()
         return placement.finish(folder, lambda: finish_run(config, settings, selection, backend_info, folder))
@@ -350,21 +411,23 @@ def finish_run(
     backend_info: Mapping[str, Any],
     folder: RunFolder,
 ) -> dict[str, Any]:
-    """Score the folder's predictions of the selected items, in selection order, and write results.json.
+    """Score the folder's predictions of the selected items' draws, in selection order, and write results.json.
 
     The references come from the dataset: a record whose stored reference differs
     is refused, and each item's level is the one the dataset's misled count gives.
     """
     check_references(folder, selection.rows)
     predictions = folder.load_predictions()
-    missing = [row["id"] for row in selection.rows if row["id"] not in predictions]
+    expected = selection.draw_keys()
+    missing = [draw_name(key) for key in expected if key not in predictions]
     if missing:
         # Never score a partial run as if it were complete (e.g. a rank that has not finished).
         raise RunFolderError(
-            f"{folder.path}: {len(missing)} of {len(selection.rows)} selected items have no prediction "
-            f"(first: {', '.join(missing[:3])}); finish them with --resume before scoring"
+            f"{folder.path}: {len(missing)} of the {len(expected)} draws of the {len(selection.rows)} selected items "
+            f"have no prediction (first: {', '.join(missing[:3])}); finish them with --resume before scoring"
         )
-    ordered = [replace(predictions[row["id"]], difficulty=row["difficulty"]) for row in selection.rows]
+    levels = {row["id"]: row["difficulty"] for row in selection.rows}
+    ordered = [replace(predictions[key], difficulty=levels[key[0]]) for key in expected]
     results = build_results(config, settings, selection.info, backend_info, ordered)
     folder.write_results(results)
     return results

@@ -2,7 +2,7 @@
 
 - ``run.json``: the settings that determine the results; a resumed run must
   match them.
-- ``predictions.jsonl``: one line per finished item, appended and flushed to
+- ``predictions.jsonl``: one line per finished draw of an item, appended and flushed to
   disk as batches finish, so a kill loses at most the batch in flight.
   Processes of a data-parallel launch each append to their own file
   (``predictions.rank{r}-of-{n}.jsonl``, see :mod:`mub.runs.distributed`); the
@@ -35,7 +35,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Collection, Iterable, Iterator, Sequence
 
-from mub.runs.predictions import ItemPrediction
+from mub.runs.predictions import DrawKey, ItemPrediction
 from mub_dataset.files import MARKER_FILE, check_output_folder, give_usual_mode, mark_folder
 from mub_dataset.fingerprint import ItemDigests, first_difference
 
@@ -286,7 +286,7 @@ class RunFolder:
         earlier = self.read_settings()
         items_changed = items is not None and earlier.get("items_fingerprint") != settings.get("items_fingerprint")
         if items_changed:
-            answered = {item_id for item_id, record in self.load_predictions().items() if record.error is None}
+            answered = {record.id for record in self.load_predictions().values() if record.error is None}
             items_changed = self.check_items(items, "resume", only=answered)
         for flag, read in _RESUME_CHECKS:
             before, now = read(earlier), read(settings)
@@ -344,16 +344,16 @@ class RunFolder:
             with self.predictions_path.open("r+b") as handle:
                 handle.truncate(data.rfind(b"\n") + 1)
 
-    def load_predictions(self) -> dict[str, ItemPrediction]:
-        """Finished items by id, over all predictions files.
+    def load_predictions(self) -> dict[DrawKey, ItemPrediction]:
+        """Finished draws by (item id, draw), over all predictions files.
 
-        A later record for an id (a retried error) replaces an earlier one,
+        A later record for a draw (a retried error) replaces an earlier one,
         except that a record with an error never replaces one without: that
         keeps the rule independent of the order in which files are read.
         """
-        predictions: dict[str, ItemPrediction] = {}
+        predictions: dict[DrawKey, ItemPrediction] = {}
         for _, record in self.records():
-            keep_record(predictions, record)
+            keep_record(predictions, record, record.draw_key)
         return predictions
 
     def records(self) -> Iterator[tuple[Path, ItemPrediction]]:
@@ -373,11 +373,13 @@ class RunFolder:
         write_json_atomic(self.results_path, results)
 
 
-def keep_record(records: dict[str, Any], record: Any) -> None:
-    """Put ``record`` (anything with ``.id`` and ``.error``) under its id, unless it failed and the one there did not."""
-    earlier = records.get(record.id)
+def keep_record(records: dict[Any, Any], record: Any, key: Any = None) -> None:
+    """Put ``record`` (anything with ``.id`` and ``.error``) under ``key`` (default: its id), unless it failed
+    and the one there did not."""
+    key = record.id if key is None else key
+    earlier = records.get(key)
     if earlier is None or earlier.error is not None or record.error is None:
-        records[record.id] = record
+        records[key] = record
 
 
 def _read_records(path: Path) -> list[ItemPrediction]:

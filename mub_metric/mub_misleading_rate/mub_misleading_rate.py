@@ -55,7 +55,9 @@ Args (config "default"):
         given adds by_difficulty / by_misled_count / by_source / by_question_type. Give a label for every
         row or leave the input out; only difficulty may be None on some rows (items on no level: they
         count in every figure but by_difficulty). misled_count labels are counts as strings ("6").
-    group_id (list of str, optional): cluster of the row (e.g. the image) for the bootstrap.
+    group_id (list of str, optional): cluster of the row (e.g. the image, which holds every draw of an
+        item); given, the <rate>_ci are Wilson intervals at the design-effect-adjusted sample size and the
+        bootstrap resamples clusters.
     original_confidence (list of float in [0, 1], optional): probability the model put on its stage-1
         answer at stage 1.
     confidence_on_original_after (list of float in [0, 1], optional): probability it still puts on
@@ -68,7 +70,8 @@ Args (config "consistency"):
 Returns (config "default"):
     n, n_t, n_f, t2f, f2t, unparsed_before, unparsed_after (int);
     mr_t2f, mr_f2t, accuracy_before, accuracy_after, consistency (float, None when the denominator is 0),
-    each with <rate>_ci = [low, high] (95% Wilson) and, with bootstrap, <rate>_bootstrap_ci;
+    each with <rate>_ci = [low, high] (95% Wilson; with group_id, at n / design effect) and, with
+    bootstrap, <rate>_bootstrap_ci;
     mcnemar_p (float); with confidences: confidence_before, confidence_after_on_original, confidence_drop;
     by_difficulty / by_misled_count / by_source / by_question_type (dict label -> the same figures);
     mr_t2f_levels_mean (unweighted mean of the per-difficulty mr_t2f).
@@ -129,6 +132,8 @@ RATES = {
 EXACT_BINOMIAL_LIMIT = 1000
 # Bound on resamples x distinct-cluster cells held at once by the bootstrap.
 BOOTSTRAP_CHUNK_CELLS = 4_000_000
+# design_effects bins (group, cluster) cells densely up to this many cells per row, and sorts beyond.
+DENSE_CELL_FACTOR = 4
 # Rows per Arrow record batch in the cache file. evaluate leaves writer_batch_size unset, so datasets
 # falls back to 1,000-row batches and 1e6 rows come back as 1,000 chunks (~0.4 s extra, profiled).
 WRITER_BATCH_ROWS = 100_000
@@ -158,6 +163,15 @@ def wilson_interval(successes: int, total: int, z: float = Z_95) -> Optional[Lis
     low = 0.0 if successes == 0 else max(0.0, centre - half_width)
     high = 1.0 if successes == total else min(1.0, centre + half_width)
     return [low, high]
+
+
+def clustered_wilson_interval(successes: int, total: int, deff: float) -> Optional[List[float]]:
+    """The Wilson interval at the effective sample size total / deff (see design_effects): rows of one
+    cluster (the draws of one item, items on one image) are not independent, so count for less."""
+    if total == 0:
+        return None
+    n_effective = total / deff
+    return wilson_interval(successes / total * n_effective, n_effective)
 
 
 def mcnemar_exact_p(b: int, c: int) -> float:
@@ -335,6 +349,39 @@ def rows_by_group(codes: np.ndarray, n_groups: int) -> List[np.ndarray]:
     return np.split(order, np.cumsum(np.bincount(codes, minlength=n_groups))[:-1])
 
 
+def design_effects(indicators: np.ndarray, codes: np.ndarray, n_groups: int, clusters: np.ndarray) -> np.ndarray:
+    """Kish's design effect of every RATES entry in every group (n_groups x len(RATES)), clustered by clusters.
+
+    For a ratio p = sum(y) / sum(m) over clusters c (y_c, m_c: the cluster's numerator and denominator
+    counts within the group), deff = sum_c (y_c - p m_c)^2 / (m p (1 - p)): the linearised variance of
+    the ratio over the binomial one. Clusters of one row give 1. Floored at 1, so that clustering never
+    narrows an interval, and 1 where p is 0 or 1 (no spread to measure). Each (group, cluster) cell is
+    a bin: dense while groups x clusters stays within DENSE_CELL_FACTOR x rows, else one sort of the
+    rows finds the cells present; memory stays linear in the rows.
+    """
+    n_rows = indicators.shape[1]
+    n_clusters = int(clusters.max()) + 1 if clusters.size else 0
+    cell = codes.astype(np.int64) * n_clusters + clusters
+    if n_groups * n_clusters <= DENSE_CELL_FACTOR * max(n_rows, 1):
+        n_cells, cell_of_row = n_groups * n_clusters, cell
+        group_of_cell = np.repeat(np.arange(n_groups), n_clusters)
+    else:
+        cells, cell_of_row = np.unique(cell, return_inverse=True)
+        n_cells, cell_of_row, group_of_cell = len(cells), cell_of_row.ravel(), cells // n_clusters
+    needed = sorted({FIELD_INDEX[name] for pair in RATES.values() for name in pair})
+    sums = {f: np.bincount(cell_of_row, weights=indicators[f].astype(np.float64), minlength=n_cells) for f in needed}
+    out = np.ones((n_groups, len(RATES)))
+    for j, (numerator, denominator) in enumerate(RATES.values()):
+        y, m = sums[FIELD_INDEX[numerator]], sums[FIELD_INDEX[denominator]]
+        n = np.bincount(group_of_cell, weights=m, minlength=n_groups)
+        p = np.divide(np.bincount(group_of_cell, weights=y, minlength=n_groups), n, out=np.zeros(n_groups), where=n > 0)
+        between = np.bincount(group_of_cell, weights=np.square(y - p[group_of_cell] * m), minlength=n_groups)
+        binomial = n * p * (1.0 - p)
+        deff = np.divide(between, binomial, out=np.ones(n_groups), where=binomial > 0)
+        out[:, j] = np.maximum(1.0, deff)
+    return out
+
+
 def ordered_labels(labels: Sequence[str], preferred: Sequence[str] = ()) -> List[str]:
     """Preferred labels first (in their order, when present), then the rest sorted."""
     present = set(labels)
@@ -349,13 +396,20 @@ def figures(
     counts: Sequence[int],
     confidence_sums: Optional[Sequence[float]] = None,
     bootstrap_cis: Optional[Mapping[str, Optional[List[float]]]] = None,
+    deffs: Optional[Sequence[float]] = None,
 ) -> Dict[str, Any]:
-    """All reported figures of one set of rows from its COUNT_FIELDS sums (plain Python types)."""
+    """All reported figures of one set of rows from its COUNT_FIELDS sums (plain Python types).
+
+    With deffs (one per RATES entry, from design_effects()) the intervals are clustered_wilson_interval()s.
+    """
     c = dict(zip(COUNT_FIELDS, (int(x) for x in counts)))
     out: Dict[str, Any] = {name: c[name] for name in REPORTED_COUNTS}
-    for name, (numerator, denominator) in RATES.items():
+    for j, (name, (numerator, denominator)) in enumerate(RATES.items()):
         out[name] = rate(c[numerator], c[denominator])
-        out[f"{name}_ci"] = wilson_interval(c[numerator], c[denominator])
+        if deffs is None:
+            out[f"{name}_ci"] = wilson_interval(c[numerator], c[denominator])
+        else:
+            out[f"{name}_ci"] = clustered_wilson_interval(c[numerator], c[denominator], float(deffs[j]))
         if bootstrap_cis is not None:
             out[f"{name}_bootstrap_ci"] = bootstrap_cis[name]
     out["mcnemar_p"] = mcnemar_exact_p(c["t2f"], c["f2t"])
@@ -380,11 +434,13 @@ def summarise_groups(
     """Figures per group label (codes index labels); the overall figures are the one-group case.
 
     indicators: outcome_indicators() matrix; confidences: (2 x n) or None; clusters: per-row
-    cluster codes for the bootstrap (defaults to one cluster per row); n_resamples: None = no bootstrap.
+    cluster codes for the intervals and the bootstrap (None: one cluster per row, plain Wilson
+    intervals); n_resamples: None = no bootstrap.
     """
     n_groups = len(labels)
     counts = group_counts(indicators, codes, n_groups)
     conf_sums = None if confidences is None else group_sums(confidences, codes, n_groups)
+    deffs = None if clusters is None else design_effects(indicators, codes, n_groups, clusters)
     members = rows_by_group(codes, n_groups) if n_resamples else None
     if clusters is None:
         clusters = np.arange(indicators.shape[1])
@@ -396,7 +452,7 @@ def summarise_groups(
         if members is not None:
             rows = members[g]
             boot = cluster_bootstrap_intervals(cluster_counts(indicators[:, rows], clusters[rows]), n_resamples, rng)
-        out[label] = figures(counts[g], None if conf_sums is None else conf_sums[g], boot)
+        out[label] = figures(counts[g], None if conf_sums is None else conf_sums[g], boot, None if deffs is None else deffs[g])
     return out
 
 
