@@ -159,8 +159,10 @@ def _png(shade: int) -> bytes:
 
 
 def _item(number: int, copies: int) -> dict:
+    image = _png(number * 30)
     return {
-        "id": f"item-{number}", "image": {"bytes": _png(number * 30), "path": f"{number}.png"},
+        "id": f"item-{number}", "image": {"bytes": image, "path": f"{number}.png"},
+        "image_sha256": hashlib.sha256(image).hexdigest(),
         "question": f"Question {number}?", "choices": ["red", "green", "blue"], "answer": "A",
         "question_type": "multiple_choice", "source": "Synthetic-Count" if number % 2 else "Synthetic-Color",
         "category": "", "misled_count": 6, "difficulty": "low", "misleading_answer": "B",
