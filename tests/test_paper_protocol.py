@@ -16,6 +16,7 @@ from typing import Iterator
 import pytest
 from conftest import SHARED
 from fault_server import FaultServer, prompt_of
+from recount import rates_by_notes as rates_by_hand
 
 from mub.cli import main
 from mub.config import RunConfig
@@ -300,7 +301,9 @@ def test_implicit_run_sends_the_authors_notes_at_temperature_0_1(server, release
             expected.add(implicit_stage2(records[prediction["id"]], note))
     assert expected == stage2_prompts
     results = json.loads((tmp_path / "implicit" / "results.json").read_text())["results"]["implicit"]
-    assert set(results["mr_t2f_by_notes"]) == {"1", "2", "3", "4", "5"}
+    records = [json.loads(line) for line in (tmp_path / "implicit" / "predictions.jsonl").read_text().splitlines()]
+    recounted = rates_by_hand(records, 5)  # --notes 5 by default: k = 1..5, from the records' note answers
+    assert {key: results[key] for key in recounted} == recounted
     assert results["mr_t2f_by_notes"]["5"] == results["mr_t2f"]
 
 
