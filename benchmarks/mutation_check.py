@@ -121,6 +121,27 @@ MUTATIONS: tuple[Mutation, ...] = (
     ),
     # --- further defaults and numbers the tests pin
     Mutation(
+        "deterministic preset: the hint follows the options instead of the question",
+        "mub/protocol/presets.py",
+        '_CLEAN = "{system}\\n{question}{cue}\\n{options}"',
+        '_CLEAN = "{system}\\n{question}\\n{options}{cue}"',
+        ("tests/test_protocol_requests.py",),
+    ),
+    Mutation(
+        "stage 2 hint names the true answer after a correct stage 1",
+        "mub/protocol/stages.py",
+        'return item["misleading_answer"] if stage1_correct else item["answer"]',
+        'return item["answer"]',
+        ("tests/test_protocol_requests.py",),
+    ),
+    Mutation(
+        "RunConfig (Python API) default notes 5 -> 3",
+        "mub/config.py",
+        "    notes: int = 5\n",
+        "    notes: int = 3\n",
+        ("tests/test_cli.py",),
+    ),
+    Mutation(
         "--protocol default deterministic",
         "mub/cli.py",
         '"--protocol", default=DEFAULT_PROTOCOL,',
