@@ -163,6 +163,13 @@ MUTATIONS: tuple[Mutation, ...] = (
         ("tests/test_report.py",),
     ),
     Mutation(
+        "bootstrap counts a resample with no denominator as a rate of 0",
+        "mub_metric/mub_misleading_rate/mub_misleading_rate.py",
+        "values = np.where(bottom > 0, top / bottom, np.nan)",
+        "values = np.where(bottom > 0, top / bottom, 0.0)",
+        ("tests/test_metric.py",),
+    ),
+    Mutation(
         "RunConfig (Python API) default notes 5 -> 3",
         "mub/config.py",
         "    notes: int = 5\n",
@@ -204,24 +211,26 @@ def _git(*args: str) -> str:
     return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=True).stdout
 
 
-def _run_tests(mutation: Mutation, timeout: float) -> tuple[str, float]:
+def _run_tests(mutation: Mutation, timeout: float) -> tuple[str, str, float]:
+    """(verdict, the first failing test, seconds)."""
     started = time.monotonic()
-    command = [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:randomly", "-p", "no:cacheprovider", *mutation.tests]
+    command = [sys.executable, "-m", "pytest", "-q", "-x", "-rf", "-p", "no:randomly", "-p", "no:cacheprovider", *mutation.tests]
     try:
         done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
-        return "timeout", time.monotonic() - started
+        return "timeout", "", time.monotonic() - started
     # pytest: 0 all passed, 1 some failed; anything else (collection error, no tests) is no verdict.
     verdict = {0: "survived", 1: "caught"}.get(done.returncode, f"pytest exit {done.returncode}")
-    return verdict, time.monotonic() - started
+    failed = next((line.split()[1] for line in done.stdout.splitlines() if line.startswith("FAILED ")), "")
+    return verdict, failed, time.monotonic() - started
 
 
-def check(mutation: Mutation, timeout: float) -> tuple[str, float]:
+def check(mutation: Mutation, timeout: float) -> tuple[str, str, float]:
     path = ROOT / mutation.file
     original = path.read_bytes()
     text = original.decode("utf-8")
     if text.count(mutation.original) != 1:
-        return f"stale ({text.count(mutation.original)} matches)", 0.0
+        return f"stale ({text.count(mutation.original)} matches)", "", 0.0
     try:
         path.write_text(text.replace(mutation.original, mutation.mutated), encoding="utf-8")
         return _run_tests(mutation, timeout)
@@ -252,9 +261,9 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     try:
         for m in chosen:
-            verdict, seconds = check(m, args.timeout)
+            verdict, failed, seconds = check(m, args.timeout)
             results.append((m, verdict))
-            print(f"{verdict:<10} {seconds:6.1f} s  {m.file}: {m.name}", flush=True)
+            print(f"{verdict:<10} {seconds:6.1f} s  {m.file}: {m.name}" + (f"\n{'':19} by {failed}" if failed else ""), flush=True)
     finally:
         if _git("status", "--porcelain", "--untracked-files=no"):
             print("mutation_check: the checkout is not clean after restoring: check `git diff`", file=sys.stderr)
