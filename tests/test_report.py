@@ -165,9 +165,8 @@ def test_every_plot_is_a_png_of_a_readable_size(report_dir: Path) -> None:
             assert 300 <= width <= 4000 and 250 <= height <= 6000, (name, image.size)
 
 
-@pytest.fixture(scope="module")
-def drawn(runs: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
-    """The matplotlib figures of a report on the four scripted runs, by file name, as they were saved."""
+def _draw(folders: list[Path], out: Path, **options):
+    """write_report's result and its matplotlib figures by file name, as they were saved."""
     from mub.report import plots
 
     figures: dict[str, object] = {}
@@ -177,12 +176,18 @@ def drawn(runs: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> di
         figures[Path(path).name] = fig
         save(fig, path)
 
-    names = ("steady_explicit", "steady_implicit", "fickle_explicit", "fickle_implicit")
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(plots, "_save", keep)
-        write_report(build_report([runs[name] for name in names]), tmp_path_factory.mktemp("drawn"))
+        written = write_report(build_report(folders, **options), out)
     assert set(figures) == set(FIGURES)
-    return figures
+    return written, figures
+
+
+@pytest.fixture(scope="module")
+def drawn(runs: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
+    """The figures of a report on the four scripted runs."""
+    names = ("steady_explicit", "steady_implicit", "fickle_explicit", "fickle_implicit")
+    return _draw([runs[name] for name in names], tmp_path_factory.mktemp("drawn"))[1]
 
 
 def _figures_by_model(runs: dict[str, Path]) -> dict[str, dict[str, dict]]:
@@ -350,7 +355,17 @@ def test_report_for_twenty_models_grows_with_the_models(runs: dict[str, Path], t
             (copy / "results.json").write_text(json.dumps(document))
             folders.append(copy)
     small = write_report(build_report(folders[:2]), tmp_path / "small")
-    large = write_report(build_report(folders, paper=True), tmp_path / "large")
+    large, drawn = _draw(folders, tmp_path / "large", paper=True)
+    models = sorted(f"some-organisation/a-rather-long-model-name-{number:02d}-instruct" for number in range(20))
+    fickle = _results(runs["fickle_explicit"])["results"]["explicit"]["by_difficulty"]
+    explicit_panel = drawn["misleading_by_difficulty.png"].axes[0]
+    assert sorted(_row_labels(explicit_panel)) == models  # every model has its row, its full name readable
+    assert sorted(p.get_width() for p in explicit_panel.patches) == pytest.approx(
+        sorted(100 * fickle[level]["mr_t2f"] for level in ("low", "medium", "high") for _ in range(20))
+    )
+    heatmap = next(ax for ax in drawn["misleading_by_source.png"].axes if ax.get_title() == "implicit notes")
+    cells = np.ma.filled(heatmap.images[0].get_array().astype(float), np.nan)
+    assert cells.shape[0] == 20 and int(np.isnan(cells).all(axis=1).sum()) == 17  # no implicit run: no data
     for small_png, large_png in zip(small.images, large.images):
         with Image.open(small_png) as a, Image.open(large_png) as b:
             assert b.size[1] > a.size[1], large_png.name
