@@ -256,7 +256,7 @@ def _run_tests(mutation: Mutation, timeout: float) -> tuple[str, str, float]:
         return "timeout", "", time.monotonic() - started
     # pytest: 0 all passed, 1 some failed; anything else (collection error, no tests) is no verdict.
     verdict = {0: "survived", 1: "caught"}.get(done.returncode, f"pytest exit {done.returncode}")
-    failed = next((line.split()[1] for line in done.stdout.splitlines() if line.startswith("FAILED ")), "")
+    failed = next((line[len("FAILED ") :].split(" - ", 1)[0] for line in done.stdout.splitlines() if line.startswith("FAILED ")), "")
     return verdict, failed, time.monotonic() - started
 
 
