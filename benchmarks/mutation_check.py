@@ -205,6 +205,20 @@ MUTATIONS: tuple[Mutation, ...] = (
         ("tests/test_dataset.py",),
     ),
     Mutation(
+        "failed items on no level counted under a level",
+        "mub/runs/results.py",
+        "by_level = Counter(p.difficulty for p in failed if p.difficulty is not None)",
+        'by_level = Counter(p.difficulty or "low" for p in failed)',
+        ("tests/test_levels.py",),
+    ),
+    Mutation(
+        "the run's levels come from an empty level table",
+        "mub/runs/runner.py",
+        'row["difficulty"] = level_of(levels, row["misled_count"])',
+        'row["difficulty"] = level_of({}, row["misled_count"])',
+        ("tests/test_levels.py",),
+    ),
+    Mutation(
         "RunConfig (Python API) default notes 5 -> 3",
         "mub/config.py",
         "    notes: int = 5\n",

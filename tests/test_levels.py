@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 import mub_dataset
-from mub.backends.base import Request
+from mub.backends.base import Generation, Request
 from mub.config import RunConfig
 from mub.protocol.presets import PROTOCOLS, level_of
 from mub.runs.runner import run
@@ -37,13 +37,16 @@ def sample_rows() -> dict[str, dict]:
     return {row["id"]: row for row in dataset.remove_columns("image").to_list()}
 
 
-def _scripted_run(out: Path, rows: dict[str, dict], **options) -> tuple[dict, list[dict]]:
-    """A run whose stage 1 is right on two items in three and whose stage 2 follows the hint on every other item."""
+def _scripted_run(out: Path, rows: dict[str, dict], failing: frozenset[str] = frozenset(), **options) -> tuple[dict, list[dict]]:
+    """A run whose stage 1 is right on two items in three and whose stage 2 follows the hint on every other item;
+    the items in ``failing`` get a server error in stage 1."""
 
-    def answer(request: Request) -> str:
+    def answer(request: Request) -> str | Generation:
         item_id, stage, _ = request.key.split("/")
         row = rows[item_id]
         number = sorted(rows).index(item_id)
+        if item_id in failing:
+            return Generation(text="", error="HTTP 500 from the test's server")
         if stage == "stage1":
             return row["answer"] if number % 3 else row["misleading_answer"]
         return row["misleading_answer"] if number % 2 else row["answer"]
@@ -95,3 +98,17 @@ def test_difficulty_filter_takes_exactly_the_items_of_its_count(sample_rows, tmp
     expected = {item_id for item_id, row in sample_rows.items() if row["misled_count"] == count}
     assert {r["id"] for r in records} == expected
     assert results["n"] == len(expected) and set(results["by_difficulty"]) == {level}
+
+
+def test_failed_items_are_counted_per_level_and_left_out_of_the_levels(sample_rows, tmp_path):
+    failing = frozenset(sorted(sample_rows)[::7])  # every seventh item, on levels and between them
+    results, records = _scripted_run(tmp_path / "errors", sample_rows, failing=failing)
+    assert {r["id"] for r in records if r["error"]} == failing
+    levels_of_failed = Counter(EXACT.get(sample_rows[item]["misled_count"]) for item in failing)
+    assert levels_of_failed[None] > 0 and len(levels_of_failed) > 2  # failures on no level and on levels
+    assert results["errors"] == len(failing)
+    assert results["errors_by_difficulty"] == {level: n for level, n in levels_of_failed.items() if level is not None}
+    sizes = Counter(EXACT.get(row["misled_count"]) for row in sample_rows.values())
+    for level in ("low", "medium", "high"):
+        assert results["by_difficulty"][level]["n"] == sizes[level] - levels_of_failed[level]
+    assert results["n"] == len(sample_rows) - len(failing)
