@@ -113,6 +113,13 @@ MUTATIONS: tuple[Mutation, ...] = (
         ("tests/test_dataset.py",),
     ),
     Mutation(
+        "release reader: items take another item's image file",
+        "mub_dataset/release.py",
+        'release.image_files[row["id"]] = resolve_image(root, key[0])',
+        'release.image_files[row["id"]] = resolve_image(root, next(iter(implicit_records), key)[0])',
+        ("tests/test_dataset.py",),
+    ),
+    Mutation(
         "--notes default 5 -> 3",
         "mub/cli.py",
         'p.add_argument("--notes", type=int, default=5,',
