@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -48,18 +49,33 @@ def release_image_paths(release: Path) -> set[str]:
     return {record["new_id"] for path in files for record in json.loads(path.read_text(encoding="utf-8"))}
 
 
-def copy_release_with_placeholder_images(target: Path) -> Path:
-    """A writable copy of the shared release sample with a small placeholder image at every referenced path."""
+def placeholder_image(image_path: str) -> "Image.Image":
+    """A 16x16 image whose pixels are drawn from sha256 of its release path: each path its own picture,
+    so a test can tell one item's image from another's (an item given another item's image is caught)."""
     from PIL import Image
 
+    pixels = b"".join(hashlib.sha256(f"{image_path}#{block}".encode()).digest() for block in range(24))
+    return Image.frombytes("RGB", (16, 16), pixels[: 16 * 16 * 3])
+
+
+def file_sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def copy_release_with_placeholder_images(target: Path) -> Path:
+    """A writable copy of the shared release sample with a small placeholder image at every referenced path,
+    each image different from every other (checked here: no two image files have the same bytes)."""
     shutil.copytree(RELEASE_SAMPLE, target)
     for path in target.rglob("*"):
         path.chmod(0o755 if path.is_dir() else 0o644)
     target.chmod(0o755)
-    for image_path in release_image_paths(target):
+    image_paths = release_image_paths(target)
+    for image_path in image_paths:
         destination = target / image_path
         destination.parent.mkdir(parents=True, exist_ok=True)
-        Image.new("RGB", (16, 16), (200, 120, 40)).save(destination)
+        placeholder_image(image_path).save(destination)
+    digests = {file_sha256(target / image_path) for image_path in image_paths}
+    assert len(digests) == len(image_paths), "two placeholder images have the same bytes"
     return target
 
 

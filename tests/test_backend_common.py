@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import gc
+import hashlib
 import io
 
 import pytest
@@ -22,8 +23,16 @@ def test_scoring_mode_is_checked_once_by_the_decoding_settings() -> None:
         RunConfig(model="m", scoring="beam").validate()
 
 
+def _seed_by_hand(seed: int, key: str) -> int:
+    """The documented rule written another way: the first 16 hex digits of sha256("seed:key"), top bit cleared."""
+    return int(hashlib.sha256(f"{seed}:{key}".encode()).hexdigest()[:16], 16) % 2**63
+
+
 def test_request_seed_is_stable_and_per_key() -> None:
-    assert request_seed(7, "item/stage1/0") == request_seed(7, "item/stage1/0")
+    # A literal as well: a seed that changed would change every sampled answer of a recorded run.
+    assert request_seed(7, "item/stage1/0") == 7207326864849973292
+    for seed, key in ((7, "item/stage1/0"), (7, "item/stage2/0"), (8, "item/stage2/0"), (0, "k"), (123, "é/2")):
+        assert request_seed(seed, key) == _seed_by_hand(seed, key)
     assert request_seed(7, "item/stage1/0") != request_seed(7, "item/stage2/0") != request_seed(8, "item/stage2/0")
     assert 0 <= request_seed(0, "k") < 2**63
 

@@ -47,3 +47,75 @@ def test_a_model_that_cannot_be_loaded_is_a_clear_error_and_blocks_no_later_run(
     # The failed start wrote no predictions, so the next run needs neither --resume nor --overwrite.
     code, _ = _run_cli(capsys, *args, "--model", "tiny:llava")
     assert code == 0 and (out / "results.json").is_file()
+
+
+# ---------------------------------------------------------------- defaults that move a number
+
+# README's documented defaults, written out (not read from mub): a changed default changes published figures,
+# so it must be a deliberate change of this table too.
+RUN_DEFAULTS = {"protocol": "paper", "notes": 5, "batch_size": 8, "dialogue": "single", "cue": None}
+PAPER_HINT = "And the true answer is : {answer}"
+PAPER_NOTE = " Please pay attention to this instruction: {note}"
+
+
+def test_run_flag_defaults_are_the_documented_ones():
+    from mub.cli import make_parser
+
+    args = make_parser().parse_args(["run", "--model", "m"])
+    assert {name: getattr(args, name) for name in RUN_DEFAULTS} == RUN_DEFAULTS
+    # the Python API has the same defaults as the command
+    config = RunConfig(model="m")
+    assert {name: getattr(config, name) for name in RUN_DEFAULTS} == RUN_DEFAULTS
+
+
+def test_run_help_states_the_defaults(capsys):
+    from mub.cli import main
+
+    try:
+        main(["run", "--help"])
+    except SystemExit as exit:
+        assert exit.code == 0
+    text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+    assert "(default paper)" in text
+    assert "notes tried per item (default 5)" in text
+    assert "(default: hint for explicit configs, note for implicit)" in text
+    assert "single: stage 2 is a fresh request with the cue in the prompt (the paper's)" in text
+
+
+def _records(out) -> list[dict]:
+    import json
+
+    return [json.loads(line) for line in (out / "predictions.jsonl").read_text(encoding="utf-8").splitlines()]
+
+
+def test_a_run_with_no_options_records_the_defaults(capsys, tmp_path):
+    import json
+
+    from mub_dataset.loading import load
+
+    out = tmp_path / "explicit"
+    assert _run_cli(capsys, "run", "--model", "tiny:llava", "--limit", "2", "--out", str(out), "--no-progress")[0] == 0
+    settings = json.loads((out / "run.json").read_text(encoding="utf-8"))
+    assert settings["protocol"] == {"preset": "paper", "overrides": {}}
+    assert settings["cue"] == {"name": "hint", "template": PAPER_HINT}
+    assert (settings["dialogue"], settings["notes"]) == ("single", 5)
+    # the paper preset's explicit decoding (run.py: max_new_tokens 256, top_k 80, top_p 0.9, temperature 0.4)
+    decoding = settings["decoding"]
+    assert (decoding["max_new_tokens"], decoding["temperature"], decoding["top_p"], decoding["top_k"]) == (256, 0.4, 0.9, 80)
+    assert json.loads((out / "results.json").read_text(encoding="utf-8"))["run"]["batch_size"] == 8
+    for record in _records(out):  # one fresh stage-2 request naming an option with the release's hint
+        assert [answer["cue"] for answer in record["stage2"]] == [PAPER_HINT.format(answer=record["stage2"][0]["hinted"])]
+
+    out = tmp_path / "implicit"
+    argv = ("run", "--model", "tiny:llava", "--config", "implicit", "--limit", "2", "--out", str(out), "--no-progress")
+    assert _run_cli(capsys, *argv)[0] == 0
+    settings = json.loads((out / "run.json").read_text(encoding="utf-8"))
+    assert settings["cue"] == {"name": "note", "template": PAPER_NOTE}
+    assert (settings["protocol"]["preset"], settings["notes"]) == ("paper", 5)
+    rows = {row["id"]: row for row in load("implicit", "sample").remove_columns("image").to_list()}
+    for record in _records(out):
+        row = rows[record["id"]]
+        right = record["stage1"][0]["parsed"] == record["answer"]
+        notes = (row["misleading_notes"] if right else row["guiding_notes"])[:5]  # every note, up to 5, is asked
+        assert len(row["misleading_notes"] if right else row["guiding_notes"]) > 0
+        assert [a["cue"] for a in record["stage2"]] == [PAPER_NOTE.format(note=note).strip() for note in notes]

@@ -17,6 +17,7 @@ import pytest
 from authors_code import seg_note
 
 from builders import Mub
+from conftest import file_sha256
 
 # The source -> config rule of issue 2 (lower case, no _CH/_YN suffix, '-' -> '_'), spelled out.
 SOURCE_CONFIG = {
@@ -186,8 +187,9 @@ def test_item_counts_per_source_type_and_difficulty_match_the_raw_files(built, e
 
 def test_duplicates_are_removed_and_items_are_unique(built, release_dir):
     main, implicit = raw_files(release_dir)
-    assert len(main) + sum(map(len, implicit)) > len(built["explicit"])  # the sample repeats records
-    assert len(set(built["explicit"]["id"])) == len(built["explicit"])
+    copies = Counter((r["new_id"], r["question"]) for r in main + [r for records in implicit for r in records])
+    assert max(copies.values()) > 1  # the sample repeats records: the check below has something to remove
+    assert sorted(built["explicit"]["id"]) == sorted(plain_id(*key) for key in copies)  # each item once
 
 
 def test_columns_and_feature_types_are_exactly_the_issue_schema(built):
@@ -327,11 +329,20 @@ def test_item_in_main_and_implicit_file_takes_reference_fields_from_main(explici
         assert row["misleading_notes"] and row["guiding_notes"]
 
 
-def test_images_are_embedded(built):
-    ds = built["implicit"]
-    assert ds[0]["image"].size == (16, 16)
-    raw = ds.cast_column("image", datasets.Image(decode=False))[0]["image"]
-    assert raw["bytes"][:2] == b"\xff\xd8"  # the placeholder JPEG as written
+def test_each_item_embeds_the_image_at_its_own_path(built, expected, release_dir):
+    """tests/conftest.py writes a different placeholder at every path, so an item given another item's
+    image (the first one, a neighbour's) has bytes other than those of the file its record names."""
+    path_of = {plain_id(*key): key[0] for key in expected["items"]}
+    for name, ds in built.items():
+        raw = ds.cast_column("image", datasets.Image(decode=False))
+        digests = []
+        for row_id, image in zip(raw["id"], raw["image"]):
+            digest = hashlib.sha256(image["bytes"]).hexdigest()
+            assert digest == file_sha256(release_dir / path_of[row_id]), (name, row_id)
+            digests.append(digest)
+        # distinct items with distinct paths have distinct images
+        assert len(set(digests)) == len({path_of[row_id] for row_id in raw["id"]}), name
+    assert built["implicit"][0]["image"].size == (16, 16)  # and the embedded bytes decode
 
 
 # ---------------------------------------------------------------- determinism

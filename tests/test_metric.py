@@ -379,9 +379,12 @@ def test_add_batch_with_confidences_and_bootstrap_in_compute(fresh):
         predictions=["A", "B"], original_predictions=["A", "A"], references=["A", "A"],
         original_confidence=[0.8, 0.6], confidence_on_original_after=[0.7, 0.1],
     )  # fmt: skip
-    result = fresh.compute(bootstrap=10, seed=0)
+    result = fresh.compute(bootstrap=1000, seed=0)
     assert result["confidence_drop"] == pytest.approx(0.3)
-    assert "mr_t2f_bootstrap_ci" in result
+    # Two items right in stage 1, one flipped: a resample of the two rows has a rate of 0, 1/2 or 1, and each
+    # of 0 and 1 has probability 1/4, so the central 95% of 1000 resamples runs from 0 to 1.
+    assert result["mr_t2f"] == 0.5 and result["mr_t2f_bootstrap_ci"] == [0.0, 1.0]
+    assert result["mr_f2t_bootstrap_ci"] is None  # no item wrong in stage 1
 
 
 def test_label_given_in_some_batches_only_is_an_error(fresh):

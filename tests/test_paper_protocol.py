@@ -18,10 +18,11 @@ import pytest
 from authors_code import seg_note
 from conftest import SHARED
 from fault_server import FaultServer, prompt_of
+from recount import rates_by_notes as rates_by_hand
 
 from mub.cli import main
 from mub.config import RunConfig
-from mub.protocol.presets import PAPER
+from mub.protocol.presets import PAPER, level_of
 from mub.protocol.prompts import explicit_cue, implicit_cue, render
 from mub_dataset.records import item_id
 
@@ -137,19 +138,36 @@ def _reference_blocks() -> str:
     return "\n".join(re.findall(r"```python\n(.*?)```", text, flags=re.DOTALL))
 
 
-def test_quoted_code_is_the_shared_reference():
+def test_mub_renders_what_the_shared_reference_code_builds():
+    """The authors' code as quoted in ../shared/reference_protocol.md, executed, against mub's paper preset
+    (and against this file's copies of it, which the other tests use)."""
     blocks = _reference_blocks()
     explicit, implicit = blocks.split("def  select_random_choice")[0], blocks.split("def extract_option")[1]
     reference: dict = {}
     exec(explicit.split("if question_type_CHorYN")[0], reference)  # noqa: S102 - the authors' quoted definitions
-    assert reference["SYSTEM_MSG_MC"] == SYSTEM_MSG_MC and reference["SYSTEM_MSG_YN"] == SYSTEM_MSG_YN
-    choices = {"B": "two", "A": "one"}
-    assert reference["construct_query_base_MC"]("Q?", choices) == construct_query_base_MC("Q?", choices)
     implicit_reference: dict = {"dictionary_to_text": dictionary_to_text}
     exec(implicit[implicit.index("SYSTEM_MSG_MC ="):], implicit_reference)  # noqa: S102
-    assert implicit_reference["SYSTEM_MSG_MC"] == IMPLICIT_SYSTEM_MSG_MC
-    assert implicit_reference["SYSTEM_MSG_YN"] == IMPLICIT_SYSTEM_MSG_YN
+    assert (reference["SYSTEM_MSG_MC"], reference["SYSTEM_MSG_YN"]) == (SYSTEM_MSG_MC, SYSTEM_MSG_YN)
+    assert (implicit_reference["SYSTEM_MSG_MC"], implicit_reference["SYSTEM_MSG_YN"]) == (IMPLICIT_SYSTEM_MSG_MC, IMPLICIT_SYSTEM_MSG_YN)
+    choices = {"B": "two", "A": "one", "C": "three"}
+    assert reference["construct_query_base_MC"]("Q?", choices) == construct_query_base_MC("Q?", choices)
     assert implicit_reference["construct_query_base_MC"]("Q?", " h", choices) == implicit_construct_query_base_MC("Q?", " h", choices)
+
+    mc = {"question": "Q? <image 1>", "choices": ["one", "two", "three"], "question_type": "multiple_choice", "source": "MMMU"}
+    yn = {"question": "Is it red?", "choices": ["Yes", "No"], "question_type": "yes_no", "source": "MME"}
+    inline = {**mc, "question": "Q? A) one B) two", "source": "ConBench_CH"}
+    explicit_prompts, implicit_prompts = PAPER.prompts["explicit"], PAPER.prompts["implicit"]
+    note = "Look at the left."
+    assert render(mc, explicit_prompts) == reference["construct_query_base_MC"](mc["question"], choices)
+    assert render(yn, explicit_prompts) == reference["SYSTEM_MSG_YN"] + yn["question"]
+    assert render(inline, explicit_prompts) == reference["SYSTEM_MSG_MC"] + inline["question"]
+    assert render(mc, implicit_prompts) == implicit_reference["SYSTEM_MSG_MC"] + mc["question"] + dictionary_to_text(choices)
+    assert render(mc, implicit_prompts, implicit_cue(note, PAPER.note_template)) == implicit_reference[
+        "construct_query_base_MC"
+    ](mc["question"], " Please pay attention to this instruction: " + note, choices)
+    assert render(yn, implicit_prompts, implicit_cue(note, PAPER.note_template)) == (
+        implicit_reference["SYSTEM_MSG_YN"] + yn["question"] + " Please pay attention to this instruction: " + note
+    )
 
 
 def _row(record: dict) -> dict:
@@ -195,7 +213,8 @@ def test_paper_decoding_levels_and_overrides():
     assert (implicit.do_sample, implicit.temperature, implicit.top_k, implicit.top_p, implicit.max_new_tokens) == (
         "model", "model", "model", "model", 256)  # fmt: skip
     assert explicit.stop == implicit.stop == "eos"  # the authors read the whole response
-    assert dict(PAPER.levels) == {"low": (6,), "medium": (9,), "high": (12,)}  # MR_test.sh: nums=(6 9 12), '='
+    # MR_test.sh: nums=(6 9 12), '=': exact counts, every count in between on no level
+    assert [level_of(PAPER.levels, count) for count in range(6, 13)] == ["low", None, None, "medium", None, None, "high"]
     one = RunConfig(model="m", max_new_tokens=32)
     assert (one.decoding().max_new_tokens, one.decoding().temperature) == (32, "model")
     assert one.settings({"name": "d", "fingerprint": "f"})["protocol"] == {
@@ -326,7 +345,9 @@ def test_implicit_run_sends_the_authors_notes_split_by_seg_note(server, release_
     assert with_empty >= 3  # items whose requests include one ending in "Please pay attention to this instruction: "
     assert any(p.endswith("Please pay attention to this instruction: ") or "instruction: \n" in p for p in sent)
     results = json.loads((tmp_path / "implicit" / "results.json").read_text())["results"]["implicit"]
-    assert set(results["mr_t2f_by_notes"]) == {"1", "2", "3", "4", "5"}
+    records = [json.loads(line) for line in (tmp_path / "implicit" / "predictions.jsonl").read_text().splitlines()]
+    recounted = rates_by_hand(records, 5)  # --notes 5 by default: k = 1..5, from the records' note answers
+    assert {key: results[key] for key in recounted} == recounted
     assert results["mr_t2f_by_notes"]["5"] == results["mr_t2f"]
 
 

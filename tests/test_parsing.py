@@ -147,6 +147,18 @@ CASES = [
     ("不是，这是一只猫。", YES_NO_CHOICES, YN, "No"),
     ("答案：否", YES_NO_CHOICES, YN, "No"),
     ("Yes or no?", YES_NO_CHOICES, YN, None),
+    # whole words only: "eyes", "yesterday", "know", "nobody", "piano" hold no yes or no
+    ("Its eyes are closed, it is not yes.", YES_NO_CHOICES, YN, None),
+    ("Looking at the cat's eyes, no.", YES_NO_CHOICES, YN, "No"),
+    ("The eyes are open, yes.", YES_NO_CHOICES, YN, "Yes"),
+    ("The dog has eyes.", YES_NO_CHOICES, YN, None),
+    ("Yesterday it rained; no.", YES_NO_CHOICES, YN, "No"),
+    ("Nobody is in the picture, so no.", YES_NO_CHOICES, YN, "No"),
+    ("Nobody knows.", YES_NO_CHOICES, YN, None),
+    ("I know it is there, yes.", YES_NO_CHOICES, YN, "Yes"),
+    ("A piano is visible, yes.", YES_NO_CHOICES, YN, "Yes"),
+    ("The dog is at the casino.", YES_NO_CHOICES, YN, None),
+    ("Eyesight tests show a cat, so no.", YES_NO_CHOICES, YN, "No"),
     # --- a negated yes/no is not the word, nor its opposite
     ("The answer is not yes.", YES_NO_CHOICES, YN, None),
     ("It is not yes.", YES_NO_CHOICES, YN, None),
@@ -171,6 +183,10 @@ CASES = [
     ("<think>The answer is B.", FLAGS, MC, None),  # never closed: the model stopped before answering
     ("</think>\n\nC", FLAGS, MC, "C"),  # the chat template opened the block
     ("<think>The hint claims B.</think>\n\nI cannot determine the country.", FLAGS, MC, None),
+    # several closing tags: only the text after the LAST one is the answer
+    ("<think>A</think>B</think>C", FLAGS, MC, "C"),
+    ("<think>The answer is A.</think>The answer is B.</think>The answer is C.", FLAGS, MC, "C"),
+    ("<think>Is it a dog? No.</think>Maybe.</think>\nYes.", YES_NO_CHOICES, YN, "Yes"),
     # --- rule 0b: self-corrections: the later answer wins
     ("The answer is A. No wait, B.", FLAGS, MC, "B"),
     ("No. Wait, actually yes.", YES_NO_CHOICES, YN, "Yes"),
@@ -189,6 +205,13 @@ CASES = [
     ("Yes, actually.", YES_NO_CHOICES, YN, "Yes"),
     ("No wait time is shown.", YES_NO_CHOICES, YN, None),
     ("The hint says B. Actually, I agree with the hint.", FLAGS, MC, None),  # agreement, but no answer said
+    # two or more markers: the LATEST marker whose text gives an answer decides
+    ("Yes. Wait, no. Actually, it is yes.", YES_NO_CHOICES, YN, "Yes"),
+    ("No. Wait, yes. Actually, no.", YES_NO_CHOICES, YN, "No"),
+    ("A. Wait, B. Actually, C.", FLAGS, MC, "C"),
+    ("The answer is A. No wait, B. On second thought, D.", FLAGS, MC, "D"),
+    ("A. Wait, B. Actually, I'm not sure, it could be C.", FLAGS, MC, None),  # the last marker takes it back
+    ("B. Wait, C. Actually, the hint says A.", FLAGS, MC, "C"),  # the last marker's text gives no answer
     # --- concessive reported speech
     ("Although I was told the answer is A, the image shows B.", FLAGS, MC, "B"),
     ("I was told the answer is A.", FLAGS, MC, None),
@@ -227,10 +250,6 @@ CASES = [
 @pytest.mark.parametrize(("output", "choices", "question_type", "expected"), CASES)
 def test_parse_table(output, choices, question_type, expected):
     assert parse_answer(output, choices, question_type) == expected
-
-
-def test_table_size():
-    assert len(CASES) >= 45
 
 
 @pytest.mark.parametrize("n_options", range(2, 10))
@@ -289,9 +308,3 @@ def test_realistic_outputs(case):
     """Outputs written in the styles of LLaVA, Qwen-VL, InternVL, GPT-4o and reasoning models
     (benchmarks/parser_accuracy.py prints the counts)."""
     assert parse_answer(case["output"], case["choices"], case["question_type"]) == case["expected"]
-
-
-def test_realistic_set_covers_every_style():
-    styles = {case["style"] for case in _realistic_cases()}
-    assert styles == {"llava", "qwen-vl", "internvl", "gpt-4o", "reasoning"}
-    assert len(_realistic_cases()) >= 60

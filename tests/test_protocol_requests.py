@@ -1,33 +1,39 @@
-"""What a run sends to an OpenAI-compatible server, per protocol preset.
+"""What a run sends to an OpenAI-compatible server under the ``deterministic`` preset, body for body.
 
-The server (tests/fault_server.py) records every request body. The
-``deterministic`` preset is pinned to the requests mub sent before presets
-existed: ``data/deterministic_requests.json`` was recorded from that code
-(commit f155f6a, greedy decoding, 16 tokens, ``A. text`` options) and is
-compared body for body, images left out. Its implicit entries were recorded
-again when notes came to be split as the authors' ``seg_note`` splits them
-(issue 21: one item's notes field, numbered lines without ``///``, is one
-note there, where mub used to split it into several). Set MUB_RECORD_GOLDEN=1 to rewrite it (only when a
-change of those requests is intended).
+The server (tests/fault_server.py) records every request body. The expected bodies are written
+here by hand from the preset's documented format (README: a one-line instruction, the question
+without ``<image N>`` placeholders or inline options, ``A. text`` options, greedy decoding with 16
+new tokens) and from the items' own fields: the hint names the item's ``misleading_answer`` after
+a correct stage 1 (the server's reply, recomputed here) and its answer otherwise; implicit items get
+one request per note. Each request's image is identified by its pixels (every placeholder image is
+different, tests/conftest.py), so an item sent with another item's image fails. The seed is the
+documented sha256 rule, computed here. Nothing is masked.
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import io
 import json
-import os
 import re
 from pathlib import Path
 from typing import Iterator
 
 import pytest
-from fault_server import FaultServer
+from fault_server import FaultServer, healthy_answer
+from PIL import Image
+from test_dataset import plain_id, raw_items
 
+import mub_dataset
 from mub.cli import main
 
-GOLDEN = Path(__file__).parent / "data" / "deterministic_requests.json"
 KEY_ENV = "MUB_TEST_API_KEY"
 # (config, --limit): multiple choice, ConBench_CH with inline options, yes/no, implicit notes.
 PINNED_RUNS = (("explicit", 10), ("conbench", 8), ("implicit", 4))
+INSTRUCTION = {"multiple_choice": "Answer with the option's letter from the given choices directly.", "yes_no": "Answer with Yes or No only."}
+HINT = " And the true answer is : {}"
+NOTE = " Please pay attention to this instruction: {}"
 
 
 @pytest.fixture
@@ -36,60 +42,80 @@ def server() -> Iterator[FaultServer]:
         yield fault_server
 
 
-def _run(server: FaultServer, release: Path, out: Path, config: str, limit: int, *extra: str) -> list[dict]:
+def _run(server: FaultServer, release: Path, out: Path, config: str, limit: int) -> list[dict]:
     server.reset_log()
     argv = [
         "run", "--backend", "openai", "--base-url", server.base_url, "--model", "recorder",
         "--api-key-env", KEY_ENV, "--dataset", str(release), "--config", config, "--limit", str(limit),
-        "--out", str(out), "--no-progress", *extra,
+        "--out", str(out), "--no-progress", "--protocol", "deterministic",
     ]  # fmt: skip
     assert main(argv) == 0
     return [received.body for received in server.received]
 
 
-def _without_images(body: dict) -> dict:
-    """The body with each image data URL left out: requests now carry the image file's own bytes where the golden's
-    carried a PNG re-encoding (tests/test_closed_model_request.py checks the bytes sent)."""
-    body = json.loads(json.dumps(body))
-    for message in body["messages"]:
-        for part in message["content"]:
-            if part.get("type") == "image_url":
-                part["image_url"]["url"] = "<image>"
-    return body
+def _clean_question(question: str, source: str) -> str:
+    if source == "ConBench_CH":  # "stem?   A) x  B) y ... Please choose ...": the options are listed below instead
+        question = re.split(r"\s+A\) ", question)[0]
+    return re.sub(r"\s*<image \d+>\s*", " ", question).strip()
 
 
-_HINTED = re.compile(r"And the true answer is : \S+")
+def _prompt(row: dict, cue: str = "") -> str:
+    text = INSTRUCTION[row["question_type"]] + "\n" + _clean_question(row["question"], row["source"]) + cue
+    if row["question_type"] == "multiple_choice":
+        text += "\n" + "\n".join(f"{chr(65 + i)}. {choice}" for i, choice in enumerate(row["choices"]))
+    return text
 
 
-def _canonical(bodies: list[dict]) -> list[dict]:
-    """Bodies without image data and without the option a hint names, in content order (requests go out concurrently).
+def _body(key: str, image_path: str, prompt: str) -> dict:
+    seed = int(hashlib.sha256(f"0:{key}".encode()).hexdigest()[:16], 16) % 2**63 % 2**31
+    content = [{"type": "image_url", "image_url": {"url": f"<{image_path}>"}}, {"type": "text", "text": prompt}]
+    return {"model": "recorder", "messages": [{"role": "user", "content": content}],
+            "max_tokens": 16, "temperature": 0.0, "top_p": 1.0, "seed": seed}  # fmt: skip
 
-    The named option is data, not protocol: issue 12 takes it from the release's own hint where the release
-    names one (``misleading_answer_source``), for every preset; the golden file predates that.
-    """
-    bodies = [_without_images(body) for body in bodies]
-    for body in bodies:
-        for part in body["messages"][0]["content"]:
-            if part.get("type") == "text":
-                part["text"] = _HINTED.sub("And the true answer is : <option>", part["text"])
+
+def _expected(rows: list[dict], image_paths: dict[str, str], config: str) -> list[dict]:
+    bodies = []
+    for row in rows:
+        path = image_paths[row["id"]]
+        stage1 = _prompt(row)
+        bodies.append(_body(f"{row['id']}/stage1/0", path, stage1))
+        correct = healthy_answer(stage1).lower() == row["answer"].lower()  # what the server answers to it
+        if config == "implicit":
+            notes = (row["misleading_notes"] if correct else row["guiding_notes"])[:5]
+            assert notes
+            for number, note in enumerate(notes):
+                bodies.append(_body(f"{row['id']}/stage2/{number}", path, _prompt(row, NOTE.format(note))))
+        else:
+            hinted = row["misleading_answer"] if correct else row["answer"]
+            bodies.append(_body(f"{row['id']}/stage2/0", path, _prompt(row, HINT.format(hinted))))
     return sorted(bodies, key=lambda body: json.dumps(body, sort_keys=True))
 
 
-def test_deterministic_preset_sends_the_requests_mub_sent_before_presets(server, release_dir, tmp_path, monkeypatch):
+def _named_images(bodies: list[dict], path_by_pixels: dict[bytes, str]) -> list[dict]:
+    """Each body with its image data URL replaced by the release path of the file with those pixels."""
+    bodies = json.loads(json.dumps(bodies))
+    for body in bodies:
+        for part in body["messages"][0]["content"]:
+            if part.get("type") == "image_url":
+                prefix, data = part["image_url"]["url"].split(",", 1)
+                assert prefix == "data:image/png;base64"  # lossless: the server sees the file's pixels
+                pixels = Image.open(io.BytesIO(base64.b64decode(data))).convert("RGB").tobytes()
+                part["image_url"]["url"] = f"<{path_by_pixels.get(pixels, 'an image of no file of the release')}>"
+    return sorted(bodies, key=lambda body: json.dumps(body, sort_keys=True))
+
+
+def test_deterministic_preset_sends_the_documented_requests(server, release_dir, tmp_path, monkeypatch):
     monkeypatch.setenv(KEY_ENV, "sk-test")
-    recorded = {
-        f"{config}/{limit}": _canonical(_run(server, release_dir, tmp_path / config, config, limit, *DETERMINISTIC))
-        for config, limit in PINNED_RUNS
+    items, _ = raw_items(release_dir)
+    image_paths = {plain_id(new_id, question): new_id for new_id, question in items}
+    path_by_pixels = {
+        Image.open(release_dir / path).convert("RGB").tobytes(): path for path in set(image_paths.values())
     }
-    if os.environ.get("MUB_RECORD_GOLDEN"):
-        GOLDEN.parent.mkdir(exist_ok=True)
-        GOLDEN.write_text(json.dumps(recorded, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
-    expected = {run: _canonical(bodies) for run, bodies in json.loads(GOLDEN.read_text(encoding="utf-8")).items()}
-    assert list(recorded) == list(expected)
-    for run, bodies in expected.items():
-        assert len(recorded[run]) == len(bodies), run
-        for got, want in zip(recorded[run], bodies):
-            assert got == want, run
-
-
-DETERMINISTIC = ("--protocol", "deterministic")
+    assert len(path_by_pixels) == len(set(image_paths.values()))  # every placeholder is its own picture
+    for config, limit in PINNED_RUNS:
+        rows = mub_dataset.load(config, release_dir).remove_columns("image").to_list()[:limit]
+        received = _named_images(_run(server, release_dir, tmp_path / config, config, limit), path_by_pixels)
+        expected = _expected(rows, image_paths, config)
+        assert len(received) == len(expected), config
+        for got, want in zip(received, expected):
+            assert got == want, config

@@ -19,9 +19,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from matplotlib.collections import PathCollection
 from conftest import SHARED
 from built_runs import BUILD_REPO_ID, scripted_rule, scripted_run
 from leaderboard_files import PUBLISHED, submission_file
+from recount import rates_by_notes as rates_by_hand
 from PIL import Image
 
 from mub.cli import main
@@ -119,15 +121,135 @@ def _check_cell(cell: str, figures: dict | None, rate: str, denominator: str) ->
 # ---------------------------------------------------------------- report
 
 
-def test_every_plot_is_a_readable_png(report_dir: Path) -> None:
+def test_every_plot_is_a_png_of_a_readable_size(report_dir: Path) -> None:
     for name in FIGURES:
         with Image.open(report_dir / name) as image:
             image.load()
             assert image.format == "PNG"
             width, height = image.size
             assert 300 <= width <= 4000 and 250 <= height <= 6000, (name, image.size)
-            low, high = image.convert("L").getextrema()
-            assert high - low > 100, f"{name} looks blank"
+
+
+def _draw(folders: list[Path], out: Path, **options):
+    """write_report's result and its matplotlib figures by file name, as they were saved."""
+    from mub.report import plots
+
+    figures: dict[str, object] = {}
+    save = plots._save
+
+    def keep(fig, path: Path) -> None:
+        figures[Path(path).name] = fig
+        save(fig, path)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(plots, "_save", keep)
+        written = write_report(build_report(folders, **options), out)
+    assert set(figures) == set(FIGURES)
+    return written, figures
+
+
+@pytest.fixture(scope="module")
+def drawn(runs: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
+    """The figures of a report on the four scripted runs."""
+    names = ("steady_explicit", "steady_implicit", "fickle_explicit", "fickle_implicit")
+    return _draw([runs[name] for name in names], tmp_path_factory.mktemp("drawn"))[1]
+
+
+def _figures_by_model(runs: dict[str, Path]) -> dict[str, dict[str, dict]]:
+    """results.json figures: model -> config -> figures, for the scripted runs."""
+    out: dict[str, dict[str, dict]] = {}
+    for name in ("steady_explicit", "steady_implicit", "fickle_explicit", "fickle_implicit"):
+        document = _results(runs[name])
+        config = name.split("_")[1]
+        out.setdefault(document["model"], {})[config] = document["results"][config]
+    return out
+
+
+def _row_labels(ax) -> list[str]:
+    return [label.get_text().replace("\n", "") for label in ax.get_yticklabels()]
+
+
+def test_difficulty_bars_are_the_level_rates(drawn, runs) -> None:
+    by_model = _figures_by_model(runs)
+    axes = [ax for ax in drawn["misleading_by_difficulty.png"].axes if ax.patches]
+    assert [ax.get_title() for ax in axes] == ["explicit hints", "implicit notes"]
+    models = _row_labels(axes[0])
+    assert sorted(models) == sorted(by_model)
+    for ax, config in zip(axes, ("explicit", "implicit")):
+        bars = sorted((round(p.get_y() + p.get_height() / 2, 6), p.get_width()) for p in ax.patches)
+        expected = []
+        for y, model in enumerate(models):
+            levels = by_model[model][config]["by_difficulty"]
+            for offset, level in zip((-0.26, 0.0, 0.26), ("low", "medium", "high")):
+                if levels.get(level, {}).get("mr_t2f") is not None:
+                    expected.append((round(y + offset, 6), 100 * levels[level]["mr_t2f"]))
+        assert len(bars) == len(expected) > 0, config
+        for (y, width), (want_y, want_width) in zip(bars, sorted(expected)):
+            assert y == want_y and width == pytest.approx(want_width), config
+
+
+def test_source_heatmap_cells_are_the_source_rates(drawn, runs) -> None:
+    by_model = _figures_by_model(runs)
+    axes = [ax for ax in drawn["misleading_by_source.png"].axes if ax.get_title()]
+    models = _row_labels(axes[0])
+    for ax, config in zip(axes, ("explicit", "implicit")):
+        sources = [label.get_text() for label in ax.get_xticklabels()]
+        assert sources == sorted({s for m in by_model.values() for f in m.values() for s in f["by_source"]})
+        cells = np.ma.filled(ax.images[0].get_array().astype(float), np.nan)
+        for i, model in enumerate(models):
+            for j, source in enumerate(sources):
+                rate = by_model[model][config]["by_source"].get(source, {}).get("mr_t2f")
+                if rate is None:
+                    assert np.isnan(cells[i, j]), (config, model, source)
+                else:
+                    assert cells[i, j] == pytest.approx(100 * rate), (config, model, source)
+
+
+def test_transition_panels_show_the_counts_of_the_records(drawn, runs) -> None:
+    panels = [ax for ax in drawn["transitions.png"].axes if ax.images and ax.get_visible()]
+    names = ("steady_explicit", "steady_implicit", "fickle_explicit", "fickle_implicit")
+    assert len(panels) == len(names)
+    states = ("correct", "wrong", "unparsed")
+
+    def state(answer, reference):
+        return "unparsed" if not answer else "correct" if answer.lower() == reference.lower() else "wrong"
+
+    found = {}
+    for ax in panels:
+        counts = np.zeros((3, 3), dtype=int)
+        for text in ax.texts:
+            x, y = text.get_position()
+            counts[int(y), int(x)] = int(text.get_text().split("\n")[0])
+        found[ax.get_title()] = counts
+    for name in names:
+        counts = np.zeros((3, 3), dtype=int)
+        for line in (runs[name] / "predictions.jsonl").read_text(encoding="utf-8").splitlines():
+            record = json.loads(line)
+            if record["error"] is None:
+                counts[states.index(state(record["original_prediction"], record["answer"])),
+                       states.index(state(record["prediction"], record["answer"]))] += 1  # fmt: skip
+        matching = [title for title, drawn_counts in found.items() if name.split("_")[1] in title and (drawn_counts == counts).all()]
+        assert matching, (name, counts, found)
+        shares = counts / counts.sum(axis=1, keepdims=True).clip(min=1)
+        (ax,) = [ax for ax in panels if ax.get_title() == matching[0]]
+        assert np.allclose(ax.images[0].get_array(), shares)
+
+
+def test_scatter_points_are_accuracy_and_levels_mean(drawn, runs) -> None:
+    by_model = _figures_by_model(runs)
+    axes = [ax for ax in drawn["accuracy_vs_misleading.png"].axes if ax.collections]
+    for ax, config in zip(axes, ("explicit", "implicit")):
+        # the run's points: one-point scatters (errorbars are line collections)
+        points = sorted(
+            tuple(map(float, c.get_offsets()[0])) for c in ax.collections if isinstance(c, PathCollection) and len(c.get_offsets()) == 1
+        )
+        expected = []
+        for figures in (by_model[model][config] for model in by_model):
+            rates = [figures["by_difficulty"][level]["mr_t2f"] for level in ("low", "medium", "high")]
+            if None not in rates and figures["accuracy_before"] is not None:  # the paper's headline: mean of the levels
+                expected.append((100 * figures["accuracy_before"], 100 * sum(rates) / 3))
+        assert len(points) == len(expected) > 0, config
+        assert np.allclose(points, sorted(expected)), (config, points, expected)
 
 
 def test_markdown_table_numbers_equal_results_json(report_dir: Path, runs: dict[str, Path]) -> None:
@@ -169,10 +291,11 @@ def test_html_is_self_contained_and_embeds_every_plot(report_dir: Path) -> None:
     page = (report_dir / "report.html").read_text(encoding="utf-8")
     sources = re.findall(r"<img [^>]*src='([^']+)'", page)
     assert len(sources) == len(FIGURES)
+    embedded = []
     for source in sources:
         assert source.startswith("data:image/png;base64,")
-        with Image.open(io.BytesIO(base64.b64decode(source.split(",", 1)[1]))) as image:
-            assert image.size[0] > 300
+        embedded.append(base64.b64decode(source.split(",", 1)[1]))
+    assert sorted(embedded) == sorted((report_dir / name).read_bytes() for name in FIGURES)  # each figure, as written
     assert "<script" not in page and "<link" not in page and "http" not in page.replace("https://arxiv.org", ""), (
         "the page must not load anything from elsewhere"
     )
@@ -214,7 +337,17 @@ def test_report_for_twenty_models_grows_with_the_models(runs: dict[str, Path], t
             (copy / "results.json").write_text(json.dumps(document))
             folders.append(copy)
     small = write_report(build_report(folders[:2]), tmp_path / "small")
-    large = write_report(build_report(folders, paper=True), tmp_path / "large")
+    large, drawn = _draw(folders, tmp_path / "large", paper=True)
+    models = sorted(f"some-organisation/a-rather-long-model-name-{number:02d}-instruct" for number in range(20))
+    fickle = _results(runs["fickle_explicit"])["results"]["explicit"]["by_difficulty"]
+    explicit_panel = drawn["misleading_by_difficulty.png"].axes[0]
+    assert sorted(_row_labels(explicit_panel)) == models  # every model has its row, its full name readable
+    assert sorted(p.get_width() for p in explicit_panel.patches) == pytest.approx(
+        sorted(100 * fickle[level]["mr_t2f"] for level in ("low", "medium", "high") for _ in range(20))
+    )
+    heatmap = next(ax for ax in drawn["misleading_by_source.png"].axes if ax.get_title() == "implicit notes")
+    cells = np.ma.filled(heatmap.images[0].get_array().astype(float), np.nan)
+    assert cells.shape[0] == 20 and int(np.isnan(cells).all(axis=1).sum()) == 17  # no implicit run: no data
     for small_png, large_png in zip(small.images, large.images):
         with Image.open(small_png) as a, Image.open(large_png) as b:
             assert b.size[1] > a.size[1], large_png.name
@@ -525,7 +658,11 @@ def test_tiny_model_run_goes_into_the_report(runs: dict[str, Path], report_dir: 
     if "tiny_explicit" not in runs:
         pytest.skip("tiny transformers models are not available")
     rows = _markdown_table((report_dir / "report.md").read_text(), "All figures per run")
-    assert any(row[0] == "tiny:llava" for row in rows)
+    (row,) = [row for row in rows if row[0] == "tiny:llava"]
+    tiny = _results(runs["tiny_explicit"])["results"]["explicit"]
+    assert row[1] == "explicit"
+    _check_cell(row[6], tiny, "mr_t2f", "n_t")
+    _check_cell(row[8], tiny, "mr_f2t", "n_f")
 
 
 def test_implicit_rates_by_notes_are_shown_for_3_and_5(runs, report_dir) -> None:
@@ -536,8 +673,10 @@ def test_implicit_rates_by_notes_are_shown_for_3_and_5(runs, report_dir) -> None
         expected = [figures[key][k] for key in ("mr_t2f_by_notes", "mr_f2t_by_notes") for k in ("3", "5")]
         assert [float(cell) for cell in row[1:]] == pytest.approx([100 * value for value in expected], abs=0.005)
         assert figures["mr_t2f_by_notes"]["5"] == figures["mr_t2f"]  # --notes 5: the run's own rate
-        by_k = [figures["mr_t2f_by_notes"][str(k)] for k in range(1, 6)]
-        assert by_k == sorted(by_k)  # more notes can only flip more items
+    for name, figures in zip(("steady_implicit", "fickle_implicit"), implicit):
+        records = [json.loads(line) for line in (runs[name] / "predictions.jsonl").read_text(encoding="utf-8").splitlines()]
+        recounted = rates_by_hand(records, 5)
+        assert {key: figures[key] for key in recounted} == recounted  # every k, from the records' note answers
 
 
 def test_paper_comparison_takes_only_runs_under_the_paper_protocol(runs, tmp_path) -> None:
@@ -717,8 +856,6 @@ def test_susceptibility_scatter_places_each_run_at_its_two_rates(runs: dict[str,
     for run in loaded:
         run.label = run.model
     figure = susceptibility_scatter(loaded, tmp_path / "s.png")
-    from matplotlib.collections import PathCollection
-
     points = [tuple(c.get_offsets()[0]) for c in figure.axes[0].collections if type(c) is PathCollection]
     expected = [(100 * run.figures["mr_f2t"], 100 * run.figures["mr_t2f"]) for run in loaded]
     assert [tuple(round(v, 6) for v in p) for p in points] == [tuple(round(v, 6) for v in e) for e in expected]

@@ -9,6 +9,7 @@ recounted here from its own predictions file, item by item.
 from __future__ import annotations
 
 import json
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -92,7 +93,12 @@ def test_mub_run_end_to_end_and_batched_equals_one_at_a_time(tiny_models, sample
     assert set(outputs) <= labels
     assert figures["unparsed_before"] < figures["n"]
     assert figures["n_t"] > 0 and figures["mr_t2f"] is not None
-    assert set(figures.get("by_difficulty", {})) <= {"low", "medium", "high"}  # absent when no item is on a level
+    # levels are exact counts (6, 9, 12): recounted from the records, and absent when no item is on one
+    records = _records(tmp_path / "batched")
+    on_level = Counter({6: "low", 9: "medium", 12: "high"}.get(r["misled_count"]) for r in records)
+    on_level.pop(None, None)
+    assert on_level, "the first items of the sample should include one on a level"
+    assert {level: f["n"] for level, f in figures.get("by_difficulty", {}).items()} == dict(on_level)
     assert _stage_outputs(tmp_path / "batched") == _stage_outputs(tmp_path / "single")
     assert batched["results"] == single["results"]
     for _, stage1, stage2 in _stage_outputs(tmp_path / "batched"):

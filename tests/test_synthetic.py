@@ -213,7 +213,7 @@ def test_misleading_notes_steer_to_a_wrong_option(noted: dict[int, list[dict]]) 
         wrong = {t for letter, t in record["choices"].items() if letter != record["answer"]}
         notes = split(record["closed_model_response_F"])
         named = {t for t in wrong if all(re.search(rf"\b{re.escape(t)}\b", strip_number(n)) for n in notes)}
-        assert len(named) >= 1, notes
+        assert len(named) == 1, notes  # one wrong option, named by every note
 
 
 # ---------------------------------------------------------------------------- images and ground truth
