@@ -699,3 +699,18 @@ def test_a_model_name_cannot_lead_the_results_file_out_of_its_folder(name: str) 
     with pytest.raises(ValueError, match="cannot name a results folder"):
         model_folder(name)
     assert model_folder("org/model-1.5") == "org/model-1.5"
+
+
+@pytest.mark.parametrize("n_boot", ["1000000000", "0", "-5"])
+def test_report_bootstrap_outside_its_bound_is_one_line(
+    runs: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str], n_boot: str
+) -> None:
+    # Issue 22 (10): `mub report --bootstrap 1e9` ran for minutes with no bound.
+    out = tmp_path / "report"
+    assert main(["report", *map(str, runs.values()), "--out", str(out), "--bootstrap", n_boot]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"--bootstrap is {n_boot}; give 1 to 100000 resamples" in err
+    assert not out.exists()
+    a = ItemOutcomes(("x", "y"), np.array([True, True]), np.array([False, True]))
+    with pytest.raises(ValueError, match="--bootstrap is 100001"):
+        paired_bootstrap(a, a, n_boot=100_001)

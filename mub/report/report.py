@@ -20,7 +20,7 @@ from typing import Any, Callable, Sequence
 
 from mub.protocol.stages import same_answer
 from mub.report import plots
-from mub.report.compare import DEFAULT_BOOTSTRAP, PairedBootstrap, compare_predictions
+from mub.report.compare import DEFAULT_BOOTSTRAP, PairedBootstrap, check_bootstrap, compare_predictions
 from mub.report.paper import PAPER_AVERAGE, PAPER_CITATION, PAPER_RESULTS
 from mub.report.plots import levels_mean
 from mub.report.rows import KINDS, STATES, ModelRow, RunSummary
@@ -434,6 +434,7 @@ def build_report(
     """Read the run folders and lay out the report; nothing is written."""
     if not run_dirs:
         raise ValueError("mub report needs at least one run folder")
+    check_bootstrap(n_boot)
     runs = [load_run(path) for path in run_dirs]
     assign_labels(runs)
     rows = group_by_model(runs)
