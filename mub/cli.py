@@ -104,6 +104,7 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--limit", type=int, help="first N items after filtering")
     p.add_argument("--shard", type=_parse_shard, metavar="I/N", help="evaluate only shard I of N (for array jobs)")
     p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--max-pixels", type=int, default=40_000_000, metavar="N", help="largest image asked, in pixels (default 40,000,000); a larger one is an item error, found before decoding")
     p.add_argument("--dtype", default="auto", help="auto, float32, bfloat16 or float16")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     p.add_argument("--out", help="run folder (default: runs/<model>__<config>)")

@@ -14,6 +14,7 @@ import re
 from typing import Any, Mapping
 
 from .features import MULTIPLE_CHOICE, YES_NO, difficulty_for
+from .limits import MAX_OPTIONS, item_problem
 
 YES_NO_CHOICES = ["Yes", "No"]
 MIN_MISLED, MAX_MISLED = 6, 12  # MUB keeps items that misled at least 6 of its 12 reference models
@@ -97,6 +98,9 @@ def item_id(image_path: str, question: str) -> str:
 
 
 def letters(n: int) -> list[str]:
+    """The option letters of ``n`` options; more than MAX_OPTIONS (26) have no letters."""
+    if n > MAX_OPTIONS:
+        raise RecordError(f"it has {n} options, more than the {MAX_OPTIONS} letters A-Z; keep at most {MAX_OPTIONS}")
     return [chr(ord("A") + i) for i in range(n)]
 
 
@@ -185,6 +189,8 @@ def normalise_answer(raw_answer: Any, question_type: str, choices: list[str]) ->
 def misleading_answer_for(row_id: str, answer: str, labels: list[str]) -> str:
     """A wrong option fixed per item: a choice seeded by the item's id."""
     wrong = [label for label in labels if label != answer]
+    if not wrong:
+        raise RecordError(f"it has {len(labels)} option; a multiple-choice item needs at least two: add the others")
     seed = int(hashlib.sha256(f"misleading-answer:{row_id}".encode("utf-8")).hexdigest()[:16], 16)
     return wrong[seed % len(wrong)]
 
@@ -260,7 +266,7 @@ def normalise_record(record: Mapping[str, Any], notes_record: Mapping[str, Any] 
     row_id = item_id(image_path, question)
     misleading_answer, misleading_source = misleading_answer_of(row_id, answer, labels, record.get("guide"))
     notes_source = notes_record or {}
-    return {
+    row = {
         "id": row_id,
         "question": question,
         "choices": choices,
@@ -279,3 +285,7 @@ def normalise_record(record: Mapping[str, Any], notes_record: Mapping[str, Any] 
         "reference_response": "" if record.get("response") is None else str(record["response"]),
         "reference_outcome": str(record.get("question_correction", "")),
     }
+    problem = item_problem(row)
+    if problem:
+        raise RecordError(f"{problem}: correct the record")
+    return row

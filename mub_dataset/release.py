@@ -10,7 +10,6 @@ the file, the item and the fix; nothing is dropped silently.
 
 from __future__ import annotations
 
-import io
 import json
 import re
 from collections import Counter
@@ -18,9 +17,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from PIL import Image, UnidentifiedImageError
-
 from .features import CONFIGS
+from .files import MAX_DOCUMENT_BYTES, MAX_IMAGE_BYTES, NotARegularFileError, read_regular_file
+from .limits import check_image
 from .records import RecordError, item_key, normalise_record
 
 MAIN_FILE = "all_combined_items.jsonl"
@@ -87,7 +86,9 @@ class Release:
 def read_record_array(path: Path, allow_truncated: bool = False) -> tuple[list[dict[str, Any]], FileReport]:
     """All records of one release file (a JSON array of objects)."""
     try:
-        text = path.read_text(encoding="utf-8")
+        text = read_regular_file(path, "release file", MAX_DOCUMENT_BYTES).decode("utf-8")
+    except NotARegularFileError as exc:
+        raise ReleaseError(str(exc)) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ReleaseError(f"{path}: cannot read the file ({exc})") from exc
     start = text.find("[")
@@ -202,24 +203,19 @@ def resolve_image(root: Path, image_path: str) -> Path:
 
 
 def read_image_bytes(path: Path, item: str) -> bytes:
-    """The image file's bytes, after checking that Pillow decodes all of it.
-
-    ``load()``, not only ``verify()``: ``verify()`` reads the headers and
-    accepts a JPEG cut off mid-scan, which then fails at run time.
-    """
+    """The image file's bytes, after checking that Pillow decodes all of it (within the pixel cap)."""
     try:
-        data = path.read_bytes()
+        data = read_regular_file(path, "image", MAX_IMAGE_BYTES)
     except FileNotFoundError:
         raise ReleaseError(f"{item}: image {path} is missing; put the image file there") from None
+    except NotARegularFileError as exc:
+        raise ReleaseError(f"{item}: {exc}") from None
     except OSError as exc:
         raise ReleaseError(f"{item}: image {path} cannot be read ({exc})") from exc
     try:
-        with Image.open(io.BytesIO(data)) as image:
-            image.load()
-    except Image.DecompressionBombError as exc:  # before OSError/ValueError: say why it was not decoded
-        raise ReleaseError(f"{item}: image {path} is too large to decode safely ({exc}); replace the file") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise ReleaseError(f"{item}: image {path} is not a readable image ({exc}); replace the file") from exc
+        check_image(data)
+    except ValueError as exc:
+        raise ReleaseError(f"{item}: image {path}: {exc}") from None
     return data
 
 

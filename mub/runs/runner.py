@@ -6,7 +6,6 @@ the same document it writes to ``results.json``.
 
 from __future__ import annotations
 
-import io
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
@@ -30,8 +29,9 @@ from mub.runs import distributed
 from mub.runs.predictions import ItemPrediction, StageAnswer
 from mub.runs.results import build_results
 from mub.runs.storage import RunFolder, RunFolderError
-from mub_dataset.files import cell_bytes, image_digest
+from mub_dataset.files import NotARegularFileError, cell_bytes, image_digest
 from mub_dataset.fingerprint import items_fingerprint
+from mub_dataset.limits import MAX_PIXELS, ImageTooLargeError, item_problem, open_image
 
 
 @dataclass
@@ -120,17 +120,28 @@ class LoadedImage:
     error: str | None = None
 
 
-def load_images(dataset: datasets.Dataset, indices: Sequence[int]) -> list[LoadedImage]:
-    """The items' images, fully decoded; one that cannot be decoded (truncated, not an image) carries the reason."""
+def load_images(dataset: datasets.Dataset, indices: Sequence[int], max_pixels: int = MAX_PIXELS) -> list[LoadedImage]:
+    """The items' images, fully decoded; one that cannot be read (not a regular file, too large) or decoded
+    (truncated, not an image, over ``max_pixels``, found before decoding) carries the reason."""
     loaded = []
     for index, cell in zip(indices, dataset.select_columns(["image"])[list(indices)]["image"]):
-        data = cell_bytes(cell)
+        where = cell.get("path") or "embedded"
         try:
-            with Image.open(io.BytesIO(data)) as image:
+            data = cell_bytes(cell)
+        except OSError as exc:  # NotARegularFileError's message names the file already
+            loaded.append(LoadedImage(None, "", f"the image ({where}) cannot be read ({exc.strerror or exc})"))
+            continue
+        except NotARegularFileError as exc:
+            loaded.append(LoadedImage(None, "", str(exc)))
+            continue
+        try:
+            with open_image(data, max_pixels) as image:
                 image.load()
                 loaded.append(LoadedImage(image.convert("RGB"), image_digest(data)))
+        except ImageTooLargeError as exc:
+            loaded.append(LoadedImage(None, image_digest(data), f"the image ({where}) is not decoded: {exc} (or raise --max-pixels)"))
         except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:  # what Pillow raises for bad data
-            error = f"the image ({cell.get('path') or 'embedded'}) cannot be decoded ({type(exc).__name__}: {exc})"
+            error = f"the image ({where}) cannot be decoded ({type(exc).__name__}: {exc})"
             loaded.append(LoadedImage(None, image_digest(data), error))
     return loaded
 
@@ -151,23 +162,34 @@ def item_record(row: Mapping[str, Any], group_id: str, stage1: list[StageAnswer]
     )
 
 
-def image_error_record(row: Mapping[str, Any], loaded: LoadedImage) -> ItemPrediction:
-    """The record of an item whose image could not be decoded: an item error, retried by ``--resume``."""
-    error = f"item {row['id']}: {loaded.error}; fix or replace the image in the dataset"
-    return item_record(row, loaded.group_id, [StageAnswer(cue="", output="", parsed=None, error=error)])
+def item_error_record(row: Mapping[str, Any], group_id: str, error: str) -> ItemPrediction:
+    """The record of an item that cannot be asked (its image, its text): an item error, retried by ``--resume``."""
+    return item_record(row, group_id, [StageAnswer(cue="", output="", parsed=None, error=f"item {row['id']}: {error}")])
+
+
+def item_error(row: Mapping[str, Any], loaded: LoadedImage) -> str | None:
+    """Why the item cannot be asked, or None: its image (unreadable, too large) or its text (see item_problem)."""
+    if loaded.error is not None:
+        return f"{loaded.error}; fix or replace the image in the dataset"
+    problem = item_problem(row)
+    return None if problem is None else f"{problem} in the dataset"
 
 
 def predict_group(
     rows: Sequence[Mapping[str, Any]], images: Sequence[LoadedImage], backend: Backend, config: RunConfig
 ) -> list[ItemPrediction]:
-    """:func:`run_batch` for the items whose image decoded, an item error for each other one; in item order."""
-    decoded = [(row, loaded) for row, loaded in zip(rows, images) if loaded.error is None]
+    """:func:`run_batch` for the items that can be asked, an item error for each other one; in item order."""
+    errors = [item_error(row, loaded) for row, loaded in zip(rows, images)]
+    asked = [(row, loaded) for row, loaded, error in zip(rows, images, errors) if error is None]
     answered = iter(
-        run_batch([row for row, _ in decoded], [(loaded.image, loaded.group_id) for _, loaded in decoded], backend, config)
-        if decoded
+        run_batch([row for row, _ in asked], [(loaded.image, loaded.group_id) for _, loaded in asked], backend, config)
+        if asked
         else []
     )
-    return [next(answered) if loaded.error is None else image_error_record(row, loaded) for row, loaded in zip(rows, images)]
+    return [
+        next(answered) if error is None else item_error_record(row, loaded.group_id, error)
+        for row, loaded, error in zip(rows, images, errors)
+    ]
 
 
 def _answer(generation: Generation, cue: str, row: Mapping[str, Any], hinted: str | None = None) -> StageAnswer:
@@ -290,11 +312,11 @@ def run(config: RunConfig, backend: Backend | None = None, dataset: datasets.Dat
                 with ThreadPoolExecutor(max_workers=1) as pool, tqdm(
                     total=len(todo), unit="item", desc=f"mub {config.config}", disable=not config.progress
                 ) as progress:
-                    pending = pool.submit(load_images, selection.dataset, [todo[i][0] for i in groups[0]]) if groups else None
+                    pending = pool.submit(load_images, selection.dataset, [todo[i][0] for i in groups[0]], config.max_pixels) if groups else None
                     for number, group in enumerate(groups):
                         images = pending.result()
                         if number + 1 < len(groups):
-                            pending = pool.submit(load_images, selection.dataset, [todo[i][0] for i in groups[number + 1]])
+                            pending = pool.submit(load_images, selection.dataset, [todo[i][0] for i in groups[number + 1]], config.max_pixels)
                         folder.append(predict_group([todo[i][1] for i in group], images, backend, config))
                         progress.update(len(group))
             except KeyboardInterrupt:
