@@ -38,6 +38,7 @@ def _cli(capsys, *argv: str) -> tuple[int, str]:
 
 def _one_line(code: int, err: str, *fragments: str) -> None:
     assert code == 2, err
+    err = "".join(line for line in err.splitlines(keepends=True) if "\r" not in line)  # datasets' progress bars
     assert err.count("\n") == 1 and "Traceback" not in err, err
     for fragment in fragments:
         assert fragment in err, err
@@ -408,3 +409,21 @@ def test_import_image_paths_stay_inside_the_dataset_folder(tmp_path: Path, kind:
         with pytest.raises(DatasetImportError, match=f"row 1: image path .*{expected}"):
             attempt()
     assert not (tmp_path / "imported").exists()
+
+
+def test_a_fifo_in_place_of_a_run_file_is_one_line(capsys, tmp_path: Path) -> None:
+    dataset = datasets.Dataset.from_list([_row(1), _row(2)], features=FEATURES)
+    config = RunConfig(model="scripted", backend="scripted", out=str(tmp_path / "run"), progress=False, protocol="deterministic")
+    run(config, backend=ScriptedBackend(lambda request: "A"), dataset=dataset)
+    for name in ("results.json", "predictions.jsonl"):
+        target = tmp_path / "run" / name
+        kept = target.read_bytes()
+        target.unlink()
+        with guarded_fifo(target):
+            code, err = _cli(capsys, "report", str(tmp_path / "run"), "--out", str(tmp_path / f"report-{name}"))
+            if name == "predictions.jsonl":
+                code, err = _cli(capsys, "rescore", str(tmp_path / "run"), "--parser", "mub", "--out", str(tmp_path / "rescored"))
+        # Never a hang: refused in one line (a FIFO results.json is "no results.json", checked before reading).
+        _one_line(code, err, f"{target} is a FIFO, not a regular file" if name == "predictions.jsonl" else "has no results.json")
+        target.unlink()
+        target.write_bytes(kept)

@@ -20,9 +20,15 @@ from mub.report.leaderboard import (
     flat_row,
 )
 from mub.report.rows import KINDS
+from mub_dataset.files import MAX_DOCUMENT_BYTES, read_regular_file
 
 HUB_PREFIX = "hf://datasets/"
 REPO_FILES = {"README.md", ".gitattributes"}  # a results repository's own files, not submissions
+
+
+def _submission_text(path: Path) -> str:
+    """A submission file's text: a regular file within MAX_DOCUMENT_BYTES, else one line naming it."""
+    return read_regular_file(path, "submission", MAX_DOCUMENT_BYTES).decode("utf-8", errors="replace")
 
 
 def _folder_files(folder: Path, label: str) -> tuple[list[SubmissionFile], list[Skipped]]:
@@ -34,7 +40,7 @@ def _folder_files(folder: Path, label: str) -> tuple[list[SubmissionFile], list[
             continue
         source = f"{label}/{relative.as_posix()}"
         if path.suffix == ".json":
-            files.append(SubmissionFile(source, path.read_text(encoding="utf-8", errors="replace")))
+            files.append(SubmissionFile(source, _submission_text(path)))
         else:
             skipped.append(Skipped(source, f"not a results file ({path.suffix or 'no extension'}); only .json files are read"))
     return files, skipped
@@ -54,7 +60,7 @@ def collect(sources: Sequence[str]) -> tuple[list[SubmissionFile], list[Skipped]
     for source in sources:
         path = Path(source)
         if path.is_file():
-            files.append(SubmissionFile(str(path), path.read_text(encoding="utf-8", errors="replace")))
+            files.append(SubmissionFile(str(path), _submission_text(path)))
             continue
         if path.is_dir():
             found, left = _folder_files(path, str(path).rstrip("/"))

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from mub.runs.predictions import ItemPrediction
-from mub_dataset.files import check_output_folder, give_usual_mode, mark_folder
+from mub_dataset.files import MAX_DOCUMENT_BYTES, check_output_folder, give_usual_mode, mark_folder, read_regular_file
 
 SETTINGS_FILE = "run.json"
 PREDICTIONS_FILE = "predictions.jsonl"
@@ -86,7 +86,7 @@ RESULTS_FIELDS: dict[str, type] = {"model": str, "dataset": dict, "run": dict, "
 def read_json_object(path: Path, fields: dict[str, type] | None = None, *, fix: str) -> dict[str, Any]:
     """The JSON object in ``path``, with ``fields`` of the given types; else RunFolderError naming the file and ``fix``."""
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(read_regular_file(path, "run file", MAX_DOCUMENT_BYTES).decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise RunFolderError(f"{path} is not valid JSON ({exc}); {fix}") from None
     except RecursionError:
@@ -252,7 +252,7 @@ class RunFolder:
         """A kill during a write can leave half a line at the end: cut it, its item is redone."""
         if not self.predictions_path.is_file():
             return
-        data = self.predictions_path.read_bytes()
+        data = read_regular_file(self.predictions_path, "predictions file", MAX_DOCUMENT_BYTES)
         if data and not data.endswith(b"\n"):
             with self.predictions_path.open("r+b") as handle:
                 handle.truncate(data.rfind(b"\n") + 1)
@@ -296,7 +296,7 @@ def _read_records(path: Path) -> list[ItemPrediction]:
     even one cut inside a multi-byte character, is skipped: its item is redone.
     """
     records = []
-    lines = path.read_bytes().split(b"\n")
+    lines = read_regular_file(path, "predictions file", MAX_DOCUMENT_BYTES).split(b"\n")
     for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
