@@ -38,7 +38,7 @@ def _cli(capsys, *argv: str) -> tuple[int, str]:
 
 def _one_line(code: int, err: str, *fragments: str) -> None:
     assert code == 2, err
-    err = "".join(line for line in err.splitlines(keepends=True) if "\r" not in line)  # datasets' progress bars
+    err = "".join(line + "\n" for line in err.split("\n")[:-1] if "\r" not in line)  # datasets' progress bars
     assert err.count("\n") == 1 and "Traceback" not in err, err
     for fragment in fragments:
         assert fragment in err, err
