@@ -427,3 +427,33 @@ def test_a_fifo_in_place_of_a_run_file_is_one_line(capsys, tmp_path: Path) -> No
         _one_line(code, err, f"{target} is a FIFO, not a regular file" if name == "predictions.jsonl" else "has no results.json")
         target.unlink()
         target.write_bytes(kept)
+
+
+def _finished_run(tmp_path: Path, n: int = 3) -> Path:
+    dataset = datasets.Dataset.from_list([_row(i) for i in range(1, n + 1)], features=FEATURES)
+    config = RunConfig(model="scripted", backend="scripted", out=str(tmp_path / "run"), progress=False, protocol="deterministic")
+    run(config, backend=ScriptedBackend(lambda request: "A"), dataset=dataset)
+    return tmp_path / "run"
+
+
+def test_rescore_of_a_run_json_without_model_is_one_line(capsys, tmp_path: Path) -> None:
+    folder = _finished_run(tmp_path)
+    settings = json.loads((folder / "run.json").read_text())
+    del settings["model"]
+    (folder / "run.json").write_text(json.dumps(settings))
+    code, err = _cli(capsys, "rescore", str(folder), "--parser", "mub", "--out", str(tmp_path / "rescored"))
+    _one_line(code, err, f"{folder / 'run.json'}: field 'model' is missing, not a str")
+    assert not (tmp_path / "rescored").exists()
+
+
+def test_rescore_of_a_run_lacking_an_item_writes_nothing_and_advises_no_refused_resume(capsys, tmp_path: Path, release_dir: Path) -> None:
+    # A run on the sample's first items, with one item's record removed from its predictions.
+    folder = tmp_path / "run"
+    config = RunConfig(model="scripted", backend="scripted", out=str(folder), progress=False, protocol="deterministic", limit=3)
+    run(config, backend=ScriptedBackend(lambda request: "A"))
+    lines = (folder / "predictions.jsonl").read_text().splitlines()
+    (folder / "predictions.jsonl").write_text("\n".join(lines[1:]) + "\n")
+    missing = json.loads(lines[0])["id"]
+    code, err = _cli(capsys, "rescore", str(folder), "--parser", "mub", "--out", str(tmp_path / "rescored"))
+    _one_line(code, err, f"lacks predictions for 1 of 3 items (first: {missing})", "finish it in its own folder")
+    assert not (tmp_path / "rescored").exists()

@@ -61,6 +61,13 @@ def rescore_run(run_dir: str | Path, parser: str, out: str | Path, *, overwrite:
     selection = select_items(config)
     rows = {row["id"]: row for row in selection.rows}
     predictions = source.load_predictions()
+    missing = [item_id for item_id in rows if item_id not in predictions]
+    if missing:  # refused before --out is touched: rescoring must not leave a half-written run there
+        raise ValueError(
+            f"{source.path} lacks predictions for {len(missing)} of {len(rows)} items (first: {', '.join(missing[:3])}), "
+            "so it is not a complete run; finish it in its own folder (the same `mub run` command with --resume), "
+            "then rescore it"
+        )
     implicit = config.cue_spec().uses_notes  # flipped_by_note is recorded only for notes
     rescored = [reread(predictions[item_id], rows[item_id], read, implicit=implicit) for item_id in rows if item_id in predictions]
     new_settings = {**settings, "parser": parser, "rescored_from": str(source.path)}

@@ -79,6 +79,8 @@ def write_json_atomic(path: Path, data: Any) -> None:
         raise
 
 
+# The parts of run.json every reader relies on (rescore, merge, resume), and their types.
+SETTINGS_FIELDS: dict[str, type] = {"model": str, "dataset": str, "config": str, "backend": str}
 # The parts of results.json every reader relies on, and their types.
 RESULTS_FIELDS: dict[str, type] = {"model": str, "dataset": dict, "run": dict, "results": dict}
 
@@ -239,7 +241,9 @@ class RunFolder:
             )
 
     def read_settings(self) -> dict[str, Any]:
-        return read_json_object(self.settings_path, fix="restore it, or start the run again with --overwrite")
+        return read_json_object(
+            self.settings_path, SETTINGS_FIELDS, fix="restore it, or start the run again with --overwrite"
+        )
 
     def read_results(self) -> dict[str, Any]:
         return read_json_object(
