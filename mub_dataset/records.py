@@ -59,6 +59,9 @@ def _json_safe(value: Any) -> bool:
     return True
 
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
 def check_field_types(record: Mapping[str, Any]) -> None:
     """Refuse a field of the wrong JSON type, before any value is converted.
 
@@ -67,6 +70,13 @@ def check_field_types(record: Mapping[str, Any]) -> None:
     """
     for field, (types, optional) in FIELD_TYPES.items():
         value = record.get(field)
+        for text in value.values() if isinstance(value, dict) else [value]:
+            if isinstance(text, str) and _SURROGATE.search(text):
+                position = _SURROGATE.search(text).start()
+                raise RecordError(
+                    f"{field} holds a lone surrogate (U+{ord(text[position]):04X}) at character {position}, which is no "
+                    "Unicode text (a JSON escape such as \\ud800 cut from its pair); correct the record"
+                )
         if value is None:
             if optional:
                 continue

@@ -94,7 +94,7 @@ def read_record_array(path: Path, allow_truncated: bool = False) -> tuple[list[d
     start = text.find("[")
     if start < 0 or text[:start].strip():
         raise ReleaseError(f"{path}: expected one JSON array of records ('[' first), found {text[:40]!r}")
-    decoder = json.JSONDecoder()
+    decoder = json.JSONDecoder(parse_int=_whole_number, parse_constant=_no_constant)
     records: list[dict[str, Any]] = []
     pos = start + 1
     while True:
@@ -116,6 +116,10 @@ def read_record_array(path: Path, allow_truncated: bool = False) -> tuple[list[d
                 f"{path}: malformed JSON in record {len(records) + 1}{item} at line {exc.lineno}, "
                 f"column {exc.colno}: {exc.msg}; fix the record or restore the file from the release"
             ) from None
+        except ValueRefused as exc:
+            boundary = _RECORD_BOUNDARY.search(text, pos)
+            item = _partial_item(text[pos : boundary.start() if boundary else None])
+            raise ReleaseError(f"{path}: record {len(records) + 1}{item}: {exc}; fix the record") from None
         except RecursionError:
             raise ReleaseError(
                 f"{path}: record {len(records) + 1} is nested too deeply to be a record; "
@@ -125,6 +129,23 @@ def read_record_array(path: Path, allow_truncated: bool = False) -> tuple[list[d
             raise ReleaseError(f"{path}: record {len(records) + 1} is a {type(record).__name__}, expected an object")
         records.append(record)
         pos = end
+
+
+class ValueRefused(ValueError):
+    """A JSON value a release record may not hold (raised while decoding, so its record is named)."""
+
+
+MAX_NUMBER_DIGITS = 18  # every count of a release fits; Python refuses to convert past 4,300 digits, naming nothing
+
+
+def _whole_number(digits: str) -> int:
+    if len(digits.lstrip("-")) > MAX_NUMBER_DIGITS:
+        raise ValueRefused(f"a number has {len(digits.lstrip('-'))} digits, more than the {MAX_NUMBER_DIGITS} any field may hold")
+    return int(digits)
+
+
+def _no_constant(name: str) -> float:
+    raise ValueRefused(f"{name} is not a number that JSON allows (write a whole number)")
 
 
 def _ends_inside(text: str, pos: int) -> bool:

@@ -457,3 +457,25 @@ def test_rescore_of_a_run_lacking_an_item_writes_nothing_and_advises_no_refused_
     code, err = _cli(capsys, "rescore", str(folder), "--parser", "mub", "--out", str(tmp_path / "rescored"))
     _one_line(code, err, f"lacks predictions for 1 of 3 items (first: {missing})", "finish it in its own folder")
     assert not (tmp_path / "rescored").exists()
+
+
+@pytest.mark.parametrize(
+    ("case", "fragments"),
+    [
+        ("5000 digits", ["record 1 (new_id=", "a number has 5000 digits, more than the 18"]),
+        ("NaN", ["record 1 (new_id=", "NaN is not a number that JSON allows"]),
+        ("lone surrogate", ["item new_id=", "question holds a lone surrogate (U+D800) at character 0"]),
+    ],
+)
+def test_a_release_value_python_cannot_take_names_the_file_and_item(capsys, tmp_path, release_dir, case, fragments) -> None:
+    release, records = _release_copy(release_dir, tmp_path)
+    text = (release / MAIN).read_text(encoding="utf-8")
+    first = text.index('"num": ')  # the first record's
+    if case == "lone surrogate":
+        text = text.replace('"question": "', '"question": "\\ud800', 1)
+    else:
+        end = text.index(",", first)
+        text = text[:first] + '"num": ' + ("7" * 5000 if case == "5000 digits" else "NaN") + text[end:]
+    (release / MAIN).write_text(text, encoding="utf-8")
+    code, err = _cli(capsys, "build", "--release", str(release), "--out", str(tmp_path / "out"))
+    _one_line(code, err, f"{release / MAIN}", *fragments)
