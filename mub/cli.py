@@ -388,6 +388,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"mub {args.command}: error: {user_message(exc)}", file=sys.stderr)
         return EXIT_USER_ERROR
+    except Exception as exc:
+        if args.debug or not is_network_error(exc):
+            raise
+        print(f"mub {args.command}: error: {user_message(exc)} (the network or the Hub could not be reached; check "
+              "the connection, or HF_ENDPOINT, and try again)", file=sys.stderr)  # fmt: skip
+        return EXIT_USER_ERROR
+
+
+def is_network_error(exc: BaseException) -> bool:
+    """A connection failure of the HTTP client under huggingface_hub (httpx, or the httpx2 fork it may use):
+    ``ConnectError``, ``ReadTimeout``, ... all derive from its ``TransportError``, which is no ``OSError``."""
+    return any(cls.__name__ == "TransportError" and cls.__module__.startswith("httpx") for cls in type(exc).__mro__)
 
 
 def user_message(exc: BaseException) -> str:

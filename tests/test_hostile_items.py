@@ -479,3 +479,23 @@ def test_a_release_value_python_cannot_take_names_the_file_and_item(capsys, tmp_
     (release / MAIN).write_text(text, encoding="utf-8")
     code, err = _cli(capsys, "build", "--release", str(release), "--out", str(tmp_path / "out"))
     _one_line(code, err, f"{release / MAIN}", *fragments)
+
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]  # closed once the block ends: connections are refused
+
+
+def test_hub_uploads_without_network_are_one_line(tmp_path: Path) -> None:
+    folder = _finished_run(tmp_path)
+    env = {**os.environ, "HF_HUB_OFFLINE": "0", "HF_ENDPOINT": f"http://127.0.0.1:{_closed_port()}", "HF_TOKEN": "hf_dummy"}
+    for argv in (["publish-metric", "--to", "someorg/mub_misleading_rate"],
+                 ["submit", str(folder), "--to", "someorg/results", "--yes", "--dataset-id", "someorg/mub", "--out", str(tmp_path / "sub")]):  # fmt: skip
+        result = subprocess.run([sys.executable, "-m", "mub.cli", *argv], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+        # huggingface_hub logs its own retries ("Retrying in 1s"); mub's answer is one last line, no traceback.
+        assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+        last = result.stderr.strip().splitlines()[-1]
+        assert last.startswith(f"mub {argv[0]}: error: ") and "could not be reached" in last, result.stderr
