@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import posixpath
 import re
+import unicodedata
 from typing import Any, Mapping
 
 from .features import MULTIPLE_CHOICE, YES_NO, difficulty_for
@@ -97,8 +99,11 @@ def check_field_types(record: Mapping[str, Any]) -> None:
 
 
 def item_key(record: Mapping[str, Any]) -> tuple[str, str]:
-    """An item is identified by its image path and its question."""
-    return (str(record["new_id"]), str(record["question"]))
+    """An item is identified by its image path and its question, each in one spelling: the path normalised
+    (``extract_img_all/./1.jpg`` is ``extract_img_all/1.jpg``), the question in NFC without format characters
+    (an NFD or zero-width variant is the same question), so such copies are one item, not extra ones."""
+    question = unicodedata.normalize("NFC", str(record["question"]))
+    return (posixpath.normpath(str(record["new_id"])), "".join(c for c in question if unicodedata.category(c) != "Cf"))
 
 
 def item_id(image_path: str, question: str) -> str:
@@ -272,8 +277,9 @@ def normalise_record(record: Mapping[str, Any], notes_record: Mapping[str, Any] 
     labels = YES_NO_CHOICES if question_type == YES_NO else letters(len(choices))
     misled_count = record["num"]
     difficulty = difficulty_for(misled_count)
-    image_path, question = item_key(record)
-    row_id = item_id(image_path, question)
+    image_path, key_question = item_key(record)
+    row_id = item_id(image_path, key_question)
+    question = str(record["question"])  # as released: the key's spelling only identifies the item
     misleading_answer, misleading_source = misleading_answer_of(row_id, answer, labels, record.get("guide"))
     notes_source = notes_record or {}
     row = {

@@ -308,7 +308,8 @@ def _check_same_item(first: tuple[Path, dict], other: tuple[Path, dict], *, note
     """Refuse copies of one item that disagree on the question; count reference-field differences."""
     (first_path, a), (other_path, b) = first, other
     fields = ITEM_FIELDS + (("closed_model_response_F", "closed_model_response_T") if notes else ())
-    differing = [name for name in fields if a.get(name) != b.get(name)]
+    # new_id and question compare in the key's spelling (item_key): aliases of one path or question agree.
+    differing = [name for name in fields if name not in ("new_id", "question") and a.get(name) != b.get(name)]
     if differing:
         raise ReleaseError(
             f"{describe_item(other_path, b)}: this copy differs from the copy in {first_path} in {differing}; "

@@ -499,3 +499,32 @@ def test_hub_uploads_without_network_are_one_line(tmp_path: Path) -> None:
         assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
         last = result.stderr.strip().splitlines()[-1]
         assert last.startswith(f"mub {argv[0]}: error: ") and "could not be reached" in last, result.stderr
+
+
+@pytest.mark.parametrize(
+    "variant",
+    [
+        lambda r: r.update(new_id=r["new_id"].replace("/", "/./", 1)),
+        lambda r: r.update(new_id="./" + r["new_id"]),
+        lambda r: r.update(question=r["question"].replace(" ", " \u200b", 1)),
+    ],
+    ids=["dot-segment", "leading-dot", "zero-width"],
+)
+def test_an_alias_of_an_items_path_or_question_is_the_same_item(tmp_path: Path, release_dir: Path, variant) -> None:
+    from mub_dataset.release import read_release
+
+    release, records = _release_copy(release_dir, tmp_path)
+    before = read_release(release)
+    alias = dict(records[0])
+    variant(alias)
+    (release / MAIN).write_text(json.dumps([*records, alias]), encoding="utf-8")
+    after = read_release(release)
+    assert [row["id"] for row in after.rows] == [row["id"] for row in before.rows]
+    assert after.duplicates_removed == before.duplicates_removed + 1
+
+
+def test_nfc_and_nfd_spellings_of_a_question_are_one_key() -> None:
+    from mub_dataset.records import item_key
+
+    assert item_key({"new_id": "img/./1.jpg", "question": "Caf\u00e9?"}) == item_key({"new_id": "img/1.jpg", "question": "Cafe\u0301?"})
+    assert item_key({"new_id": "img/1.jpg", "question": "Cafe?"}) != item_key({"new_id": "img/1.jpg", "question": "Caf\u00e9?"})
