@@ -19,6 +19,7 @@ from mub.config import RunConfig
 from mub.runs.predictions import ItemPrediction
 from mub.runs.runner import Selection, finish_run, select_items
 from mub.runs.storage import (
+    RUN_SETTINGS_FIELDS,
     RunFolder,
     RunFolderError,
     cue_name,
@@ -40,7 +41,7 @@ class MergeError(ValueError):
 def _read_settings(folder: RunFolder) -> dict[str, Any]:
     if not folder.settings_path.is_file():
         raise MergeError(f"{folder.path} is not a run folder (no {folder.settings_path.name})")
-    return folder.read_settings()
+    return folder.read_settings(RUN_SETTINGS_FIELDS)
 
 
 def _check_same_run(folders: Sequence[RunFolder], settings: Sequence[Mapping[str, Any]]) -> None:

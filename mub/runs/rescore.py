@@ -17,7 +17,7 @@ from mub.protocol.reference_reading import reference_answer
 from mub.runs.merge import config_from_settings
 from mub.runs.predictions import ItemPrediction, StageAnswer
 from mub.runs.runner import finish_run, select_items, settle
-from mub.runs.storage import RunFolder
+from mub.runs.storage import RUN_SETTINGS_FIELDS, RunFolder
 
 Reader = Callable[[str, Mapping[str, Any]], "str | None"]
 READERS: dict[str, Reader] = {
@@ -52,7 +52,7 @@ def rescore_run(run_dir: str | Path, parser: str, out: str | Path, *, overwrite:
     source = RunFolder(run_dir)
     if not source.results_path.is_file():
         raise ValueError(f"{source.path} is not a finished run (no results.json); finish it with mub run ... --resume")
-    settings = source.read_settings()
+    settings = source.read_settings(RUN_SETTINGS_FIELDS)
     if settings.get("shard"):
         raise ValueError(f"{source.path} is one shard of a run; rescore the merged run (mub merge) instead")
     if Path(out).resolve() == source.path.resolve():

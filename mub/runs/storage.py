@@ -79,8 +79,8 @@ def write_json_atomic(path: Path, data: Any) -> None:
         raise
 
 
-# The parts of run.json every reader relies on (rescore, merge, resume), and their types.
-SETTINGS_FIELDS: dict[str, type] = {"model": str, "dataset": str, "config": str, "backend": str}
+# The parts of a model run's run.json that rescore and merge rely on, and their types.
+RUN_SETTINGS_FIELDS: dict[str, type] = {"model": str, "dataset": str, "config": str, "backend": str}
 # The parts of results.json every reader relies on, and their types.
 RESULTS_FIELDS: dict[str, type] = {"model": str, "dataset": dict, "run": dict, "results": dict}
 
@@ -240,10 +240,9 @@ class RunFolder:
                 "use the same settings or another --out"
             )
 
-    def read_settings(self) -> dict[str, Any]:
-        return read_json_object(
-            self.settings_path, SETTINGS_FIELDS, fix="restore it, or start the run again with --overwrite"
-        )
+    def read_settings(self, fields: dict[str, type] | None = None) -> dict[str, Any]:
+        """The folder's settings file; with ``fields`` (e.g. RUN_SETTINGS_FIELDS), each of its type or one line."""
+        return read_json_object(self.settings_path, fields, fix="restore it, or start the run again with --overwrite")
 
     def read_results(self) -> dict[str, Any]:
         return read_json_object(
