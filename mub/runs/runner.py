@@ -128,10 +128,10 @@ def load_images(dataset: datasets.Dataset, indices: Sequence[int], max_pixels: i
         where = cell.get("path") or "embedded"
         try:
             data = cell_bytes(cell)
-        except OSError as exc:  # NotARegularFileError's message names the file already
+        except OSError as exc:  # missing, no permission; no bytes, so no content hash for its group_id
             loaded.append(LoadedImage(None, "", f"the image ({where}) cannot be read ({exc.strerror or exc})"))
             continue
-        except NotARegularFileError as exc:
+        except NotARegularFileError as exc:  # a FIFO, device or folder, or over MAX_IMAGE_BYTES: named in the message
             loaded.append(LoadedImage(None, "", str(exc)))
             continue
         try:
