@@ -528,3 +528,14 @@ def test_nfc_and_nfd_spellings_of_a_question_are_one_key() -> None:
 
     assert item_key({"new_id": "img/./1.jpg", "question": "Caf\u00e9?"}) == item_key({"new_id": "img/1.jpg", "question": "Cafe\u0301?"})
     assert item_key({"new_id": "img/1.jpg", "question": "Cafe?"}) != item_key({"new_id": "img/1.jpg", "question": "Caf\u00e9?"})
+
+
+def test_a_fifo_or_bad_utf8_notes_template_is_refused(tmp_path: Path) -> None:
+    from mub.extend.note_prompts import TemplateError, load_templates
+
+    with guarded_fifo(tmp_path / "misleading_notes.txt"), pytest.raises(ValueError, match="misleading_notes.txt is a FIFO, not a regular file"):
+        load_templates(tmp_path)
+    (tmp_path / "misleading_notes.txt").unlink()
+    (tmp_path / "misleading_notes.txt").write_bytes(b"Mislead towards {target_text} \xff")
+    with pytest.raises(TemplateError, match="byte 30 is not UTF-8"):
+        load_templates(tmp_path)
