@@ -150,3 +150,16 @@ def test_the_query_string_reaches_the_server_but_is_never_described(server, monk
     [generation] = backend.generate([Request("item/stage1/0", Image.new("RGB", (4, 4)), "Q?\nA. x\nB. y", ("A", "B"))])
     assert generation.error is None
     assert not leaked(json.dumps(backend.describe()))
+
+
+def test_an_exception_text_is_cut_to_a_short_redacted_excerpt(server, monkeypatch) -> None:
+    monkeypatch.setenv(KEY_ENV, KEY)
+    backend = OpenAIBackend("fault-model", ApiSettings(server.base_url, api_key_env=KEY_ENV, max_retries=0))
+
+    def failing(*args, **kwargs):
+        raise RuntimeError("x" * 100_000 + f" then the key {KEY[::-1]}")
+
+    monkeypatch.setattr(backend._client, "stream", failing)
+    [generation] = backend.generate([Request("item/stage1/0", Image.new("RGB", (4, 4)), "Q?\nA. x\nB. y", ("A", "B"))])
+    assert generation.error.startswith("request failed (RuntimeError: xxx") and len(generation.error) < 500
+    assert not leaked(generation.error)

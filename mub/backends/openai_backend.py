@@ -415,7 +415,8 @@ class OpenAIBackend:
         return Generation(text=text[:limit], seconds=seconds, error=error, extra={**extra, "output_chars": length})
 
     def _describe(self, exc: BaseException) -> str:
-        return f"{type(exc).__name__}: {self.redact(str(exc))}"
+        """An exception for an error record: redacted and cut like a server's text (SERVER_TEXT_LIMIT)."""
+        return f"{type(exc).__name__}: {server_text(str(exc), redact=self.redact)}"
 
     def _wait_before_retry(self, attempt: int, attempts: int, retry_after: float | None, reason: str) -> None:
         settings = self.settings
