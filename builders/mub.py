@@ -19,7 +19,7 @@ from pathlib import Path
 import datasets
 
 from mub_dataset.features import CONFIGS, DEFAULT_CONFIG, FEATURES, IMAGE_HASH_COLUMN, ConfigSpec, empty_config_message
-from mub_dataset.files import image_sha256
+from mub_dataset.files import MAX_IMAGE_BYTES, image_sha256, read_regular_file
 from mub_dataset.release import Release, read_image_bytes, read_release
 
 _CITATION = """\
@@ -97,5 +97,5 @@ class Mub(datasets.GeneratorBasedBuilder):
                 continue
             image_file = release.image_files[row["id"]]
             # Already checked to decode in _split_generators; only the bytes are needed here.
-            data = image_file.read_bytes()
+            data = read_regular_file(image_file, "image", MAX_IMAGE_BYTES)
             yield row["id"], {**row, "image": {"bytes": data, "path": image_file.name}, IMAGE_HASH_COLUMN: image_sha256(data)}

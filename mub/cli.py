@@ -110,6 +110,7 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--limit", type=int, help="first N items after filtering")
     p.add_argument("--shard", type=_parse_shard, metavar="I/N", help="evaluate only shard I of N (for array jobs)")
     p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--max-pixels", type=int, default=40_000_000, metavar="N", help="largest image asked, in pixels (default 40,000,000); a larger one is an item error, found before decoding")
     p.add_argument("--dtype", default="auto", help="auto, float32, bfloat16 or float16")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     p.add_argument("--out", help="run folder (default: runs/<model>__<config>)")
@@ -508,6 +509,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"mub {args.command}: error: {user_message(exc)}", file=sys.stderr)
         return EXIT_USER_ERROR
+    except Exception as exc:
+        if args.debug or not is_network_error(exc):
+            raise
+        print(f"mub {args.command}: error: {user_message(exc)} (the network or the Hub could not be reached; check "
+              "the connection, or HF_ENDPOINT, and try again)", file=sys.stderr)  # fmt: skip
+        return EXIT_USER_ERROR
+
+
+def is_network_error(exc: BaseException) -> bool:
+    """A connection failure of the HTTP client under huggingface_hub (httpx, or the httpx2 fork it may use):
+    ``ConnectError``, ``ReadTimeout``, ... all derive from its ``TransportError``, which is no ``OSError``."""
+    return any(cls.__name__ == "TransportError" and cls.__module__.startswith("httpx") for cls in type(exc).__mro__)
 
 
 def user_message(exc: BaseException) -> str:

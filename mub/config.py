@@ -197,6 +197,7 @@ class RunConfig:
     scoring: str = "generate"
     backend_options: dict[str, Any] = field(default_factory=dict)
     progress: bool = True
+    max_pixels: int = 40_000_000  # images with more pixels are item errors (mub_dataset.limits.MAX_PIXELS)
 
     def preset(self) -> Protocol:
         return protocol_named(self.protocol)
@@ -236,11 +237,18 @@ class RunConfig:
             return None
         read = getattr(self, "_template_read", None)
         if read is None or read[0] != self.cue_template:
+            # mub_dataset imports datasets: only when a template is read, never for `mub --help`.
+            from mub_dataset.files import MAX_TEMPLATE_BYTES, read_regular_file
+
             try:
-                text = Path(self.cue_template).read_text(encoding="utf-8").rstrip("\n")
+                text = read_regular_file(self.cue_template, "--cue-template", MAX_TEMPLATE_BYTES).decode("utf-8").rstrip("\n")
             except OSError as exc:
                 raise ValueError(
                     f"--cue-template {self.cue_template}: cannot read it ({exc.strerror}); give a text file holding the template"
+                ) from None
+            except UnicodeDecodeError as exc:
+                raise ValueError(
+                    f"--cue-template {self.cue_template}: byte {exc.start} is not UTF-8; save the template as UTF-8 text"
                 ) from None
             read = self._template_read = (self.cue_template, text)
         return read[1]
@@ -264,6 +272,8 @@ class RunConfig:
         decoding = self.decoding()  # DecodingSettings checks every decoding value (one line naming the flag)
         if self.draw_mode() not in DRAW_MODES:
             raise ValueError(f"--draws must be one of {', '.join(DRAW_MODES)}, got {self.draws!r}")
+        if self.max_pixels < 1:
+            raise ValueError(f"--max-pixels must be at least 1, got {self.max_pixels}")
         if self.batch_size < 1 or self.notes < 1 or self.num_samples < 1:
             raise ValueError("--batch-size, --notes and --num-samples must be at least 1")
         if decoding.scoring == "logprob" and not decoding.greedy:
@@ -309,7 +319,9 @@ class RunConfig:
         """
         chat_template_sha = None
         if self.chat_template:
-            chat_template_sha = hashlib.sha256(Path(self.chat_template).read_bytes()).hexdigest()
+            from mub_dataset.files import MAX_TEMPLATE_BYTES, read_regular_file
+
+            chat_template_sha = hashlib.sha256(read_regular_file(self.chat_template, "--chat-template", MAX_TEMPLATE_BYTES)).hexdigest()
         return {
             "model": self.model,
             "backend": self.backend,

@@ -32,6 +32,20 @@ class RunInterrupted(Exception):
 
 
 def resume_command(argv: Sequence[str]) -> str:
-    """The command line that continues what ``mub <argv>`` started: the same flags, with --resume."""
+    """The command line that continues what ``mub <argv>`` started: the same flags, with --resume.
+
+    A ``--base-url`` query string or fragment (where gateways take the key: ``?api-key=...``) is shown as
+    ``[REDACTED]``: the key is never printed, and the user puts it back.
+    """
     kept = [arg for arg in argv if arg not in ("--resume", "--overwrite")]
-    return shlex.join(["mub", *kept, "--resume"])
+    shown = [
+        _without_query(arg) if before == "--base-url" or arg.startswith("--base-url=") else arg
+        for before, arg in zip(["", *kept], kept)
+    ]
+    return shlex.join(["mub", *shown, "--resume"])
+
+
+def _without_query(url: str) -> str:
+    """``url`` with whatever follows its first ``?`` or ``#`` replaced by ``[REDACTED]``."""
+    cut = min((position for position in (url.find("?"), url.find("#")) if position >= 0), default=-1)
+    return url if cut < 0 else url[: cut + 1] + "[REDACTED]"

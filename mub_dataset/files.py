@@ -9,16 +9,24 @@ did not make is never written into or deleted, not even with
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import os
 import shutil
+import socket
+import stat
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
 MARKER_FILE = ".mub"
+STAGING_OWNER_FILE = ".mub.staging"  # in a staging folder: the host and pid writing it
+# Largest file of each kind mub reads (bytes). A FIFO, device or folder is refused whatever its size.
+MAX_IMAGE_BYTES = 64 * 2**20
+MAX_TEMPLATE_BYTES = 1 * 2**20  # a --cue-template or --chat-template file
+MAX_DOCUMENT_BYTES = 1 * 2**30  # a release's records, results, predictions, submissions
 
 
 class OutputFolderError(ValueError):
@@ -106,10 +114,12 @@ def staged_folder(out: str | Path, command: str, *, overwrite: bool = False) -> 
     out = Path(out)
     check_output_folder(out, command, overwrite=overwrite)
     out.parent.mkdir(parents=True, exist_ok=True)
+    remove_abandoned_staging(out)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
     try:
         give_usual_mode(staging)
         mark_folder(staging, command)
+        (staging / STAGING_OWNER_FILE).write_text(json.dumps({"host": socket.gethostname(), "pid": os.getpid()}) + "\n")
         yield staging
         check_output_folder(out, command, overwrite=overwrite)
         if out.exists():
@@ -120,6 +130,7 @@ def staged_folder(out: str | Path, command: str, *, overwrite: bool = False) -> 
             shutil.rmtree(old)
         else:
             staging.rename(out)
+        (out / STAGING_OWNER_FILE).unlink(missing_ok=True)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
@@ -129,13 +140,71 @@ def image_sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def _owner_is_gone(owner_file: Path) -> bool:
+    """Whether the process that wrote ``owner_file`` (a staging folder's) has ended: same host, no such pid."""
+    try:
+        owner = json.loads(owner_file.read_text(encoding="utf-8"))
+        host, pid = owner["host"], int(owner["pid"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return False  # not ours to judge: keep it
+    if host != socket.gethostname():
+        return False  # another machine's (a shared file system): it may still be writing
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False  # alive, another user's
+    return False
+
+
+def remove_abandoned_staging(out: Path) -> None:
+    """Remove ``out``'s staging folders (``.OUT.partial-*``) left by a killed write, whose process has ended.
+
+    Only folders holding mub's owner file are removed, and only when that process is gone on this host: a
+    staging folder of a write still running (another process) is kept.
+    """
+    for staging in out.parent.glob(f".{glob.escape(out.name)}.partial-*"):
+        if staging.is_dir() and not staging.is_symlink() and _owner_is_gone(staging / STAGING_OWNER_FILE):
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+class NotARegularFileError(ValueError):
+    """A path mub would read that is not a regular file within its size cap."""
+
+
+def read_regular_file(path: str | Path, what: str, max_bytes: int) -> bytes:
+    """The bytes of ``path``, refused in one line unless it is a regular file of at most ``max_bytes``.
+
+    The file is opened without blocking (a FIFO's open would wait for a writer forever) and checked on the
+    open descriptor, so the file checked is the file read; at most ``max_bytes + 1`` bytes are read, so a
+    file that grows meanwhile cannot take more memory than that. ``what`` names the file in the message
+    ("image of item X", "--cue-template"). ``OSError`` (missing, no permission) passes through.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            kind = "a folder" if stat.S_ISDIR(info.st_mode) else "a FIFO" if stat.S_ISFIFO(info.st_mode) else "a device or socket"
+            raise NotARegularFileError(f"{what} {path} is {kind}, not a regular file; give a file")
+        if info.st_size > max_bytes:
+            raise NotARegularFileError(f"{what} {path} is {info.st_size} bytes, over the limit of {max_bytes}; give a smaller file")
+        with os.fdopen(os.dup(fd), "rb") as handle:
+            data = handle.read(max_bytes + 1)
+    finally:
+        os.close(fd)
+    if len(data) > max_bytes:
+        raise NotARegularFileError(f"{what} {path} grew past the limit of {max_bytes} bytes while it was read; give a smaller file")
+    return data
+
+
 def image_digest(data: bytes) -> str:
     """An image's content hash (sha256, first 16 hex digits): the runner's ``group_id``."""
     return image_sha256(data)[:16]
 
 
 def cell_bytes(cell: Mapping[str, Any]) -> bytes:
-    """The bytes of an undecoded ``datasets.Image`` cell (embedded bytes or a file path)."""
+    """The bytes of an undecoded ``datasets.Image`` cell (embedded bytes or a regular file within MAX_IMAGE_BYTES)."""
     if cell.get("bytes") is not None:
         return cell["bytes"]
-    return Path(cell["path"]).read_bytes()
+    return read_regular_file(cell["path"], "image file", MAX_IMAGE_BYTES)

@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import posixpath
 import re
+import unicodedata
 from typing import Any, Mapping
 
 from .features import MULTIPLE_CHOICE, YES_NO, difficulty_for
+from .limits import MAX_OPTIONS, item_problem
 
 YES_NO_CHOICES = ["Yes", "No"]
 MIN_MISLED, MAX_MISLED = 6, 12  # MUB keeps items that misled at least 6 of its 12 reference models
@@ -58,6 +61,9 @@ def _json_safe(value: Any) -> bool:
     return True
 
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
 def check_field_types(record: Mapping[str, Any]) -> None:
     """Refuse a field of the wrong JSON type, before any value is converted.
 
@@ -66,6 +72,13 @@ def check_field_types(record: Mapping[str, Any]) -> None:
     """
     for field, (types, optional) in FIELD_TYPES.items():
         value = record.get(field)
+        for text in value.values() if isinstance(value, dict) else [value]:
+            if isinstance(text, str) and _SURROGATE.search(text):
+                position = _SURROGATE.search(text).start()
+                raise RecordError(
+                    f"{field} holds a lone surrogate (U+{ord(text[position]):04X}) at character {position}, which is no "
+                    "Unicode text (a JSON escape such as \\ud800 cut from its pair); correct the record"
+                )
         if value is None:
             if optional:
                 continue
@@ -86,8 +99,11 @@ def check_field_types(record: Mapping[str, Any]) -> None:
 
 
 def item_key(record: Mapping[str, Any]) -> tuple[str, str]:
-    """An item is identified by its image path and its question."""
-    return (str(record["new_id"]), str(record["question"]))
+    """An item is identified by its image path and its question, each in one spelling: the path normalised
+    (``extract_img_all/./1.jpg`` is ``extract_img_all/1.jpg``), the question in NFC without format characters
+    (an NFD or zero-width variant is the same question), so such copies are one item, not extra ones."""
+    question = unicodedata.normalize("NFC", str(record["question"]))
+    return (posixpath.normpath(str(record["new_id"])), "".join(c for c in question if unicodedata.category(c) != "Cf"))
 
 
 def item_id(image_path: str, question: str) -> str:
@@ -97,6 +113,9 @@ def item_id(image_path: str, question: str) -> str:
 
 
 def letters(n: int) -> list[str]:
+    """The option letters of ``n`` options; more than MAX_OPTIONS (26) have no letters."""
+    if n > MAX_OPTIONS:
+        raise RecordError(f"it has {n} options, more than the {MAX_OPTIONS} letters A-Z; keep at most {MAX_OPTIONS}")
     return [chr(ord("A") + i) for i in range(n)]
 
 
@@ -185,6 +204,8 @@ def normalise_answer(raw_answer: Any, question_type: str, choices: list[str]) ->
 def misleading_answer_for(row_id: str, answer: str, labels: list[str]) -> str:
     """A wrong option fixed per item: a choice seeded by the item's id."""
     wrong = [label for label in labels if label != answer]
+    if not wrong:
+        raise RecordError(f"it has {len(labels)} option; a multiple-choice item needs at least two: add the others")
     seed = int(hashlib.sha256(f"misleading-answer:{row_id}".encode("utf-8")).hexdigest()[:16], 16)
     return wrong[seed % len(wrong)]
 
@@ -252,11 +273,12 @@ def normalise_record(record: Mapping[str, Any], notes_record: Mapping[str, Any] 
     labels = YES_NO_CHOICES if question_type == YES_NO else letters(len(choices))
     misled_count = record["num"]
     difficulty = difficulty_for(misled_count)
-    image_path, question = item_key(record)
-    row_id = item_id(image_path, question)
+    image_path, key_question = item_key(record)
+    row_id = item_id(image_path, key_question)
+    question = str(record["question"])  # as released: the key's spelling only identifies the item
     misleading_answer, misleading_source = misleading_answer_of(row_id, answer, labels, record.get("guide"))
     notes_source = notes_record or {}
-    return {
+    row = {
         "id": row_id,
         "question": question,
         "choices": choices,
@@ -275,3 +297,7 @@ def normalise_record(record: Mapping[str, Any], notes_record: Mapping[str, Any] 
         "reference_response": "" if record.get("response") is None else str(record["response"]),
         "reference_outcome": str(record.get("question_correction", "")),
     }
+    problem = item_problem(row)
+    if problem:
+        raise RecordError(f"{problem}: correct the record")
+    return row

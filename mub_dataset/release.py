@@ -13,7 +13,6 @@ nothing is dropped silently.
 
 from __future__ import annotations
 
-import io
 import json
 import re
 from collections import Counter
@@ -21,9 +20,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from PIL import Image, UnidentifiedImageError
-
 from .features import CONFIGS
+from .files import MAX_DOCUMENT_BYTES, MAX_IMAGE_BYTES, NotARegularFileError, read_regular_file
+from .limits import check_image
 from .records import RecordError, item_key, normalise_record
 
 MAIN_FILE = "all_combined_items.jsonl"
@@ -93,13 +92,15 @@ class Release:
 def read_record_array(path: Path, allow_truncated: bool = False) -> tuple[list[dict[str, Any]], FileReport]:
     """All records of one release file (a JSON array of objects)."""
     try:
-        text = path.read_text(encoding="utf-8")
+        text = read_regular_file(path, "release file", MAX_DOCUMENT_BYTES).decode("utf-8")
+    except NotARegularFileError as exc:
+        raise ReleaseError(str(exc)) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ReleaseError(f"{path}: cannot read the file ({exc})") from exc
     start = text.find("[")
     if start < 0 or text[:start].strip():
         raise ReleaseError(f"{path}: expected one JSON array of records ('[' first), found {text[:40]!r}")
-    decoder = json.JSONDecoder()
+    decoder = json.JSONDecoder(parse_int=_whole_number, parse_constant=_no_constant)
     records: list[dict[str, Any]] = []
     pos = start + 1
     while True:
@@ -121,6 +122,10 @@ def read_record_array(path: Path, allow_truncated: bool = False) -> tuple[list[d
                 f"{path}: malformed JSON in record {len(records) + 1}{item} at line {exc.lineno}, "
                 f"column {exc.colno}: {exc.msg}; fix the record or restore the file from the release"
             ) from None
+        except ValueRefused as exc:
+            boundary = _RECORD_BOUNDARY.search(text, pos)
+            item = _partial_item(text[pos : boundary.start() if boundary else None])
+            raise ReleaseError(f"{path}: record {len(records) + 1}{item}: {exc}; fix the record") from None
         except RecursionError:
             raise ReleaseError(
                 f"{path}: record {len(records) + 1} is nested too deeply to be a record; "
@@ -130,6 +135,23 @@ def read_record_array(path: Path, allow_truncated: bool = False) -> tuple[list[d
             raise ReleaseError(f"{path}: record {len(records) + 1} is a {type(record).__name__}, expected an object")
         records.append(record)
         pos = end
+
+
+class ValueRefused(ValueError):
+    """A JSON value a release record may not hold (raised while decoding, so its record is named)."""
+
+
+MAX_NUMBER_DIGITS = 18  # every count of a release fits; Python refuses to convert past 4,300 digits, naming nothing
+
+
+def _whole_number(digits: str) -> int:
+    if len(digits.lstrip("-")) > MAX_NUMBER_DIGITS:
+        raise ValueRefused(f"a number has {len(digits.lstrip('-'))} digits, more than the {MAX_NUMBER_DIGITS} any field may hold")
+    return int(digits)
+
+
+def _no_constant(name: str) -> float:
+    raise ValueRefused(f"{name} is not a number that JSON allows (write a whole number)")
 
 
 def _ends_inside(text: str, pos: int) -> bool:
@@ -208,24 +230,19 @@ def resolve_image(root: Path, image_path: str) -> Path:
 
 
 def read_image_bytes(path: Path, item: str) -> bytes:
-    """The image file's bytes, after checking that Pillow decodes all of it.
-
-    ``load()``, not only ``verify()``: ``verify()`` reads the headers and
-    accepts a JPEG cut off mid-scan, which then fails at run time.
-    """
+    """The image file's bytes, after checking that Pillow decodes all of it (within the pixel cap)."""
     try:
-        data = path.read_bytes()
+        data = read_regular_file(path, "image", MAX_IMAGE_BYTES)
     except FileNotFoundError:
         raise ReleaseError(f"{item}: image {path} is missing; put the image file there") from None
+    except NotARegularFileError as exc:
+        raise ReleaseError(f"{item}: {exc}") from None
     except OSError as exc:
         raise ReleaseError(f"{item}: image {path} cannot be read ({exc})") from exc
     try:
-        with Image.open(io.BytesIO(data)) as image:
-            image.load()
-    except Image.DecompressionBombError as exc:  # before OSError/ValueError: say why it was not decoded
-        raise ReleaseError(f"{item}: image {path} is too large to decode safely ({exc}); replace the file") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise ReleaseError(f"{item}: image {path} is not a readable image ({exc}); replace the file") from exc
+        check_image(data)
+    except ValueError as exc:
+        raise ReleaseError(f"{item}: image {path}: {exc}") from None
     return data
 
 
@@ -302,7 +319,8 @@ def _check_same_item(first: tuple[Path, dict], other: tuple[Path, dict], *, note
     """Refuse copies of one item that disagree on the question; count reference-field differences."""
     (first_path, a), (other_path, b) = first, other
     fields = ITEM_FIELDS + (("closed_model_response_F", "closed_model_response_T") if notes else ())
-    differing = [name for name in fields if a.get(name) != b.get(name)]
+    # new_id and question compare in the key's spelling (item_key): aliases of one path or question agree.
+    differing = [name for name in fields if name not in ("new_id", "question") and a.get(name) != b.get(name)]
     if differing:
         raise ReleaseError(
             f"{describe_item(other_path, b)}: this copy differs from the copy in {first_path} in {differing}; "

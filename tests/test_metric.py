@@ -225,16 +225,19 @@ def test_breakdowns_and_levels_mean(metric):
     assert_plain_json(result)
 
 
-def test_levels_mean_skips_levels_without_t_items_and_orders_extra_levels(metric):
+def test_levels_mean_skips_levels_without_t_items_in_level_order(metric):
     result = metric.compute(
         predictions=["B", "A", "A", "A"],
         original_predictions=["A", "A", "B", "A"],
         references=["A", "A", "A", "A"],
-        difficulty=["low", "extra", "high", "medium"],
+        difficulty=["high", "low", "high", "medium"],
     )
-    assert list(result["by_difficulty"]) == ["low", "medium", "high", "extra"]
+    assert list(result["by_difficulty"]) == ["low", "medium", "high"]
+    assert result["by_difficulty"]["high"]["mr_t2f"] == 1.0  # row 2 is an F item: not in the rate
+    assert result["mr_t2f_levels_mean"] == (0.0 + 0.0 + 1.0) / 3
+    result = metric.compute(predictions=["A", "A"], original_predictions=["A", "B"], references=["A", "A"], difficulty=["low", "high"])
     assert result["by_difficulty"]["high"]["mr_t2f"] is None  # its only row is an F item
-    assert result["mr_t2f_levels_mean"] == (1.0 + 0.0 + 0.0) / 3  # low, medium, extra
+    assert result["mr_t2f_levels_mean"] == 0.0  # low only
     only_f = metric.compute(predictions=["A"], original_predictions=["B"], references=["A"], difficulty=["low"])
     assert only_f["mr_t2f_levels_mean"] is None
 
@@ -526,7 +529,7 @@ def test_package_path_and_load():
 
 
 def test_script_imports_one_per_line_and_only_allowed_libraries():
-    stdlib = {"__future__", "collections", "fractions", "itertools", "math", "statistics", "typing", "unicodedata"}
+    stdlib = {"__future__", "collections", "fractions", "itertools", "math", "re", "statistics", "typing", "unicodedata"}
     allowed = stdlib | {"datasets", "evaluate", "numpy"}
     imports = re.findall(r"^(?:import|from)\s+([\w\.]+)", SCRIPT.read_text(), flags=re.MULTILINE)
     assert set(imports) <= allowed
@@ -671,7 +674,13 @@ def test_over_100000_rows_in_arrow_batches_with_a_chunked_bootstrap(fresh):
 # ----------------------------------------------------------------- answer normalisation (issue 14)
 
 
-@pytest.mark.parametrize("variant", ["Ａ", "\u200bA", "A.", "a", " A ", "A\ufeff", "A。", "A!"])
+@pytest.mark.parametrize(
+    "variant",
+    ["Ａ", "\u200bA", "A.", "a", " A ", "A\ufeff", "A。", "A!",
+     # issue 22: bracketed letters, bidi marks and every other format character (category Cf)
+     "A)", "(A)", "[A]", "( a )", "（Ａ）", "A).", "\u200fA", "A\u200e", "\u202bA\u202c", "\u2066A\u2069", "A\u00ad",
+     "\U000e0041A", "\u061cA", "\u180eA"],
+)
 def test_answer_variants_equal_the_plain_letter(metric, variant):
     # Stage 1 right and stage 2 the same letter written differently: no flip, and consistent.
     result = metric.compute(predictions=[variant], original_predictions=["A"], references=["A"])
@@ -683,8 +692,9 @@ def test_answer_variants_equal_the_plain_letter(metric, variant):
 
 
 def test_other_strings_stay_distinct(metric):
-    # Only trailing punctuation goes: "(A" and "A)" are not "A"; "A.B" is not "AB".
-    for other in ("(A", "A B", "AB", "A.B"):
+    # Only trailing punctuation and a bracketed lone letter go: "(A" is not "A"; "A.B" is not "AB";
+    # "(AB)" is not "AB"; look-alike letters of other scripts (Cyrillic А, Greek Α) are not Latin "A".
+    for other in ("(A", "A B", "AB", "A.B", "(AB)", "A(", "\u0410", "\u0391", "(\u0410)"):
         result = metric.compute(predictions=[other], original_predictions=["A"], references=["A"])
         assert result["mr_t2f"] == 1.0, other
 
@@ -710,6 +720,40 @@ def test_pandas_missing_answers_read_as_unparsed(metric):
 def test_a_value_that_cannot_be_an_answer_names_its_row(metric, bad, row):
     with pytest.raises(ValueError, match=rf"predictions\[{row}\] is .*; predictions must hold strings"):
         metric.compute(predictions=["A", bad], original_predictions=["A", "A"], references=["A", "A"])
+
+
+@pytest.mark.parametrize("label", ["Low", "HIGH", " low", "low ", "extreme", "Medium"])
+def test_a_difficulty_label_other_than_low_medium_high_is_refused_naming_its_row(metric, label):
+    with pytest.raises(ValueError, match=rf"difficulty\[2\] is {re.escape(repr(label))}; a difficulty label is exactly"):
+        metric.compute(
+            predictions=["A", "A", "B"], original_predictions=["A"] * 3, references=["A"] * 3, difficulty=["low", None, label]
+        )
+
+
+@pytest.mark.parametrize(
+    "columns",
+    [{"A": 1, "B": 2}, {"A"}, frozenset({"A"}), {"A": 1}.keys(), {"k": "A"}.values()],
+    ids=["dict", "set", "frozenset", "keys", "values"],
+)
+def test_a_mapping_or_other_non_sequence_is_refused(metric, columns):
+    for name in ("predictions", "original_predictions", "references"):
+        given = {"predictions": ["A"], "original_predictions": ["A"], "references": ["A"], name: columns}
+        with pytest.raises(ValueError, match=rf"{name} must be a list of per-row values"):
+            metric.compute(**given)
+
+
+def test_a_pandas_series_is_a_column(metric):
+    import pandas as pd
+
+    result = metric.compute(predictions=pd.Series(["B", "A"]), original_predictions=pd.Series(["A", "A"]), references=["A", "A"])
+    assert (result["t2f"], result["n_t"]) == (1, 2)
+
+
+def test_bootstrap_has_an_upper_bound(metric):
+    args = dict(predictions=["A", "B"], original_predictions=["A", "A"], references=["A", "A"])
+    with pytest.raises(ValueError, match=r"bootstrap is 1000000000000; at most 100000 resamples"):
+        metric.compute(**args, bootstrap=10**12)
+    assert metric.compute(**args, bootstrap=mm.MAX_BOOTSTRAP, seed=0)["mr_t2f_bootstrap_ci"] is not None
 
 
 def test_a_missing_reference_is_still_an_error(metric):

@@ -71,6 +71,8 @@ def _tiny_run(root: Path) -> Path | None:
 
 
 @pytest.fixture(scope="module")
+
+
 def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("runs")
     made = {
@@ -86,6 +88,8 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="module")
+
+
 def report_dir(runs: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("report")
     assert main(["report", *map(str, runs.values()), "--out", str(out), "--paper", "--bootstrap", "500"]) == 0
@@ -149,6 +153,8 @@ def _draw(folders: list[Path], out: Path, **options):
 
 
 @pytest.fixture(scope="module")
+
+
 def drawn(runs: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
     """The figures of a report on the four scripted runs."""
     names = ("steady_explicit", "steady_implicit", "fickle_explicit", "fickle_implicit")
@@ -696,6 +702,8 @@ def test_paper_comparison_takes_only_runs_under_the_paper_protocol(runs, tmp_pat
 
 
 @pytest.fixture(scope="module")
+
+
 def results_repo(rankable_runs: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A results repository as `mub submit` fills it: two models, plus one malformed file."""
     repo = tmp_path_factory.mktemp("results_repo")
@@ -796,6 +804,8 @@ def test_leaderboard_validation_ranking_and_protocols_apart() -> None:
         ('{"config": {"model_name": "x/m", "protocol": 3}, "results": {"mub_explicit": {}}}', "not a preset name"),
     ],
 )
+
+
 def test_each_malformed_submission_is_skipped_with_its_reason(text: str, reason: str) -> None:
     from mub.report.leaderboard import SubmissionFile, build_leaderboard
 
@@ -805,6 +815,8 @@ def test_each_malformed_submission_is_skipped_with_its_reason(text: str, reason:
 
 
 @pytest.mark.parametrize("name", ["../escape", "/abs/model", "org//model", "org/./model"])
+
+
 def test_a_model_name_cannot_lead_the_results_file_out_of_its_folder(name: str) -> None:
     from mub.report.submit import model_folder
 
@@ -828,6 +840,8 @@ def test_power_from_pilot_runs_uses_the_items_both_answered_correctly(runs: dict
     needed = power.shared_items_needed(power.PairedFlips(0.0, flips_b / len(shared), 0.0))
     assert f"({needed:,} answered correctly by both)" in out
     assert f"power with the pilot's {len(steady):,} items:" in out
+
+
 def test_susceptibility_and_receptiveness_are_set_against_each_other(report_dir: Path, runs: dict[str, Path]) -> None:
     rows = _markdown_table((report_dir / "report.md").read_text(), "Susceptibility and receptiveness")
     for name in ("steady_explicit", "fickle_explicit"):
@@ -859,3 +873,20 @@ def test_susceptibility_scatter_places_each_run_at_its_two_rates(runs: dict[str,
     points = [tuple(c.get_offsets()[0]) for c in figure.axes[0].collections if type(c) is PathCollection]
     expected = [(100 * run.figures["mr_f2t"], 100 * run.figures["mr_t2f"]) for run in loaded]
     assert [tuple(round(v, 6) for v in p) for p in points] == [tuple(round(v, 6) for v in e) for e in expected]
+
+
+@pytest.mark.parametrize("n_boot", ["1000000000", "0", "-5"])
+
+
+def test_report_bootstrap_outside_its_bound_is_one_line(
+    runs: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str], n_boot: str
+) -> None:
+    # Issue 22 (10): `mub report --bootstrap 1e9` ran for minutes with no bound.
+    out = tmp_path / "report"
+    assert main(["report", *map(str, runs.values()), "--out", str(out), "--bootstrap", n_boot]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"--bootstrap is {n_boot}; give 1 to 100000 resamples" in err
+    assert not out.exists()
+    a = ItemOutcomes(("x", "y"), np.array([True, True]), np.array([False, True]))
+    with pytest.raises(ValueError, match="--bootstrap is 100001"):
+        paired_bootstrap(a, a, n_boot=100_001)

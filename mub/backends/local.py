@@ -15,12 +15,12 @@ transformers is imported only inside functions.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, Sequence
 
 from mub.backends.base import Request
 from mub.backends.common import chat_messages
 from mub.config import DecodingSettings
+from mub_dataset.files import MAX_TEMPLATE_BYTES, read_regular_file
 
 # A neutral one-turn conversation used to see how the template renders an answer.
 _PROBE_QUESTION = "Question?"
@@ -104,7 +104,7 @@ class PromptRenderer:
         Returns ``None`` when the processor's own (possibly multi-template) setting applies.
         """
         if path is not None:
-            return Path(path).read_text(encoding="utf-8")
+            return read_regular_file(path, "--chat-template", MAX_TEMPLATE_BYTES).decode("utf-8")
         if getattr(self.processor, "chat_template", None):
             return None
         tokenizer_template = getattr(self.tokenizer, "chat_template", None)

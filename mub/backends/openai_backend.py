@@ -62,21 +62,21 @@ is refused when the backend is built, with a message that does not show the
 key. The key goes only into the ``Authorization`` header: ``describe()`` names
 the variable, never its value, and every error or log text, including that of
 any exception raised while sending, and every answer of the model, passes
-through :meth:`OpenAIBackend.redact`, which catches the key in any letter case,
-split by white space or line breaks, with characters escaped (``\\uXXXX``,
-``\\xXX``, percent-encoding) and base64-encoded at any offset (alone, or as
-``Bearer <key>``). Keys shorter than ``MIN_REDACTED_KEY`` characters are not
-redacted (that would mangle ordinary words): a warning says so instead.
+through :meth:`OpenAIBackend.redact`, which removes every run of 8 or more
+consecutive key characters, in any case, width or escape, split by white space,
+separators or format characters, reversed, or base64-, hex-, percent- or
+HTML-entity-encoded, recursively (:mod:`mub.backends.redaction`). The base URL's
+query string and fragment (``?api-key=...``) are never stored. Keys shorter than
+``MIN_REDACTED_KEY`` characters are not redacted (that would mangle ordinary
+words): a warning says so instead.
 """
 
 from __future__ import annotations
 
-import base64
 import json
 import logging
 import os
 import random
-import re
 import socket as socket_module
 import threading
 import time
@@ -90,6 +90,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from mub.backends import common
 from mub.backends.base import Generation, Request
+from mub.backends.redaction import WINDOW, KeyRedactor
 from mub.backends.stopping import kept_text
 from mub.config import DecodingSettings
 from mub.errors import MissingDependencyError
@@ -103,9 +104,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 RETRYABLE_STATUS = frozenset({408, 409, 425, 429})  # plus every 5xx
-SERVER_TEXT_LIMIT = 300  # characters of a server's reply kept in an error
-REDACTED = "[REDACTED]"
-MIN_REDACTED_KEY = 8  # shorter keys are not redacted: "e" would turn "expected" into "[REDACTED]xp[REDACTED]cted"
+SERVER_TEXT_LIMIT = 300  # characters of a server's reply kept in an error (a few hundred at most: issue 22)
+MIN_REDACTED_KEY = WINDOW  # shorter keys are not redacted: "e" would turn "expected" into "[REDACTED]xp[REDACTED]cted"
 MAX_RESPONSE_BYTES = 1 << 20
 MAX_OUTPUT_CHARS = 32_000
 # Redaction scans about 0.5 MB/s: a text cut to N characters is redacted over its first N + this many only.
@@ -272,59 +272,19 @@ def read_api_key(variable: str) -> str:
     return key
 
 
-# Between two characters of a key: white space or an escaped line break (a wrapped or split key).
-_KEY_GAP = r"(?:\s|\\[nrt])*"
-
-
-def _spelled(text: str) -> str:
-    """A pattern for ``text``, each character raw, backslash-escaped (``\\"``), ``\\uXXXX``, ``\\xXX`` or ``%XX``; gaps allowed."""
-    parts = []
-    for char in text:
-        code = ord(char)
-        # An escape may itself be escaped once more (JSON holding a JSON-escaped text: "\\\\u0073").
-        forms = [r"\\?" + re.escape(char), rf"\\{{1,2}}u{code:04x}"]
-        forms += [rf"\\{{1,2}}x{code:02x}", f"%{code:02x}"] if code < 256 else []
-        parts.append("(?:" + "|".join(forms) + ")")
-    return _KEY_GAP.join(parts)
-
-
-def base64_cores(key: str) -> set[str]:
-    """The base64 characters that depend on ``key`` alone, at each of the three byte offsets it can start at.
-
-    ``base64(prefix + key + suffix)`` holds one of these whatever the prefix
-    (``"Bearer "``, ``"user:"``, nothing) and suffix; standard and URL-safe alphabets.
-    """
-    data = key.encode("utf-8")
-    cores = set()
-    for offset in range(3):
-        encoded = base64.b64encode(b"\0" * offset + data).decode("ascii")
-        first = -(-offset * 8 // 6)  # the first character with no prefix bit in it
-        last = (offset + len(data)) * 8 // 6  # characters before this one hold no bit past the key
-        core = encoded[first:last]
-        cores |= {core, core.translate(str.maketrans("+/", "-_"))}
-    return {core for core in cores if core}
-
-
-def key_pattern(key: str) -> re.Pattern[str] | None:
-    """A pattern matching ``key`` as it may appear in a text, or ``None`` for a key too short to redact.
-
-    Any letter case (a body that upper-cases what it echoes), split by white
-    space or line breaks, escaped character by character (JSON, ``repr``,
-    URL quoting) and base64-encoded (an echoed ``Authorization`` header).
-    Longest alternatives first, so no piece of a longer form is left behind.
-    """
-    if len(key) < MIN_REDACTED_KEY:
-        return None
-    forms = sorted({_spelled(key), *(_spelled(core) for core in base64_cores(key))}, key=len, reverse=True)
-    return re.compile("|".join(forms), re.IGNORECASE)
-
-
 def _public_url(url: str) -> str:
-    """``url`` without user:password, for ``describe()``."""
+    """``url`` without user:password, query string and fragment (Azure-style gateways take the key as
+    ``?api-key=...``), for ``describe()``."""
     parts = urlsplit(url)
     host = parts.hostname or ""
     netloc = f"{host}:{parts.port}" if parts.port else host
-    return urlunsplit(parts._replace(netloc=netloc))
+    return urlunsplit(parts._replace(netloc=netloc, query="", fragment=""))
+
+
+def endpoint_url(base_url: str) -> str:
+    """``{base_url}/chat/completions``, the base URL's query string kept after the path (``/v1?api-key=K``)."""
+    parts = urlsplit(base_url)
+    return urlunsplit(parts._replace(path=parts.path.rstrip("/") + "/chat/completions", fragment=""))
 
 
 class OpenAIBackend:
@@ -346,15 +306,15 @@ class OpenAIBackend:
         self.api_request = api_request
         self._rng = random.Random()  # jitter only: unseeded on purpose, so clients spread out
         self._api_key = read_api_key(settings.api_key_env)
-        self._key_pattern = key_pattern(self._api_key)
-        if self._api_key and self._key_pattern is None:
+        self._redactor = KeyRedactor.for_key(self._api_key)
+        if self._api_key and self._redactor is None:
             logger.warning(
                 "the API key in $%s has fewer than %d characters: it is not redacted from errors and answers "
                 "(redacting so short a string would mangle ordinary text)",
                 settings.api_key_env,
                 MIN_REDACTED_KEY,
             )
-        self._endpoint = settings.base_url.rstrip("/") + "/chat/completions"
+        self._endpoint = endpoint_url(settings.base_url)
         self._client = self._make_client()
         self._pool = ThreadPoolExecutor(max_workers=settings.concurrency, thread_name_prefix="mub-openai")
         self._cancelled = threading.Event()  # set by Ctrl-C: no new attempt, no retry wait
@@ -377,10 +337,11 @@ class OpenAIBackend:
         )
 
     def redact(self, text: str) -> str:
-        """``text`` with the API key, in any of its forms (:func:`key_pattern`), replaced: for anything logged or recorded."""
-        if self._key_pattern is None:
+        """``text`` with every piece of the API key, in any of its forms (:mod:`mub.backends.redaction`), replaced:
+        for anything logged or recorded."""
+        if self._redactor is None:
             return text
-        return self._key_pattern.sub(REDACTED, text)
+        return self._redactor.redact(text)
 
     def generate(self, requests: Sequence[Request]) -> list[Generation]:
         # Encoding here, in the caller's thread, keeps the image cache single-threaded.
@@ -492,7 +453,8 @@ class OpenAIBackend:
         return Generation(text=text[:limit], seconds=seconds, error=error, extra={**extra, "output_chars": length})
 
     def _describe(self, exc: BaseException) -> str:
-        return f"{type(exc).__name__}: {self.redact(str(exc))}"
+        """An exception for an error record: redacted and cut like a server's text (SERVER_TEXT_LIMIT)."""
+        return f"{type(exc).__name__}: {server_text(str(exc), redact=self.redact)}"
 
     def _wait_before_retry(self, attempt: int, attempts: int, retry_after: float | None, reason: str) -> None:
         settings = self.settings

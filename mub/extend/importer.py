@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import datasets
+import huggingface_hub
 
 from mub.extend.release_writer import (
     hashed_image_path,
@@ -44,9 +45,9 @@ from mub.extend.release_writer import (
 )
 from mub.runs.storage import write_json_atomic
 from mub_dataset.features import MULTIPLE_CHOICE, YES_NO, difficulty_for
-from mub_dataset.files import cell_bytes, check_output_folder, staged_folder
+from mub_dataset.files import MAX_IMAGE_BYTES, check_output_folder, read_regular_file, staged_folder
+from mub_dataset.limits import check_image
 from mub_dataset.records import (
-    RecordError,
     item_id,
     letters,
     misleading_answer_for,
@@ -171,21 +172,56 @@ def answer_label(raw: Any, choices: Sequence[str], answer_format: str) -> str:
         same = [label for label, choice in zip(labels, choices) if choice.casefold() == text.casefold()]
         if len(same) == 1:
             return same[0]
+        if len(same) > 1:
+            raise DatasetImportError(
+                f"answer {raw!r} is ambiguous: options {' and '.join(same)} both read as it (case is ignored); "
+                "give the answer as a letter or an index"
+            )
     raise DatasetImportError(
         f"answer {raw!r} is not {'an option letter' if answer_format == 'letter' else 'an option letter, index or text'} "
         f"of the options {list(choices)!r}"
     )
 
 
-def _image_bytes(value: Any, dataset_dir: Path | None) -> bytes:
-    if isinstance(value, Mapping):
-        return cell_bytes(value)
-    if isinstance(value, str):
-        path = Path(value)
-        if not path.is_absolute() and dataset_dir is not None:
-            path = dataset_dir / path
-        return path.read_bytes()
-    raise DatasetImportError(f"image cell of type {type(value).__name__}; expected an Image column or a file path")
+def image_roots(dataset_dir: Path | None) -> list[Path]:
+    """The folders an image path may lie in: the dataset's own folder and the Hugging Face caches it came from."""
+    roots = [Path(datasets.config.HF_DATASETS_CACHE), Path(huggingface_hub.constants.HF_HUB_CACHE)]
+    return [root.resolve() for root in ([dataset_dir] if dataset_dir is not None else []) + roots]
+
+
+def image_path(value: str, dataset_dir: Path | None, roots: Sequence[Path]) -> Path:
+    """The file an image path names, refused unless it lies inside ``roots`` once resolved (``..``, symlinks).
+
+    ``mub import`` copies each image into the release folder the user will publish: a path such as
+    ``/home/u/private_photo.png`` or ``../../.ssh/id_rsa`` must not bring another file along.
+    """
+    path = Path(value)
+    if not path.is_absolute():
+        if dataset_dir is None:
+            raise DatasetImportError(f"image path {value!r} is relative, but the dataset is no local folder to resolve it in")
+        path = dataset_dir / path
+    resolved = path.resolve()
+    if not any(resolved.is_relative_to(root) for root in roots):
+        raise DatasetImportError(
+            f"image path {value!r} lies outside the dataset's folder{f' {dataset_dir}' if dataset_dir else ''} and the "
+            "Hugging Face cache; mub import reads only the dataset's own files: move the image into the dataset's "
+            "folder and give its path relative to it"
+        )
+    return resolved
+
+
+def _image_bytes(value: Any, dataset_dir: Path | None, roots: Sequence[Path]) -> bytes:
+    """The image's bytes (embedded, or a regular file inside ``roots``), checked to decode within the pixel cap."""
+    if isinstance(value, Mapping) and value.get("bytes") is not None:
+        data = value["bytes"]
+    elif isinstance(value, Mapping) and isinstance(value.get("path"), str):
+        data = read_regular_file(image_path(value["path"], dataset_dir, roots), "image file", MAX_IMAGE_BYTES)
+    elif isinstance(value, str):
+        data = read_regular_file(image_path(value, dataset_dir, roots), "image file", MAX_IMAGE_BYTES)
+    else:
+        raise DatasetImportError(f"image cell of type {type(value).__name__}; expected an Image column or a file path")
+    check_image(data)
+    return data
 
 
 def to_row(example: Mapping[str, Any], config: ImportConfig, new_id: str) -> dict[str, Any]:
@@ -199,7 +235,10 @@ def to_row(example: Mapping[str, Any], config: ImportConfig, new_id: str) -> dic
         if "misled_count" in columns
         else config.misled_count
     )
-    question = str(example[columns["question"]]).strip()
+    raw_question = example[columns["question"]]
+    if not isinstance(raw_question, str) or not raw_question.strip():
+        raise DatasetImportError(f"question is {raw_question!r}; every item needs a question text")
+    question = raw_question.strip()
     row_id = item_id(new_id, question)
     labels = ["Yes", "No"] if question_type == YES_NO else letters(len(choices))
     return {
@@ -279,6 +318,7 @@ def import_dataset(config: ImportConfig) -> ImportResult:
     if config.limit is not None:
         dataset = dataset.select(range(min(config.limit, len(dataset))))
     dataset_dir = Path(config.dataset) if Path(config.dataset).is_dir() else None
+    roots = image_roots(dataset_dir)
 
     records: dict[tuple[str, str], dict[str, Any]] = {}
     images: dict[str, bytes] = {}
@@ -286,12 +326,12 @@ def import_dataset(config: ImportConfig) -> ImportResult:
     for index, example in enumerate(dataset):
         where = f"{config.dataset} row {index}"
         try:
-            data = _image_bytes(example[image_column], dataset_dir)
+            data = _image_bytes(example[image_column], dataset_dir, roots)
             new_id = hashed_image_path(data)  # identical images share one file
             row = to_row(example, config, new_id)
             record = release_record(row, new_id)
             normalise_record(record, None)  # the release reader must accept what we write
-        except (DatasetImportError, RecordError, OSError) as exc:
+        except (ValueError, OSError) as exc:  # DatasetImportError, RecordError, a refused file or image
             raise DatasetImportError(f"{where}: {exc}") from None
         key = (new_id, row["question"])
         if key in records:

@@ -32,6 +32,7 @@ from typing import Mapping, Sequence
 from mub.extend.note_validation import GUIDING, MISLEADING, PROBLEMS
 from mub.protocol.prompts import question_text
 from mub_dataset.features import YES_NO
+from mub_dataset.files import MAX_TEMPLATE_BYTES, read_regular_file
 from mub_dataset.records import letters
 
 # Guiding strategies, in the paper's order: what makes the right option fit,
@@ -98,8 +99,15 @@ def load_templates(directory: str | Path | None = None) -> Templates:
                 f"known: {', '.join(TEMPLATE_FILES.values())}"
             )
     for name, file_name in TEMPLATE_FILES.items():
-        source = override / file_name if override is not None and (override / file_name).is_file() else None
-        text = source.read_text(encoding="utf-8") if source else (defaults / file_name).read_text(encoding="utf-8")
+        # exists(), not is_file(): a FIFO or folder of that name is the user's and refused, never silently skipped.
+        source = override / file_name if override is not None and (override / file_name).exists() else None
+        if source is not None:
+            try:
+                text = read_regular_file(source, "--templates file", MAX_TEMPLATE_BYTES).decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise TemplateError(f"{source}: byte {exc.start} is not UTF-8; save the template as UTF-8 text") from None
+        else:
+            text = (defaults / file_name).read_text(encoding="utf-8")
         origin = str(source) if source else f"mub/extend/templates/{file_name}"
         check_template(name, text, origin)
         texts[name], origins[name] = text, origin

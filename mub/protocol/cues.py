@@ -23,6 +23,7 @@ cue and :data:`ANSWER_INSTRUCTIONS`.
 
 from __future__ import annotations
 
+import string
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Mapping
@@ -100,9 +101,31 @@ def resolve_cue(name: str, setting: str, preset: Protocol, hint_template: str, t
     return Cue(name, template)
 
 
+# Longest cue template (characters); the library's are under 200. A 4.8 MB one made torch try to allocate terabytes.
+MAX_TEMPLATE_CHARS = 10_000
+
+
 def check_template(name: str, template: str) -> None:
-    """A template must fill its cue's field (``{answer}`` or ``{note}``) and no other."""
+    """A template must fill its cue's field (``{answer}`` or ``{note}``), plainly, and no other.
+
+    Plainly: no format spec or conversion (``{answer:>300000000}`` asked for a 300 MB cue) and no attribute
+    or index (``{answer.__class__}`` wrote an object's repr into the prompt).
+    """
     field = FIELDS[name]
+    if len(template) > MAX_TEMPLATE_CHARS:
+        raise ValueError(f"the {name} cue's template is {len(template)} characters long, over the limit of {MAX_TEMPLATE_CHARS}; shorten it")
+    try:
+        named = [(text, spec, conversion) for _, text, spec, conversion in string.Formatter().parse(template) if text is not None]
+    except ValueError:
+        named = []  # unbalanced braces: reported by the format call below
+    for text, spec, conversion in named:
+        if text != field or spec or conversion:
+            shown = "{" + text + (f"!{conversion}" if conversion else "") + (f":{spec}" if spec else "") + "}"
+            fills = f"{{{field}}}" if field else "no field"
+            raise ValueError(
+                f"the {name} cue's template has the field {shown}; it fills {fills} as written, with no format, "
+                "conversion, attribute or index: write literal braces as {{ }}"
+            )
     probe = {"answer": "\0answer", "note": "\0note"}
     try:
         rendered = template.format(**({field: probe[field]} if field else {}))

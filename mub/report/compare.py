@@ -23,6 +23,9 @@ from mub.runs.predictions import DrawKey, ItemPrediction
 
 DEFAULT_BOOTSTRAP = 2000
 _CHUNK = 256  # resamples per matrix product: bounds memory to _CHUNK x n_items
+# Most resamples: each is kept (8 bytes) and costs a pass over the items; 1e5 puts the percentile
+# interval's Monte Carlo error far below its width, while 1e9 ran for minutes with no bound.
+MAX_BOOTSTRAP = 100_000
 
 
 @dataclass(frozen=True)
@@ -83,6 +86,12 @@ def _mr_t2f(run: ItemOutcomes) -> float | None:
     return None if n_t == 0 else float((run.correct_before & ~run.correct_after).sum() / n_t)
 
 
+def check_bootstrap(n_boot: int) -> None:
+    """Refuse a number of resamples outside 1 to MAX_BOOTSTRAP (``mub report --bootstrap``)."""
+    if not 1 <= n_boot <= MAX_BOOTSTRAP:
+        raise ValueError(f"--bootstrap is {n_boot}; give 1 to {MAX_BOOTSTRAP} resamples (memory and time grow with it)")
+
+
 def paired_bootstrap(
     a: ItemOutcomes, b: ItemOutcomes, *, n_boot: int = DEFAULT_BOOTSTRAP, seed: int = 0
 ) -> PairedBootstrap:
@@ -91,6 +100,7 @@ def paired_bootstrap(
     Resamples in which either run has no correct stage-1 item (rate undefined)
     are dropped. Significance at 95% means the percentile interval excludes 0.
     """
+    check_bootstrap(n_boot)
     if a.item_ids != b.item_ids:
         raise ValueError("paired_bootstrap needs both runs on the same items in the same order (use match_items)")
     code = {item: number for number, item in enumerate(dict.fromkeys(a.item_ids))}  # in order of appearance

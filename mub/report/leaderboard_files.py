@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import html
 import json
-import os
-import stat
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -29,7 +27,7 @@ from mub.report.leaderboard import (
     flat_row,
 )
 from mub.report.results_file import task_name
-from mub_dataset.files import staged_folder
+from mub_dataset.files import NotARegularFileError, read_regular_file, staged_folder
 
 HUB_PREFIX = "hf://datasets/"
 REPO_FILES = {"README.md", ".gitattributes"}  # a results repository's own files, not submissions
@@ -38,19 +36,15 @@ CARD_KEY = "mub"  # the card's block that `mub build` writes: items_fingerprint 
 
 
 def read_submission(path: Path, source: str) -> SubmissionFile | Skipped:
-    """The file's text, if it is a regular file within the size cap; never blocks on a FIFO."""
+    """The file's text, if it is a regular file (not a link) within the size cap; never blocks on a FIFO."""
     try:
-        info = os.lstat(path)
-        if not stat.S_ISREG(info.st_mode):
-            return Skipped(source, "not a regular file (a link, FIFO or device); only results files are read")
-        if info.st_size > MAX_FILE_BYTES:
-            return Skipped(source, f"{info.st_size:,} bytes, over the {MAX_FILE_BYTES:,} a results file may hold")
-        with open(path, "rb") as handle:
-            data = handle.read(MAX_FILE_BYTES + 1)
+        if path.is_symlink():  # paths from data stay inside the folder: a link is never followed
+            return Skipped(source, "a link, not followed; only results files are read")
+        data = read_regular_file(path, "results file", MAX_FILE_BYTES)
+    except NotARegularFileError as exc:
+        return Skipped(source, str(exc))
     except OSError as exc:
         return Skipped(source, f"unreadable ({exc.strerror or type(exc).__name__})")
-    if len(data) > MAX_FILE_BYTES:
-        return Skipped(source, f"over the {MAX_FILE_BYTES:,} bytes a results file may hold")
     return SubmissionFile(source, data.decode("utf-8", errors="replace"))
 
 

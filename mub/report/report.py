@@ -22,7 +22,15 @@ from urllib.parse import urlencode
 from mub.protocol.stages import same_answer
 from mub.report import plots
 from mub.report import power
-from mub.report.compare import DEFAULT_BOOTSTRAP, ItemOutcomes, PairedBootstrap, match_items, outcomes, paired_bootstrap
+from mub.report.compare import (
+    DEFAULT_BOOTSTRAP,
+    ItemOutcomes,
+    PairedBootstrap,
+    check_bootstrap,
+    match_items,
+    outcomes,
+    paired_bootstrap,
+)
 from mub.report.paper import PAPER_AVERAGE, PAPER_CITATION, PAPER_RESULTS
 from mub.report.plots import levels_mean
 from mub.report.rows import KINDS, STATES, ModelRow, RunSummary
@@ -497,6 +505,7 @@ def build_report(
     """Read the run folders and lay out the report; nothing is written. ``view``: write `mub view` beside it."""
     if not run_dirs:
         raise ValueError("mub report needs at least one run folder")
+    check_bootstrap(n_boot)
     runs = [load_run(path) for path in run_dirs]
     assign_labels(runs)
     rows = group_by_model(runs)

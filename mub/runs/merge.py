@@ -21,6 +21,7 @@ from mub.protocol.presets import DRAW_ONCE
 from mub.runs.predictions import DrawKey, ItemPrediction, draw_name
 from mub.runs.runner import Selection, check_references, finish_run, select_items
 from mub.runs.storage import (
+    RUN_SETTINGS_FIELDS,
     RunFolder,
     RunFolderError,
     cue_name,
@@ -42,7 +43,7 @@ class MergeError(ValueError):
 def _read_settings(folder: RunFolder) -> dict[str, Any]:
     if not folder.settings_path.is_file():
         raise MergeError(f"{folder.path} is not a run folder (no {folder.settings_path.name})")
-    return folder.read_settings()
+    return folder.read_settings(RUN_SETTINGS_FIELDS)
 
 
 def _check_same_run(folders: Sequence[RunFolder], settings: Sequence[Mapping[str, Any]]) -> None:

@@ -18,7 +18,7 @@ from mub.protocol.reference_reading import reference_answer
 from mub.runs.merge import config_from_settings
 from mub.runs.predictions import ItemPrediction, StageAnswer
 from mub.runs.runner import check_references, finish_run, select_items, settle
-from mub.runs.storage import RunFolder
+from mub.runs.storage import RUN_SETTINGS_FIELDS, RunFolder
 
 # (output, row, implicit) -> the answer read; implicit: the run is an implicit one (the authors' A-H reader)
 Reader = Callable[[str, Mapping[str, Any], bool], "str | None"]
@@ -56,7 +56,7 @@ def rescore_run(run_dir: str | Path, parser: str, out: str | Path, *, overwrite:
     source = RunFolder(run_dir)
     if not source.results_path.is_file():
         raise ValueError(f"{source.path} is not a finished run (no results.json); finish it with mub run ... --resume")
-    settings = source.read_settings()
+    settings = source.read_settings(RUN_SETTINGS_FIELDS)
     if settings.get("shard"):
         raise ValueError(f"{source.path} is one shard of a run; rescore the merged run (mub merge) instead")
     if Path(out).resolve() == source.path.resolve():
@@ -72,6 +72,13 @@ def rescore_run(run_dir: str | Path, parser: str, out: str | Path, *, overwrite:
     rows = {row["id"]: row for row in selection.rows}
     check_references(source, selection.rows)
     predictions = source.load_predictions()
+    missing = [item_id for item_id in rows if item_id not in predictions]
+    if missing:  # refused before --out is touched: rescoring must not leave a half-written run there
+        raise ValueError(
+            f"{source.path} lacks predictions for {len(missing)} of {len(rows)} items (first: {', '.join(missing[:3])}), "
+            "so it is not a complete run; finish it in its own folder (the same `mub run` command with --resume), "
+            "then rescore it"
+        )
     implicit = config.cue_spec().uses_notes  # flipped_by_note is recorded only for notes
     implicit_setting = setting_of(config.config) == "implicit"  # the implicit scripts read A-H
 

@@ -6,7 +6,6 @@ the same document it writes to ``results.json``.
 
 from __future__ import annotations
 
-import io
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Any, Mapping, Sequence
@@ -31,8 +30,9 @@ from mub.runs.predictions import DrawKey, ItemPrediction, StageAnswer, draw_name
 from mub.runs.results import build_results
 from mub.runs.storage import RunFolder, RunFolderError
 from mub_dataset.features import IMAGE_HASH_COLUMN
-from mub_dataset.files import cell_bytes, image_digest, image_sha256
+from mub_dataset.files import NotARegularFileError, cell_bytes, image_digest, image_sha256
 from mub_dataset.fingerprint import ItemDigests, field_digests, items_fingerprint
+from mub_dataset.limits import MAX_PIXELS, ImageTooLargeError, item_problem, open_image
 
 
 @dataclass
@@ -158,17 +158,28 @@ class LoadedImage:
     data: bytes | None = field(default=None, repr=False)  # the file as stored: what an API is sent
 
 
-def load_images(dataset: datasets.Dataset, indices: Sequence[int]) -> list[LoadedImage]:
-    """The items' images, fully decoded; one that cannot be decoded (truncated, not an image) carries the reason."""
+def load_images(dataset: datasets.Dataset, indices: Sequence[int], max_pixels: int = MAX_PIXELS) -> list[LoadedImage]:
+    """The items' images, fully decoded; one that cannot be read (not a regular file, too large) or decoded
+    (truncated, not an image, over ``max_pixels``, found before decoding) carries the reason."""
     loaded = []
     for index, cell in zip(indices, dataset.select_columns(["image"])[list(indices)]["image"]):
-        data = cell_bytes(cell)
+        where = cell.get("path") or "embedded"
         try:
-            with Image.open(io.BytesIO(data)) as image:
+            data = cell_bytes(cell)
+        except OSError as exc:  # missing, no permission; no bytes, so no content hash for its group_id
+            loaded.append(LoadedImage(None, "", f"the image ({where}) cannot be read ({exc.strerror or exc})"))
+            continue
+        except NotARegularFileError as exc:  # a FIFO, device or folder, or over MAX_IMAGE_BYTES: named in the message
+            loaded.append(LoadedImage(None, "", str(exc)))
+            continue
+        try:
+            with open_image(data, max_pixels) as image:
                 image.load()
                 loaded.append(LoadedImage(image.convert("RGB"), image_digest(data), data=data))
+        except ImageTooLargeError as exc:
+            loaded.append(LoadedImage(None, image_digest(data), f"the image ({where}) is not decoded: {exc} (or raise --max-pixels)"))
         except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:  # what Pillow raises for bad data
-            error = f"the image ({cell.get('path') or 'embedded'}) cannot be decoded ({type(exc).__name__}: {exc})"
+            error = f"the image ({where}) cannot be decoded ({type(exc).__name__}: {exc})"
             loaded.append(LoadedImage(None, image_digest(data), error))
     return loaded
 
@@ -190,10 +201,17 @@ def item_record(row: Mapping[str, Any], group_id: str, stage1: list[StageAnswer]
     )
 
 
-def image_error_record(row: Mapping[str, Any], loaded: LoadedImage, draw: int = 0) -> ItemPrediction:
-    """The record of a draw whose image could not be decoded: an item error, retried by ``--resume``."""
-    error = f"item {row['id']}: {loaded.error}; fix or replace the image in the dataset"
-    return item_record(row, loaded.group_id, [StageAnswer(cue="", output="", parsed=None, error=error)], draw)
+def item_error_record(row: Mapping[str, Any], group_id: str, error: str, draw: int = 0) -> ItemPrediction:
+    """The record of a draw that cannot be asked (its image, its text): an item error, retried by ``--resume``."""
+    return item_record(row, group_id, [StageAnswer(cue="", output="", parsed=None, error=f"item {row['id']}: {error}")], draw)
+
+
+def item_error(row: Mapping[str, Any], loaded: LoadedImage) -> str | None:
+    """Why the item cannot be asked, or None: its image (unreadable, too large) or its text (see item_problem)."""
+    if loaded.error is not None:
+        return f"{loaded.error}; fix or replace the image in the dataset"
+    problem = item_problem(row)
+    return None if problem is None else f"{problem} in the dataset"
 
 
 def predict_group(
@@ -203,24 +221,30 @@ def predict_group(
     config: RunConfig,
     draws: Sequence[Sequence[int]] | None = None,
 ) -> list[ItemPrediction]:
-    """:func:`run_batch` for the draws (``draws[i]``: row i's, default its first) of the items whose image
-    decoded, an item error for each draw of every other one; item by item, draws in the order given."""
+    """:func:`run_batch` for the draws (``draws[i]``: row i's, default its first) of the items that can be asked,
+    an item error for each draw of every other one; item by item, draws in the order given."""
     draws = draws if draws is not None else [[0]] * len(rows)
-    units = [(row, loaded, draw) for row, loaded, wanted in zip(rows, images, draws) for draw in wanted]
-    decoded = [(row, loaded, draw) for row, loaded, draw in units if loaded.error is None]
+    units = [
+        (row, loaded, draw, error)
+        for row, loaded, wanted in zip(rows, images, draws)
+        for error in [item_error(row, loaded)]
+        for draw in wanted
+    ]
+    asked = [(row, loaded, draw) for row, loaded, draw, error in units if error is None]
     answered = iter(
         run_batch(
-            [row for row, _, _ in decoded],
-            [(loaded.image, loaded.group_id, loaded.data) for _, loaded, _ in decoded],
+            [row for row, _, _ in asked],
+            [(loaded.image, loaded.group_id, loaded.data) for _, loaded, _ in asked],
             backend,
             config,
-            [draw for _, _, draw in decoded],
+            [draw for _, _, draw in asked],
         )
-        if decoded
+        if asked
         else []
     )
     return [
-        next(answered) if loaded.error is None else image_error_record(row, loaded, draw) for row, loaded, draw in units
+        next(answered) if error is None else item_error_record(row, loaded.group_id, error, draw)
+        for row, loaded, draw, error in units
     ]
 
 
@@ -362,11 +386,13 @@ def run(config: RunConfig, backend: Backend | None = None, dataset: datasets.Dat
                     total=sum(len(missing) for _, _, missing in todo), unit="draw", desc=f"mub {config.config}",
                     disable=not config.progress,
                 ) as progress:
-                    pending = pool.submit(load_images, selection.dataset, [todo[i][0] for i in groups[0]]) if groups else None
+                    pending = pool.submit(load_images, selection.dataset, [todo[i][0] for i in groups[0]], config.max_pixels) if groups else None
                     for number, group in enumerate(groups):
                         images = pending.result()
                         if number + 1 < len(groups):
-                            pending = pool.submit(load_images, selection.dataset, [todo[i][0] for i in groups[number + 1]])
+                            pending = pool.submit(
+                                load_images, selection.dataset, [todo[i][0] for i in groups[number + 1]], config.max_pixels
+                            )
                         draws = [todo[i][2] for i in group]
                         folder.append(predict_group([todo[i][1] for i in group], images, backend, config, draws))
                         progress.update(sum(map(len, draws)))

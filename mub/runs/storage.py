@@ -36,7 +36,14 @@ from pathlib import Path
 from typing import Any, Collection, Iterable, Iterator, Sequence
 
 from mub.runs.predictions import DrawKey, ItemPrediction
-from mub_dataset.files import MARKER_FILE, check_output_folder, give_usual_mode, mark_folder
+from mub_dataset.files import (
+    MARKER_FILE,
+    MAX_DOCUMENT_BYTES,
+    check_output_folder,
+    give_usual_mode,
+    mark_folder,
+    read_regular_file,
+)
 from mub_dataset.fingerprint import ItemDigests, first_difference
 
 SETTINGS_FILE = "run.json"
@@ -88,6 +95,8 @@ def write_json_atomic(path: Path, data: Any) -> None:
         raise
 
 
+# The parts of a model run's run.json that rescore and merge rely on, and their types.
+RUN_SETTINGS_FIELDS: dict[str, type] = {"model": str, "dataset": str, "config": str, "backend": str}
 # The parts of results.json every reader relies on, and their types.
 RESULTS_FIELDS: dict[str, type] = {"model": str, "dataset": dict, "run": dict, "results": dict}
 
@@ -95,7 +104,7 @@ RESULTS_FIELDS: dict[str, type] = {"model": str, "dataset": dict, "run": dict, "
 def read_json_object(path: Path, fields: dict[str, type] | None = None, *, fix: str) -> dict[str, Any]:
     """The JSON object in ``path``, with ``fields`` of the given types; else RunFolderError naming the file and ``fix``."""
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(read_regular_file(path, "run file", MAX_DOCUMENT_BYTES).decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise RunFolderError(f"{path} is not valid JSON ({exc}); {fix}") from None
     except RecursionError:
@@ -325,8 +334,9 @@ class RunFolder:
             )
         return True
 
-    def read_settings(self) -> dict[str, Any]:
-        return read_json_object(self.settings_path, fix="restore it, or start the run again with --overwrite")
+    def read_settings(self, fields: dict[str, type] | None = None) -> dict[str, Any]:
+        """The folder's settings file; with ``fields`` (e.g. RUN_SETTINGS_FIELDS), each of its type or one line."""
+        return read_json_object(self.settings_path, fields, fix="restore it, or start the run again with --overwrite")
 
     def read_results(self) -> dict[str, Any]:
         return read_json_object(
@@ -339,7 +349,7 @@ class RunFolder:
         """A kill during a write can leave half a line at the end: cut it, its item is redone."""
         if not self.predictions_path.is_file():
             return
-        data = self.predictions_path.read_bytes()
+        data = read_regular_file(self.predictions_path, "predictions file", MAX_DOCUMENT_BYTES)
         if data and not data.endswith(b"\n"):
             with self.predictions_path.open("r+b") as handle:
                 handle.truncate(data.rfind(b"\n") + 1)
@@ -390,7 +400,7 @@ def _read_records(path: Path) -> list[ItemPrediction]:
     even one cut inside a multi-byte character, is skipped: its item is redone.
     """
     records = []
-    lines = path.read_bytes().split(b"\n")
+    lines = read_regular_file(path, "predictions file", MAX_DOCUMENT_BYTES).split(b"\n")
     for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue

@@ -13,6 +13,7 @@ only validates inputs, stores them and calls those functions.
 
 import itertools
 import math
+import re
 import statistics
 import unicodedata
 from collections import Counter
@@ -41,8 +42,9 @@ misleading rate); mr_f2t = |F answered correctly at stage 2| / |F|. Also accurac
 consistency between the two stages, 95% Wilson intervals, an exact McNemar test on (t2f, f2t),
 optional cluster-bootstrap intervals and per-difficulty/source/question-type breakdowns.
 Config "consistency" scores k >= 2 repeated answers per item instead.
-Answers compare after NFKC normalisation (full-width "Ａ" is "A"), with zero-width characters removed, outer
-whitespace and trailing punctuation trimmed, and case folded ("\u200bA", "a" and "A." equal "A"); None, a
+Answers compare after NFKC normalisation (full-width "Ａ" is "A"), with Unicode format characters (zero-width,
+RTL/LTR marks, ...) removed, outer whitespace and trailing punctuation trimmed, a bracketed lone letter unwrapped
+and case folded ("\u200bA", "a", "A.", "A)" and "(A)" equal "A"; Cyrillic "А" does not); None, a
 pandas NaN or an empty answer is unparsed and never correct. Any other value is a ValueError naming its row.
 """
 
@@ -54,7 +56,8 @@ Args (config "default"):
     difficulty, misled_count, source, question_type (list of str, optional): per-row labels; each one
         given adds by_difficulty / by_misled_count / by_source / by_question_type. Give a label for every
         row or leave the input out; only difficulty may be None on some rows (items on no level: they
-        count in every figure but by_difficulty). misled_count labels are counts as strings ("6").
+        count in every figure but by_difficulty). A difficulty label is exactly low, medium or high. misled_count
+        labels are counts as strings ("6").
     group_id (list of str, optional): cluster of the row (e.g. the image, which holds every draw of an
         item); given, the <rate>_ci are Wilson intervals at the design-effect-adjusted sample size and the
         bootstrap resamples clusters.
@@ -62,7 +65,7 @@ Args (config "default"):
         answer at stage 1.
     confidence_on_original_after (list of float in [0, 1], optional): probability it still puts on
         that same answer at stage 2. Give both or neither.
-    bootstrap (int, optional): number of cluster-bootstrap resamples; adds <rate>_bootstrap_ci.
+    bootstrap (int, optional): number of cluster-bootstrap resamples (at most 100,000); adds <rate>_bootstrap_ci.
     seed (int, optional): seed of the bootstrap's random generator.
 Args (config "consistency"):
     samples (list of list of str or None): k >= 2 answers per item, drawn without misleading.
@@ -134,6 +137,9 @@ EXACT_BINOMIAL_LIMIT = 1000
 BOOTSTRAP_CHUNK_CELLS = 4_000_000
 # design_effects bins (group, cluster) cells densely up to this many cells per row, and sorts beyond.
 DENSE_CELL_FACTOR = 4
+# Most bootstrap resamples: each keeps a row of counts (72 bytes) per group, and 1e5 already puts the
+# percentile interval's Monte Carlo error far below its width; 1e12 was OOM-killed at 22.8 GB.
+MAX_BOOTSTRAP = 100_000
 # Rows per Arrow record batch in the cache file. evaluate leaves writer_batch_size unset, so datasets
 # falls back to 1,000-row batches and 1e6 rows come back as 1,000 chunks (~0.4 s extra, profiled).
 WRITER_BATCH_ROWS = 100_000
@@ -271,20 +277,36 @@ def cluster_bootstrap_intervals(
 # ----------------------------------------------------------------------------- answers and outcomes
 
 
-# Invisible characters that copy-paste and tokenizers leave in answers.
-_ZERO_WIDTH = dict.fromkeys(map(ord, "\u200b\u200c\u200d\u2060\ufeff\u00ad"), None)
 # Punctuation that may close an answer without changing it ("A.", "Yes!", "是。").
 _TRAILING_PUNCTUATION = ".,;:!?\u3002\uff0c\uff1b\uff1a\uff01\uff1f\u3001\u2026"
+# A lone option letter written with brackets: "A)", "(A)", "[A]", "A]" all mean "A". Only a single
+# letter is unwrapped: a longer answer's brackets may be part of it ("f(x)").
+_BRACKETED_LETTER = re.compile(r"\(\s*(\w)\s*\)|\[\s*(\w)\s*\]|(\w)\s*[)\]]")
+
+
+def _without_format_characters(text: str) -> str:
+    """``text`` without Unicode format characters (category Cf): zero-width spaces and joiners, RTL/LTR
+    marks and embeddings, the BOM, soft hyphens, ... -- invisible, and never part of an answer."""
+    if text.isascii():
+        return text
+    return "".join(char for char in text if unicodedata.category(char) != "Cf")
 
 
 def normalise_answer(answer: Optional[str]) -> Optional[str]:
-    """Comparison key of an answer: NFKC, no zero-width characters, trimmed of whitespace and trailing
-    punctuation, case-folded; None when unparsed (None or blank)."""
+    """Comparison key of an answer: NFKC, no format characters, trimmed of whitespace and trailing
+    punctuation, a bracketed lone letter unwrapped, case-folded; None when unparsed (None or blank).
+
+    Look-alike letters of other scripts (Cyrillic "А", Greek "Β") are not folded to Latin: NFKC keeps
+    them apart, so they compare as themselves and never equal an option letter (see the card).
+    """
     if answer is None:
         return None
-    key = unicodedata.normalize("NFKC", answer).translate(_ZERO_WIDTH).strip()
-    key = key.rstrip(_TRAILING_PUNCTUATION).rstrip().casefold()
-    return key or None
+    key = _without_format_characters(unicodedata.normalize("NFKC", answer)).strip()
+    key = key.rstrip(_TRAILING_PUNCTUATION).rstrip()
+    bracketed = _BRACKETED_LETTER.fullmatch(key)
+    if bracketed:
+        key = next(group for group in bracketed.groups() if group)
+    return key.casefold() or None
 
 
 def encode_answers(*columns: Sequence[Optional[str]]) -> List[np.ndarray]:
@@ -476,6 +498,20 @@ def answer_outcomes(
     return outcome_indicators(pred, orig, ref)
 
 
+def check_levels(difficulty: Optional[Sequence[Optional[str]]]) -> None:
+    """Refuse a difficulty label other than exactly "low", "medium" or "high" (None/"" = on no level), naming
+    its row: "Low", " low" or "extreme" would otherwise become groups of their own in mr_t2f_levels_mean."""
+    if difficulty is None:
+        return
+    bad = {label for label in set(difficulty) if not _is_missing_label(label) and label not in LEVEL_ORDER}
+    if bad:
+        row = next(i for i, label in enumerate(difficulty) if label in bad)
+        raise ValueError(
+            f"difficulty[{row}] is {difficulty[row]!r}; a difficulty label is exactly 'low', 'medium' or 'high' "
+            "(lower case, no spaces), or None for an item on no level"
+        )
+
+
 def cluster_codes(group_id: Optional[Sequence[Optional[str]]]) -> Optional[np.ndarray]:
     """Per-row cluster codes from group_id, or None (one cluster per row) when it is not given."""
     encoded = optional_labels(CLUSTER_INPUT, group_id)
@@ -504,6 +540,7 @@ def misleading_rate_report(
         raise ValueError("empty input: predictions, original_predictions and references have no rows")
     if n_resamples is not None:
         check_bootstrap_options(n_resamples, seed)
+    check_levels((groups or {}).get("difficulty"))
     indicators = answer_outcomes(predictions, original_predictions, references)
     common = {
         "confidences": confidence_matrix(*confidences),
@@ -677,13 +714,17 @@ def confidence_matrix(
 def check_bootstrap_options(n_resamples: Any, seed: Any) -> None:
     if isinstance(n_resamples, bool) or not isinstance(n_resamples, (int, np.integer)) or n_resamples < 1:
         raise ValueError(f"bootstrap must be a positive int (number of resamples), got {n_resamples!r}")
+    if n_resamples > MAX_BOOTSTRAP:
+        raise ValueError(f"bootstrap is {n_resamples}; at most {MAX_BOOTSTRAP} resamples are allowed (memory and time)")
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0):
         raise ValueError(f"seed must be a non-negative int or None, got {seed!r}")
 
 
 def as_column(name: str, values: Any) -> list:
-    """A batch input as a list; a bare string or scalar is an error, not a column."""
-    if isinstance(values, (str, bytes)) or not hasattr(values, "__len__"):
+    """A batch input as a list: a sequence, NumPy array or pandas Series. A bare string or scalar, a mapping
+    (whose keys would be read as the rows) or a set (no row order) is an error, not a column."""
+    is_series = type(values).__name__ == "Series" and hasattr(values, "tolist")
+    if isinstance(values, (str, bytes)) or not (isinstance(values, (Sequence, np.ndarray)) or is_series):
         raise ValueError(f"{name} must be a list of per-row values, got {type(values).__name__}")
     if isinstance(values, np.ndarray):
         if values.ndim != 1:
