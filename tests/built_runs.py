@@ -53,7 +53,12 @@ def scripted_run(out: Path, model: str, config: str, dataset: str, flip_share: i
 
 
 def make_rankable_runs(root: Path, release_dir: Path) -> dict[str, Path]:
-    """``{"build": the build folder, "steady_explicit": run folder, ...}``: full runs of two scripted models."""
+    """``{"build": the build folder, "steady_explicit": run folder, ...}``: full runs of two scripted models.
+
+    One draw per item (``--draws once``): the sample's main file holds no medium or high item (those are in its
+    implicit files only), so a paper explicit run that draws the main file's copies covers one level, and
+    `mub submit` rightly refuses it. Such runs rank under ``paper + draws=once``.
+    """
     from mub.cli import main
 
     build = root / "build"
@@ -62,5 +67,5 @@ def make_rankable_runs(root: Path, release_dir: Path) -> dict[str, Path]:
     for model, shares in FLIP_SHARES.items():
         for config, share in shares.items():
             name = f"{model.split('/')[1]}_{config}"
-            made[name] = scripted_run(root / name, model, config, str(build), share)
+            made[name] = scripted_run(root / name, model, config, str(build), share, draws="once")
     return made

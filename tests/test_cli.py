@@ -96,12 +96,14 @@ def test_a_run_with_no_options_records_the_defaults(capsys, tmp_path):
     out = tmp_path / "explicit"
     assert _run_cli(capsys, "run", "--model", "tiny:llava", "--limit", "2", "--out", str(out), "--no-progress")[0] == 0
     settings = json.loads((out / "run.json").read_text(encoding="utf-8"))
-    assert settings["protocol"] == {"preset": "paper", "overrides": {}}
+    assert settings["protocol"] == {"preset": "paper", "overrides": {}, "api_request": "open"}
     assert settings["cue"] == {"name": "hint", "template": PAPER_HINT}
     assert (settings["dialogue"], settings["notes"]) == ("single", 5)
-    # the paper preset's explicit decoding (run.py: max_new_tokens 256, top_k 80, top_p 0.9, temperature 0.4)
+    # the paper preset's explicit decoding as run.py ran it: 256 tokens, top-k 80, top-p 0.9, sampling at the model's
+    # own temperature (the 0.4 never reached the model): 1.0, as tiny:llava's generation_config names none
     decoding = settings["decoding"]
-    assert (decoding["max_new_tokens"], decoding["temperature"], decoding["top_p"], decoding["top_k"]) == (256, 0.4, 0.9, 80)
+    assert (decoding["max_new_tokens"], decoding["temperature"], decoding["top_p"], decoding["top_k"]) == (256, 1.0, 0.9, 80)
+    assert decoding["do_sample"] is True
     assert json.loads((out / "results.json").read_text(encoding="utf-8"))["run"]["batch_size"] == 8
     for record in _records(out):  # one fresh stage-2 request naming an option with the release's hint
         assert [answer["cue"] for answer in record["stage2"]] == [PAPER_HINT.format(answer=record["stage2"][0]["hinted"])]

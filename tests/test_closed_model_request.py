@@ -57,8 +57,9 @@ def server() -> Iterator[FaultServer]:
 
 
 def _run(server: FaultServer, release: Path, out: Path, *extra: str) -> None:
+    # One draw per item: these tests pin each request's body; how many copies are drawn is tests/test_draws.py's.
     argv = ["run", "--backend", "openai", "--base-url", server.base_url, "--model", "gpt-4o", "--api-key-env", KEY_ENV,
-            "--dataset", str(release), "--out", str(out), "--no-progress", *extra]  # fmt: skip
+            "--dataset", str(release), "--out", str(out), "--no-progress", "--draws", "once", *extra]  # fmt: skip
     assert main(argv) == 0
 
 
@@ -89,7 +90,7 @@ def test_closed_model_request_is_the_authors_body(server, release_dir, tmp_path,
     results = json.loads((tmp_path / "closed" / "results.json").read_text())
     from mub.report.submit import run_protocol
 
-    assert run_protocol(results) == "paper (closed-model request)"
+    assert run_protocol(results) == "paper (closed-model request) + draws=once"  # --draws once is a marked override
     # The whole two-line answer is kept and read as A.
     outputs = _stage1_outputs(tmp_path / "closed")
     assert {output for output, _, _ in outputs} == {TWO_LINES}

@@ -5,7 +5,7 @@ here by hand from the preset's documented format (README: a one-line instruction
 without ``<image N>`` placeholders or inline options, ``A. text`` options, greedy decoding with 16
 new tokens) and from the items' own fields: the hint names the item's ``misleading_answer`` after
 a correct stage 1 (the server's reply, recomputed here) and its answer otherwise; implicit items get
-one request per note. Each request's image is identified by its pixels (every placeholder image is
+one request per note. Each request's image is identified by its bytes, the file's own (every placeholder image is
 different, tests/conftest.py), so an item sent with another item's image fails. The seed is the
 documented sha256 rule, computed here. Nothing is masked.
 """
@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import io
 import json
 import re
 from pathlib import Path
@@ -22,7 +21,6 @@ from typing import Iterator
 
 import pytest
 from fault_server import FaultServer, healthy_answer
-from PIL import Image
 from test_dataset import plain_id, raw_items
 
 import mub_dataset
@@ -91,16 +89,15 @@ def _expected(rows: list[dict], image_paths: dict[str, str], config: str) -> lis
     return sorted(bodies, key=lambda body: json.dumps(body, sort_keys=True))
 
 
-def _named_images(bodies: list[dict], path_by_pixels: dict[bytes, str]) -> list[dict]:
-    """Each body with its image data URL replaced by the release path of the file with those pixels."""
+def _named_images(bodies: list[dict], path_by_bytes: dict[bytes, str]) -> list[dict]:
+    """Each body with its image data URL replaced by the release path of the file with those bytes."""
     bodies = json.loads(json.dumps(bodies))
     for body in bodies:
         for part in body["messages"][0]["content"]:
             if part.get("type") == "image_url":
                 prefix, data = part["image_url"]["url"].split(",", 1)
-                assert prefix == "data:image/png;base64"  # lossless: the server sees the file's pixels
-                pixels = Image.open(io.BytesIO(base64.b64decode(data))).convert("RGB").tobytes()
-                part["image_url"]["url"] = f"<{path_by_pixels.get(pixels, 'an image of no file of the release')}>"
+                assert prefix == "data:image/jpeg;base64"  # the file's own bytes, labelled with its type: no re-encoding
+                part["image_url"]["url"] = f"<{path_by_bytes.get(base64.b64decode(data), 'no file of the release')}>"
     return sorted(bodies, key=lambda body: json.dumps(body, sort_keys=True))
 
 
@@ -108,13 +105,11 @@ def test_deterministic_preset_sends_the_documented_requests(server, release_dir,
     monkeypatch.setenv(KEY_ENV, "sk-test")
     items, _ = raw_items(release_dir)
     image_paths = {plain_id(new_id, question): new_id for new_id, question in items}
-    path_by_pixels = {
-        Image.open(release_dir / path).convert("RGB").tobytes(): path for path in set(image_paths.values())
-    }
-    assert len(path_by_pixels) == len(set(image_paths.values()))  # every placeholder is its own picture
+    path_by_bytes = {(release_dir / path).read_bytes(): path for path in set(image_paths.values())}
+    assert len(path_by_bytes) == len(set(image_paths.values()))  # every placeholder is its own picture
     for config, limit in PINNED_RUNS:
         rows = mub_dataset.load(config, release_dir).remove_columns("image").to_list()[:limit]
-        received = _named_images(_run(server, release_dir, tmp_path / config, config, limit), path_by_pixels)
+        received = _named_images(_run(server, release_dir, tmp_path / config, config, limit), path_by_bytes)
         expected = _expected(rows, image_paths, config)
         assert len(received) == len(expected), config
         for got, want in zip(received, expected):

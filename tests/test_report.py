@@ -557,7 +557,8 @@ def test_submission_schema_and_values(rankable_runs: dict[str, Path], tmp_path: 
     config = document["config"]
     assert config["model_name"] == "scripted/fickle" and config["dataset_id"] == "someone/mub"
     assert config["dataset_revision"] == "abc123"
-    assert config["protocol"] == _results(runs["fickle_explicit"])["run"]["protocol"]["preset"] == "paper"
+    assert _results(runs["fickle_explicit"])["run"]["protocol"]["preset"] == "paper"
+    assert config["protocol"] == "paper + draws=once"  # the label: a full draw of the sample covers one level only
     assert config["model_sha"] is None and config["model_dtype"] is None  # the scripted backend has no weights
     assert config["items_fingerprint"] == {
         f"mub_{c}": _results(runs[f"fickle_{c}"])["dataset"]["fingerprint"] for c in ("explicit", "implicit")
@@ -614,7 +615,7 @@ def test_no_local_path_reaches_a_model_index(rankable_runs: dict[str, Path], tmp
     # A run on a local build made without --repo-id: no Hub id is known, so no model-index and no upload.
     built = tmp_path / "built"
     assert main(["build", "--release", str(release_dir), "--out", str(built)]) == 0
-    local = scripted_run(tmp_path / "local", "scripted/local", "explicit", str(built), 3)
+    local = scripted_run(tmp_path / "local", "scripted/local", "explicit", str(built), 3, draws="once")
     capsys.readouterr()
     document = _submit([local], tmp_path / "sub")
     printed = capsys.readouterr().out
@@ -657,7 +658,7 @@ def test_upload_path_follows_the_leaderboard_layout(rankable_runs: dict[str, Pat
     submission = build_submission([rankable_runs["steady_explicit"]], now=stamp)
     assert submission.path_in_repo == "scripted/steady/results_2025-01-02T03-04-05.json"
     assert submission.results["config"]["submitted_at"] == "2025-01-02T03:04:05+00:00"
-    assert submission.results["config"]["protocol"] == "paper"
+    assert submission.results["config"]["protocol"] == "paper + draws=once"
 
 
 def test_tiny_model_run_goes_into_the_report(runs: dict[str, Path], report_dir: Path) -> None:
@@ -667,8 +668,8 @@ def test_tiny_model_run_goes_into_the_report(runs: dict[str, Path], report_dir: 
     (row,) = [row for row in rows if row[0] == "tiny:llava"]
     tiny = _results(runs["tiny_explicit"])["results"]["explicit"]
     assert row[1] == "explicit"
-    _check_cell(row[6], tiny, "mr_t2f", "n_t")
-    _check_cell(row[8], tiny, "mr_f2t", "n_f")
+    _check_cell(row[7], tiny, "mr_t2f", "n_t")
+    _check_cell(row[9], tiny, "mr_f2t", "n_f")
 
 
 def test_implicit_rates_by_notes_are_shown_for_3_and_5(runs, report_dir) -> None:
@@ -730,7 +731,7 @@ def test_leaderboard_from_two_submissions_and_a_malformed_file(results_repo: Pat
     assert all(row["source"].startswith("paper:") and row["rank"] is None for row in references)
     assert references[0]["explicit_low"] == pytest.approx(PAPER_RESULTS[0].explicit[0] / 100)
     # Every figure is the run's own, as a fraction; the steady model holds every answer, so it ranks first.
-    assert all(row["protocol"] == "paper" for row in submitted)
+    assert all(row["protocol"] == "paper + draws=once" for row in submitted)
     steady, fickle = sorted(submitted, key=lambda row: row["rank"])
     assert (steady["model"], steady["rank"], fickle["rank"]) == ("scripted/steady", 1, 2)
     for row in submitted:

@@ -66,8 +66,13 @@ def _one_line_error(capsys: pytest.CaptureFixture) -> str:
     return err
 
 
-def _solid_jpeg(path: Path, colour: tuple[int, int, int]) -> None:
-    Image.new("RGB", (16, 16), colour).save(path, format="JPEG")
+def _solid_jpeg(path: Path, colour: tuple[int, int, int], size: int | None = None) -> None:
+    """A 16x16 JPEG of one colour; padded after its end marker (which decoders ignore) to ``size`` bytes if given."""
+    buffer = io.BytesIO()
+    Image.new("RGB", (16, 16), colour).save(buffer, format="JPEG")
+    data = buffer.getvalue()
+    assert size is None or len(data) <= size, "the replacement must not be larger than the file it replaces"
+    path.write_bytes(data + b"\0" * ((size or len(data)) - len(data)))
 
 
 @pytest.fixture(scope="module")
@@ -173,7 +178,7 @@ def test_a_replaced_image_is_not_served_from_the_cache(tmp_path: Path) -> None:
 
     # Other pixels in a file of the same size, with the modification time put back as `cp -p` would.
     stat = image.stat()
-    _solid_jpeg(image, (10, 200, 90))
+    _solid_jpeg(image, (10, 200, 90), size=stat.st_size)
     os.utime(image, ns=(stat.st_atime_ns, stat.st_mtime_ns))
     assert (image.stat().st_size, image.stat().st_mtime_ns) == (stat.st_size, stat.st_mtime_ns)
     new_digest = hashlib.sha256(image.read_bytes()).hexdigest()[:16]

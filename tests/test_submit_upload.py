@@ -37,7 +37,7 @@ def uploads(monkeypatch: pytest.MonkeyPatch) -> list[dict]:
 def runs(rankable_runs: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Full runs on a MUB build: one of a model with a Hub id, one of a model given as a local path."""
     local = tmp_path_factory.mktemp("runs") / "local"
-    return {"hub": rankable_runs["steady_explicit"], "local": scripted_run(local, "../fav", "explicit", str(rankable_runs["build"]), 0)}
+    return {"hub": rankable_runs["steady_explicit"], "local": scripted_run(local, "../fav", "explicit", str(rankable_runs["build"]), 0, draws="once")}
 
 
 def _submit(runs: dict[str, Path], tmp_path: Path, name: str = "hub", *extra: str) -> int:

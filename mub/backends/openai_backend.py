@@ -73,6 +73,7 @@ words): a warning says so instead.
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import os

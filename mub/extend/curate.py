@@ -43,6 +43,7 @@ import yaml
 
 from mub.backend_flags import API_FLAGS, VLLM_FLAGS
 from mub.config import RunConfig
+from mub.protocol.presets import DRAW_ONCE
 from mub.extend.notes import SourceItems, load_source
 from mub.extend.release_writer import release_record, write_release
 from mub.protocol.stages import same_answer
@@ -64,7 +65,7 @@ PAPER_SCALE = (6, 9, 12)  # MUB's low, medium and high misled counts, of 12 refe
 # RunConfig fields a panel entry may set; the dataset, config, output and resume are curate's.
 PANEL_RUN_FIELDS = frozenset(f.name for f in fields(RunConfig)) - {
     "dataset", "config", "out", "resume", "overwrite", "shard", "backend_options", "progress", "protocol",
-    "difficulty", "misled_count", "limit", "cue", "cue_template", "dialogue",
+    "difficulty", "misled_count", "limit", "cue", "cue_template", "dialogue", "draws",
 }  # fmt: skip
 PANEL_BACKEND_FIELDS = frozenset(API_FLAGS + VLLM_FLAGS)
 
@@ -301,7 +302,7 @@ def _panel_run(
     run_config = RunConfig(
         **settings, dataset=config.dataset, config="explicit", protocol=protocol, out=str(folder),
         limit=config.limit, backend_options=dict(model.backend_options), progress=config.progress,
-        resume=folder.exists(),
+        resume=folder.exists(), draws=DRAW_ONCE,  # a panel model answers each item once: one verdict per model
     )  # fmt: skip
     run_folder = RunFolder(folder)
     finished = run_folder.results_path.is_file() and not any(
@@ -317,7 +318,7 @@ def _panel_run(
         "protocol": protocol,
         "revision": (document.get("run", {}).get("backend_info") or {}).get("model_sha"),
     }
-    return run_folder.load_predictions(), record
+    return {p.id: p for p in run_folder.load_predictions().values()}, record  # one draw per item
 
 
 def _write(out: Path, source: SourceItems, curation: Curation, panel: Panel, config: CurateConfig) -> None:
