@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Iterator
 
 import pytest
-from conftest import SHARED
+from conftest import shared
 from fault_server import FaultServer, prompt_of
 
 from mub.cli import main
@@ -131,7 +131,7 @@ def implicit_stage2(record: dict, note: str) -> str:
 
 
 def _reference_blocks() -> str:
-    text = (SHARED / "reference_protocol.md").read_text(encoding="utf-8")
+    text = shared("reference_protocol.md").read_text(encoding="utf-8")
     return "\n".join(re.findall(r"```python\n(.*?)```", text, flags=re.DOTALL))
 
 
@@ -164,7 +164,7 @@ def _row(record: dict) -> dict:
 
 def _release_records() -> list[dict]:
     """Every released record: the main file's, then the implicit files' (which carry the notes)."""
-    release = SHARED / "mub_release_sample"
+    release = shared()
     files = [release / "all_combined_items.jsonl", *sorted((release / "implicit" / "mislead_output").glob("*.jsonl"))]
     return [record for path in files for record in json.loads(path.read_text(encoding="utf-8"))]
 

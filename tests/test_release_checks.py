@@ -16,7 +16,7 @@ from pathlib import Path
 
 import datasets
 import pytest
-from conftest import RELEASE_SAMPLE
+from conftest import shared
 from PIL import Image
 from test_release_reader import (
     MAIN,
@@ -52,7 +52,7 @@ def truncated_jpeg(seed: int = 0) -> bytes:
 
 @pytest.fixture(scope="module")
 def mmmu() -> dict:
-    return first_of(sample_records(RELEASE_SAMPLE / MAIN), "MMMU")
+    return first_of(sample_records(shared() / MAIN), "MMMU")
 
 
 # ---------------------------------------------------------------- records
@@ -92,7 +92,7 @@ def test_the_cli_refuses_a_wrong_type_in_one_line(tmp_path: Path, mmmu: dict, ca
 
 
 def test_the_real_release_sample_passes_the_type_checks() -> None:
-    assert len(read_release(RELEASE_SAMPLE).rows) > 100  # every field of every real record has its type
+    assert len(read_release(shared()).rows) > 100  # every field of every real record has its type
 
 
 # ---------------------------------------------------------------- images

@@ -21,7 +21,7 @@ from typing import Callable
 import numpy as np
 import pytest
 import yaml
-from conftest import SHARED
+from conftest import shared
 from leaderboard_files import results_text
 from PIL import Image
 
@@ -275,9 +275,7 @@ def test_estimate_cells_read_as_in_the_paper() -> None:
 
 
 def test_paper_table_is_transcribed() -> None:
-    source = SHARED / "paper_results.md"
-    if not source.is_file():
-        pytest.skip(f"{source} is missing")
+    source = shared("paper_results.md")
     published = [
         [cell.strip() for cell in line.strip().strip("|").split("|")]
         for line in source.read_text(encoding="utf-8").splitlines()
