@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import difflib
 import os
 import shlex
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-from mub.backend_flags import add_backend_flags, backend_options
+from mub.backend_flags import add_backend_choice, add_backend_flags, backend_options
 from mub.data_cli import SUBCOMMANDS as DATA_SUBCOMMANDS
 from mub.errors import (
     EXIT_INTERRUPTED,
@@ -18,6 +20,7 @@ from mub.errors import (
     EXIT_USER_ERROR,
     MissingDependencyError,
     RunInterrupted,
+    missing_extra,
     resume_command,
 )
 
@@ -93,20 +96,24 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("run", help="evaluate a model on MUB (stage 1, then stage 2 with the misleading cue)")
     p.add_argument("--model", required=True, help="Hub id, local folder, or tiny:<arch> (a random plumbing-check model)")
     p.add_argument("--dataset", default="sample", help="'sample' (embedded synthetic set), a release or export folder, or a Hub id")
-    p.add_argument("--config", default="explicit", help="explicit (default), implicit, or a source config such as mmmu")
-    p.add_argument("--backend", default="transformers", help="model backend (default: transformers)")
     p.add_argument(
-        "--protocol", default=DEFAULT_PROTOCOL,
+        "--config", default=["explicit"], type=config_list, metavar="CONFIG[,CONFIG...]",
+        help="explicit (default), implicit, a source config such as mmmu (a wrong name lists them), several joined "
+        "by commas, or all (explicit,implicit): one run per config in the --out folder, which mub submit takes",
+    )  # fmt: skip
+    add_backend_choice(p, "the model's backend")
+    p.add_argument(
+        "--protocol", default=DEFAULT_PROTOCOL, choices=PROTOCOLS,
         help=f"prompts, decoding and levels: {', '.join(PROTOCOLS)} (default {DEFAULT_PROTOCOL}); the flags below override one field each",
     )  # fmt: skip
     p.add_argument("--difficulty", choices=["low", "medium", "high"], help="only items on this level (misled count exactly 6, 9 or 12)")
     p.add_argument("--misled-count", type=int, help="only items misled by exactly N of the 12 reference models")
     p.add_argument("--limit", type=int, help="first N items after filtering")
     p.add_argument("--shard", type=_parse_shard, metavar="I/N", help="evaluate only shard I of N (for array jobs)")
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--batch-size", type=int, default=8, help="items per model call (default 8)")
     p.add_argument("--dtype", default="auto", help="auto, float32, bfloat16 or float16")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
-    p.add_argument("--out", help="run folder (default: runs/<model>__<config>)")
+    p.add_argument("--out", help="run folder (default: runs/<model>__<config>); with several configs, the folder of their runs (default: runs/<model>)")
     p.add_argument("--resume", action="store_true", help="continue a killed or failed run in --out")
     p.add_argument("--overwrite", action="store_true", help="discard an earlier run in --out")
     p.add_argument("--trust-remote-code", action="store_true", help="allow the model's own code (off unless given)")
@@ -126,13 +133,34 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--temperature", type=float, help="0 = greedy; default: the preset's (paper 0.4 explicit, 0.1 implicit; deterministic 0)")
     p.add_argument("--top-p", type=float, help="default: the preset's (paper 0.9 explicit, 1 implicit; deterministic 1)")
     p.add_argument("--top-k", type=int, help="0 = off; default: the preset's (paper 80 explicit, 0 implicit; deterministic 0)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--num-samples", type=int, default=1, help="stage-1 samples per item for the consistency figures")
-    p.add_argument("--scoring", choices=["generate", "logprob"], default="generate")
+    p.add_argument("--seed", type=int, default=0, help="per-request sampling seeds derive from it (default 0)")
+    p.add_argument("--num-samples", type=int, default=1, help="stage-1 samples per item for the consistency figures (needs a sampling temperature)")
+    p.add_argument(
+        "--scoring", choices=["generate", "logprob"], default="generate",
+        help="generate (default): read the answer from generated text; logprob: the most probable option in one forward pass",
+    )  # fmt: skip
     p.add_argument("--no-progress", action="store_true", help="no progress bars (the table is still printed)")
     p.add_argument("--quiet", action="store_true", help="no progress bars and no table (errors are still printed)")
     add_backend_flags(p)
     p.set_defaults(func=_cmd_run)
+
+
+ALL_CONFIGS = ("explicit", "implicit")  # `--config all`: what a leaderboard submission needs
+
+
+def config_list(text: str) -> list[str]:
+    """``--config``: one config, several joined by commas, or ``all``; an unknown name suggests a close one."""
+    from mub_dataset.features import config_spec
+
+    names = list(ALL_CONFIGS) if text.strip() == "all" else [name.strip() for name in text.split(",")]
+    try:
+        for name in names:
+            config_spec(name)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    if len(set(names)) < len(names):
+        raise argparse.ArgumentTypeError(f"a config is named twice in {text!r}")
+    return names
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -143,23 +171,46 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     # Every RunConfig field with a flag of the same name; the rest are set here.
     options = {field.name: getattr(args, field.name) for field in fields(RunConfig) if hasattr(args, field.name)}
+    options["config"], *others = args.config
     config = RunConfig(**options, backend_options=backend_options(args), progress=not (args.no_progress or args.quiet))
-    results = run(config)
-    if not args.quiet:
-        print(end_of_run(results, config.out_dir()))
-    return check_item_errors(results, config.out_dir(), f"ask for them again with: {resume_command(args.argv)}")
+    if not others:
+        configs = [config]
+        parent = None
+    elif args.shard:
+        raise ValueError("--shard runs one config; give one --config per array job")
+    else:  # one run per config, in one folder of runs that mub report and mub submit take as it is
+        parent = Path(args.out) if args.out else config.default_parent()
+        configs = [replace(config, config=name, out=str(parent / name)) for name in args.config]
+        for each in configs:
+            each.validate()  # every config's flags checked before the first run starts
+    code = EXIT_OK
+    for each in configs:
+        results = run(each)
+        if not args.quiet:
+            print(end_of_run(results, each.out_dir(), with_next=parent is None))
+        code = max(code, check_item_errors(results, each.out_dir(), f"ask for them again with: {resume_command(args.argv)}"))
+    if parent is not None and not args.quiet:
+        print(next_commands(parent, all_configs=True))
+    return code
 
 
-def end_of_run(results: Mapping[str, Any], out: str | Path) -> str:
+def end_of_run(results: Mapping[str, Any], out: str | Path, *, with_next: bool = True) -> str:
     """The table, where the results are, and the commands that come next."""
     from mub.runs.results import format_table
 
-    folder = shlex.quote(str(out))
+    lines = [format_table(results), f"results: {Path(out) / 'results.json'} (predictions and settings beside it)"]
+    if with_next:
+        lines.append(next_commands(out, all_configs=False))
+    return "\n".join(lines)
+
+
+def next_commands(folder: str | Path, *, all_configs: bool) -> str:
+    """What to do with a run folder, or with a folder of a model's runs (``all_configs``)."""
+    quoted = shlex.quote(str(folder))
+    submit = "leaderboard file of every run in it" if all_configs else "leaderboard file; add the model's other config run"
     return "\n".join([
-        format_table(results),
-        f"results: {Path(out) / 'results.json'} (predictions and settings beside it)",
-        f"next: mub report {folder}   (tables and plots; give several runs to compare)",
-        f"      mub submit {folder}   (leaderboard file; add the model's other config run)",
+        f"next: mub report {quoted}   (tables and plots; give several runs to compare)",
+        f"      mub submit {quoted}   ({submit})",
     ])  # fmt: skip
 
 
@@ -215,10 +266,7 @@ def _cmd_rescore(args: argparse.Namespace) -> int:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    try:
-        from mub.report.report import build_report, write_report
-    except ModuleNotFoundError as exc:  # matplotlib is an extra
-        raise ValueError(f"{exc}; install the plotting extra: pip install 'mub[report]'") from exc
+    from mub.report.report import build_report, write_report
 
     report = build_report(args.run_dirs, paper=args.paper, n_boot=args.bootstrap, seed=args.seed)
     files = write_report(report, args.out, overwrite=args.overwrite)
@@ -341,20 +389,42 @@ SUBCOMMANDS += DATA_SUBCOMMANDS  # notes, sft-data, import (mub/data_cli.py)
 DEBUG_HELP = "show the traceback of an error (for bug reports)"
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with "did you mean" for a mistyped choice (a command, --protocol, --cue, ...)."""
+
+    def _check_value(self, action: argparse.Action, value: Any) -> None:
+        if action.choices is not None and value not in action.choices and isinstance(value, str):
+            close = difflib.get_close_matches(value, [str(choice) for choice in action.choices], n=1)
+            if close:
+                choices = ", ".join(map(repr, action.choices))
+                raise argparse.ArgumentError(action, f"invalid choice: {value!r}; did you mean {close[0]!r}? (choose from {choices})")
+        super()._check_value(action, value)
+
+
 def make_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="mub",
         description="MUB: response uncertainty of vision-language models",
         epilog="exit status: 0 done, 1 a bug (traceback), 2 an error you can fix (the message says how), "
         "3 a run finished but some items failed (--resume retries them), 130 interrupted (Ctrl-C)",
     )
     parser.add_argument("--debug", action="store_true", help=DEBUG_HELP)
+    parser.add_argument("--version", action="version", version=f"mub {_version()}", help="print mub's version and exit")
     sub = parser.add_subparsers(dest="command", required=True)
     for add in SUBCOMMANDS:
         add(sub)
     for subparser in sub.choices.values():  # `mub run ... --debug` works too
         subparser.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=DEBUG_HELP)
     return parser
+
+
+def _version() -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version("mub")
+    except metadata.PackageNotFoundError:  # a checkout on sys.path, never installed
+        return "unknown (not installed)"
 
 
 def _check_no_nul(args: argparse.Namespace) -> None:
@@ -372,7 +442,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.argv = argv
     try:
         _check_no_nul(args)
-        return args.func(args)
+        try:
+            return args.func(args)
+        except ModuleNotFoundError as exc:  # an optional extra (torch, matplotlib, ...) is not installed
+            raise missing_extra(exc, f"mub {args.command}") or exc
     except RunInterrupted as exc:
         print(f"interrupted: {exc.saved} of {exc.total} items saved; continue with: {resume_command(argv)}", file=sys.stderr)
         return EXIT_INTERRUPTED

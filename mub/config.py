@@ -239,10 +239,14 @@ class RunConfig:
     def out_dir(self) -> Path:
         if self.out:
             return Path(self.out)
-        slug = re.sub(r"[^A-Za-z0-9._-]+", "_", self.model.strip("/")).strip("_") or "model"
         # Shards of one run get distinct default folders, so array jobs never share one.
         shard = f"__shard{self.shard[0]}-of-{self.shard[1]}" if self.shard else ""
-        return Path("runs") / f"{slug}__{self.config}{shard}"
+        return Path(f"{self.default_parent()}__{self.config}{shard}")
+
+    def default_parent(self) -> Path:
+        """``runs/<model>``: the folder of the model's runs when one command runs several configs."""
+        slug = re.sub(r"[^A-Za-z0-9._-]+", "_", self.model.strip("/")).strip("_") or "model"
+        return Path("runs") / slug
 
     def settings(self, dataset_info: Mapping[str, Any], decoding: DecodingSettings | None = None) -> dict[str, Any]:
         """What determines the results; a resumed run must match it exactly.

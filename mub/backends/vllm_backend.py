@@ -1,6 +1,6 @@
 """Backend on vLLM's offline engine (``vllm.LLM``), for GPUs and models up to many billions of parameters.
 
-Install with ``pip install "mub[vllm]"`` (Linux, CUDA GPU).
+Install with its ``[vllm]`` extra (Linux, CUDA GPU).
 
 How it maps MUB onto vLLM's documented interfaces:
 
@@ -73,12 +73,13 @@ from mub.backends.local import (
     resolved_decoding,
 )
 from mub.config import DecodingSettings
+from mub.errors import install_hint
 from mub.testing.tiny_models import resolve_model_spec, tiny_model_info
 
 if TYPE_CHECKING:
     from mub.config import RunConfig
 
-INSTALL_HINT = 'the vllm backend needs vLLM, which is not installed: pip install "mub[vllm]" (Linux with a CUDA GPU)'
+INSTALL_HINT = f"the vllm backend needs vLLM, which is not installed: {install_hint('vllm')} (Linux with a CUDA GPU)"
 LOGPROB_TOP_N = 20
 # vLLM stops at the first newline; the transformers backend's rule is the first newline after some text, so
 # the rare answer stopped at a leading newline is generated again without it (see VLLMBackend.generate).

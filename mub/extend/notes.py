@@ -53,7 +53,6 @@ from mub_dataset.files import cell_bytes
 from mub_dataset.loading import SAMPLE, is_release_dir, sample_release_dir
 from mub_dataset.release import MAIN_FILE, read_release
 
-BACKEND_ALIASES = {"hf": "transformers"}
 SETTINGS_FILE = "notes_run.json"
 NOTES_FILE = "notes.jsonl"
 REPORT_FILE = "notes_report.json"
@@ -88,9 +87,6 @@ class NotesConfig:
     overwrite: bool = False
     backend_options: dict[str, Any] = field(default_factory=dict)
     progress: bool = True
-
-    def __post_init__(self) -> None:
-        self.backend = BACKEND_ALIASES.get(self.backend, self.backend)
 
     def validate(self) -> None:
         if self.k < 1 or self.max_attempts < 1 or self.batch_size < 1 or self.max_new_tokens < 1:

@@ -23,10 +23,9 @@ from mub.report import plots
 from mub.report.compare import DEFAULT_BOOTSTRAP, PairedBootstrap, compare_predictions
 from mub.report.paper import PAPER_AVERAGE, PAPER_CITATION, PAPER_RESULTS
 from mub.report.plots import levels_mean
-from mub.report.rows import KINDS, STATES, ModelRow, RunSummary
+from mub.report.rows import KINDS, STATES, ModelRow, RunSummary, read_results, run_folders
 from mub.runs.predictions import ItemPrediction
 from mub.runs.storage import (
-    RESULTS_FILE,
     RunFolder,
     cue_name,
     dialogue_form,
@@ -35,7 +34,6 @@ from mub.runs.storage import (
 from mub_dataset.features import DIFFICULTY_LEVELS
 from mub_dataset.files import staged_folder
 
-NON_METRIC_RESULTS = ("stage1_sampling",)  # results.json entries that are not a config's figures
 MISSING = "–"
 
 
@@ -86,18 +84,6 @@ class Report:
 
 
 # ------------------------------------------------------------------ reading
-
-
-def read_results(path: str | Path) -> tuple[dict[str, Any], str]:
-    """A finished run's ``results.json`` and the config it evaluated."""
-    folder = RunFolder(path)
-    if not folder.results_path.is_file():
-        raise ValueError(
-            f"{folder.path} has no {RESULTS_FILE}: not a finished run (finish it with `mub run ... --resume`)"
-        )
-    document = folder.read_results()
-    configs = [name for name in document["results"] if name not in NON_METRIC_RESULTS]
-    return document, document.get("run", {}).get("config") or configs[0]
 
 
 def load_run(path: str | Path) -> RunSummary:
@@ -434,7 +420,7 @@ def build_report(
     """Read the run folders and lay out the report; nothing is written."""
     if not run_dirs:
         raise ValueError("mub report needs at least one run folder")
-    runs = [load_run(path) for path in run_dirs]
+    runs = [load_run(path) for path in run_folders(run_dirs)]
     assign_labels(runs)
     rows = group_by_model(runs)
     # The paper's figures are comparable only with runs that asked and decoded as the paper did.

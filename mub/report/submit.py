@@ -27,7 +27,7 @@ from typing import Any, Sequence
 
 import yaml
 
-from mub.report.report import read_results
+from mub.report.rows import read_results, run_folders
 from mub.report.results_file import number, task_name
 from mub.runs.storage import protocol_name
 from mub_dataset.features import DIFFICULTY_LEVELS
@@ -85,7 +85,10 @@ def read_runs(run_dirs: Sequence[str | Path]) -> list[RunResults]:
     """The runs of one model, at most one per config, all under one protocol."""
     if not run_dirs:
         raise ValueError("mub submit needs a run folder")
-    runs = [RunResults(Path(path), config, document) for path in run_dirs for document, config in [read_results(path)]]
+    runs = [
+        RunResults(Path(path), config, document)
+        for path in run_folders(run_dirs) for document, config in [read_results(path)]
+    ]  # fmt: skip
     models = sorted({run.document["model"] for run in runs})
     if len(models) > 1:
         raise ValueError(f"a submission is for one model; these runs are of {', '.join(models)}")
