@@ -410,7 +410,7 @@ def make_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--debug", action="store_true", help=DEBUG_HELP)
     parser.add_argument("--version", action="version", version=f"mub {_version()}", help="print mub's version and exit")
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, help="the job to do; mub COMMAND --help lists its flags")
     for add in SUBCOMMANDS:
         add(sub)
     for subparser in sub.choices.values():  # `mub run ... --debug` works too
@@ -445,7 +445,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             return args.func(args)
         except ModuleNotFoundError as exc:  # an optional extra (torch, matplotlib, ...) is not installed
-            raise missing_extra(exc, f"mub {args.command}") or exc
+            raise missing_extra(exc, "this command") or exc
     except RunInterrupted as exc:
         print(f"interrupted: {exc.saved} of {exc.total} items saved; continue with: {resume_command(argv)}", file=sys.stderr)
         return EXIT_INTERRUPTED

@@ -47,9 +47,12 @@ def _extra_requirement(extra: str) -> str:
 def missing_extra(exc: ModuleNotFoundError, needed_by: str) -> MissingDependencyError | None:
     """One line naming the extra to install, when ``exc`` is an optional module of mub missing; else None."""
     module = (exc.name or "").split(".")[0]
-    extra = EXTRA_OF_MODULE.get(module)
-    if extra is None:
-        return None
+    return extra_needed(module, needed_by) if module in EXTRA_OF_MODULE else None
+
+
+def extra_needed(module: str, needed_by: str) -> MissingDependencyError:
+    """``needed_by`` cannot run without ``module``, an optional module of mub (a key of EXTRA_OF_MODULE)."""
+    extra = EXTRA_OF_MODULE[module]
     return MissingDependencyError(
         f"{needed_by} needs {module}, from mub's [{extra}] extra, which is not installed: {install_hint(extra)}"
     )

@@ -9,9 +9,11 @@ how to work offline (a local folder, or the cache).
 
 from __future__ import annotations
 
+import difflib
 import os
 import socket
 import threading
+from pathlib import Path
 from urllib.parse import urlsplit
 
 OFFLINE_VARIABLES = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE")
@@ -58,6 +60,26 @@ def hub_offline_reason(timeout: float = CONNECT_TIMEOUT_S) -> str | None:
     if not parts.hostname or not _reachable(parts.hostname, port, timeout):
         return f"{endpoint} cannot be reached (no connection within {timeout:g}s)"
     return None
+
+
+def check_hub_name(kind: str, flag: str, name: str) -> None:
+    """Before ``name`` (not a folder here) is tried as a Hub id: a ``ValueError`` "no such folder" when it looks
+    like a path, is no valid Hub id, or names no folder while one of a close name is beside it (a typo)."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(name)
+        hub_id = name.count("/") <= 1 and not name.startswith((".", "~"))
+    except HFValidationError:
+        hub_id = False
+    path = Path(name).expanduser()
+    siblings = [entry.name for entry in path.parent.iterdir() if entry.is_dir()] if path.parent.is_dir() else []
+    close = difflib.get_close_matches(path.name, siblings, n=1, cutoff=0.75)
+    if hub_id and not close:
+        return
+    guess = f"; did you mean {path.parent / close[0]}?" if close else ""
+    hub = f" (as a Hub {kind} id, {name} is tried only when no folder of a close name is there)" if hub_id else ""
+    raise ValueError(f"{flag}: no such folder{guess}{hub}")
 
 
 def offline_advice(kind: str, repo_id: str) -> str:

@@ -16,7 +16,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 import mub_dataset
-from mub.backends import Backend, create_backend, run_decoding
+from mub.backends import Backend, check_installed, create_backend, run_decoding
 from mub.backends.base import Exchange, Generation, Request
 from mub.backends.common import chunks
 from mub.config import RunConfig
@@ -271,6 +271,7 @@ def run(config: RunConfig, backend: Backend | None = None, dataset: datasets.Dat
     the items and rank 0 scores them all (see :mod:`mub.runs.distributed`).
     """
     config.validate()
+    check_installed(config)
     placement = distributed.placement_for(config)
     selection = select_items(config, dataset)
     with RunFolder(config.out_dir(), predictions_file=placement.predictions_file) as folder:
@@ -281,7 +282,11 @@ def run(config: RunConfig, backend: Backend | None = None, dataset: datasets.Dat
             mine = placement.share(list(zip(selection.indices, selection.rows)))
             todo = [(i, row) for i, row in mine if row["id"] not in done]
             if backend is None:
-                backend = create_backend(placement.backend_config(config))
+                try:
+                    backend = create_backend(placement.backend_config(config))
+                except BaseException:
+                    folder.discard_if_created()
+                    raise
 
             # Items are processed in groups of batch_size; the next group's images are
             # decoded on a worker thread while the model answers the current one.

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from mub.runs.predictions import ItemPrediction
-from mub_dataset.files import check_output_folder, give_usual_mode, mark_folder
+from mub_dataset.files import MARKER_FILE, check_output_folder, give_usual_mode, mark_folder
 
 SETTINGS_FILE = "run.json"
 PREDICTIONS_FILE = "predictions.jsonl"
@@ -164,6 +164,7 @@ class RunFolder:
         self.predictions_path = self.path / predictions_file
         self.results_path = self.path / RESULTS_FILE
         self._lock = RunLock(self.path / LOCK_FILE)
+        self._created = self._was_empty = False  # set by prepare: the folder was absent / absent or empty
 
     def prediction_files(self) -> list[Path]:
         """Every predictions file in the folder (this process's and other ranks' or launches')."""
@@ -176,6 +177,8 @@ class RunFolder:
         folder's lock is taken first and held until :meth:`unlock`.
         """
         if lock:
+            self._created = not self.path.exists()
+            self._was_empty = self._created or (self.path.is_dir() and not any(self.path.iterdir()))
             try:
                 check_output_folder(self.path, self.command, overwrite=overwrite, reuse=True)
                 mark_folder(self.path, self.command)
@@ -212,6 +215,20 @@ class RunFolder:
 
     def unlock(self) -> None:
         self._lock.release()
+
+    def discard_if_created(self) -> None:
+        """Undo :meth:`prepare` in a folder that was absent or empty, while no item is in it: a failed
+        pre-flight (a model that does not load, a missing device) leaves nothing behind."""
+        if not self._was_empty or self.prediction_files():
+            return
+        for name in (SETTINGS_FILE, MARKER_FILE, LOCK_FILE):  # the lock file goes while its lock is held
+            (self.path / name).unlink(missing_ok=True)
+        self.unlock()
+        if self._created:
+            try:
+                self.path.rmdir()
+            except OSError:  # something else appeared in it: it stays
+                pass
 
     def __enter__(self) -> "RunFolder":
         return self

@@ -10,7 +10,13 @@ from __future__ import annotations
 import os
 import sys
 
-import gradio as gr
+from mub.errors import EXIT_USER_ERROR, missing_extra
+
+try:
+    import gradio as gr
+except ModuleNotFoundError as exc:  # one line naming the extra, never a traceback
+    print(f"app.py: error: {missing_extra(exc, 'the leaderboard Space') or exc}", file=sys.stderr)
+    sys.exit(EXIT_USER_ERROR)
 
 from mub.report.leaderboard import (
     DISPLAY_COLUMNS,

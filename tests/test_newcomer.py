@@ -1,0 +1,249 @@
+"""A newcomer's first hour: a base install says which extra to add, a Hub id fails at once without a network,
+a mistyped folder is "no such folder", a failed pre-flight leaves no folder, `mub run --config all` then
+`mub submit PARENT` is one submission, and every flag has help text (and "did you mean" for its choices).
+
+Missing extras are simulated in a subprocess: ``sys.modules[name] = None`` makes ``import name`` fail as
+it does where the package is not installed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import subprocess
+import sys
+from importlib import metadata
+from pathlib import Path
+
+import pytest
+from conftest import REPO_ROOT
+
+from mub.backends import BACKENDS
+from mub.cli import main, make_parser
+from mub.errors import EXIT_USER_ERROR, EXTRA_OF_MODULE
+
+TINY_RUN = ("run", "--model", "tiny:llava", "--protocol", "deterministic", "--limit", "4", "--quiet")
+
+
+def _mub_without(modules: list[str], *argv: str, cwd: Path) -> subprocess.CompletedProcess:
+    """``mub ARGV`` in a fresh interpreter in which ``modules`` cannot be imported."""
+    code = (
+        f"import sys\nfor name in {modules!r}:\n    sys.modules[name] = None\n"
+        "from mub.cli import main\n"
+        f"code = main({list(argv)!r})\n"
+        f"print('imported:', sorted(name for name in {list(EXTRA_OF_MODULE)!r} if sys.modules.get(name)))\n"
+        "sys.exit(code)"
+    )
+    return subprocess.run([sys.executable, "-c", code], cwd=cwd, capture_output=True, text=True, timeout=300)
+
+
+def _one_line(done: subprocess.CompletedProcess | tuple[int, str], *fragments: str) -> str:
+    code, err = (done.returncode, done.stderr) if isinstance(done, subprocess.CompletedProcess) else done
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == EXIT_USER_ERROR, err
+    assert len(lines) == 1 and "Traceback" not in err, err
+    for fragment in fragments:
+        assert fragment in lines[0], (fragment, lines[0])
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def both_configs(tmp_path_factory) -> Path:
+    """`mub run --config all`: an explicit and an implicit run in one parent folder."""
+    parent = tmp_path_factory.mktemp("runs") / "tiny"
+    assert main([*TINY_RUN, "--config", "all", "--out", str(parent)]) == 0
+    return parent
+
+
+# ------------------------------------------------------------------------------- missing extras
+
+
+def test_run_without_torch_names_the_torch_extra(tmp_path):
+    done = _mub_without(["torch"], *TINY_RUN, "--out", str(tmp_path / "run"), cwd=tmp_path)
+    _one_line(done, "needs torch", "[torch] extra", 'pip install -e ".[torch]"', 'pip install "torch>=')
+    assert "mub[" not in done.stderr  # not on PyPI: no hint may need it there
+    assert not (tmp_path / "run").exists()
+
+
+def test_report_without_matplotlib_names_the_report_extra_and_submit_needs_none(both_configs, tmp_path):
+    done = _mub_without(["matplotlib"], "report", str(both_configs), "--out", str(tmp_path / "report"), cwd=tmp_path)
+    _one_line(done, "needs matplotlib", "[report] extra", 'pip install "matplotlib>=')
+    submitted = _mub_without(["matplotlib"], "submit", str(both_configs), "--out", str(tmp_path / "sub"), cwd=tmp_path)
+    assert submitted.returncode == 0, submitted.stderr
+    assert "imported: []" in submitted.stdout  # submit imports no optional module at all
+
+
+def test_the_space_without_gradio_names_the_space_extra(tmp_path):
+    app = REPO_ROOT / "spaces" / "leaderboard" / "app.py"
+    code = f"import runpy, sys\nsys.modules['gradio'] = None\nsys.argv = ['app.py', '.']\nrunpy.run_path({str(app)!r}, run_name='__main__')"
+    done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    _one_line(done, "the leaderboard Space needs gradio", "[space] extra", 'pip install "gradio>=')
+
+
+def test_a_module_outside_the_extras_stays_a_bug(tmp_path):
+    done = _mub_without(["yaml"], "submit", str(tmp_path), cwd=tmp_path)  # a required dependency, broken
+    assert done.returncode == 1 and "Traceback" in done.stderr and "ModuleNotFoundError" in done.stderr
+
+
+# ------------------------------------------------------------------------------- the Hub, offline
+
+
+@pytest.fixture
+def hub_calls(monkeypatch) -> list[str]:
+    """HF_ENDPOINT on a loopback port nothing listens on, offline mode unset; every call that would ask the Hub
+    (where huggingface_hub retries for many seconds) is recorded, and fails."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{port}")
+    for variable in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        monkeypatch.delenv(variable, raising=False)
+    import datasets
+    import huggingface_hub.file_download
+
+    calls: list[str] = []
+
+    def contacted(*args, **kwargs):
+        calls.append(f"{args} {kwargs}")
+        raise ConnectionError("the Hub was asked although it cannot be reached")
+
+    monkeypatch.setattr(huggingface_hub.file_download, "get_hf_file_metadata", contacted)
+    monkeypatch.setattr(datasets, "load_dataset", contacted)
+    return calls
+
+
+@pytest.mark.parametrize(
+    "flags, kind",
+    [(("--model", "some-org/some-vlm"), "model"), (("--model", "tiny:llava", "--dataset", "some-org/some-data"), "dataset")],
+)
+def test_a_hub_id_without_a_network_fails_at_once_in_one_line(hub_calls, flags, kind, tmp_path, capsys):
+    code = main(["run", *flags, "--limit", "2", "--out", str(tmp_path / "run"), "--quiet"])
+    err = capsys.readouterr().err
+    line = _one_line((code, err), "this machine is offline", f"{os.environ['HF_ENDPOINT']} cannot be reached", f"local {kind} folder")
+    assert hub_calls == [] and "Retrying" not in err and line.startswith("mub run: error:")
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(
+    "flags, expected",
+    [
+        (("--model", "./my_model"), "--model ./my_model: no such folder"),
+        (("--model", "models/my_modle"), "--model models/my_modle: no such folder; did you mean models/my_model?"),
+        (("--model", "tiny:llava", "--dataset", "mub_dta"), "dataset mub_dta: no such folder; did you mean mub_data?"),
+    ],
+)
+def test_a_mistyped_folder_is_no_such_folder_not_a_hub_id(hub_calls, flags, expected, tmp_path, monkeypatch, capsys):
+    (tmp_path / "mub_data").mkdir()
+    (tmp_path / "models" / "my_model").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    code = main(["run", *flags, "--limit", "2", "--out", str(tmp_path / "run"), "--quiet"])
+    line = _one_line((code, capsys.readouterr().err), expected)
+    assert "offline" not in line and hub_calls == []
+
+
+# ------------------------------------------------------------------------------- runs and submissions
+
+
+def test_a_failed_pre_flight_leaves_no_folder(tmp_path, capsys):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("needs a machine without CUDA, where --device cuda fails its pre-flight")
+    for out in (tmp_path / "new", tmp_path / "empty"):
+        (tmp_path / "empty").mkdir(exist_ok=True)
+        code = main([*TINY_RUN, "--device", "cuda", "--out", str(out)])
+        _one_line((code, capsys.readouterr().err), "--device cuda")
+    assert not (tmp_path / "new").exists() and list((tmp_path / "empty").iterdir()) == []
+
+
+def test_one_command_runs_both_configs_and_submit_takes_their_folder(both_configs, tmp_path, capsys):
+    assert sorted(path.name for path in both_configs.iterdir()) == ["explicit", "implicit"]
+    for config in ("explicit", "implicit"):
+        results = json.loads((both_configs / config / "results.json").read_text(encoding="utf-8"))
+        assert results["run"]["config"] == config and results["dataset"]["n_items"] == 4
+    assert main(["submit", str(both_configs), "--out", str(tmp_path / "sub")]) == 0
+    files = list((tmp_path / "sub").rglob("results_*.json"))
+    assert len(files) == 1, files
+    document = json.loads(files[0].read_text(encoding="utf-8"))
+    assert sorted(document["results"]) == ["mub_explicit", "mub_implicit"]
+    same = {"explicit": json.loads((both_configs / "explicit" / "results.json").read_text(encoding="utf-8"))}
+    assert document["results"]["mub_explicit"]["mr_t2f"] == same["explicit"]["results"]["explicit"]["mr_t2f"]
+
+
+def test_report_takes_the_folder_of_runs(both_configs, tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    assert main(["report", str(both_configs), "--out", str(tmp_path / "report"), "--bootstrap", "50"]) == 0
+    text = (tmp_path / "report" / "report.md").read_text(encoding="utf-8")
+    assert "explicit" in text and "implicit" in text
+
+
+def test_the_multi_config_run_prints_a_table_per_config_and_the_folder_for_submit(tmp_path, capsys):
+    parent = tmp_path / "both"
+    assert main([*TINY_RUN[:-1], "--no-progress", "--config", "explicit,implicit", "--out", str(parent)]) == 0
+    out = capsys.readouterr().out
+    assert out.count("results: ") == 2 and out.count("next:") == 1
+    assert f"mub submit {parent}" in out
+
+
+# ------------------------------------------------------------------------------- flags
+
+
+def _subparsers() -> dict[str, argparse.ArgumentParser]:
+    parser = make_parser()
+    action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return {"mub": parser, **action.choices}
+
+
+def test_every_flag_of_every_command_has_help_text():
+    missing = [
+        f"{command} {'/'.join(action.option_strings) or action.dest}"
+        for command, parser in _subparsers().items()
+        for action in parser._actions
+        if not action.help or action.help == argparse.SUPPRESS
+    ]
+    assert missing == []
+
+
+def test_every_choice_gets_did_you_mean_when_mistyped(capsys):
+    checked = 0
+    for command, parser in _subparsers().items():
+        for action in parser._actions:
+            if not action.choices or not action.option_strings:
+                continue
+            choice = str(next(iter(action.choices)))
+            typo = choice[:-1] + "x" if len(choice) > 2 else choice + "x"
+            argv = ([] if command == "mub" else [command]) + [action.option_strings[0], typo]
+            with pytest.raises(SystemExit):
+                main(argv)
+            assert f"did you mean {choice!r}?" in capsys.readouterr().err, (command, action.option_strings)
+            checked += 1
+    assert checked >= 5
+    with pytest.raises(SystemExit):
+        main(["rnu"])
+    assert "did you mean 'run'?" in capsys.readouterr().err
+
+
+def test_a_mistyped_config_gets_did_you_mean(capsys):
+    with pytest.raises(SystemExit):
+        main(["run", "--model", "tiny:llava", "--config", "explict"])
+    assert "did you mean 'explicit'?" in capsys.readouterr().err
+
+
+def test_every_backend_flag_offers_the_same_backends():
+    offered = {
+        command: list(action.choices)
+        for command, parser in _subparsers().items()
+        for action in parser._actions
+        if "--backend" in action.option_strings
+    }
+    assert set(offered) >= {"run", "notes"}
+    assert all(choices == list(BACKENDS) for choices in offered.values()), offered
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["--version"])
+    assert exit_.value.code == 0
+    assert capsys.readouterr().out.strip() == f"mub {metadata.version('mub')}"
