@@ -276,7 +276,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 def _add_report(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("report", help="tables and plots comparing finished runs (report.md, report.html, PNGs)")
-    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="finished run folders (typically an explicit and an implicit run per model)")
+    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="finished run folders (typically an explicit and an implicit run per model), or folders of runs (mub run --config all)")
     p.add_argument("--out", default="report", help="output folder (default: report)")
     p.add_argument("--paper", action="store_true", help="add the paper's models as reference points and table")
     p.add_argument("--bootstrap", type=int, default=2000, help="paired-bootstrap resamples for run comparisons")
@@ -328,12 +328,12 @@ def _confirm_upload() -> None:
 
 def _add_submit(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("submit", help="leaderboard results file and model-index block for a model's runs")
-    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="a model's finished run folders, one per config")
+    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="a model's finished run folders, one per config, or the folder of its runs (mub run --config all)")
     p.add_argument("--to", metavar="REPO_ID", help="upload to this Hub dataset repository (the leaderboard's results repo)")
     p.add_argument("--dry-run", action="store_true", help="write the files only, upload nothing")
     p.add_argument("--yes", action="store_true", help="upload without asking for confirmation")
     p.add_argument("--model-name", metavar="OWNER/NAME", help="the model's Hub id on the board and in repository paths (needed when the runs used a local model path)")
-    p.add_argument("--out", default="submission", help="folder the results go under as <org>/<model>/results_<time>.json (default: submission)")
+    p.add_argument("--out", default="submissions", help="folder the results go under as <org>/<model>/results_<time>.json (default: submissions)")
     p.add_argument("--dataset-id", metavar="ORG/NAME", help="Hub id of the dataset the runs evaluated (default: from mub build --repo-id)")
     p.add_argument("--model-index", metavar="FILE", help="write the model-index block here (default: print it)")
     p.set_defaults(func=_cmd_submit)

@@ -9,8 +9,10 @@ it does where the package is not installed.
 from __future__ import annotations
 
 import argparse
+import configparser
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -247,3 +249,52 @@ def test_version(capsys):
         main(["--version"])
     assert exit_.value.code == 0
     assert capsys.readouterr().out.strip() == f"mub {metadata.version('mub')}"
+
+
+def test_gitignore_covers_what_the_next_commands_write_from_the_repository_root():
+    if not (REPO_ROOT / ".git").exists():
+        pytest.skip("needs a git checkout (.gitignore is read by git)")
+    parsers = _subparsers()
+    default_out = {
+        command: next(a.default for a in parsers[command]._actions if "--out" in a.option_strings)
+        for command in ("report", "submit")
+    }
+    written = [f"{default_out['report']}/report.md", f"{default_out['submit']}/org/model/results_x.json",
+               "runs/tiny_llava/explicit/results.json", "runs/tiny_llava__explicit/results.json"]  # fmt: skip
+    done = subprocess.run(["git", "check-ignore", "--no-index", *written], cwd=REPO_ROOT, capture_output=True, text=True)
+    assert done.stdout.split() == written, done.stdout
+
+
+# ------------------------------------------------------------------------------- installs as written
+
+
+def _tracked_texts() -> dict[str, str]:
+    patterns = ("*.md", "*.txt", "*.py", "*.cfg", "*.toml")
+    files = [path for pattern in patterns for path in REPO_ROOT.rglob(pattern)]
+    skip = (".venv", "build", "dist", ".git", "tests")
+    return {
+        str(path.relative_to(REPO_ROOT)): path.read_text(encoding="utf-8")
+        for path in files
+        if not set(path.relative_to(REPO_ROOT).parts) & set(skip) and path.is_file()
+    }
+
+
+def test_no_install_line_needs_mub_on_pypi_unless_it_says_so():
+    """mub is not published: `mub[extra]` may appear only as the form that works once it is."""
+    unexplained = [
+        f"{name}: ...{text[max(0, m.start() - 80):m.end() + 80]}..."
+        for name, text in _tracked_texts().items()
+        for m in re.finditer(r"(?<![\w.-])mub\[", text)
+        if "published" not in text[max(0, m.start() - 200):m.end() + 200]
+    ]
+    assert unexplained == []
+
+
+def test_the_space_requirements_install_the_wheel_python_m_build_makes():
+    setup = configparser.ConfigParser()
+    setup.read(REPO_ROOT / "setup.cfg", encoding="utf-8")
+    version = setup["metadata"]["version"]
+    requirements = (REPO_ROOT / "spaces" / "leaderboard" / "requirements.txt").read_text(encoding="utf-8")
+    lines = [line.strip() for line in requirements.splitlines() if line.strip() and not line.startswith("#")]
+    # setuptools names a pure-Python wheel <name>-<version>-py3-none-any.whl (.ci/run builds and installs it)
+    assert lines == [f"./mub-{version}-py3-none-any.whl"]

@@ -32,19 +32,19 @@ ALL = "all protocols"
 HOW_TO_SUBMIT = """
 ## How to submit
 
-1. Evaluate your model on the Hub build of MUB, once per protocol kind (explicit hints, implicit notes):
+1. Install mub from its clone (it is not on PyPI yet; once published: `pip install "mub[torch]"`), then evaluate
+   your model on the Hub build of MUB under both cues (explicit hints, implicit notes), one run each:
 
 ```bash
-pip install "mub[torch]"
-mub run --model ORG/MODEL --dataset {dataset} --config explicit --out runs/explicit
-mub run --model ORG/MODEL --dataset {dataset} --config implicit --out runs/implicit
+pip install -e ".[torch]"
+mub run --model ORG/MODEL --dataset {dataset} --config all --out runs/MODEL
 ```
 
 2. Submit both runs as one results file; it goes to `ORG/MODEL/results_<time>.json` in this leaderboard's
    results repository (a Hub write token in `HF_TOKEN`):
 
 ```bash
-mub submit runs/explicit runs/implicit --dataset-id {dataset} --to {results}
+mub submit runs/MODEL --dataset-id {dataset} --to {results}
 ```
 
 `mub submit` also prints the `model-index` block for your model card. Submissions are checked when the
