@@ -26,7 +26,7 @@ from mub.backends import BACKENDS
 from mub.cli import main, make_parser
 from mub.errors import EXIT_USER_ERROR, EXTRA_OF_MODULE
 
-TINY_RUN = ("run", "--model", "tiny:llava", "--protocol", "deterministic", "--limit", "4", "--quiet")
+TINY_RUN = ("run", "--model", "tiny:llava", "--protocol", "deterministic", "--limit", "12", "--quiet")
 
 
 def _mub_without(modules: list[str], *argv: str, cwd: Path) -> subprocess.CompletedProcess:
@@ -164,14 +164,15 @@ def test_one_command_runs_both_configs_and_submit_takes_their_folder(both_config
     assert sorted(path.name for path in both_configs.iterdir()) == ["explicit", "implicit"]
     for config in ("explicit", "implicit"):
         results = json.loads((both_configs / config / "results.json").read_text(encoding="utf-8"))
-        assert results["run"]["config"] == config and results["dataset"]["n_items"] == 4
+        assert results["run"]["config"] == config and results["dataset"]["n_items"] == 12
     assert main(["submit", str(both_configs), "--out", str(tmp_path / "sub")]) == 0
     files = list((tmp_path / "sub").rglob("results_*.json"))
     assert len(files) == 1, files
     document = json.loads(files[0].read_text(encoding="utf-8"))
     assert sorted(document["results"]) == ["mub_explicit", "mub_implicit"]
-    same = {"explicit": json.loads((both_configs / "explicit" / "results.json").read_text(encoding="utf-8"))}
-    assert document["results"]["mub_explicit"]["mr_t2f"] == same["explicit"]["results"]["explicit"]["mr_t2f"]
+    for config in ("explicit", "implicit"):  # the file's rates are each run's own (written to 12 digits)
+        run = json.loads((both_configs / config / "results.json").read_text(encoding="utf-8"))["results"][config]
+        assert document["results"][f"mub_{config}"]["mr_t2f"] == pytest.approx(run["mr_t2f"], abs=1e-12)
 
 
 def test_report_takes_the_folder_of_runs(both_configs, tmp_path, capsys):
@@ -298,3 +299,41 @@ def test_the_space_requirements_install_the_wheel_python_m_build_makes():
     lines = [line.strip() for line in requirements.splitlines() if line.strip() and not line.startswith("#")]
     # setuptools names a pure-Python wheel <name>-<version>-py3-none-any.whl (.ci/run builds and installs it)
     assert lines == [f"./mub-{version}-py3-none-any.whl"]
+
+
+# ------------------------------------------------------------------------------- what the outputs say
+
+
+def test_the_end_table_has_a_row_for_items_on_no_level(both_configs):
+    from mub.runs.results import format_table
+
+    for config in ("explicit", "implicit"):
+        results = json.loads((both_configs / config / "results.json").read_text(encoding="utf-8"))
+        lines = (both_configs / config / "predictions.jsonl").read_text(encoding="utf-8").splitlines()
+        off_level = sum(json.loads(line)["misled_count"] not in (6, 9, 12) for line in lines)
+        row = next(line for line in format_table(results).splitlines() if line.startswith(f"{config} ") and "no level" in line)
+        assert row.split()[3:5] == [str(off_level), "-"], row
+    assert 0 < off_level < len(lines)  # the sample's first items hold both kinds: the row is not trivially 0 or all
+
+
+def test_the_report_counts_models_not_table_rows(both_configs, tmp_path):
+    from mub.report.report import build_report
+
+    other_cue = tmp_path / "opinion"
+    assert main([*TINY_RUN, "--cue", "opinion", "--out", str(other_cue)]) == 0
+    report = build_report([both_configs / "explicit", other_cue], n_boot=10)
+    assert report.intro.startswith("2 run(s) of 1 model(s), in 2 table row(s)"), report.intro
+
+
+def test_the_synthetic_exports_card_carries_mubs_license_not_the_releases():
+    import yaml
+
+    from mub_dataset.card import render_card
+
+    summary = {"items_per_config": {"explicit": 3}, "items": 3}
+    for synthetic, license_ in ((True, "apache-2.0"), (False, "other")):
+        card = render_card({"explicit": "explicit/test.parquet"}, summary, {"explicit": 10}, synthetic=synthetic)
+        header = yaml.safe_load(card.split("---\n")[1])
+        assert header["license"] == license_
+        assert ("license_details" in header) is not synthetic
+    assert license_ == "other" and "apache-2.0" == metadata.metadata("mub")["License"].lower()

@@ -475,8 +475,9 @@ def build_report(
         blocks.append(paper_table(group_by_model(under_paper), [run for run in runs if run.protocol != "paper"]))
     blocks.append(runs_table(runs))
     datasets = sorted({str(run.dataset.get("name", "?")) for run in runs})
+    models = len({run.model for run in runs})  # one model under two cues is one model in two table rows
     intro = (
-        f"{len(runs)} run(s) of {len(rows)} model(s) on dataset {', '.join(datasets)}; "
+        f"{len(runs)} run(s) of {models} model(s), in {len(rows)} table row(s), on dataset {', '.join(datasets)}; "
         "run folders are listed at the end."
     )
     return Report("MUB report", intro, blocks)
