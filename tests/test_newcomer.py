@@ -337,3 +337,9 @@ def test_the_synthetic_exports_card_carries_mubs_license_not_the_releases():
         assert header["license"] == license_
         assert ("license_details" in header) is not synthetic
     assert license_ == "other" and "apache-2.0" == metadata.metadata("mub")["License"].lower()
+
+
+def test_quiet_silences_every_progress_bar(tmp_path):
+    done = _mub_without([], *TINY_RUN, "--limit", "2", "--out", str(tmp_path / "run"), cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == "" and done.stdout.startswith("imported:"), (done.stdout, done.stderr)

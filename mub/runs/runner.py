@@ -7,9 +7,11 @@ the same document it writes to ``results.json``.
 from __future__ import annotations
 
 import io
+import sys
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import datasets
 from PIL import Image
@@ -272,6 +274,38 @@ def run(config: RunConfig, backend: Backend | None = None, dataset: datasets.Dat
     """
     config.validate()
     check_installed(config)
+    with library_progress_bars(config.progress):
+        return _run(config, backend, dataset)
+
+
+@contextmanager
+def library_progress_bars(enabled: bool) -> Iterator[None]:
+    """Without progress (--quiet, --no-progress) the libraries' bars are off too: transformers' "Loading weights",
+    huggingface_hub's downloads, datasets' map; as they were afterwards."""
+    if enabled:
+        yield
+        return
+    import huggingface_hub.utils as hub
+
+    was = (hub.are_progress_bars_disabled(), datasets.is_progress_bar_enabled())
+    hub.disable_progress_bars()  # transformers imported later starts with the Hub's setting
+    datasets.disable_progress_bars()
+    transformers_logging = sys.modules.get("transformers.utils.logging")
+    transformers_was = transformers_logging.is_progress_bar_enabled() if transformers_logging else None
+    if transformers_logging:
+        transformers_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if not was[0]:
+            hub.enable_progress_bars()
+        if was[1]:
+            datasets.enable_progress_bars()
+        if transformers_logging and transformers_was:
+            transformers_logging.enable_progress_bar()
+
+
+def _run(config: RunConfig, backend: Backend | None, dataset: datasets.Dataset | None) -> dict[str, Any]:
     placement = distributed.placement_for(config)
     selection = select_items(config, dataset)
     with RunFolder(config.out_dir(), predictions_file=placement.predictions_file) as folder:
