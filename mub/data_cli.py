@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from mub.backend_flags import add_backend_choice, add_backend_flags, backend_options
 from mub.errors import EXIT_ITEM_ERRORS, resume_command
@@ -40,7 +41,7 @@ def add_notes(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_notes(args: argparse.Namespace) -> int:
-    from mub.extend.notes import NotesConfig, generate_notes
+    from mub.extend.notes import NotesConfig, format_notes_summary, generate_notes
 
     config = NotesConfig(
         dataset=args.dataset, out=args.out, model=args.model, backend=args.backend, k=args.k,
@@ -51,10 +52,19 @@ def _cmd_notes(args: argparse.Namespace) -> int:
         backend_options=backend_options(args), progress=not args.no_progress,
     )  # fmt: skip
     summary = generate_notes(config)
+    print(format_notes_summary(summary, args.out))  # always: what was kept and rejected, by reason
     if summary["items_with_errors"]:
         print(
             f"mub: {summary['items_with_errors']} of {summary['items']} items failed; ask for them again with: "
             f"{resume_command(args.argv)}",
+            file=sys.stderr,
+        )
+        return EXIT_ITEM_ERRORS
+    if summary["items_lacking_a_kind_of_note"]:  # `mub build` leaves them out of the implicit config
+        print(
+            f"mub: {summary['items_lacking_a_kind_of_note']} of {summary['items']} items got no notes of a kind (every "
+            f"reply rejected; reasons in {Path(args.out) / 'notes_report.json'}); they are not in the implicit config: "
+            "raise --max-attempts, or try another --model or --templates, with --overwrite",
             file=sys.stderr,
         )
         return EXIT_ITEM_ERRORS

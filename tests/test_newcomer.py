@@ -343,3 +343,17 @@ def test_quiet_silences_every_progress_bar(tmp_path):
     done = _mub_without([], *TINY_RUN, "--limit", "2", "--out", str(tmp_path / "run"), cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert done.stderr == "" and done.stdout.startswith("imported:"), (done.stdout, done.stderr)
+
+
+def test_notes_ends_with_its_summary_and_exits_3_when_an_item_got_no_notes(tmp_path):
+    # A random tiny model answers with option letters: every note it writes is rejected.
+    argv = ["notes", "--dataset", "sample", "--model", "tiny:llava", "--limit", "2", "--k", "1", "--max-attempts", "1",
+            "--max-new-tokens", "4", "--out", str(tmp_path / "notes"), "--no-progress"]  # fmt: skip
+    done = _mub_without([], *argv, cwd=tmp_path)
+    report = json.loads((tmp_path / "notes" / "notes_report.json").read_text(encoding="utf-8"))
+    lacking = sum(1 for item in report["items"] if item["unfilled"])
+    assert lacking == 2 and done.returncode == 3, (done.stdout, done.stderr)
+    assert done.stdout.startswith("items: 2, with notes of both kinds: 0, lacking a kind: 2")
+    assert f"rejected notes: {sum(len(item['rejected']) for item in report['items'])} (by their problems: " in done.stdout
+    lines = done.stderr.splitlines()  # one line: no progress bar either
+    assert len(lines) == 1 and lines[0].startswith("mub: 2 of 2 items got no notes of a kind"), done.stderr
