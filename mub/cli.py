@@ -184,14 +184,22 @@ def _cmd_run(args: argparse.Namespace) -> int:
         for each in configs:
             each.validate()  # every config's flags checked before the first run starts
     code = EXIT_OK
+    show = shows_table(args.quiet, os.environ)
     for each in configs:
         results = run(each)
-        if not args.quiet:
+        if show:
             print(end_of_run(results, each.out_dir(), with_next=parent is None))
         code = max(code, check_item_errors(results, each.out_dir(), f"ask for them again with: {resume_command(args.argv)}"))
-    if parent is not None and not args.quiet:
+    if parent is not None and show:
         print(next_commands(parent, all_configs=True))
     return code
+
+
+def shows_table(quiet: bool, environ: Mapping[str, str]) -> bool:
+    """Whether this process prints the end table: one per launch, rank 0's under torchrun or accelerate launch."""
+    from mub.runs.distributed import detect_launch
+
+    return not quiet and detect_launch(environ).is_main
 
 
 def end_of_run(results: Mapping[str, Any], out: str | Path, *, with_next: bool = True) -> str:
@@ -232,7 +240,8 @@ def _add_merge(sub: argparse._SubParsersAction) -> None:
     p.add_argument("dirs", nargs="+", metavar="DIR", help="shard run folders, one per shard")
     p.add_argument("--out", help="merged run folder (default: runs/<model>__<config>)")
     p.add_argument("--overwrite", action="store_true", help="replace an earlier run in --out")
-    p.add_argument("--no-progress", "--quiet", action="store_true", help="do not print the table")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (the table is still printed)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars and no table")
     p.set_defaults(func=_cmd_merge)
 
 
@@ -240,9 +249,9 @@ def _cmd_merge(args: argparse.Namespace) -> int:
     from mub.config import RunConfig
     from mub.runs.merge import merge_runs
 
-    results = merge_runs(args.dirs, args.out, overwrite=args.overwrite, progress=not args.no_progress)
+    results = merge_runs(args.dirs, args.out, overwrite=args.overwrite, progress=not (args.no_progress or args.quiet))
     out = args.out or RunConfig(model=results["model"], config=results["run"]["config"]).out_dir()
-    if not args.no_progress:
+    if not args.quiet:
         print(end_of_run(results, out))
     fix = "finish them in their shard folders (the same `mub run --shard I/N` command with --resume), then merge again"
     return check_item_errors(results, out, fix)
@@ -254,14 +263,17 @@ def _add_rescore(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--parser", required=True, choices=["reference", "mub"], help="reference: the authors' extraction; mub: ours")
     p.add_argument("--out", required=True, help="folder for the rescored run (compare both with mub report)")
     p.add_argument("--overwrite", action="store_true", help="replace an earlier run in --out")
-    p.add_argument("--no-progress", action="store_true", help="do not print the table")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (the table is still printed)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars and no table")
     p.set_defaults(func=_cmd_rescore)
 
 
 def _cmd_rescore(args: argparse.Namespace) -> int:
     from mub.runs.rescore import rescore_run
 
-    rescore_run(args.run_dir, args.parser, args.out, overwrite=args.overwrite, progress=not args.no_progress)
+    results = rescore_run(args.run_dir, args.parser, args.out, overwrite=args.overwrite, progress=not (args.no_progress or args.quiet))
+    if not args.quiet:
+        print(end_of_run(results, args.out))
     return 0
 
 

@@ -215,6 +215,12 @@ class RunConfig:
                 f"--scoring logprob ranks the options once and cannot sample, but {origin} samples at temperature "
                 f"{decoding.temperature:g}; use --protocol deterministic with --scoring logprob"
             )
+        if self.num_samples > 1 and decoding.greedy:  # k greedy samples are k copies of one answer
+            origin = "--temperature 0" if self.temperature is not None else f"--protocol {preset.name}'s greedy decoding"
+            raise ValueError(
+                f"--num-samples {self.num_samples} needs sampling, but {origin} gives the same answer every time; "
+                "add --temperature 0.7 (or any from 0.01), or leave --num-samples at 1"
+            )
         if self.shard is not None and not 0 <= self.shard[0] < self.shard[1]:
             raise ValueError(f"--shard I/N needs 0 <= I < N, got {self.shard[0]}/{self.shard[1]}")
         try:

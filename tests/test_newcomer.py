@@ -357,3 +357,26 @@ def test_notes_ends_with_its_summary_and_exits_3_when_an_item_got_no_notes(tmp_p
     assert f"rejected notes: {sum(len(item['rejected']) for item in report['items'])} (by their problems: " in done.stdout
     lines = done.stderr.splitlines()  # one line: no progress bar either
     assert len(lines) == 1 and lines[0].startswith("mub: 2 of 2 items got no notes of a kind"), done.stderr
+
+
+def test_one_table_per_launch_from_rank_0():
+    from mub.cli import shows_table
+
+    launch = {"WORLD_SIZE": "2", "LOCAL_RANK": "0"}
+    assert shows_table(False, {}) and not shows_table(True, {})
+    assert shows_table(False, {**launch, "RANK": "0"}) and not shows_table(False, {**launch, "RANK": "1", "LOCAL_RANK": "1"})
+
+
+def test_num_samples_above_1_under_greedy_decoding_is_refused(tmp_path, capsys):
+    code = main([*TINY_RUN, "--num-samples", "3", "--out", str(tmp_path / "run")])
+    _one_line((code, capsys.readouterr().err), "--num-samples 3 needs sampling", "--protocol deterministic's greedy")
+    assert main([*TINY_RUN, "--num-samples", "2", "--temperature", "0.7", "--limit", "2", "--out", str(tmp_path / "ok")]) == 0
+
+
+@pytest.mark.parametrize("quiet", [False, True])
+def test_rescore_and_merge_print_the_table_unless_quiet(both_configs, tmp_path, capsys, quiet):
+    flags = ["--quiet"] if quiet else ["--no-progress"]
+    assert main(["rescore", str(both_configs / "explicit"), "--parser", "reference", "--out", str(tmp_path / "re"), *flags]) == 0
+    out = capsys.readouterr().out
+    assert ("mr_t2f" in out and f"results: {tmp_path / 're' / 'results.json'}" in out) is not quiet
+    assert (out == "") is quiet
