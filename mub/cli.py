@@ -39,6 +39,10 @@ def _cmd_build(args: argparse.Namespace) -> int:
     if args.repo_id and args.push_to_hub and args.repo_id != args.push_to_hub:
         raise ValueError(f"--repo-id {args.repo_id} and --push-to-hub {args.push_to_hub} name different repositories")
     repo_id = args.repo_id or args.push_to_hub
+    if args.push_to_hub:
+        from mub_dataset.hub import require_hub
+
+        require_hub(f"--push-to-hub {args.push_to_hub}")  # before the build, not after it
     summary = export_release(
         release, args.out, allow_truncated=args.allow_truncated, synthetic=synthetic, repo_id=repo_id,
         overwrite=args.overwrite,
@@ -323,6 +327,9 @@ def _cmd_submit(args: argparse.Namespace) -> int:
     if args.dry_run:
         print(f"dry run: would {plan}")
         return 0
+    from mub_dataset.hub import require_hub
+
+    require_hub(f"--to {args.to}")  # before asking to confirm an upload that cannot happen
     print(f"about to {plan}")
     if not args.yes:
         _confirm_upload()
@@ -472,6 +479,21 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"mub {args.command}: error: {user_message(exc)}", file=sys.stderr)
         return EXIT_USER_ERROR
+    except Exception as exc:  # the Hub unreachable, a repository missing: plain words, not the HTTP client's
+        hub = None if args.debug else _hub_failure(exc)
+        if hub is None:
+            raise
+        print(f"mub {args.command}: error: {hub}", file=sys.stderr)
+        return EXIT_USER_ERROR
+
+
+def _hub_failure(exc: BaseException) -> str | None:
+    """What went wrong asking the Hub, in one line (None: not a Hub error); only when huggingface_hub is loaded."""
+    if "huggingface_hub" not in sys.modules:
+        return None
+    from mub_dataset.hub import describe_hub_failure
+
+    return describe_hub_failure(exc)
 
 
 def user_message(exc: BaseException) -> str:
@@ -479,6 +501,9 @@ def user_message(exc: BaseException) -> str:
     if isinstance(exc, RecursionError):
         return "an input file is nested too deeply to read (a JSON document thousands of levels deep?); check the files given"
     text = " ".join(str(exc).split())
+    hub = _hub_failure(exc)
+    if hub is not None:
+        return hub
     if isinstance(exc, OSError) and not isinstance(exc, MissingDependencyError):
         return f"{text or type(exc).__name__} (check the path and its permissions; --debug shows where)"
     return text

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 from .card import render_card
 from .features import CONFIGS
 from .files import MARKER_FILE, check_output_folder, staged_folder
+from .hub import require_hub
 from .loading import build_from_release
 from .release import read_release
 
@@ -100,6 +101,7 @@ def push_to_hub(out_dir: str | Path, repo_id: str, private: bool = False) -> str
     """Upload an exported folder to a Hub dataset repository (needs network and a token)."""
     from huggingface_hub import HfApi
 
+    require_hub(f"--push-to-hub {repo_id}")
     api = HfApi()
     api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
     info = api.upload_folder(folder_path=str(out_dir), repo_id=repo_id, repo_type="dataset", ignore_patterns=[MARKER_FILE])

@@ -62,6 +62,54 @@ def hub_offline_reason(timeout: float = CONNECT_TIMEOUT_S) -> str | None:
     return None
 
 
+class HubUnreachable(ConnectionError):
+    """The Hub cannot be reached now; the message says what needed it and why."""
+
+
+def require_hub(what: str) -> None:
+    """Before a Hub request outside offline mode: a ``ConnectionError`` in seconds when the Hub cannot be reached
+    (huggingface_hub would retry for many seconds, printing each retry)."""
+    reason = None if offline_mode_variable() else hub_offline_reason()
+    if reason:
+        raise HubUnreachable(f"{what}: the Hub could not be reached ({reason}); check the network or HF_ENDPOINT")
+
+
+def describe_hub_failure(exc: BaseException) -> str | None:
+    """One plain line for an error of a Hub request (the Hub unreachable, no such repository, refused), or None
+    when ``exc`` and the errors it came from are not Hub errors."""
+    import sys
+
+    from huggingface_hub import errors
+
+    transports = tuple(
+        module.TransportError for module in (sys.modules.get("httpx"), sys.modules.get("httpx2")) if module is not None
+    )  # whichever HTTP client huggingface_hub runs on: connection refused, name lookup failed, timeouts
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, HubUnreachable):
+            return str(seen)
+        if isinstance(seen, errors.GatedRepoError):
+            return "the Hub repository is gated: accept its conditions on its page, with HF_TOKEN set to that account's token"
+        if isinstance(seen, errors.RepositoryNotFoundError):
+            return "the Hub has no such repository (or it is private and HF_TOKEN gives no access to it); check the name"
+        if isinstance(seen, (errors.RevisionNotFoundError, errors.EntryNotFoundError)):
+            return f"the Hub repository has no such revision or file ({_first_line(seen)})"
+        if isinstance(seen, errors.OfflineModeIsEnabled):
+            return f"the Hub cannot be asked: {offline_mode_variable() or 'HF_HUB_OFFLINE'}=1 is set and the cache has no copy"
+        if isinstance(seen, (ConnectionError, *transports)) and not isinstance(seen, errors.HfHubHTTPError):
+            return f"the Hub could not be reached ({hub_endpoint()}: {_first_line(seen)}); check the network or HF_ENDPOINT"
+        if isinstance(seen, errors.HfHubHTTPError):
+            status = seen.response.status_code if getattr(seen, "response", None) is not None else "?"
+            return f"the Hub refused the request (HTTP {status}: {_first_line(seen)})"
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
+
+
 def check_hub_name(kind: str, flag: str, name: str) -> None:
     """Before ``name`` (not a folder here) is tried as a Hub id: a ``ValueError`` "no such folder" when it looks
     like a path, is no valid Hub id, or names no folder while one of a close name is beside it (a typo)."""

@@ -145,6 +145,51 @@ def test_a_mistyped_folder_is_no_such_folder_not_a_hub_id(hub_calls, flags, expe
     assert "offline" not in line and hub_calls == []
 
 
+HUB_COMMANDS = {
+    "import": ["import", "--from-dataset", "some-org/some-data", "--column", "question=q", "--column", "image=i",
+               "--column", "answer=a", "--misled-count", "9", "--out", "imported"],
+    "publish-metric": ["publish-metric", "--to", "some-org/mub_misleading_rate"],
+    "build": ["build", "--out", "built", "--push-to-hub", "some-org/mub"],
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("command", sorted(HUB_COMMANDS))
+def test_every_hub_command_says_the_hub_could_not_be_reached(hub_calls, command, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HF_TOKEN", "hf_not_a_real_token")
+    code = main(HUB_COMMANDS[command])
+    line = _one_line((code, capsys.readouterr().err), f"mub {command}: error: ", "the Hub could not be reached")
+    assert "check the network or HF_ENDPOINT" in line and hub_calls == []
+
+
+def test_an_unreachable_leaderboard_source_is_skipped_with_its_reason(hub_calls, both_configs, tmp_path, capsys):
+    submitted = tmp_path / "submissions"
+    assert main(["submit", str(both_configs), "--out", str(submitted), "--model-name", "org/tiny"]) == 0
+    assert main(["leaderboard", str(submitted), "some-org/results", "--out", str(tmp_path / "board")]) == 0
+    out = capsys.readouterr().out
+    assert "1 submission(s) on the board" in out
+    assert "skipped some-org/results: Hub dataset some-org/results: the Hub could not be reached" in out
+
+
+def test_hub_errors_read_as_what_happened():
+    import huggingface_hub
+    from huggingface_hub import errors
+
+    from mub_dataset.hub import describe_hub_failure
+
+    http = sys.modules.get("httpx2") or sys.modules["httpx"]  # the client huggingface_hub runs on
+    assert huggingface_hub and http is not None
+    response = http.Response(404, request=http.Request("GET", "http://127.0.0.1/api/datasets/org/none"))
+    missing = errors.RepositoryNotFoundError("404 Client Error. Repository Not Found", response=response)
+    try:
+        raise OSError("datasets' own wrapping") from missing
+    except OSError as wrapped:
+        assert describe_hub_failure(wrapped).startswith("the Hub has no such repository")
+    refused = http.ConnectError("[Errno 111] Connection refused")
+    assert describe_hub_failure(refused).startswith("the Hub could not be reached")
+    assert describe_hub_failure(ValueError("a bug")) is None
+
+
 # ------------------------------------------------------------------------------- runs and submissions
 
 
@@ -374,7 +419,7 @@ def test_num_samples_above_1_under_greedy_decoding_is_refused(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("quiet", [False, True])
-def test_rescore_and_merge_print_the_table_unless_quiet(both_configs, tmp_path, capsys, quiet):
+def test_rescore_prints_the_table_unless_quiet(both_configs, tmp_path, capsys, quiet):
     flags = ["--quiet"] if quiet else ["--no-progress"]
     assert main(["rescore", str(both_configs / "explicit"), "--parser", "reference", "--out", str(tmp_path / "re"), *flags]) == 0
     out = capsys.readouterr().out
