@@ -425,3 +425,12 @@ def test_rescore_prints_the_table_unless_quiet(both_configs, tmp_path, capsys, q
     out = capsys.readouterr().out
     assert ("mr_t2f" in out and f"results: {tmp_path / 're' / 'results.json'}" in out) is not quiet
     assert (out == "") is quiet
+
+
+def test_bare_mub_in_the_repository_root_is_the_python_package_folder(monkeypatch):
+    """README's Python section: why `load_dataset("mub")` cannot work in the repository root."""
+    import datasets
+
+    monkeypatch.chdir(REPO_ROOT)
+    with pytest.raises(Exception, match=r"No \(supported\) data files"):
+        datasets.load_dataset("mub")
