@@ -13,6 +13,7 @@ import difflib
 import os
 import socket
 import threading
+import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -49,15 +50,24 @@ def _reachable(host: str, port: int, timeout: float) -> bool:
     return bool(outcome and outcome[0])
 
 
+# endpoint -> (when it was tried, whether it answered): one wait per command, however many checks ask.
+_TRIED: dict[str, tuple[float, bool]] = {}
+REMEMBER_S = 30.0
+
+
 def hub_offline_reason(timeout: float = CONNECT_TIMEOUT_S) -> str | None:
     """Why the Hub cannot be used now (offline mode, or no connection), or None when it can."""
     variable = offline_mode_variable()
     if variable:
         return f"{variable}=1 is set"
     endpoint = hub_endpoint()
-    parts = urlsplit(endpoint)
-    port = parts.port or (443 if parts.scheme == "https" else 80)
-    if not parts.hostname or not _reachable(parts.hostname, port, timeout):
+    tried = _TRIED.get(endpoint)
+    if tried is None or time.monotonic() - tried[0] > REMEMBER_S:
+        parts = urlsplit(endpoint)
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        tried = (time.monotonic(), bool(parts.hostname) and _reachable(parts.hostname or "", port, timeout))
+        _TRIED[endpoint] = tried
+    if not tried[1]:
         return f"{endpoint} cannot be reached (no connection within {timeout:g}s)"
     return None
 

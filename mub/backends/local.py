@@ -53,6 +53,10 @@ def conversation_of(request: Request) -> list[dict[str, Any]]:
     return chat_messages(request, {"type": "image"})
 
 
+class HubModelUnavailable(ValueError):
+    """A Hub model id while the Hub cannot be reached, and no copy in the cache."""
+
+
 def hub_model_from_cache(model_id: str, path: str) -> bool:
     """Whether a Hub model must come from the cache because the Hub cannot be reached.
 
@@ -72,7 +76,7 @@ def hub_model_from_cache(model_id: str, path: str) -> bool:
         return False
     cached = isinstance(try_to_load_from_cache(path, "config.json"), str)
     if not cached:
-        raise ValueError(
+        raise HubModelUnavailable(
             f"--model {model_id}: this machine is offline ({reason}) and the model is not in the Hugging Face "
             f"cache; {offline_advice('model', path)}"
         )
@@ -81,8 +85,11 @@ def hub_model_from_cache(model_id: str, path: str) -> bool:
 
 def model_generation_config(path: str, trust_remote_code: bool = False, model_id: str | None = None) -> dict[str, Any]:
     """The model's ``generation_config`` fields that differ from transformers' defaults (``{}`` when it has none)."""
-    # Before transformers asks the Hub: an offline machine learns at once that a Hub id cannot load.
-    hub_options = {"local_files_only": True} if hub_model_from_cache(model_id or path, path) else {}
+    # Before transformers asks the Hub (it would retry for many seconds): offline, only the cache is read.
+    try:
+        hub_options = {"local_files_only": True} if hub_model_from_cache(model_id or path, path) else {}
+    except HubModelUnavailable:  # the backend says so in one line when it loads the model (a given one may not)
+        return {}
     from transformers import GenerationConfig
 
     try:
