@@ -106,13 +106,22 @@ def describe_hub_failure(exc: BaseException) -> str | None:
             return f"the Hub repository has no such revision or file ({_first_line(seen)})"
         if isinstance(seen, errors.OfflineModeIsEnabled):
             return f"the Hub cannot be asked: {offline_mode_variable() or 'HF_HUB_OFFLINE'}=1 is set and the cache has no copy"
-        if isinstance(seen, (ConnectionError, *transports)) and not isinstance(seen, errors.HfHubHTTPError):
+        if isinstance(seen, (ConnectionError, *transports)) and not isinstance(seen, errors.HfHubHTTPError) and _to_hub(seen):
             return f"the Hub could not be reached ({hub_endpoint()}: {_first_line(seen)}); check the network or HF_ENDPOINT"
         if isinstance(seen, errors.HfHubHTTPError):
             status = seen.response.status_code if getattr(seen, "response", None) is not None else "?"
             return f"the Hub refused the request (HTTP {status}: {_first_line(seen)})"
         seen = seen.__cause__ or seen.__context__
     return None
+
+
+def _to_hub(exc: BaseException) -> bool:
+    """Whether a failed request went to the Hub (another server, e.g. an OpenAI-compatible one, is not the Hub)."""
+    try:
+        host = exc.request.url.host  # type: ignore[attr-defined]  # httpx's errors name their request
+    except (AttributeError, RuntimeError):  # no request recorded: the Hub client's own error
+        return True
+    return host == urlsplit(hub_endpoint()).hostname
 
 
 def _first_line(exc: BaseException) -> str:

@@ -434,3 +434,16 @@ def test_bare_mub_in_the_repository_root_is_the_python_package_folder(monkeypatc
     monkeypatch.chdir(REPO_ROOT)
     with pytest.raises(Exception, match=r"No \(supported\) data files"):
         datasets.load_dataset("mub")
+
+
+def test_a_failed_request_to_another_server_is_not_called_the_hub(monkeypatch):
+    import huggingface_hub  # noqa: F401  (loads the HTTP client it runs on)
+
+    from mub_dataset.hub import describe_hub_failure
+
+    http = sys.modules.get("httpx2") or sys.modules["httpx"]
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
+    elsewhere = http.ConnectError("refused", request=http.Request("POST", "http://10.0.0.1:8000/v1/chat/completions"))
+    hub = http.ConnectError("refused", request=http.Request("GET", "http://127.0.0.1:9/api/models/org/m"))
+    assert describe_hub_failure(elsewhere) is None
+    assert describe_hub_failure(hub).startswith("the Hub could not be reached")
