@@ -111,7 +111,8 @@ def describe_hub_failure(exc: BaseException) -> str | None:
         if isinstance(seen, errors.HfHubHTTPError):
             status = seen.response.status_code if getattr(seen, "response", None) is not None else "?"
             return f"the Hub refused the request (HTTP {status}: {_first_line(seen)})"
-        seen = seen.__cause__ or seen.__context__
+        # `raise ... from None` (a message of mub's own that already says it all) ends the search
+        seen = seen.__cause__ if seen.__cause__ is not None else None if seen.__suppress_context__ else seen.__context__
     return None
 
 
