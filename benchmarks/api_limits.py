@@ -36,6 +36,7 @@ from PIL import Image  # noqa: E402
 
 from mub.backends.base import Request  # noqa: E402
 from mub.backends.openai_backend import ApiSettings, OpenAIBackend  # noqa: E402
+from mub.errors import EXIT_ITEM_ERRORS, EXIT_OK  # noqa: E402
 
 
 def child_run(server: FaultServer, out: Path, items: int, concurrency: int, *extra: str) -> dict:
@@ -51,7 +52,7 @@ def child_run(server: FaultServer, out: Path, items: int, concurrency: int, *ext
         _, status, usage = os.wait4(proc.pid, 0)  # this child's own peak, not the maximum over all children
         proc.returncode = os.waitstatus_to_exitcode(status)
         seconds = time.monotonic() - start
-        if proc.returncode != 0:
+        if proc.returncode not in (EXIT_OK, EXIT_ITEM_ERRORS):  # failed items (the point here) exit 3
             stderr.seek(0)
             raise SystemExit(f"mub run failed: {stderr.read()[-2000:]}")
     peak_kib = usage.ru_maxrss

@@ -15,6 +15,16 @@ API_FLAGS = (
 VLLM_FLAGS = ("tensor_parallel_size",)  # into backend_options
 
 
+def add_backend_choice(p: argparse.ArgumentParser, what: str) -> None:
+    """``--backend``: one name set for every command, the registered backends'."""
+    from mub.backends import BACKENDS
+
+    p.add_argument(
+        "--backend", default="transformers", choices=list(BACKENDS),
+        help=f"{what}: {', '.join(BACKENDS)} (default transformers)",
+    )  # fmt: skip
+
+
 def add_backend_flags(p: argparse.ArgumentParser) -> None:
     """``--backend openai`` and ``--backend vllm`` options; all default to None (the backend's own default)."""
     api = p.add_argument_group("--backend openai (any OpenAI-compatible chat completions server)")
@@ -29,7 +39,7 @@ def add_backend_flags(p: argparse.ArgumentParser) -> None:
         "--send-top-k", action="store_true", default=None,
         help="send the preset's top_k (paper: 80) too; vLLM's server accepts it, the OpenAI API does not (default: not sent)",
     )  # fmt: skip
-    engine = p.add_argument_group("--backend vllm (vLLM's offline engine; pip install \"mub[vllm]\")")
+    engine = p.add_argument_group("--backend vllm (vLLM's offline engine; the [vllm] extra, Linux with a CUDA GPU)")
     engine.add_argument("--tensor-parallel-size", type=int, metavar="N", help="GPUs per model copy (default 1)")
 
 

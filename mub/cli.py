@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import difflib
 import os
 import shlex
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-from mub.backend_flags import add_backend_flags, backend_options
+from mub.backend_flags import add_backend_choice, add_backend_flags, backend_options
 from mub.data_cli import SUBCOMMANDS as DATA_SUBCOMMANDS
 from mub.errors import (
     EXIT_INTERRUPTED,
@@ -18,6 +20,7 @@ from mub.errors import (
     EXIT_USER_ERROR,
     MissingDependencyError,
     RunInterrupted,
+    missing_extra,
     resume_command,
 )
 
@@ -36,6 +39,10 @@ def _cmd_build(args: argparse.Namespace) -> int:
     if args.repo_id and args.push_to_hub and args.repo_id != args.push_to_hub:
         raise ValueError(f"--repo-id {args.repo_id} and --push-to-hub {args.push_to_hub} name different repositories")
     repo_id = args.repo_id or args.push_to_hub
+    if args.push_to_hub:
+        from mub_dataset.hub import require_hub
+
+        require_hub(f"--push-to-hub {args.push_to_hub}")  # before the build, not after it
     summary = export_release(
         release, args.out, allow_truncated=args.allow_truncated, synthetic=synthetic, repo_id=repo_id,
         overwrite=args.overwrite,
@@ -94,10 +101,14 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("run", help="evaluate a model on MUB (stage 1, then stage 2 with the misleading cue)")
     p.add_argument("--model", required=True, help="Hub id, local folder, or tiny:<arch> (a random plumbing-check model)")
     p.add_argument("--dataset", default="sample", help="'sample' (embedded synthetic set), a release or export folder, or a Hub id")
-    p.add_argument("--config", default="explicit", help="explicit (default), implicit, or a source config such as mmmu")
-    p.add_argument("--backend", default="transformers", help="model backend (default: transformers)")
     p.add_argument(
-        "--protocol", default=DEFAULT_PROTOCOL,
+        "--config", default=["explicit"], type=config_list, metavar="CONFIG[,CONFIG...]",
+        help="explicit (default), implicit, a source config such as mmmu (a wrong name lists them), several joined "
+        "by commas, or all (explicit,implicit): one run per config in the --out folder, which mub submit takes",
+    )  # fmt: skip
+    add_backend_choice(p, "the model's backend")
+    p.add_argument(
+        "--protocol", default=DEFAULT_PROTOCOL, choices=PROTOCOLS,
         help=f"prompts, decoding and levels: {', '.join(PROTOCOLS)} (default {DEFAULT_PROTOCOL}); the flags below override one field each",
     )  # fmt: skip
     p.add_argument(
@@ -109,11 +120,11 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--misled-count", type=int, help="only items misled by exactly N of the 12 reference models")
     p.add_argument("--limit", type=int, help="first N items after filtering")
     p.add_argument("--shard", type=_parse_shard, metavar="I/N", help="evaluate only shard I of N (for array jobs)")
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--batch-size", type=int, default=8, help="items per model call (default 8)")
     p.add_argument("--max-pixels", type=int, default=40_000_000, metavar="N", help="largest image asked, in pixels (default 40,000,000); a larger one is an item error, found before decoding")
     p.add_argument("--dtype", default="auto", help="auto, float32, bfloat16 or float16")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
-    p.add_argument("--out", help="run folder (default: runs/<model>__<config>)")
+    p.add_argument("--out", help="run folder (default: runs/<model>__<config>); with several configs, the folder of their runs (default: runs/<model>)")
     p.add_argument("--resume", action="store_true", help="continue a killed or failed run in --out")
     p.add_argument("--overwrite", action="store_true", help="discard an earlier run in --out")
     p.add_argument("--trust-remote-code", action="store_true", help="allow the model's own code (off unless given)")
@@ -142,13 +153,34 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
         "--stop", choices=STOP_RULES,
         help="eos: generate until EOS or --max-new-tokens; answer_line: also stop at a newline once the text before it is a bare answer (default: the preset's: paper eos, deterministic answer_line)",
     )  # fmt: skip
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--num-samples", type=int, default=1, help="stage-1 samples per item for the consistency figures")
-    p.add_argument("--scoring", choices=["generate", "logprob"], default="generate")
+    p.add_argument("--seed", type=int, default=0, help="per-request sampling seeds derive from it (default 0)")
+    p.add_argument("--num-samples", type=int, default=1, help="stage-1 samples per item for the consistency figures (needs a sampling temperature)")
+    p.add_argument(
+        "--scoring", choices=["generate", "logprob"], default="generate",
+        help="generate (default): read the answer from generated text; logprob: the most probable option in one forward pass",
+    )  # fmt: skip
     p.add_argument("--no-progress", action="store_true", help="no progress bars (the table is still printed)")
     p.add_argument("--quiet", action="store_true", help="no progress bars and no table (errors are still printed)")
     add_backend_flags(p)
     p.set_defaults(func=_cmd_run)
+
+
+ALL_CONFIGS = ("explicit", "implicit")  # `--config all`: what a leaderboard submission needs
+
+
+def config_list(text: str) -> list[str]:
+    """``--config``: one config, several joined by commas, or ``all``; an unknown name suggests a close one."""
+    from mub_dataset.features import config_spec
+
+    names = list(ALL_CONFIGS) if text.strip() == "all" else [name.strip() for name in text.split(",")]
+    try:
+        for name in names:
+            config_spec(name)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    if len(set(names)) < len(names):
+        raise argparse.ArgumentTypeError(f"a config is named twice in {text!r}")
+    return names
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -159,26 +191,57 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     # Every RunConfig field with a flag of the same name; the rest are set here.
     options = {field.name: getattr(args, field.name) for field in fields(RunConfig) if hasattr(args, field.name)}
+    options["config"], *others = args.config
     config = RunConfig(**options, backend_options=backend_options(args), progress=not (args.no_progress or args.quiet))
-    results = run(config)
-    if not args.quiet:
-        print(end_of_run(results, config.out_dir()))
-    return check_item_errors(results, config.out_dir(), f"ask for them again with: {resume_command(args.argv)}")
+    if not others:
+        configs = [config]
+        parent = None
+    elif args.shard:
+        raise ValueError("--shard runs one config; give one --config per array job")
+    else:  # one run per config, in one folder of runs that mub report and mub submit take as it is
+        parent = Path(args.out) if args.out else config.default_parent()
+        configs = [replace(config, config=name, out=str(parent / name)) for name in args.config]
+        for each in configs:
+            each.validate()  # every config's flags checked before the first run starts
+    code = EXIT_OK
+    show = shows_table(args.quiet, os.environ)
+    for each in configs:
+        results = run(each)
+        if show:
+            print(end_of_run(results, each.out_dir(), with_next=parent is None))
+        code = max(code, check_item_errors(results, each.out_dir(), f"ask for them again with: {resume_command(args.argv)}"))
+    if parent is not None and show:
+        print(next_commands(parent, all_configs=True))
+    return code
 
 
-def end_of_run(results: Mapping[str, Any], out: str | Path) -> str:
+def shows_table(quiet: bool, environ: Mapping[str, str]) -> bool:
+    """Whether this process prints the end table: one per launch, rank 0's under torchrun or accelerate launch."""
+    from mub.runs.distributed import detect_launch
+
+    return not quiet and detect_launch(environ).is_main
+
+
+def end_of_run(results: Mapping[str, Any], out: str | Path, *, with_next: bool = True) -> str:
     """The table, where the results are, and the commands that come next (submit only for a run that can rank)."""
     from mub.report.results_file import rank_refusal
     from mub.runs.results import format_table
 
-    folder = shlex.quote(str(out))
-    refusal = rank_refusal(results, results.get("run", {}).get("config", ""))
+    lines = [format_table(results), f"results: {Path(out) / 'results.json'} (predictions and settings beside it)"]
+    if with_next:
+        refusal = rank_refusal(results, results.get("run", {}).get("config", ""))
+        lines.append(next_commands(out, all_configs=False, refusal=refusal))
+    return "\n".join(lines)
+
+
+def next_commands(folder: str | Path, *, all_configs: bool, refusal: str | None = None) -> str:
+    """What to do with a run folder, or with a folder of a model's runs (``all_configs``); ``refusal``: why the
+    run cannot go to the leaderboard, said instead of suggesting `mub submit`."""
+    quoted = shlex.quote(str(folder))
+    submit = "leaderboard file of every run in it" if all_configs else "leaderboard file; add the model's other config run"
     return "\n".join([
-        format_table(results),
-        f"results: {Path(out) / 'results.json'} (predictions and settings beside it)",
-        f"next: mub report {folder}   (tables and plots; give several runs to compare)",
-        f"      mub submit {folder}   (leaderboard file; add the model's other config run)" if refusal is None
-        else f"      not for the leaderboard: {refusal}",
+        f"next: mub report {quoted}   (tables and plots; give several runs to compare)",
+        f"      mub submit {quoted}   ({submit})" if refusal is None else f"      not for the leaderboard: {refusal}",
     ])  # fmt: skip
 
 
@@ -201,7 +264,8 @@ def _add_merge(sub: argparse._SubParsersAction) -> None:
     p.add_argument("dirs", nargs="+", metavar="DIR", help="shard run folders, one per shard")
     p.add_argument("--out", help="merged run folder (default: runs/<model>__<config>)")
     p.add_argument("--overwrite", action="store_true", help="replace an earlier run in --out")
-    p.add_argument("--no-progress", "--quiet", action="store_true", help="do not print the table")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (the table is still printed)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars and no table")
     p.set_defaults(func=_cmd_merge)
 
 
@@ -209,9 +273,9 @@ def _cmd_merge(args: argparse.Namespace) -> int:
     from mub.config import RunConfig
     from mub.runs.merge import merge_runs
 
-    results = merge_runs(args.dirs, args.out, overwrite=args.overwrite, progress=not args.no_progress)
+    results = merge_runs(args.dirs, args.out, overwrite=args.overwrite, progress=not (args.no_progress or args.quiet))
     out = args.out or RunConfig(model=results["model"], config=results["run"]["config"]).out_dir()
-    if not args.no_progress:
+    if not args.quiet:
         print(end_of_run(results, out))
     fix = "finish them in their shard folders (the same `mub run --shard I/N` command with --resume), then merge again"
     return check_item_errors(results, out, fix)
@@ -223,22 +287,22 @@ def _add_rescore(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--parser", required=True, choices=["reference", "mub"], help="reference: the authors' extraction; mub: ours")
     p.add_argument("--out", required=True, help="folder for the rescored run (compare both with mub report)")
     p.add_argument("--overwrite", action="store_true", help="replace an earlier run in --out")
-    p.add_argument("--no-progress", action="store_true", help="do not print the table")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (the table is still printed)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars and no table")
     p.set_defaults(func=_cmd_rescore)
 
 
 def _cmd_rescore(args: argparse.Namespace) -> int:
     from mub.runs.rescore import rescore_run
 
-    rescore_run(args.run_dir, args.parser, args.out, overwrite=args.overwrite, progress=not args.no_progress)
+    results = rescore_run(args.run_dir, args.parser, args.out, overwrite=args.overwrite, progress=not (args.no_progress or args.quiet))
+    if not args.quiet:
+        print(end_of_run(results, args.out))
     return 0
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    try:
-        from mub.report.report import build_report, write_report
-    except ModuleNotFoundError as exc:  # matplotlib is an extra
-        raise ValueError(f"{exc}; install the plotting extra: pip install 'mub[report]'") from exc
+    from mub.report.report import build_report, write_report
 
     report = build_report(args.run_dirs, paper=args.paper, n_boot=args.bootstrap, seed=args.seed, view=not args.no_view)
     files = write_report(report, args.out, overwrite=args.overwrite)
@@ -249,7 +313,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 def _add_report(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("report", help="tables and plots comparing finished runs (report.md, report.html, PNGs)")
-    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="finished run folders (typically an explicit and an implicit run per model)")
+    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="finished run folders (typically an explicit and an implicit run per model), or folders of runs (mub run --config all)")
     p.add_argument("--out", default="report", help="output folder (default: report)")
     p.add_argument("--paper", action="store_true", help="add the paper's models as reference points and table")
     p.add_argument("--no-view", action="store_true", help="no item view (mub view) beside the report; its figures then link nowhere")
@@ -276,7 +340,7 @@ def _cmd_submit(args: argparse.Namespace) -> int:
     if args.to or args.eval_results_pr:
         check_uploadable(submission)  # before writing anything
     # An upload without --out writes nothing that stays: a refused or failed upload leaves no file behind.
-    out = args.out or (None if uploading else "submission")
+    out = args.out or (None if uploading else "submissions")
     with tempfile.TemporaryDirectory(prefix="mub-submit-") if out is None else nullcontext(out) as folder:
         return _write_and_upload(submission, args, Path(folder), keep=out is not None)
 
@@ -305,6 +369,9 @@ def _write_and_upload(submission, args: argparse.Namespace, folder: Path, *, kee
     if args.dry_run:
         print("dry run: would " + "\nand ".join(plans))
         return 0
+    from mub_dataset.hub import require_hub
+
+    require_hub(f"--to {args.to or args.eval_results_pr}")  # before asking to confirm an upload that cannot happen
     print("about to " + "\nand ".join(plans))
     if not args.yes:
         _confirm_upload()
@@ -325,13 +392,13 @@ def _confirm_upload() -> None:
 
 def _add_submit(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("submit", help="leaderboard results file, model-index block and .eval_results for a model's runs")
-    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="a model's finished run folders, one per config")
+    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="a model's finished run folders, one per config, or the folder of its runs (mub run --config all)")
     p.add_argument("--to", metavar="REPO_ID", help="upload to this Hub dataset repository (the leaderboard's results repo)")
     p.add_argument("--eval-results-pr", metavar="MODEL_ID", help="open a pull request adding .eval_results/mub.yaml to this Hub model repository")
     p.add_argument("--dry-run", action="store_true", help="write the files only, upload nothing")
     p.add_argument("--yes", action="store_true", help="upload without asking for confirmation")
     p.add_argument("--model-name", metavar="OWNER/NAME", help="the model's Hub id on the board and in repository paths (needed when the runs used a local model path)")
-    p.add_argument("--out", help="folder the results go under as <org>/<model>/results_<time>.json (default: submission; with --to, nothing is kept)")
+    p.add_argument("--out", help="folder the results go under as <org>/<model>/results_<time>.json (default: submissions; with --to, nothing is kept)")
     p.add_argument("--dataset-id", metavar="ORG/NAME", help="Hub id of the dataset the runs evaluated (default: from mub build --repo-id)")
     p.add_argument("--dataset-revision", metavar="SHA", help="the Hub dataset's revision the runs evaluated (default: as recorded)")
     p.add_argument("--model-index", metavar="FILE", help="write the model-index block here (default: print it)")
@@ -463,20 +530,42 @@ SUBCOMMANDS += DATA_SUBCOMMANDS  # notes, sft-data, import (mub/data_cli.py)
 DEBUG_HELP = "show the traceback of an error (for bug reports)"
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with "did you mean" for a mistyped choice (a command, --protocol, --cue, ...)."""
+
+    def _check_value(self, action: argparse.Action, value: Any) -> None:
+        if action.choices is not None and value not in action.choices and isinstance(value, str):
+            close = difflib.get_close_matches(value, [str(choice) for choice in action.choices], n=1)
+            if close:
+                choices = ", ".join(map(repr, action.choices))
+                raise argparse.ArgumentError(action, f"invalid choice: {value!r}; did you mean {close[0]!r}? (choose from {choices})")
+        super()._check_value(action, value)
+
+
 def make_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="mub",
         description="MUB: response uncertainty of vision-language models",
         epilog="exit status: 0 done, 1 a bug (traceback), 2 an error you can fix (the message says how), "
         "3 a run finished but some items failed (--resume retries them), 130 interrupted (Ctrl-C)",
     )
     parser.add_argument("--debug", action="store_true", help=DEBUG_HELP)
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser.add_argument("--version", action="version", version=f"mub {_version()}", help="print mub's version and exit")
+    sub = parser.add_subparsers(dest="command", required=True, help="the job to do; mub COMMAND --help lists its flags")
     for add in SUBCOMMANDS:
         add(sub)
     for subparser in sub.choices.values():  # `mub run ... --debug` works too
         subparser.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=DEBUG_HELP)
     return parser
+
+
+def _version() -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version("mub")
+    except metadata.PackageNotFoundError:  # a checkout on sys.path, never installed
+        return "unknown (not installed)"
 
 
 def _check_no_nul(args: argparse.Namespace) -> None:
@@ -494,7 +583,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.argv = argv
     try:
         _check_no_nul(args)
-        return args.func(args)
+        try:
+            return args.func(args)
+        except ModuleNotFoundError as exc:  # an optional extra (torch, matplotlib, ...) is not installed
+            raise missing_extra(exc, "this command") or exc
     except RunInterrupted as exc:
         print(f"interrupted: {exc.saved} of {exc.total} draws saved; continue with: {resume_command(argv)}", file=sys.stderr)
         return EXIT_INTERRUPTED
@@ -509,18 +601,21 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"mub {args.command}: error: {user_message(exc)}", file=sys.stderr)
         return EXIT_USER_ERROR
-    except Exception as exc:
-        if args.debug or not is_network_error(exc):
+    except Exception as exc:  # the Hub unreachable, a repository missing: plain words, not the HTTP client's
+        hub = None if args.debug else _hub_failure(exc)
+        if hub is None:
             raise
-        print(f"mub {args.command}: error: {user_message(exc)} (the network or the Hub could not be reached; check "
-              "the connection, or HF_ENDPOINT, and try again)", file=sys.stderr)  # fmt: skip
+        print(f"mub {args.command}: error: {hub}", file=sys.stderr)
         return EXIT_USER_ERROR
 
 
-def is_network_error(exc: BaseException) -> bool:
-    """A connection failure of the HTTP client under huggingface_hub (httpx, or the httpx2 fork it may use):
-    ``ConnectError``, ``ReadTimeout``, ... all derive from its ``TransportError``, which is no ``OSError``."""
-    return any(cls.__name__ == "TransportError" and cls.__module__.startswith("httpx") for cls in type(exc).__mro__)
+def _hub_failure(exc: BaseException) -> str | None:
+    """What went wrong asking the Hub, in one line (None: not a Hub error); only when huggingface_hub is loaded."""
+    if "huggingface_hub" not in sys.modules:
+        return None
+    from mub_dataset.hub import describe_hub_failure
+
+    return describe_hub_failure(exc)
 
 
 def user_message(exc: BaseException) -> str:
@@ -528,6 +623,9 @@ def user_message(exc: BaseException) -> str:
     if isinstance(exc, RecursionError):
         return "an input file is nested too deeply to read (a JSON document thousands of levels deep?); check the files given"
     text = " ".join(str(exc).split())
+    hub = _hub_failure(exc)
+    if hub is not None:
+        return hub
     if isinstance(exc, OSError) and not isinstance(exc, MissingDependencyError):
         return f"{text or type(exc).__name__} (check the path and its permissions; --debug shows where)"
     return text

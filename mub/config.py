@@ -282,6 +282,12 @@ class RunConfig:
                 f"--scoring logprob ranks the options once and cannot sample, but {origin} samples at temperature "
                 f"{decoding.temperature}; use --protocol deterministic with --scoring logprob"
             )
+        if self.num_samples > 1 and decoding.greedy:  # k greedy samples are k copies of one answer
+            origin = "--temperature 0" if self.temperature is not None else f"--protocol {preset.name}'s greedy decoding"
+            raise ValueError(
+                f"--num-samples {self.num_samples} needs sampling, but {origin} gives the same answer every time; "
+                "add --temperature 0.7 (or any from 0.01), or leave --num-samples at 1"
+            )
         if self.shard is not None and not 0 <= self.shard[0] < self.shard[1]:
             raise ValueError(f"--shard I/N needs 0 <= I < N, got {self.shard[0]}/{self.shard[1]}")
         try:
@@ -306,10 +312,14 @@ class RunConfig:
     def out_dir(self) -> Path:
         if self.out:
             return Path(self.out)
-        slug = re.sub(r"[^A-Za-z0-9._-]+", "_", self.model.strip("/")).strip("_") or "model"
         # Shards of one run get distinct default folders, so array jobs never share one.
         shard = f"__shard{self.shard[0]}-of-{self.shard[1]}" if self.shard else ""
-        return Path("runs") / f"{slug}__{self.config}{shard}"
+        return Path(f"{self.default_parent()}__{self.config}{shard}")
+
+    def default_parent(self) -> Path:
+        """``runs/<model>``: the folder of the model's runs when one command runs several configs."""
+        slug = re.sub(r"[^A-Za-z0-9._-]+", "_", self.model.strip("/")).strip("_") or "model"
+        return Path("runs") / slug
 
     def settings(self, dataset_info: Mapping[str, Any], decoding: DecodingSettings | None = None) -> dict[str, Any]:
         """What determines the results; a resumed run must match it exactly.

@@ -11,14 +11,14 @@ import json
 import sys
 from pathlib import Path
 
-from mub.backend_flags import add_backend_flags, backend_options
+from mub.backend_flags import add_backend_choice, add_backend_flags, backend_options
 from mub.errors import EXIT_ITEM_ERRORS, resume_command
 
 
 def add_notes(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("notes", help="generate implicit misleading and guiding notes; writes a release folder")
     p.add_argument("--dataset", required=True, help="release folder, export folder, Hub id, or 'sample'")
-    p.add_argument("--backend", default="transformers", choices=["transformers", "hf", "openai", "vllm"], help="generator backend (hf = transformers)")
+    add_backend_choice(p, "the generator's backend")
     p.add_argument("--model", required=True, help="generator model: Hub id, local folder, tiny:<arch>, or the server's model name")
     p.add_argument("--k", type=int, default=5, help="misleading and guiding notes per item (default 5 each)")
     p.add_argument("--max-attempts", type=int, default=3, help="tries per note before it is left empty (default 3)")
@@ -28,21 +28,21 @@ def add_notes(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--resume", action="store_true", help="continue a killed run in --out (same settings only)")
     p.add_argument("--overwrite", action="store_true", help="discard an earlier run in --out")
     p.add_argument("--batch-size", type=int, default=8, help="items per group (each group is appended when done)")
-    p.add_argument("--max-new-tokens", type=int, default=128)
+    p.add_argument("--max-new-tokens", type=int, default=128, help="longest note reply, in tokens (default 128)")
     p.add_argument("--temperature", type=float, default=0.7, help="sampling keeps an item's notes apart (0 = greedy)")
-    p.add_argument("--top-p", type=float, default=0.95)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--dtype", default="auto")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--trust-remote-code", action="store_true")
-    p.add_argument("--chat-template", metavar="FILE")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--top-p", type=float, default=0.95, help="nucleus sampling's top-p (default 0.95)")
+    p.add_argument("--seed", type=int, default=0, help="per-request sampling seeds derive from it (default 0)")
+    p.add_argument("--dtype", default="auto", help="local backends: auto, float32, bfloat16 or float16")
+    p.add_argument("--device", default="auto", help="local backends: auto, cpu, cuda, cuda:1, ...")
+    p.add_argument("--trust-remote-code", action="store_true", help="allow the model's own code (off unless given)")
+    p.add_argument("--chat-template", metavar="FILE", help="Jinja chat template for models that ship none")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (the summary is still printed)")
     add_backend_flags(p)
     p.set_defaults(func=_cmd_notes)
 
 
 def _cmd_notes(args: argparse.Namespace) -> int:
-    from mub.extend.notes import NotesConfig, generate_notes
+    from mub.extend.notes import NotesConfig, format_notes_summary, generate_notes
 
     config = NotesConfig(
         dataset=args.dataset, out=args.out, model=args.model, backend=args.backend, k=args.k,
@@ -53,10 +53,19 @@ def _cmd_notes(args: argparse.Namespace) -> int:
         backend_options=backend_options(args), progress=not args.no_progress,
     )  # fmt: skip
     summary = generate_notes(config)
+    print(format_notes_summary(summary, args.out))  # always: what was kept and rejected, by reason
     if summary["items_with_errors"]:
         print(
             f"mub: {summary['items_with_errors']} of {summary['items']} items failed; ask for them again with: "
             f"{resume_command(args.argv)}",
+            file=sys.stderr,
+        )
+        return EXIT_ITEM_ERRORS
+    if summary["items_lacking_a_kind_of_note"]:  # `mub build` leaves them out of the implicit config
+        print(
+            f"mub: {summary['items_lacking_a_kind_of_note']} of {summary['items']} items got no notes of a kind (every "
+            f"reply rejected; reasons in {Path(args.out) / 'notes_report.json'}); they are not in the implicit config: "
+            "raise --max-attempts, or try another --model or --templates, with --overwrite",
             file=sys.stderr,
         )
         return EXIT_ITEM_ERRORS
@@ -70,7 +79,7 @@ def add_sft_data(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--size", type=int, default=2000, help="examples (default 2000, as in the paper)")
     p.add_argument("--exclude", nargs="+", default=[], metavar="RUN_OR_DATASET", help="evaluation runs or datasets whose items (by id and image hash) are left out")
     p.add_argument("--mix", default="explicit=0.4,implicit=0.4,plain=0.2", help="shares of each kind (default explicit=0.4,implicit=0.4,plain=0.2)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="the seeded sample of candidates and their order derive from it (default 0)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     p.add_argument("--format", choices=["prompt-completion", "messages"], default="prompt-completion",
                    help="prompt-completion (default: TRL's loss covers the answer only) or messages (one conversation)")
@@ -106,7 +115,7 @@ def add_import(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--answer-format", choices=["auto", "letter", "index", "text"], default="auto", help="how to read the answer column (default auto)")
     p.add_argument("--limit", type=int, help="first N rows only")
     p.add_argument("--out", required=True, help="output release folder")
-    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier `mub import` output in --out")
     p.set_defaults(func=_cmd_import)
 
 

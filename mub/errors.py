@@ -22,6 +22,42 @@ class MissingDependencyError(ImportError):
     """An optional extra is not installed; the message names the ``pip install`` that adds it."""
 
 
+# The optional modules mub imports, by the extra of setup.cfg that installs each.
+EXTRA_OF_MODULE = {"torch": "torch", "matplotlib": "report", "httpx": "api", "vllm": "vllm", "trl": "trl", "gradio": "space"}
+
+
+def install_hint(extra: str) -> str:
+    """How to add an extra today: mub is not on PyPI, so from the clone, or the package the extra holds."""
+    return f'pip install -e ".[{extra}]" in the mub clone, or pip install "{_extra_requirement(extra)}"'
+
+
+def _extra_requirement(extra: str) -> str:
+    """The extra's requirement as installed mub declares it (``matplotlib>=3.8``), read from its metadata."""
+    from importlib import metadata
+
+    try:
+        declared = metadata.requires("mub") or []
+    except metadata.PackageNotFoundError:
+        declared = []
+    marker = f'extra == "{extra}"'
+    found = [line.split(";")[0].strip() for line in declared if line.endswith(marker)]
+    return found[0] if len(found) == 1 else next(m for m, e in EXTRA_OF_MODULE.items() if e == extra)
+
+
+def missing_extra(exc: ModuleNotFoundError, needed_by: str) -> MissingDependencyError | None:
+    """One line naming the extra to install, when ``exc`` is an optional module of mub missing; else None."""
+    module = (exc.name or "").split(".")[0]
+    return extra_needed(module, needed_by) if module in EXTRA_OF_MODULE else None
+
+
+def extra_needed(module: str, needed_by: str) -> MissingDependencyError:
+    """``needed_by`` cannot run without ``module``, an optional module of mub (a key of EXTRA_OF_MODULE)."""
+    extra = EXTRA_OF_MODULE[module]
+    return MissingDependencyError(
+        f"{needed_by} needs {module}, from mub's [{extra}] extra, which is not installed: {install_hint(extra)}"
+    )
+
+
 class RunInterrupted(Exception):
     """Ctrl-C stopped a run; the finished draws (one per item unless the run draws copies) are saved in its folder."""
 

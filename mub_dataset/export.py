@@ -25,6 +25,7 @@ from .card import render_card, render_eval_yaml
 from .features import CONFIGS
 from .files import MARKER_FILE, check_output_folder, staged_folder
 from .fingerprint import items_fingerprint
+from .hub import require_hub
 from .loading import build_from_release
 from .release import read_release
 
@@ -109,6 +110,7 @@ def push_to_hub(out_dir: str | Path, repo_id: str, private: bool = False) -> str
     """Upload an exported folder to a Hub dataset repository (needs network and a token)."""
     from huggingface_hub import HfApi
 
+    require_hub(f"--push-to-hub {repo_id}")
     api = HfApi()
     api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
     info = api.upload_folder(folder_path=str(out_dir), repo_id=repo_id, repo_type="dataset", ignore_patterns=[MARKER_FILE])

@@ -6,6 +6,7 @@ loaders) uses :data:`FEATURES` and :data:`CONFIGS` from here.
 
 from __future__ import annotations
 
+import difflib
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -151,6 +152,6 @@ def config_spec(name: str) -> ConfigSpec:
     """The spec of a config name, including sources outside the known list."""
     if name in CONFIGS_BY_NAME:
         return CONFIGS_BY_NAME[name]
-    raise ValueError(
-        f"unknown MUB config {name!r}; known configs: {', '.join(CONFIGS_BY_NAME)}"
-    )
+    close = difflib.get_close_matches(name, CONFIGS_BY_NAME, n=1)
+    suggestion = f"did you mean {close[0]!r}? " if close else ""
+    raise ValueError(f"unknown MUB config {name!r}; {suggestion}known configs: {', '.join(CONFIGS_BY_NAME)}")

@@ -11,8 +11,8 @@ from pathlib import Path
 import datasets
 
 from .features import DEFAULT_CONFIG, config_spec
-from .hub import hub_offline_reason, offline_advice, offline_mode_variable
-from .release import MAIN_FILE
+from .hub import check_hub_name, hub_offline_reason, offline_advice, offline_mode_variable
+from .release import IMPLICIT_DIR, IMPLICIT_PATTERN, MAIN_FILE
 
 SAMPLE = "sample"
 SAMPLE_VERSION = "v1"
@@ -103,8 +103,8 @@ def load(
         return build_from_release(dataset, config, cache_dir=cache_dir, allow_truncated=allow_truncated)
     config_spec(config)
     local = Path(dataset).expanduser()
-    if not local.is_dir() and str(dataset).startswith((".", "/", "~")):
-        raise ValueError(f"dataset {dataset}: no such folder")
+    if not local.is_dir():
+        check_hub_name("dataset", f"dataset {dataset}", str(dataset))
     offline = None if local.is_dir() else hub_offline_reason()
     if offline and not offline_mode_variable():  # unreachable: datasets would retry for many seconds
         raise ValueError(f"dataset {dataset}: this machine is offline ({offline}); {offline_advice('dataset', str(dataset))}")

@@ -37,6 +37,9 @@ def publish(space: SpacePlan, private: bool = False) -> str:
     """Create the Space (Gradio SDK) if needed and upload the module folder; needs a write token."""
     from huggingface_hub import HfApi
 
+    from mub_dataset.hub import require_hub
+
+    require_hub(f"--to {space.repo_id}")
     api = HfApi()
     api.create_repo(space.repo_id, repo_type="space", space_sdk="gradio", private=private, exist_ok=True)
     api.upload_folder(

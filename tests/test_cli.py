@@ -41,6 +41,7 @@ def test_a_dataset_that_cannot_be_loaded_is_a_clear_error(capsys, tmp_path):
 def test_a_model_that_cannot_be_loaded_is_a_clear_error_and_blocks_no_later_run(capsys, tmp_path):
     out = tmp_path / "run"
     args = ("run", "--dataset", "sample", "--limit", "2", "--out", str(out), "--no-progress")
+    (tmp_path / "no-model").mkdir()  # a folder that holds no model (a missing one is "no such folder")
     code, err = _run_cli(capsys, *args, "--model", str(tmp_path / "no-model"))
     assert code == 2 and f"--model {tmp_path / 'no-model'}: cannot load it" in err and "Traceback" not in err
     assert not list(out.glob("predictions*.jsonl"))

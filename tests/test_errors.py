@@ -124,7 +124,7 @@ def test_the_openai_backend_without_httpx_names_the_extra(capsys, tmp_path, monk
     monkeypatch.setitem(sys.modules, "httpx", None)  # `import httpx` now raises ImportError
     code, _, err = _cli(capsys, "run", "--backend", "openai", "--base-url", "http://127.0.0.1:9/v1", "--model", "m",
                         "--limit", "1", "--out", str(tmp_path / "run"), "--quiet")  # fmt: skip
-    _one_line_error(code, err, "needs httpx: pip install 'mub[api]'")
+    _one_line_error(code, err, 'needs httpx: pip install -e ".[api]" in the mub clone, or pip install "httpx>=0.27"')
 
 
 def test_debug_shows_the_traceback(tmp_path):

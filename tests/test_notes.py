@@ -431,7 +431,7 @@ def test_mub_notes_against_transformers_serve_then_build_and_run(served_note_mod
     notes_argv = ["notes", "--dataset", "sample", "--backend", "openai", "--base-url", base_url, "--model", str(model),
                   "--k", "2", "--limit", "3", "--temperature", "0", "--max-new-tokens", "12", "--out", str(out),
                   "--no-progress"]  # fmt: skip
-    assert main(notes_argv) == 0
+    code = main(notes_argv)
     report = json.loads((out / "notes_report.json").read_text())
     summary = report["summary"]
     assert summary["items_with_errors"] == 0
@@ -439,6 +439,7 @@ def test_mub_notes_against_transformers_serve_then_build_and_run(served_note_mod
     assert summary["items_with_notes"] + summary["items_lacking_a_kind_of_note"] == summary["items"] == 3
     lacking = {item["id"] for item in report["items"] if item["unfilled"]}
     assert len(lacking) == summary["items_lacking_a_kind_of_note"]
+    assert code == (3 if lacking else 0)  # an item without notes is missing from the implicit config: exit 3
     assert report["backend"]["base_url"] == base_url
     notes = mub_dataset.load("implicit", str(out))
     assert len(notes) == summary["items_with_notes"] > 0 and not lacking & set(notes["id"])

@@ -16,7 +16,7 @@ from typing import Iterator
 
 import pytest
 from authors_code import seg_note
-from conftest import SHARED
+from conftest import shared
 from fault_server import FaultServer, prompt_of
 from recount import rates_by_notes as rates_by_hand
 
@@ -134,7 +134,7 @@ def implicit_stage2(record: dict, note: str) -> str:
 
 
 def _reference_blocks() -> str:
-    text = (SHARED / "reference_protocol.md").read_text(encoding="utf-8")
+    text = shared("reference_protocol.md").read_text(encoding="utf-8")
     return "\n".join(re.findall(r"```python\n(.*?)```", text, flags=re.DOTALL))
 
 
@@ -184,7 +184,7 @@ def _row(record: dict) -> dict:
 
 def _release_records() -> list[dict]:
     """Every released record: the main file's, then the implicit files' (which carry the notes)."""
-    release = SHARED / "mub_release_sample"
+    release = shared()
     files = [release / "all_combined_items.jsonl", *sorted((release / "implicit" / "mislead_output").glob("*.jsonl"))]
     return [record for path in files for record in json.loads(path.read_text(encoding="utf-8"))]
 
@@ -282,7 +282,7 @@ def test_a_default_run_sends_the_authors_requests(server, release_dir, records_b
     _cli(server, release_dir, tmp_path / "explicit", "--limit", "60")
     stage1, stage2 = _stages(server)
     # One stage-1 and one stage-2 request per copy: the records of the item in the main file (run.py runs each).
-    main_file = json.loads((SHARED / "mub_release_sample" / "all_combined_items.jsonl").read_text(encoding="utf-8"))
+    main_file = json.loads((shared() / "all_combined_items.jsonl").read_text(encoding="utf-8"))
     copies = Counter(item_id(r["new_id"], r["question"]) for r in main_file)
     drawn = {json.loads(line)["id"] for line in (tmp_path / "explicit" / "predictions.jsonl").read_text().splitlines()}
     assert len(drawn) == 60 and len(stage1) == len(stage2) == sum(copies[i] for i in drawn) > 60
@@ -319,13 +319,13 @@ def test_implicit_run_sends_the_authors_notes_split_by_seg_note(server, release_
     the authors' request; misleading notes after a correct stage 1, guiding ones after a wrong one."""
     monkeypatch.setenv(KEY_ENV, "sk-test")
     implicit = {}
-    for path in sorted((SHARED / "mub_release_sample" / "implicit" / "mislead_output").glob("*.jsonl")):
+    for path in sorted((shared() / "implicit" / "mislead_output").glob("*.jsonl")):
         for record in json.loads(path.read_text(encoding="utf-8")):
             implicit.setdefault(item_id(record["new_id"], record["question"]), record)
     _cli(server, release_dir, tmp_path / "implicit", "--config", "implicit")
     stage1, stage2 = _stages(server)
     # One stage-1 request per copy of each item in the implicit files (the authors' implicit run.py runs each).
-    implicit_files = sorted((SHARED / "mub_release_sample" / "implicit" / "mislead_output").glob("*.jsonl"))
+    implicit_files = sorted((shared() / "implicit" / "mislead_output").glob("*.jsonl"))
     copies = Counter(item_id(r["new_id"], r["question"]) for f in implicit_files for r in json.loads(f.read_text(encoding="utf-8")))
     drawn = {json.loads(line)["id"] for line in (tmp_path / "implicit" / "predictions.jsonl").read_text().splitlines()}
     assert drawn == set(implicit) and len(stage1) == sum(copies[i] for i in drawn) > len(implicit)

@@ -13,7 +13,7 @@ import json
 
 import pytest
 from authors_code import authors_correct, extract_option_explicit, extract_option_implicit, seg_note
-from conftest import RELEASE_SAMPLE, SHARED
+from conftest import shared
 
 from mub.protocol.reference_reading import extracted
 from mub.runs.rescore import READERS
@@ -39,7 +39,7 @@ OUTPUTS = [
 
 def _records() -> list[dict]:
     """Release records of every kind: 2-5 options, inline options (ConBench_CH), yes/no, non-Latin text."""
-    records = json.loads((RELEASE_SAMPLE / "all_combined_items.jsonl").read_text(encoding="utf-8"))
+    records = json.loads((shared() / "all_combined_items.jsonl").read_text(encoding="utf-8"))
     chosen, kinds = [], set()
     for record in records:
         kind = (record["question_type_CHorYN"], record["dataset"], len(record.get("choices") or {}))
@@ -52,7 +52,7 @@ def _records() -> list[dict]:
 
 
 def test_the_oracle_is_the_shared_reference():
-    reference = (SHARED / "reference_protocol.md").read_text(encoding="utf-8")
+    reference = shared("reference_protocol.md").read_text(encoding="utf-8")
     for function in (extract_option_explicit, extract_option_implicit, seg_note):
         assert inspect.getsource(function).split("\n", 1)[1] in reference, function.__name__
 

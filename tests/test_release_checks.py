@@ -17,7 +17,7 @@ from pathlib import Path
 
 import datasets
 import pytest
-from conftest import RELEASE_SAMPLE
+from conftest import shared
 from PIL import Image
 from test_dataset import plain_id, raw_items
 from test_release_reader import (
@@ -54,7 +54,7 @@ def truncated_jpeg(seed: int = 0) -> bytes:
 
 @pytest.fixture(scope="module")
 def mmmu() -> dict:
-    return first_of(sample_records(RELEASE_SAMPLE / MAIN), "MMMU")
+    return first_of(sample_records(shared() / MAIN), "MMMU")
 
 
 # ---------------------------------------------------------------- records
@@ -95,8 +95,8 @@ def test_the_cli_refuses_a_wrong_type_in_one_line(tmp_path: Path, mmmu: dict, ca
 
 def test_the_real_release_sample_passes_the_type_checks() -> None:
     # every field of every real record has its type: each distinct item of the raw files is read
-    items, _ = raw_items(RELEASE_SAMPLE)
-    assert sorted(row["id"] for row in read_release(RELEASE_SAMPLE).rows) == sorted(plain_id(*key) for key in items)
+    items, _ = raw_items(shared())
+    assert sorted(row["id"] for row in read_release(shared()).rows) == sorted(plain_id(*key) for key in items)
 
 
 # ---------------------------------------------------------------- images

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from authors_code import seg_note
-from conftest import RELEASE_SAMPLE, copy_release_with_placeholder_images
+from conftest import copy_release_with_placeholder_images, shared
 from PIL import Image
 
 from builders import Mub
@@ -39,9 +39,9 @@ def first_of(records: list[dict], dataset: str) -> dict:
 @pytest.fixture(scope="module")
 def real() -> dict[str, dict]:
     """One real record of each kind: choices object, inline options, yes/no, and an implicit one."""
-    main = sample_records(RELEASE_SAMPLE / MAIN)
+    main = sample_records(shared() / MAIN)
     main_keys = {(r["new_id"], r["question"]) for r in main}
-    implicit = sample_records(RELEASE_SAMPLE / IMPLICIT / "allmislead_gpt9_all.jsonl")
+    implicit = sample_records(shared() / IMPLICIT / "allmislead_gpt9_all.jsonl")
     return {
         "mmmu": first_of(main, "MMMU"),
         "conbench_ch": first_of(main, "ConBench_CH"),

@@ -19,10 +19,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from matplotlib.collections import PathCollection
-from conftest import SHARED
 from built_runs import BUILD_REPO_ID, scripted_rule, scripted_run
+from conftest import shared
 from leaderboard_files import PUBLISHED, submission_file
+from matplotlib.collections import PathCollection
 from recount import rates_by_notes as rates_by_hand
 from PIL import Image
 
@@ -396,9 +396,7 @@ def test_estimate_cells_read_as_in_the_paper() -> None:
 
 
 def test_paper_table_is_transcribed() -> None:
-    source = SHARED / "paper_results.md"
-    if not source.is_file():
-        pytest.skip(f"{source} is missing")
+    source = shared("paper_results.md")
     published = [
         [cell.strip() for cell in line.strip().strip("|").split("|")]
         for line in source.read_text(encoding="utf-8").splitlines()

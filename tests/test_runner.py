@@ -203,7 +203,8 @@ def test_each_stage_of_an_item_group_goes_to_the_backend_in_one_call(tmp_path):
     # The backend batches by its own batch size (a local model sorts by length across the stage first).
     items = [_item(n) for n in range(1, 8)]
     backend = ScriptedBackend(lambda request: "A")
-    run(_config(tmp_path, config="implicit", notes=3, batch_size=4, num_samples=2), backend=backend, dataset=_dataset(items))
+    config = _config(tmp_path, config="implicit", notes=3, batch_size=4, num_samples=2, temperature=0.7)  # k samples need sampling
+    run(config, backend=backend, dataset=_dataset(items))
     stages = [{r.key.split("/")[1] for r in call} for call in backend.calls]
     assert stages == [{"stage1"}, {"stage2"}] * 2
     assert [len(call) for call in backend.calls] == [4 * 2, 4 * 3, 3 * 2, 3 * 3]

@@ -7,10 +7,12 @@ Backends register a factory here by name; the runner picks one with
 from __future__ import annotations
 
 from importlib import import_module
+from importlib.util import find_spec
 from typing import TYPE_CHECKING, Callable
 
 from mub.backends.base import Backend, Generation, Request
 from mub.config import DecodingSettings
+from mub.errors import extra_needed
 
 if TYPE_CHECKING:
     from mub.config import RunConfig
@@ -34,6 +36,12 @@ def create_backend(config: "RunConfig") -> Backend:
     return factory(config)
 
 
+def check_installed(config: "RunConfig") -> None:
+    """Before any data is read: a local backend runs on torch (transformers warns at import without it)."""
+    if config.backend in LOCAL_BACKENDS and find_spec("torch") is None:
+        raise extra_needed("torch", f"--backend {config.backend}")
+
+
 def run_decoding(config: "RunConfig") -> DecodingSettings:
     """The decoding the run's backend applies (what ``run.json`` records).
 
@@ -50,4 +58,7 @@ def run_decoding(config: "RunConfig") -> DecodingSettings:
     return resolved_decoding(decoding, config.model, resolve_model_spec(config.model), config.trust_remote_code)
 
 
-__all__ = ["BACKENDS", "LOCAL_BACKENDS", "Backend", "DecodingSettings", "Generation", "Request", "create_backend", "run_decoding"]
+__all__ = [
+    "BACKENDS", "LOCAL_BACKENDS", "Backend", "DecodingSettings", "Generation", "Request", "check_installed", "create_backend",
+    "run_decoding",
+]  # fmt: skip

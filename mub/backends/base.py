@@ -9,9 +9,10 @@ two stages: the runner builds prompts, the backend only answers them.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Protocol, Sequence, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, Sequence, runtime_checkable
 
-from PIL import Image
+if TYPE_CHECKING:  # `mub --help` lists the backends without loading PIL
+    from PIL import Image
 
 
 @dataclass(frozen=True)

@@ -53,12 +53,47 @@ def conversation_of(request: Request) -> list[dict[str, Any]]:
     return chat_messages(request, {"type": "image"})
 
 
-def model_generation_config(path: str, trust_remote_code: bool = False) -> dict[str, Any]:
+class HubModelUnavailable(ValueError):
+    """A Hub model id while the Hub cannot be reached, and no copy in the cache."""
+
+
+def hub_model_from_cache(model_id: str, path: str) -> bool:
+    """Whether a Hub model must come from the cache because the Hub cannot be reached.
+
+    Decided in seconds (``from_pretrained`` would retry for minutes); a Hub id
+    that is not in the cache then is a ``ValueError`` saying how to work offline.
+    Folders are left to ``from_pretrained``; a missing one is "no such folder".
+    """
+    if Path(path).is_dir():
+        return False
+    from huggingface_hub import try_to_load_from_cache
+
+    from mub_dataset.hub import check_hub_name, hub_offline_reason, offline_advice
+
+    check_hub_name("model", f"--model {model_id}", path)
+    reason = hub_offline_reason()
+    if reason is None:
+        return False
+    cached = isinstance(try_to_load_from_cache(path, "config.json"), str)
+    if not cached:
+        raise HubModelUnavailable(
+            f"--model {model_id}: this machine is offline ({reason}) and the model is not in the Hugging Face "
+            f"cache; {offline_advice('model', path)}"
+        )
+    return True
+
+
+def model_generation_config(path: str, trust_remote_code: bool = False, model_id: str | None = None) -> dict[str, Any]:
     """The model's ``generation_config`` fields that differ from transformers' defaults (``{}`` when it has none)."""
+    # Before transformers asks the Hub (it would retry for many seconds): offline, only the cache is read.
+    try:
+        hub_options = {"local_files_only": True} if hub_model_from_cache(model_id or path, path) else {}
+    except HubModelUnavailable:  # the backend says so in one line when it loads the model (a given one may not)
+        return {}
     from transformers import GenerationConfig
 
     try:
-        config = GenerationConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+        config = GenerationConfig.from_pretrained(path, trust_remote_code=trust_remote_code, **hub_options)
     except OSError:  # no generation_config.json: transformers' defaults
         return {}
     return config.to_diff_dict()
@@ -81,7 +116,7 @@ def resolved_decoding(
     decoding: DecodingSettings, model_id: str, path: str, trust_remote_code: bool = False
 ) -> DecodingSettings:
     """``decoding`` completed by the model's generation_config: what every local backend decodes with."""
-    return decoding.with_model_defaults(model_generation_config(path, trust_remote_code), model_id)
+    return decoding.with_model_defaults(model_generation_config(path, trust_remote_code, model_id), model_id)
 
 
 class PromptRenderer:

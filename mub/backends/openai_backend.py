@@ -25,7 +25,7 @@ Why plain ``httpx`` and not the ``openai`` client: the client runs its own
 retry loop (its own backoff formula, a capped ``Retry-After``) and validates
 responses into objects, which hides the raw body of a malformed answer. Here
 every retry decision and every error text is ours, and the only dependency is
-``httpx`` (``pip install 'mub[api]'``).
+``httpx`` (the ``[api]`` extra).
 
 Concurrency: ``generate`` is synchronous (the runner calls it once per stage
 of a group of ``--batch-size`` items), so requests go through a bounded thread
@@ -94,7 +94,7 @@ from mub.backends.base import Generation, Request
 from mub.backends.redaction import WINDOW, KeyRedactor
 from mub.backends.stopping import kept_text
 from mub.config import DecodingSettings
-from mub.errors import MissingDependencyError
+from mub.errors import MissingDependencyError, install_hint
 from mub.protocol.presets import API_REQUESTS, CLOSED_MODEL_REQUEST, OPEN_MODEL_REQUEST
 
 if TYPE_CHECKING:
@@ -326,7 +326,7 @@ class OpenAIBackend:
         try:
             import httpx
         except ImportError:
-            raise MissingDependencyError("--backend openai needs httpx: pip install 'mub[api]'") from None
+            raise MissingDependencyError(f"--backend openai needs httpx: {install_hint('api')}") from None
         headers = {"Accept-Encoding": CONTENT_ENCODINGS}
         if self._api_key:
             headers["Authorization"] = f"Bearer {self._api_key}"

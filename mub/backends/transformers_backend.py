@@ -65,6 +65,7 @@ from mub.backends.base import Generation, Request
 from mub.backends.common import chunks, request_seed
 from mub.backends.local import (
     PromptRenderer,
+    hub_model_from_cache,
     loaded,
     option_scoring_problem,
     resolved_decoding,
@@ -76,34 +77,6 @@ from mub.testing.tiny_models import resolve_model_spec, tiny_model_info
 
 if TYPE_CHECKING:
     from mub.config import RunConfig
-
-def _hub_model_from_cache(model_id: str, path: str) -> bool:
-    """Whether a Hub model must come from the cache because the Hub cannot be reached.
-
-    Decided in seconds (``from_pretrained`` would retry for minutes); a Hub id
-    that is not in the cache then is a ``ValueError`` saying how to work offline.
-    Folders and paths are not Hub ids: they are left to ``from_pretrained``.
-    """
-    if Path(path).is_dir() or path.startswith((".", "/", "~")):
-        return False
-    from huggingface_hub import try_to_load_from_cache
-
-    from mub_dataset.hub import hub_offline_reason, offline_advice
-
-    reason = hub_offline_reason()
-    if reason is None:
-        return False
-    try:
-        cached = isinstance(try_to_load_from_cache(path, "config.json"), str)
-    except ValueError:  # not a valid repo id either
-        cached = False
-    if not cached:
-        raise ValueError(
-            f"--model {model_id}: this machine is offline ({reason}) and the model is not in the Hugging Face "
-            f"cache; {offline_advice('model', path)}"
-        )
-    return True
-
 
 class _TokenClasses:
     """Per-token facts the stopping rule needs, as device tensors indexed by token id."""
@@ -556,7 +529,7 @@ class TransformersBackend:
         self.model_id = model_id
         self.path = resolve_model_spec(model_id)
         # Before the heavy imports: an offline machine learns at once that a Hub id cannot load.
-        hub_options = {"local_files_only": True} if _hub_model_from_cache(model_id, self.path) else {}
+        hub_options = {"local_files_only": True} if hub_model_from_cache(model_id, self.path) else {}
 
         import torch
         from transformers import AutoModelForImageTextToText, AutoProcessor

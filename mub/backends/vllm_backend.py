@@ -1,6 +1,6 @@
 """Backend on vLLM's offline engine (``vllm.LLM``), for GPUs and models up to many billions of parameters.
 
-Install with ``pip install "mub[vllm]"`` (Linux, CUDA GPU).
+Install with its ``[vllm]`` extra (Linux, CUDA GPU).
 
 How it maps MUB onto vLLM's documented interfaces:
 
@@ -76,13 +76,14 @@ from mub.backends.local import (
 )
 from mub.backends.stopping import answer_line_end, kept_text
 from mub.config import DecodingSettings
+from mub.errors import install_hint
 from mub.protocol.presets import STOP_AT_ANSWER_LINE
 from mub.testing.tiny_models import resolve_model_spec, tiny_model_info
 
 if TYPE_CHECKING:
     from mub.config import RunConfig
 
-INSTALL_HINT = 'the vllm backend needs vLLM, which is not installed: pip install "mub[vllm]" (Linux with a CUDA GPU)'
+INSTALL_HINT = f"the vllm backend needs vLLM, which is not installed: {install_hint('vllm')} (Linux with a CUDA GPU)"
 LOGPROB_TOP_N = 20
 # Under the answer_line rule vLLM stops at every first newline; answers the rule does not end there are
 # generated again without it (see VLLMBackend.generate).

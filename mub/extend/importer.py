@@ -45,7 +45,8 @@ from mub.extend.release_writer import (
 )
 from mub.runs.storage import write_json_atomic
 from mub_dataset.features import MULTIPLE_CHOICE, YES_NO, difficulty_for
-from mub_dataset.files import MAX_IMAGE_BYTES, check_output_folder, read_regular_file, staged_folder
+from mub_dataset.files import MAX_IMAGE_BYTES, cell_bytes, check_output_folder, read_regular_file, staged_folder
+from mub_dataset.hub import check_hub_name, require_hub
 from mub_dataset.limits import check_image
 from mub_dataset.records import (
     item_id,
@@ -262,6 +263,9 @@ def load_user_dataset(config: ImportConfig) -> tuple[datasets.Dataset, str | Non
     if (path / "state.json").is_file() or (path / "dataset_dict.json").is_file():
         loaded: Any = datasets.load_from_disk(str(path))
     else:
+        if not path.is_dir():  # a Hub id: a mistyped folder is "no such folder", an unreachable Hub said at once
+            check_hub_name("dataset", f"--from-dataset {config.dataset}", config.dataset)
+            require_hub(f"--from-dataset {config.dataset}")
         loaded = datasets.load_dataset(config.dataset, config.config_name, split=config.split)
     if not isinstance(loaded, datasets.DatasetDict):
         return loaded, config.split

@@ -47,13 +47,12 @@ from mub.extend.release_writer import (
     release_record,
     write_release,
 )
-from mub.runs.runner import LoadedImage, load_images
+from mub.runs.runner import LoadedImage, library_progress_bars, load_images
 from mub.runs.storage import RunFolder, RunFolderError, keep_record, write_json_atomic
 from mub_dataset.files import cell_bytes
 from mub_dataset.loading import SAMPLE, is_release_dir, sample_release_dir
 from mub_dataset.release import MAIN_FILE, read_release
 
-BACKEND_ALIASES = {"hf": "transformers"}
 SETTINGS_FILE = "notes_run.json"
 NOTES_FILE = "notes.jsonl"
 REPORT_FILE = "notes_report.json"
@@ -88,9 +87,6 @@ class NotesConfig:
     overwrite: bool = False
     backend_options: dict[str, Any] = field(default_factory=dict)
     progress: bool = True
-
-    def __post_init__(self) -> None:
-        self.backend = BACKEND_ALIASES.get(self.backend, self.backend)
 
     def validate(self) -> None:
         if self.k < 1 or self.max_attempts < 1 or self.batch_size < 1 or self.max_new_tokens < 1:
@@ -319,6 +315,11 @@ def _check_out_dir(config: NotesConfig) -> None:
 
 def generate_notes(config: NotesConfig, backend: Backend | None = None) -> dict[str, Any]:
     """Run ``mub notes``: returns the summary also written to ``notes_report.json``."""
+    with library_progress_bars(config.progress):
+        return _generate_notes(config, backend)
+
+
+def _generate_notes(config: NotesConfig, backend: Backend | None) -> dict[str, Any]:
     config.validate()
     templates = load_templates(config.templates)
     source = load_source(config.dataset, config.limit)
@@ -339,10 +340,7 @@ def generate_notes(config: NotesConfig, backend: Backend | None = None) -> dict[
                 progress.update(len(group))
 
         backend_info = backend.describe() if backend is not None else None
-        summary = finish_notes(config, source, folder.load_notes(), settings, templates, backend_info)
-        if config.progress:
-            print(format_notes_summary(summary, config.out))
-        return summary
+        return finish_notes(config, source, folder.load_notes(), settings, templates, backend_info)
 
 
 # ---------------------------------------------------------------- output

@@ -28,6 +28,7 @@ from mub.report.leaderboard import (
 )
 from mub.report.results_file import task_name
 from mub_dataset.files import NotARegularFileError, read_regular_file, staged_folder
+from mub_dataset.hub import describe_hub_failure, require_hub
 
 HUB_PREFIX = "hf://datasets/"
 REPO_FILES = {"README.md", ".gitattributes"}  # a results repository's own files, not submissions
@@ -73,6 +74,7 @@ def hub_folder(repo_id: str) -> Path:
     """A local snapshot of a Hub dataset repository's JSON files (huggingface_hub's cache)."""
     from huggingface_hub import snapshot_download
 
+    require_hub(f"Hub dataset {repo_id}")
     return Path(snapshot_download(repo_id, repo_type="dataset", allow_patterns=["*.json", "**/*.json"]))
 
 
@@ -89,7 +91,13 @@ def collect(sources: Sequence[str]) -> tuple[list[SubmissionFile], list[Skipped]
             found, left = ([], [read]) if isinstance(read, Skipped) else ([read], [])
         elif source.startswith(HUB_PREFIX) or source.count("/") == 1:
             repo_id = source.removeprefix(HUB_PREFIX).strip("/")
-            found, left = _folder_files(hub_folder(repo_id), repo_id)
+            try:
+                found, left = _folder_files(hub_folder(repo_id), repo_id)
+            except Exception as exc:  # one unreachable or missing source never sinks the board
+                reason = describe_hub_failure(exc)
+                if reason is None:
+                    raise
+                found, left = [], [Skipped(source, reason)]
         else:
             raise ValueError(f"{source}: no such file or folder, and not a Hub dataset id (ORG/NAME)")
         files += found

@@ -33,11 +33,10 @@ from mub.report.compare import (
 )
 from mub.report.paper import PAPER_AVERAGE, PAPER_CITATION, PAPER_RESULTS
 from mub.report.plots import levels_mean
-from mub.report.rows import KINDS, STATES, ModelRow, RunSummary
+from mub.report.rows import KINDS, STATES, ModelRow, RunSummary, read_results, run_folders
 from mub.report.view import VERDICTS, write_view
 from mub.runs.predictions import ItemPrediction
 from mub.runs.storage import (
-    RESULTS_FILE,
     RunFolder,
     cue_name,
     dialogue_form,
@@ -47,8 +46,6 @@ from mub_dataset.features import DIFFICULTY_LEVELS
 from mub_dataset.files import staged_folder
 
 VIEW_DIR = "view"  # the report's item view (mub view), beside report.html
-
-NON_METRIC_RESULTS = ("stage1_sampling",)  # results.json entries that are not a config's figures
 MISSING = "–"
 
 
@@ -102,18 +99,6 @@ class Report:
 
 
 # ------------------------------------------------------------------ reading
-
-
-def read_results(path: str | Path) -> tuple[dict[str, Any], str]:
-    """A finished run's ``results.json`` and the config it evaluated."""
-    folder = RunFolder(path)
-    if not folder.results_path.is_file():
-        raise ValueError(
-            f"{folder.path} has no {RESULTS_FILE}: not a finished run (finish it with `mub run ... --resume`)"
-        )
-    document = folder.read_results()
-    configs = [name for name in document["results"] if name not in NON_METRIC_RESULTS]
-    return document, document.get("run", {}).get("config") or configs[0]
 
 
 def load_run(path: str | Path) -> RunSummary:
@@ -506,7 +491,7 @@ def build_report(
     if not run_dirs:
         raise ValueError("mub report needs at least one run folder")
     check_bootstrap(n_boot)
-    runs = [load_run(path) for path in run_dirs]
+    runs = [load_run(path) for path in run_folders(run_dirs)]
     assign_labels(runs)
     rows = group_by_model(runs)
     # The paper's figures are comparable only with runs that asked and decoded as the paper did.
@@ -576,11 +561,12 @@ def build_report(
         blocks.append(paper_table(group_by_model(under_paper), [run for run in runs if run.protocol != "paper"]))
     blocks.append(runs_table(runs))
     datasets = sorted({str(run.dataset.get("name", "?")) for run in runs})
+    models = len({run.model for run in runs})  # one model under two cues is one model in two table rows
     intro = (
-        f"{len(runs)} run(s) of {len(rows)} model(s) on dataset {', '.join(datasets)}; "
+        f"{len(runs)} run(s) of {models} model(s), in {len(rows)} table row(s), on dataset {', '.join(datasets)}; "
         "run folders are listed at the end."
     )
-    return Report("MUB report", intro, blocks, tuple(Path(p) for p in run_dirs) if view else ())
+    return Report("MUB report", intro, blocks, tuple(run.path for run in runs) if view else ())
 
 
 # ---------------------------------------------------------------- writers

@@ -8,12 +8,41 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from mub.runs.predictions import ItemPrediction
+from mub.runs.storage import RESULTS_FILE, RunFolder
+from mub_dataset.files import folder_marker
 
 KINDS = ("explicit", "implicit")
 STATES = ("correct", "wrong", "unparsed")  # rows/columns of the transition matrix
+NON_METRIC_RESULTS = ("stage1_sampling",)  # results.json entries that are not a config's figures
+RUN_COMMANDS = ("run", "merge", "rescore")  # the commands whose folders are run folders
+
+
+def run_folders(paths: Sequence[str | Path]) -> list[Path]:
+    """The run folders ``paths`` name: each path itself, or for a parent folder of runs (``mub run --config
+    explicit,implicit`` writes one run per config into it) every run folder in it, finished or not, by name."""
+    found: list[Path] = []
+    for path in map(Path, paths):
+        is_run = (path / RESULTS_FILE).is_file() or folder_marker(path) is not None
+        runs = [] if is_run or not path.is_dir() else sorted(
+            child for child in path.iterdir() if child.is_dir() and folder_marker(child) in RUN_COMMANDS
+        )  # fmt: skip
+        found.extend(runs or [path])  # a folder of no runs: read as a run, which says what it lacks
+    return found
+
+
+def read_results(path: str | Path) -> tuple[dict[str, Any], str]:
+    """A finished run's ``results.json`` and the config it evaluated."""
+    folder = RunFolder(path)
+    if not folder.results_path.is_file():
+        raise ValueError(
+            f"{folder.path} has no {RESULTS_FILE}: not a finished run (finish it with `mub run ... --resume`)"
+        )
+    document = folder.read_results()
+    configs = [name for name in document["results"] if name not in NON_METRIC_RESULTS]
+    return document, document.get("run", {}).get("config") or configs[0]
 
 
 @dataclass

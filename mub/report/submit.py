@@ -36,8 +36,8 @@ from typing import Any, Sequence
 import yaml
 
 from mub.protocol.presets import CLOSED_MODEL_REQUEST
-from mub.report.report import read_results
 from mub.report.results_file import BUILD_SUMMARY, is_hub_id, number, rank_refusal, task_name
+from mub.report.rows import read_results, run_folders
 from mub.runs.storage import protocol_name
 from mub_dataset.features import DIFFICULTY_LEVELS
 from mub_dataset.files import give_usual_mode
@@ -97,7 +97,10 @@ def read_runs(run_dirs: Sequence[str | Path]) -> list[RunResults]:
     """The runs of one model, at most one per config, all under one protocol."""
     if not run_dirs:
         raise ValueError("mub submit needs a run folder")
-    runs = [RunResults(Path(path), config, document) for path in run_dirs for document, config in [read_results(path)]]
+    runs = [
+        RunResults(Path(path), config, document)
+        for path in run_folders(run_dirs) for document, config in [read_results(path)]
+    ]  # fmt: skip
     models = sorted({run.document["model"] for run in runs})
     if len(models) > 1:
         raise ValueError(f"a submission is for one model; these runs are of {', '.join(models)}")

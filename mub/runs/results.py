@@ -193,7 +193,12 @@ def format_table(results: Mapping[str, Any]) -> str:
                 f"{_percent(f.get('accuracy_before')):>6} {_percent(f.get('mr_t2f')):>7} "
                 f"{_interval(f.get('mr_t2f_ci')):<15} {_percent(f.get('mr_f2t')):>7} {_percent(f.get('consistency')):>7}"
             )
+        # The levels are exact counts (6/9/12 of 12 models): the items between them count in `all` only.
+        off_level = figures["n"] - sum(f["n"] for f in levels.values())
+        off_errors = figures["errors"] - sum(errors.values())
+        lines.append(f"{config_name:<10} {'no level':<8} {off_level:>5} {'-':>9} {off_errors:>6}")
     lines.append("n: draws scored; unparsed: answers read as none, stage 1/stage 2; errors: failed draws, not scored")
+    lines.append("no level: items misled by 7, 8, 10 or 11 of the 12 reference models, counted in `all` only")
     dataset = results["dataset"]
     drawn = dataset.get("n_items", 0) - dataset.get("items_without_copies", 0)
     if dataset.get("n_draws", drawn) != drawn:

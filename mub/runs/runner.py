@@ -6,16 +6,18 @@ the same document it writes to ``results.json``.
 
 from __future__ import annotations
 
+import sys
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import datasets
 from PIL import Image
 from tqdm.auto import tqdm
 
 import mub_dataset
-from mub.backends import Backend, create_backend, run_decoding
+from mub.backends import Backend, check_installed, create_backend, run_decoding
 from mub.backends.base import Exchange, Generation, Request
 from mub.backends.common import chunks
 from mub.config import RunConfig
@@ -361,6 +363,39 @@ def run(config: RunConfig, backend: Backend | None = None, dataset: datasets.Dat
     the items and rank 0 scores them all (see :mod:`mub.runs.distributed`).
     """
     config.validate()
+    check_installed(config)
+    with library_progress_bars(config.progress):
+        return _run(config, backend, dataset)
+
+
+@contextmanager
+def library_progress_bars(enabled: bool) -> Iterator[None]:
+    """Without progress (--quiet, --no-progress) the libraries' bars are off too: transformers' "Loading weights",
+    huggingface_hub's downloads, datasets' map; as they were afterwards."""
+    if enabled:
+        yield
+        return
+    import huggingface_hub.utils as hub
+
+    was = (hub.are_progress_bars_disabled(), datasets.is_progress_bar_enabled())
+    hub.disable_progress_bars()  # transformers imported later starts with the Hub's setting
+    datasets.disable_progress_bars()
+    transformers_logging = sys.modules.get("transformers.utils.logging")
+    transformers_was = transformers_logging.is_progress_bar_enabled() if transformers_logging else None
+    if transformers_logging:
+        transformers_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if not was[0]:
+            hub.enable_progress_bars()
+        if was[1]:
+            datasets.enable_progress_bars()
+        if transformers_logging and transformers_was:
+            transformers_logging.enable_progress_bar()
+
+
+def _run(config: RunConfig, backend: Backend | None, dataset: datasets.Dataset | None) -> dict[str, Any]:
     placement = distributed.placement_for(config)
     selection = select_items(config, dataset)
     with RunFolder(config.out_dir(), predictions_file=placement.predictions_file, launch_files=placement.launch_files) as folder:
@@ -376,7 +411,11 @@ def run(config: RunConfig, backend: Backend | None = None, dataset: datasets.Dat
                 if (missing := [draw for draw in range(count) if (row["id"], draw) not in done])
             ]
             if backend is None:
-                backend = create_backend(placement.backend_config(config))
+                try:
+                    backend = create_backend(placement.backend_config(config))
+                except BaseException:
+                    folder.discard_if_created()
+                    raise
 
             # Items are processed in groups of batch_size, all their missing draws together (an item's image is
             # decoded once); the next group's images are decoded on a worker thread while the model answers.

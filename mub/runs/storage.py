@@ -192,6 +192,7 @@ class RunFolder:
         self.items_path = self.path / ITEMS_FILE
         self.launch_files = tuple(launch_files) or (predictions_file,)
         self._lock = RunLock(self.path / LOCK_FILE)
+        self._created = self._was_empty = False  # set by prepare: the folder was absent / absent or empty
 
     def _marker(self) -> dict[str, Any]:
         try:
@@ -234,6 +235,8 @@ class RunFolder:
         digests of the items the run covers, are recorded, or compared on resume.
         """
         if lock:
+            self._created = not self.path.exists()
+            self._was_empty = self._created or (self.path.is_dir() and not any(self.path.iterdir()))
             try:
                 check_output_folder(self.path, self.command, overwrite=overwrite, reuse=True)
                 mark_folder(self.path, self.command)
@@ -281,6 +284,20 @@ class RunFolder:
 
     def unlock(self) -> None:
         self._lock.release()
+
+    def discard_if_created(self) -> None:
+        """Undo :meth:`prepare` in a folder that was absent or empty, while no item is in it: a failed
+        pre-flight (a model that does not load, a missing device) leaves nothing behind."""
+        if not self._was_empty or self.prediction_files():
+            return
+        for name in (SETTINGS_FILE, MARKER_FILE, LOCK_FILE):  # the lock file goes while its lock is held
+            (self.path / name).unlink(missing_ok=True)
+        self.unlock()
+        if self._created:
+            try:
+                self.path.rmdir()
+            except OSError:  # something else appeared in it: it stays
+                pass
 
     def __enter__(self) -> "RunFolder":
         return self

@@ -14,7 +14,13 @@ from __future__ import annotations
 import os
 import sys
 
-import gradio as gr
+from mub.errors import EXIT_USER_ERROR, missing_extra
+
+try:
+    import gradio as gr
+except ModuleNotFoundError as exc:  # one line naming the extra, never a traceback
+    print(f"app.py: error: {missing_extra(exc, 'the leaderboard Space') or exc}", file=sys.stderr)
+    sys.exit(EXIT_USER_ERROR)
 
 from mub.report.leaderboard import (
     DISPLAY_COLUMNS,
@@ -39,12 +45,12 @@ HOW_TO_SUBMIT = """
 Only full runs of this benchmark rank: no `--limit`, `--difficulty`, `--misled-count` or unmerged `--shard`,
 no `tiny:` test model, no item errors left. Replace `YOUR-ORG/YOUR-MODEL` with your model's Hub id.
 
-1. Evaluate your model on {dataset}, once per protocol kind (explicit hints, implicit notes):
+1. Install mub from its clone (it is not on PyPI yet; once published: `pip install "mub[torch]"`), then evaluate
+   your model on {dataset} under both cues (explicit hints, implicit notes), one run each, into one folder:
 
 ```bash
-pip install "mub[torch]"
-mub run --model YOUR-ORG/YOUR-MODEL --dataset {dataset} --config explicit --out runs/explicit
-mub run --model YOUR-ORG/YOUR-MODEL --dataset {dataset} --config implicit --out runs/implicit
+pip install -e ".[torch]"
+mub run --model YOUR-ORG/YOUR-MODEL --dataset {dataset} --config all --out runs/YOUR-MODEL
 ```
 
 2. Submit both runs as one results file (a Hub write token in `HF_TOKEN`):
@@ -63,9 +69,9 @@ submission per model and protocol; a file that fails is listed under "Skipped" w
 def how_to_submit(dataset: str, results_repo: str) -> str:
     """The submission steps with this Space's own repository ids (no placeholder but the user's model)."""
     if is_hub_id(results_repo):
-        submit = f"mub submit runs/explicit runs/implicit --dataset-id {dataset} --to {results_repo}"
+        submit = f"mub submit runs/YOUR-MODEL --dataset-id {dataset} --to {results_repo}"
     else:  # a board read from a local folder: the results file goes there by hand
-        submit = f"mub submit runs/explicit runs/implicit --dataset-id {dataset} --out SUBMISSIONS_FOLDER"
+        submit = f"mub submit runs/YOUR-MODEL --dataset-id {dataset} --out SUBMISSIONS_FOLDER"
     return HOW_TO_SUBMIT.format(dataset=dataset, submit=submit)
 
 
