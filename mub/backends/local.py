@@ -15,6 +15,8 @@ transformers is imported only inside functions.
 
 from __future__ import annotations
 
+import copy
+import functools
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -54,7 +56,17 @@ def conversation_of(request: Request) -> list[dict[str, Any]]:
 
 
 def model_generation_config(path: str, trust_remote_code: bool = False) -> dict[str, Any]:
-    """The model's ``generation_config`` fields that differ from transformers' defaults (``{}`` when it has none)."""
+    """The model's ``generation_config`` fields that differ from transformers' defaults (``{}`` when it has none).
+
+    Read once per file version: a run asks twice (its record's decoding, then the backend's).
+    """
+    file = Path(path) / "generation_config.json"
+    version = file.stat().st_mtime_ns if file.is_file() else None
+    return copy.deepcopy(_generation_config_fields(path, trust_remote_code, version))
+
+
+@functools.lru_cache(maxsize=16)
+def _generation_config_fields(path: str, trust_remote_code: bool, version: int | None) -> dict[str, Any]:
     from transformers import GenerationConfig
 
     try:
