@@ -128,6 +128,10 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--top-k", type=int, help="0 = off; default: the preset's (paper 80 explicit, 0 implicit; deterministic 0)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--num-samples", type=int, default=1, help="stage-1 samples per item for the consistency figures")
+    p.add_argument(
+        "--stages", type=int, choices=(1, 2), default=2,
+        help="1: stage 1 only (accuracy, no misleading rates; its own protocol label, never submittable); default 2",
+    )  # fmt: skip
     p.add_argument("--scoring", choices=["generate", "logprob"], default="generate")
     p.add_argument("--no-progress", action="store_true", help="no progress bars (the table is still printed)")
     p.add_argument("--quiet", action="store_true", help="no progress bars and no table (errors are still printed)")

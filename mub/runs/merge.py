@@ -78,6 +78,7 @@ def config_from_settings(settings: Mapping[str, Any], out: str | Path | None) ->
         cue=cue_name(settings),  # whether stage 2 tried notes
         dialogue=dialogue_form(settings),
         notes=settings.get("notes", RunConfig.notes),
+        stages=settings.get("stages", RunConfig.stages),
         out=str(out) if out is not None else None,
         progress=False,
     )
