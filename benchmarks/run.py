@@ -4,7 +4,10 @@
     python benchmarks/run.py --device cuda --size real --items 160 --naive-items 16 --rounds 3   # a lent GPU
 
 (``--size real``: a 1.7B-parameter llava shape in bfloat16, built on first use
-into the tiny-model cache, ~3.4 GB; ``--threads 1`` pins torch to one thread.)
+into the tiny-model cache, ~3.4 GB.) Torch runs on ``--threads`` threads, 1 by
+default: on a machine other processes share, two threads per process make
+timings swing many-fold. ``--only ab`` or ``--only runs`` measures one part;
+``--check`` then judges that part's figures.
 
 All runs use the embedded synthetic sample (config ``explicit``), two stages
 per item, greedy decoding, ``--max-new-tokens 16``, and the same randomly
@@ -41,6 +44,24 @@ Figures (last line, one JSON object):
   (EOS, or the line after an answer) is what keeps a letter answer from paying
   for 256 tokens; random weights rarely write a letter and a newline, so on the
   plumbing model this figure is the worst case, not a real model's.
+
+A/B figures (``--ab-rounds`` rounds; A and B back to back in alternating
+order; the median ratio of A's cost over B's, with its range):
+
+- ``sampled_vs_greedy``: seconds per generation step of one batch of 16
+  stage-1 requests at 256 new tokens, mub's seeded sampling at the paper's
+  explicit settings (temperature 0.4, top-k 80, top-p 0.9) over greedy.
+- ``draws_shared_vs_separate``: 9 draws of one prompt (the paper preset's
+  decoding, distinct keys and seeds) in one call, sharing one prefill, over
+  the same 9 draws as single requests, each prefilled on its own;
+  ``draws_shared_vs_unshared_batch``: over the 9 draws in one batch with
+  sharing off (what the prefill sharing alone saves).
+- ``stage1_vs_plain_loop``: whole processes, start-up included:
+  ``mub run --stages 1 --protocol deterministic`` over
+  ``benchmarks/plain_loop.py`` (a plain batched ``model.generate`` loop) on the
+  same saved model, items and prompts, batch 16, 16 new tokens, greedy.
+- ``paper_draws_per_s``: generations per second of the ``paper`` run below
+  (stage 1 and stage 2 of each item).
 
 The other model figures use ``--protocol deterministic`` (greedy, 16 new
 tokens), so they compare with earlier runs of this benchmark.
@@ -446,10 +467,14 @@ PARTS = {"all": AB_FIGURES + RUN_FIGURES, "ab": AB_FIGURES, "runs": RUN_FIGURES}
 def ab_summary(ab: dict[str, Any]) -> dict[str, Any]:
     """The A/B figures' medians under their names (what --check reads), with ranges and details beside them."""
     figures: dict[str, Any] = {}
-    for name, figure in [("sampled_vs_greedy", ab.get("sampled_vs_greedy")),
-                         ("draws_shared_vs_separate", (ab.get("draws") or {}).get("separate")),
-                         ("draws_shared_vs_unshared_batch", (ab.get("draws") or {}).get("unshared_batch")),
-                         ("stage1_vs_plain_loop", ab.get("stage1_vs_plain_loop"))]:  # fmt: skip
+    draws = ab.get("draws") or {}
+    measured = {
+        "sampled_vs_greedy": ab.get("sampled_vs_greedy"),
+        "draws_shared_vs_separate": draws.get("separate"),
+        "draws_shared_vs_unshared_batch": draws.get("unshared_batch"),
+        "stage1_vs_plain_loop": ab.get("stage1_vs_plain_loop"),
+    }
+    for name, figure in measured.items():
         if figure is not None:
             figures[name] = figure["median"]
             figures[f"{name}_range"] = figure["range"]
