@@ -8,8 +8,6 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 
 from collections import Counter
 from dataclasses import replace
-from typing import Iterator
-
 import pytest
 
 pytest.importorskip("torch")
@@ -20,18 +18,9 @@ from mub.backends.common import request_seed
 from mub.backends.transformers_backend import TransformersBackend, _seeded_sampler, prompt_groups
 from mub.config import DecodingSettings
 from mub.testing.tiny_models import TINY_ARCHITECTURES, build_tiny_model
+from tests.test_reuse import one_thread  # noqa: F401 - the module's one-thread fixture
 
 SAMPLED = {"temperature": 0.8, "top_k": 40, "top_p": 0.95, "seed": 11}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -152,3 +141,26 @@ def test_sampler_filters_and_is_a_function_of_seed_and_step() -> None:
     together = _sampled_tokens(probs, seeds, steps=6)
     assert [_sampled_tokens(probs, [seed], steps=6)[0] for seed in seeds] == together
     assert _sampled_tokens(probs, seeds[::-1], steps=6)[::-1] == together
+
+
+@pytest.mark.parametrize("settings", [{"top_k": 6}, {"top_p": 0.7}, {"top_k": 6, "top_p": 0.8}, {}], ids=str)
+def test_sampler_draws_from_transformers_warped_distribution(settings: dict) -> None:
+    """Expectation from transformers' own warpers: the allowed tokens and their probabilities."""
+    import torch
+    from transformers import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
+
+    logits = torch.tensor([[2.0, 0.1, 1.5, -1.0, 0.7, 1.1, 0.3, 1.9, -0.4, 0.9]])
+    warped = TemperatureLogitsWarper(0.8)(None, logits.clone())
+    if "top_k" in settings:
+        warped = TopKLogitsWarper(settings["top_k"])(None, warped)
+    if "top_p" in settings:
+        warped = TopPLogitsWarper(settings["top_p"])(None, warped)
+    expected = torch.softmax(warped, dim=-1)[0].tolist()
+
+    decoding = DecodingSettings(temperature=0.8, **settings)
+    seeds = list(range(4000))
+    masked = _seeded_sampler(seeds, decoding, "cpu")(None, logits.repeat(len(seeds), 1))
+    counts = Counter(masked.argmax(-1).tolist())
+    assert {token for token in counts} <= {token for token, p in enumerate(expected) if p > 0}
+    for token, p in enumerate(expected):
+        assert abs(counts[token] / len(seeds) - p) < 0.03, (token, counts[token], p)

@@ -44,10 +44,10 @@ batch and in which order. Instead each request has its own seed,
 its draw is a SplitMix64 hash of (seed, ``t``), a pure function, so one
 vectorised pick serves the batch (a per-row ``torch.Generator`` would cost a
 call per row per step). A logits processor applies temperature / top-k /
-top-p, picks each row's token by inverse CDF at its draw and masks every other
-token, and ``generate`` then runs with ``do_sample=False`` and picks the drawn
-token. A request's sample therefore
-depends only on its key, the seed and its own logits. Limitation: batched
+top-p (with top-k on the k best tokens only), picks each row's token by
+inverse CDF at its draw and masks every other token, and ``generate`` then
+runs with ``do_sample=False`` and picks the drawn token. A request's sample
+therefore depends only on its key, the seed and its own logits. Limitation: batched
 logits can differ from one-at-a-time logits in the last float bits (padding
 changes kernel shapes), which can very rarely change a draw or a greedy tie.
 """
@@ -174,20 +174,15 @@ def _uniform(seed: int, step: int) -> float:
 
 
 def _seeded_sampler(seeds: Sequence[int], decoding: DecodingSettings, device: Any) -> Any:
-    """A LogitsProcessor that samples every row from its own counter-based stream (see module docstring)."""
-    import torch
-    from transformers import (
-        LogitsProcessor,
-        TemperatureLogitsWarper,
-        TopKLogitsWarper,
-        TopPLogitsWarper,
-    )
+    """A LogitsProcessor that samples every row from its own counter-based stream (see module docstring).
 
-    warpers: list[Any] = [TemperatureLogitsWarper(decoding.temperature)]
-    if decoding.top_k > 0:
-        warpers.append(TopKLogitsWarper(decoding.top_k))
-    if decoding.top_p < 1.0:
-        warpers.append(TopPLogitsWarper(decoding.top_p))
+    Temperature, then top-k, then top-p, as transformers' warpers apply them;
+    with top-k only the k best tokens are sorted and normalised (the rest have
+    probability 0), which spares a sort of the whole vocabulary per step.
+    """
+    import torch
+    from transformers import LogitsProcessor
+
     seeds = list(seeds)
 
     class SeededSampler(LogitsProcessor):
@@ -195,14 +190,26 @@ def _seeded_sampler(seeds: Sequence[int], decoding: DecodingSettings, device: An
             self.step = 0  # generate() calls a processor once per new token
 
         def __call__(self, input_ids: Any, scores: Any) -> Any:
-            for warper in warpers:
-                scores = warper(input_ids, scores)
-            # Inverse CDF: the first token whose cumulative probability reaches the row's draw.
-            # A draw in (0, 1) never lands on a token of probability 0.
-            cdf = torch.softmax(scores.float(), dim=-1).cumsum_(-1)
+            scaled = scores.float() / decoding.temperature
+            vocab = scaled.shape[-1]
+            if 0 < decoding.top_k < vocab:
+                candidates, tokens = scaled.topk(decoding.top_k, dim=-1)  # best first
+            elif decoding.top_p < 1.0:
+                candidates, tokens = scaled.sort(dim=-1, descending=True)
+            else:
+                candidates, tokens = scaled, None
+            probs = torch.softmax(candidates, dim=-1)
+            if decoding.top_p < 1.0:
+                # Keep the most probable tokens until their mass reaches top_p (the first always).
+                before = probs.cumsum(-1) - probs
+                probs = probs.masked_fill(before >= decoding.top_p, 0.0)
+            # Inverse CDF: the first token whose cumulative probability reaches the row's draw;
+            # a draw in (0, 1) never lands on a token of probability 0.
+            cdf = probs.cumsum_(-1)
             draws = torch.tensor([[_uniform(seed, self.step)] for seed in seeds], dtype=cdf.dtype, device=cdf.device)
             self.step += 1
-            drawn = torch.searchsorted(cdf, draws * cdf[:, -1:]).clamp_(max=cdf.shape[1] - 1)
+            picked = torch.searchsorted(cdf, draws * cdf[:, -1:]).clamp_(max=cdf.shape[1] - 1)
+            drawn = picked if tokens is None else tokens.gather(1, picked)
             only_drawn = torch.full_like(scores, float("-inf"))
             return only_drawn.scatter_(1, drawn, 0.0)
 
