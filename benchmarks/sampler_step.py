@@ -56,7 +56,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     figures: dict[str, dict[str, float]] = {}
     for vocab in args.vocab:
-        mub = _seeded_sampler(range(args.rows), DecodingSettings(**SETTINGS), "cpu")
+        mub = _seeded_sampler(range(args.rows), DecodingSettings(**SETTINGS))
         steps = {"greedy": greedy, "transformers": transformers_sampling, "mub": mub}
         times: dict[str, list[float]] = {name: [] for name in steps}
         for number in range(args.rounds):  # interleaved, so each round compares under the same load

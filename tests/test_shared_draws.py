@@ -108,7 +108,7 @@ def _sampled_tokens(probs: list[float], seeds: list[int], steps: int = 1, **sett
     import torch
 
     decoding = DecodingSettings(**{"temperature": 1.0, **settings})
-    sampler = _seeded_sampler(seeds, decoding, "cpu")
+    sampler = _seeded_sampler(seeds, decoding)
     logits = torch.log(torch.tensor([probs] * len(seeds)))
     picks = []
     for _ in range(steps):
@@ -159,7 +159,7 @@ def test_sampler_draws_from_transformers_warped_distribution(settings: dict) -> 
 
     decoding = DecodingSettings(temperature=0.8, **settings)
     seeds = list(range(4000))
-    masked = _seeded_sampler(seeds, decoding, "cpu")(None, logits.repeat(len(seeds), 1))
+    masked = _seeded_sampler(seeds, decoding)(None, logits.repeat(len(seeds), 1))
     counts = Counter(masked.argmax(-1).tolist())
     assert {token for token in counts} <= {token for token, p in enumerate(expected) if p > 0}
     for token, p in enumerate(expected):

@@ -37,6 +37,14 @@ keeps (least recently used first out):
   ``reuse_prefix=False`` turns this off (e.g. when memory is tight); see
   :class:`_PrefixReuse` for the models it applies to.
 
+Draws of one prompt are prefilled once. Requests of a batch with the same
+rendered prompt and the same image (by object, else by pixels; see
+:func:`prompt_groups`), e.g. an item's stage-1 samples or its release copies,
+each with its own key and seed, run their prompt once; every draw's row then
+starts from a copy of its keys/values and runs the prompt's last token and its
+own answer, which equals drawing it separately up to float rounding.
+``share_prompts=False`` turns this off; it applies where prefix reuse does.
+
 Reproducible sampling: ``generate(do_sample=True)`` would draw all rows from
 one global RNG, so a request's sample would depend on which requests share its
 batch and in which order. Instead each request has its own seed,
@@ -173,7 +181,7 @@ def _uniform(seed: int, step: int) -> float:
     return ((z >> 11) + 0.5) / (1 << 53)
 
 
-def _seeded_sampler(seeds: Sequence[int], decoding: DecodingSettings, device: Any) -> Any:
+def _seeded_sampler(seeds: Sequence[int], decoding: DecodingSettings) -> Any:
     """A LogitsProcessor that samples every row from its own counter-based stream (see module docstring).
 
     Temperature, then top-k, then top-p, as transformers' warpers apply them;
@@ -524,10 +532,10 @@ class _PrefixReuse:
             prompt = mask[row].nonzero().flatten()
             n = len(prompt)
             if int(prompt[0]) == width - n:  # contiguous (left padding only): views, no copies
-                kv = [(k[row : row + 1, :, width - n : width + len(answer)], v[row : row + 1, :, width - n : width + len(answer)]) for k, v in layers]
+                columns: Any = slice(width - n, width + len(answer))
             else:
                 columns = torch.cat([prompt, torch.arange(width, width + len(answer), device=prompt.device)])
-                kv = [(k[row : row + 1, :, columns], v[row : row + 1, :, columns]) for k, v in layers]
+            kv = [(k[row : row + 1, :, columns], v[row : row + 1, :, columns]) for k, v in layers]
             entries.append((ids[row, prompt].tolist() + answer, kv))
         return entries
 
@@ -825,7 +833,7 @@ class TransformersBackend:
             self._token_classes = _TokenClasses(self.tokenizer, self._eos_ids(), vocab_size, self.device)
         stop = _answer_complete_criteria(self._token_classes, prompt_len, len(requests), self.device)
         seeds = [request_seed(self.decoding.seed, r.key) for r in requests]
-        processors = [] if self.decoding.greedy else [_seeded_sampler(seeds, self.decoding, self.device)]
+        processors = [] if self.decoding.greedy else [_seeded_sampler(seeds, self.decoding)]
 
         start = time.perf_counter()
         with torch.inference_mode():
@@ -864,9 +872,8 @@ class TransformersBackend:
 
         group_of = prompt_groups(requests, texts)
         firsts = sorted(set(group_of))
-        if not self.share_prompts or len(firsts) == len(requests):
+        if not self.share_prompts or self._prefix is None or len(firsts) == len(requests):
             return None
-        assert self._prefix is not None
         distinct = [requests[i] for i in firsts]
         inputs = self._encode([texts[i] for i in firsts], distinct)
         if not self._prefix.applies(inputs):
