@@ -164,3 +164,29 @@ def test_sampler_draws_from_transformers_warped_distribution(settings: dict) -> 
     assert {token for token in counts} <= {token for token, p in enumerate(expected) if p > 0}
     for token, p in enumerate(expected):
         assert abs(counts[token] / len(seeds) - p) < 0.03, (token, counts[token], p)
+
+
+def test_length_order_tokenises_each_distinct_prompt_once_and_keeps_draws_together(models: dict, monkeypatch) -> None:
+    backend = _backend(models["llava"], True)
+    requests = _draws()
+    texts = backend._prompt_texts(requests)
+    groups = prompt_groups(requests, texts)
+    tokenizer = backend.tokenizer
+    seen: list[str] = []
+
+    def counting(batch: list[str], **kwargs: object) -> object:
+        seen.extend(batch)
+        return tokenizer(batch, **kwargs)
+
+    monkeypatch.setattr(backend, "tokenizer", counting)
+    # A call that fits one batch is not sorted, so nothing is tokenised for it.
+    assert backend._length_order(texts, groups) == list(range(len(texts))) and seen == []
+    backend.batch_size = 2
+    order = backend._length_order(texts, groups)
+    assert sorted(order) == list(range(len(texts)))
+    assert sorted(seen) == sorted(set(texts))  # 4 distinct prompts, each tokenised once
+    lengths = {text: len(tokenizer(text, add_special_tokens=False)["input_ids"]) for text in set(texts)}
+    assert [lengths[texts[i]] for i in order] == sorted(lengths[text] for text in texts)
+    # Draws of one prompt sit side by side, so a batch holds them together.
+    positions = {group: [n for n, i in enumerate(order) if groups[i] == group] for group in set(groups)}
+    assert all(p == list(range(p[0], p[0] + len(p))) for p in positions.values())
