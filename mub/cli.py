@@ -156,6 +156,10 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="per-request sampling seeds derive from it (default 0)")
     p.add_argument("--num-samples", type=int, default=1, help="stage-1 samples per item for the consistency figures (needs a sampling temperature)")
     p.add_argument(
+        "--stages", type=int, choices=(1, 2), default=2,
+        help="1: stage 1 only (accuracy, no misleading rates; its own protocol label, never submittable); default 2",
+    )  # fmt: skip
+    p.add_argument(
         "--scoring", choices=["generate", "logprob"], default="generate",
         help="generate (default): read the answer from generated text; logprob: the most probable option in one forward pass",
     )  # fmt: skip

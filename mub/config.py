@@ -194,6 +194,7 @@ class RunConfig:
     stop: str | None = None  # one of STOP_RULES
     seed: int = 0
     num_samples: int = 1
+    stages: int = 2  # 1: stage 1 only (accuracy only; run.json records "stages": 1 and submit refuses it)
     scoring: str = "generate"
     backend_options: dict[str, Any] = field(default_factory=dict)
     progress: bool = True
@@ -203,8 +204,10 @@ class RunConfig:
         return protocol_named(self.protocol)
 
     def overrides(self) -> dict[str, Any]:
-        """The preset fields this run sets itself (flags given), by field name."""
-        return {name: getattr(self, name) for name in OVERRIDABLE if getattr(self, name) is not None}
+        """The preset fields this run sets itself (flags given), by field name; a stage-1-only run says so too
+        (its protocol label then reads ``<preset> + stages=1``)."""
+        chosen = {name: getattr(self, name) for name in OVERRIDABLE if getattr(self, name) is not None}
+        return {**chosen, "stages": 1} if self.stages == 1 else chosen
 
     def decoding(self) -> DecodingSettings:
         """The preset's decoding for this config's setting (the closed-model request's under ``--api-request closed``),
@@ -276,6 +279,8 @@ class RunConfig:
             raise ValueError(f"--max-pixels must be at least 1, got {self.max_pixels}")
         if self.batch_size < 1 or self.notes < 1 or self.num_samples < 1:
             raise ValueError("--batch-size, --notes and --num-samples must be at least 1")
+        if self.stages not in (1, 2):
+            raise ValueError(f"--stages must be 1 (stage 1 only) or 2 (both stages), got {self.stages}")
         if decoding.scoring == "logprob" and not decoding.greedy:
             origin = "--temperature" if self.temperature is not None else f"--protocol {preset.name}"
             raise ValueError(
@@ -351,6 +356,7 @@ class RunConfig:
             "dialogue": self.dialogue,
             "notes": self.notes,
             "num_samples": self.num_samples,
+            "stages": self.stages,
             "decoding": asdict(decoding if decoding is not None else self.decoding()),
             "trust_remote_code": self.trust_remote_code,
         }

@@ -15,6 +15,9 @@ transformers is imported only inside functions.
 
 from __future__ import annotations
 
+import copy
+import functools
+from pathlib import Path
 from typing import Any, Sequence
 
 from mub.backends.base import Request
@@ -84,12 +87,23 @@ def hub_model_from_cache(model_id: str, path: str) -> bool:
 
 
 def model_generation_config(path: str, trust_remote_code: bool = False, model_id: str | None = None) -> dict[str, Any]:
-    """The model's ``generation_config`` fields that differ from transformers' defaults (``{}`` when it has none)."""
+    """The model's ``generation_config`` fields that differ from transformers' defaults (``{}`` when it has none).
+
+    Read once per file version: a run asks twice (its record's decoding, then the backend's).
+    """
     # Before transformers asks the Hub (it would retry for many seconds): offline, only the cache is read.
     try:
-        hub_options = {"local_files_only": True} if hub_model_from_cache(model_id or path, path) else {}
+        cache_only = hub_model_from_cache(model_id or path, path)
     except HubModelUnavailable:  # the backend says so in one line when it loads the model (a given one may not)
         return {}
+    file = Path(path) / "generation_config.json"
+    version = file.stat().st_mtime_ns if file.is_file() else None
+    return copy.deepcopy(_generation_config_fields(path, trust_remote_code, version, cache_only))
+
+
+@functools.lru_cache(maxsize=16)
+def _generation_config_fields(path: str, trust_remote_code: bool, version: int | None, cache_only: bool) -> dict[str, Any]:
+    hub_options = {"local_files_only": True} if cache_only else {}
     from transformers import GenerationConfig
 
     try:

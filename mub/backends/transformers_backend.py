@@ -38,14 +38,25 @@ keeps (least recently used first out):
   ``reuse_prefix=False`` turns this off (e.g. when memory is tight); see
   :class:`_PrefixReuse` for the models it applies to.
 
+Draws of one prompt are prefilled once. Requests of a batch with the same
+rendered prompt and the same image (by object, else by pixels; see
+:func:`prompt_groups`), e.g. an item's stage-1 samples or its release copies,
+each with its own key and seed, run their prompt once; every draw's row then
+starts from a copy of its keys/values and runs the prompt's last token and its
+own answer, which equals drawing it separately up to float rounding.
+``share_prompts=False`` turns this off; it applies where prefix reuse does.
+
 Reproducible sampling: ``generate(do_sample=True)`` would draw all rows from
 one global RNG, so a request's sample would depend on which requests share its
-batch and in which order. Instead each request gets its own
-``torch.Generator`` seeded from ``sha256(f"{seed}:{key}")``; a logits
-processor applies temperature / top-k / top-p, draws the row's token from that
-generator and masks every other token, and ``generate`` then runs with
-``do_sample=False`` and picks the drawn token. A request's sample therefore
-depends only on its key, the seed and its own logits. Limitation: batched
+batch and in which order. Instead each request has its own seed,
+``sha256(f"{seed}:{key}")``, and a counter-based random stream: at step ``t``
+its draw is a SplitMix64 hash of (seed, ``t``), a pure function, so one
+vectorised pick serves the batch (a per-row ``torch.Generator`` would cost a
+call per row per step). A logits processor applies temperature / top-k /
+top-p (with top-k on the k best tokens only), picks each row's token by
+inverse CDF at its draw and masks every other token, and ``generate`` then
+runs with ``do_sample=False`` and picks the drawn token. A request's sample
+therefore depends only on its key, the seed and its own logits. Limitation: batched
 logits can differ from one-at-a-time logits in the last float bits (padding
 changes kernel shapes), which can very rarely change a draw or a greedy tie.
 """
@@ -131,31 +142,62 @@ def _answer_complete_criteria(
     return AnswerComplete()
 
 
-def _seeded_sampler(seeds: Sequence[int], decoding: DecodingSettings, device: Any) -> Any:
-    """A LogitsProcessor that samples every row from its own generator (see module docstring)."""
-    import torch
-    from transformers import (
-        LogitsProcessor,
-        TemperatureLogitsWarper,
-        TopKLogitsWarper,
-        TopPLogitsWarper,
-    )
+_MASK64 = (1 << 64) - 1
 
-    warpers: list[Any] = [TemperatureLogitsWarper(decoding.temperature)]
-    if decoding.top_k > 0:
-        warpers.append(TopKLogitsWarper(decoding.top_k))
-    if decoding.top_p < 1.0:
-        warpers.append(TopPLogitsWarper(decoding.top_p))
-    generators = [torch.Generator(device=device).manual_seed(s) for s in seeds]
+
+def _uniform(seed: int, step: int) -> float:
+    """A uniform draw in (0, 1) that depends only on ``seed`` and ``step`` (SplitMix64 of the pair).
+
+    A counter-based stream: row ``r`` at step ``t`` reads ``_uniform(seed_r, t)``,
+    so a request's draws do not depend on its batch, and one vectorised
+    inverse-CDF pick serves the whole batch.
+    """
+    z = (seed * 0x9E3779B97F4A7C15 + (step + 1) * 0xBF58476D1CE4E5B9) & _MASK64
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
+    z ^= z >> 31
+    return ((z >> 11) + 0.5) / (1 << 53)
+
+
+def _seeded_sampler(seeds: Sequence[int], decoding: DecodingSettings) -> Any:
+    """A LogitsProcessor that samples every row from its own counter-based stream (see module docstring).
+
+    Temperature, then top-k, then top-p, as transformers' warpers apply them;
+    with top-k only the k best tokens are sorted and normalised (the rest have
+    probability 0), which spares a sort of the whole vocabulary per step.
+    """
+    import torch
+    from transformers import LogitsProcessor
+
+    seeds = list(seeds)
 
     class SeededSampler(LogitsProcessor):
+        def __init__(self) -> None:
+            self.step = 0  # generate() calls a processor once per new token
+
         def __call__(self, input_ids: Any, scores: Any) -> Any:
-            for warper in warpers:
-                scores = warper(input_ids, scores)
-            probs = torch.softmax(scores.float(), dim=-1)
-            drawn = torch.cat([torch.multinomial(probs[i], 1, generator=g) for i, g in enumerate(generators)])
+            scaled = scores.float() / decoding.temperature
+            vocab = scaled.shape[-1]
+            if 0 < decoding.top_k < vocab:
+                candidates, tokens = scaled.topk(decoding.top_k, dim=-1)  # best first
+            elif decoding.top_p < 1.0:
+                candidates, tokens = scaled.sort(dim=-1, descending=True)
+            else:
+                candidates, tokens = scaled, None
+            probs = torch.softmax(candidates, dim=-1)
+            if decoding.top_p < 1.0:
+                # Keep the most probable tokens until their mass reaches top_p (the first always).
+                before = probs.cumsum(-1) - probs
+                probs = probs.masked_fill(before >= decoding.top_p, 0.0)
+            # Inverse CDF: the first token whose cumulative probability reaches the row's draw;
+            # a draw in (0, 1) never lands on a token of probability 0.
+            cdf = probs.cumsum_(-1)
+            draws = torch.tensor([[_uniform(seed, self.step)] for seed in seeds], dtype=cdf.dtype, device=cdf.device)
+            self.step += 1
+            picked = torch.searchsorted(cdf, draws * cdf[:, -1:]).clamp_(max=cdf.shape[1] - 1)
+            drawn = picked if tokens is None else tokens.gather(1, picked)
             only_drawn = torch.full_like(scores, float("-inf"))
-            return only_drawn.scatter_(1, drawn[:, None], 0.0)
+            return only_drawn.scatter_(1, drawn, 0.0)
 
     return SeededSampler()
 
@@ -437,36 +479,56 @@ class _PrefixReuse:
     def store(
         self, inputs: Any, requests: Sequence[Request], cache: Any, answers: Sequence[list[int]] | None = None
     ) -> None:
-        """Keep each row's prompt tokens, then its answer's (``answers``), with their keys/values.
-
-        ``cache`` comes from a full, left-padded batch; after ``generate`` it
-        holds every generated token but the last of the batch, so each row
-        keeps the answer tokens whose keys/values it holds. Those were
-        computed on exactly the row's prompt and earlier answer tokens, at the
-        positions that follow them: a later prompt that replays the answer
-        (a multi-turn stage 2) reuses them as it would the prompt's.
-        """
+        """Keep each row's prompt tokens, then its answer's (``answers``), with their keys/values, per image."""
         if cache is None:
             return
+        for request, entry in zip(requests, self.rows(inputs, cache, answers)):
+            self.cache.put(request.image, entry)
+
+    @staticmethod
+    def rows(inputs: Any, cache: Any, answers: Sequence[list[int]] | None = None) -> list[tuple[list[int], list]]:
+        """Each row's (prompt then answer token ids, their keys/values per layer).
+
+        ``cache`` comes from the batch ``inputs`` describes (a full, left-padded
+        one, or one planned on cached prefixes, whose mask also hides the gap
+        between prefix and new tokens); after ``generate`` it holds every
+        generated token but the last of the batch, so each row keeps the
+        answer tokens whose keys/values it holds. Those were computed on
+        exactly the row's prompt and earlier answer tokens, at the positions
+        that follow them: a later prompt that replays the answer (a multi-turn
+        stage 2) reuses them as it would the prompt's.
+        """
+        import torch
+
         ids, mask = inputs["input_ids"], inputs["attention_mask"]
         width = ids.shape[1]
         layers = [(layer.keys, layer.values) for layer in cache.layers]
         held = layers[0][0].shape[2] - width if layers else 0  # answer columns with keys/values
-        for row, request in enumerate(requests):
-            n = int(mask[row].sum())
+        entries = []
+        for row in range(ids.shape[0]):
             answer = list(answers[row][:held]) if answers is not None else []
-            end = width + len(answer)
-            kv = [(k[row : row + 1, :, width - n : end], v[row : row + 1, :, width - n : end]) for k, v in layers]
-            self.cache.put(request.image, (ids[row, width - n :].tolist() + answer, kv))
+            prompt = mask[row].nonzero().flatten()
+            n = len(prompt)
+            if int(prompt[0]) == width - n:  # contiguous (left padding only): views, no copies
+                columns: Any = slice(width - n, width + len(answer))
+            else:
+                columns = torch.cat([prompt, torch.arange(width, width + len(answer), device=prompt.device)])
+            kv = [(k[row : row + 1, :, columns], v[row : row + 1, :, columns]) for k, v in layers]
+            entries.append((ids[row, prompt].tolist() + answer, kv))
+        return entries
 
     def plan(self, inputs: Any, requests: Sequence[Request]) -> _Reused | None:
         """The batch on cached prefixes, or ``None`` when some request has none to reuse."""
-        import torch
-        from transformers import DynamicCache
-
         entries = [self.cache.get(r.image) for r in requests]
         if any(e is None for e in entries):
             return None
+        return self.plan_on(inputs, entries)
+
+    def plan_on(self, inputs: Any, entries: Sequence[tuple[list[int], list]]) -> _Reused | None:
+        """The batch on the given prefixes (one :meth:`rows` entry per row), or ``None`` when one shares nothing."""
+        import torch
+        from transformers import DynamicCache
+
         ids, mask = inputs["input_ids"], inputs["attention_mask"]
         width = ids.shape[1]
         rows = []
@@ -502,6 +564,34 @@ class _PrefixReuse:
         return _Reused(input_ids, attention_mask, DynamicCache(ddp_cache_data=layers, config=self.model.config), cached)
 
 
+def _pixels_digest(image: Any) -> tuple[Any, ...]:
+    return (image.mode, image.size, hashlib.blake2b(image.tobytes(), digest_size=16).digest())
+
+
+def prompt_groups(requests: Sequence[Request], texts: Sequence[str]) -> list[int]:
+    """For each request, the index of the first request with the same prompt text and image (its own if none).
+
+    Draws of one item are such requests (same turns, same image, different
+    keys). Images compare by object; pixels are hashed only where one text
+    comes with several image objects.
+    """
+    by_text: dict[str, list[int]] = {}
+    for index, text in enumerate(texts):
+        by_text.setdefault(text, []).append(index)
+    group_of = list(range(len(texts)))
+    for rows in by_text.values():
+        if len(rows) < 2:
+            continue
+        digests: dict[int, tuple[Any, ...]] = {}
+        one_object = len({id(requests[i].image) for i in rows}) == 1
+        first: dict[Any, int] = {}
+        for i in rows:
+            image = requests[i].image
+            key = id(image) if one_object else digests.setdefault(id(image), _pixels_digest(image))
+            group_of[i] = first.setdefault(key, i)
+    return group_of
+
+
 class TransformersBackend:
     """Answer MUB requests with a local Hugging Face vision-language model.
 
@@ -523,6 +613,7 @@ class TransformersBackend:
         batch_size: int = 8,
         reuse_images: bool = True,
         reuse_prefix: bool = True,
+        share_prompts: bool = True,
     ) -> None:
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
@@ -575,6 +666,9 @@ class TransformersBackend:
         prefix = _PrefixReuse(self.model, capacity, self.tokenizer.pad_token_id) if reuse_prefix else None
         self._prefix = prefix if prefix is not None and prefix.enabled else None
         self.reuse_prefix = self._prefix is not None
+        # Identical requests of a batch share one prefill; it rides on the prefix machinery.
+        self.share_prompts = share_prompts and self._prefix is not None
+        self.shared_rows = 0  # rows that ran on another row's prefill (draws of one prompt)
         if self._prefix is not None:
             self._generation_config.return_dict_in_generate = True  # for the cache, kept per image
         self._image_caches += [part.cache for part in (self._image_reuse, self._prefix) if part is not None]
@@ -631,10 +725,15 @@ class TransformersBackend:
             inputs = self._image_reuse.apply(inputs, requests, self._clock)
         return inputs
 
-    def _length_order(self, texts: list[str]) -> list[int]:
-        """Request indices sorted by prompt length in tokens, so batches pad little."""
-        lengths = [len(ids) for ids in self.tokenizer(texts, add_special_tokens=False)["input_ids"]]
-        return sorted(range(len(texts)), key=lambda i: lengths[i])
+    def _length_order(self, texts: list[str], group_of: list[int]) -> list[int]:
+        """Request indices sorted by prompt length in tokens, so batches pad little; identical prompts
+        (``group_of``) stay together, so they share their prefill. A call that fits one batch is not sorted."""
+        if len(texts) <= self.batch_size:
+            return list(range(len(texts)))
+        firsts = sorted(set(group_of))
+        counted = self.tokenizer([texts[i] for i in firsts], add_special_tokens=False)["input_ids"]
+        lengths = {first: len(ids) for first, ids in zip(firsts, counted)}
+        return sorted(range(len(texts)), key=lambda i: (lengths[group_of[i]], group_of[i]))
 
     # ---------------------------------------------------------- public API
 
@@ -653,7 +752,7 @@ class TransformersBackend:
         texts = self._prompt_texts(requests)
         results: list[Generation | None] = [None] * len(requests)
         run_batch = self._score_batch if self.decoding.scoring == "logprob" else self._generate_batch
-        for batch in chunks(self._length_order(texts), self.batch_size):
+        for batch in chunks(self._length_order(texts, prompt_groups(requests, texts)), self.batch_size):
             start = time.perf_counter()
             outputs = run_batch([requests[i] for i in batch], [texts[i] for i in batch])
             # Each request is charged an equal share of its batch's wall time.
@@ -683,6 +782,7 @@ class TransformersBackend:
             "decoding": asdict(self.decoding),
             "reuse_images": self.reuse_images,
             "reuse_prefix": self.reuse_prefix,
+            "share_prompts": self.share_prompts,
             "plumbing_check": tiny_model_info(self.path),
             "versions": {"transformers": transformers.__version__, "torch": torch.__version__},
         }
@@ -692,9 +792,13 @@ class TransformersBackend:
     def _generate_batch(self, requests: list[Request], texts: list[str]) -> list[Generation]:
         import torch
 
-        inputs = self._encode(texts, requests)
-        prefix = self._prefix if self._prefix is not None and self._prefix.applies(inputs) else None
-        reused = prefix.plan(inputs, requests) if prefix is not None else None
+        reused = self._shared_prefill(requests, texts)
+        if reused is not None:
+            inputs, prefix = None, None  # the prompts' keys/values are kept already
+        else:
+            inputs = self._encode(texts, requests)
+            prefix = self._prefix if self._prefix is not None and self._prefix.applies(inputs) else None
+            reused = prefix.plan(inputs, requests) if prefix is not None else None
         if reused is not None:
             # Only the tokens after the cached prefixes run; the images sit in the prefix.
             model_inputs = {"input_ids": reused.input_ids, "attention_mask": reused.attention_mask, "cache": reused.cache}
@@ -709,7 +813,7 @@ class TransformersBackend:
             self._token_classes, prompt_len, requests, self.decoding.stop, self.tokenizer, self.device
         )
         seeds = [request_seed(self.decoding.seed, r.key) for r in requests]
-        processors = [] if self.decoding.greedy else [_seeded_sampler(seeds, self.decoding, self.device)]
+        processors = [] if self.decoding.greedy else [_seeded_sampler(seeds, self.decoding)]
 
         start = time.perf_counter()
         with torch.inference_mode():
@@ -735,6 +839,42 @@ class TransformersBackend:
             generations.append(Generation(text=text, extra=extra))
         return generations
 
+    def _shared_prefill(self, requests: list[Request], texts: list[str]) -> _Reused | None:
+        """The batch planned on one prefill per distinct prompt, or ``None`` when no two requests are identical.
+
+        Draws of one prompt (same turns, same image, their own keys and so
+        their own seeds) run the prompt once: its keys/values are copied to
+        every draw's row, which then runs only the prompt's last token (for the
+        logits) and its own answer. They are also kept for the image, like a
+        full batch's, for a later stage to reuse.
+        """
+        import torch
+
+        group_of = prompt_groups(requests, texts)
+        firsts = sorted(set(group_of))
+        if not self.share_prompts or self._prefix is None or len(firsts) == len(requests):
+            return None
+        distinct = [requests[i] for i in firsts]
+        inputs = self._encode([texts[i] for i in firsts], distinct)
+        if not self._prefix.applies(inputs):
+            return None
+        planned = self._prefix.plan(inputs, distinct)  # a later stage: the prompts extend the images' earlier ones
+        start = time.perf_counter()
+        with torch.inference_mode():
+            cache = self.model(**self._forward_inputs(inputs, planned, keep_cache=True)).cache
+        self._clock(start)
+        ran = inputs if planned is None else {"input_ids": planned.input_ids, "attention_mask": planned.attention_mask}
+        entries = self._prefix.rows(ran, cache)
+        for request, entry in zip(distinct, entries):
+            self._prefix.cache.put(request.image, entry)
+        slot = {first: n for n, first in enumerate(firsts)}
+        rows = torch.tensor([slot[g] for g in group_of], device=inputs["input_ids"].device)
+        expanded = {name: inputs[name][rows] for name in ("input_ids", "attention_mask")}
+        reused = self._prefix.plan_on(expanded, [entries[slot[g]] for g in group_of])
+        if reused is not None:
+            self.shared_rows += len(requests) - len(firsts)
+        return reused
+
     def _clock(self, start: float) -> None:
         """Add the seconds since ``start``, once queued device work is done, to ``model_seconds``."""
         import torch
@@ -755,6 +895,18 @@ class TransformersBackend:
         inputs = self._encode(texts, requests)
         prefix = self._prefix if self._prefix is not None and self._prefix.applies(inputs) else None
         reused = prefix.plan(inputs, requests) if prefix is not None else None
+        start = time.perf_counter()
+        with torch.inference_mode():
+            output = self.model(**self._forward_inputs(inputs, reused, keep_cache=prefix is not None))
+        self._clock(start)
+        logits = output.logits[:, -1]
+        if prefix is not None and reused is None:
+            prefix.store(inputs, requests, getattr(output, "cache", None))
+        probs = torch.softmax(logits.float(), dim=-1).cpu()
+        return [self._pick_option(r, probs[row]) for row, r in enumerate(requests)]
+
+    def _forward_inputs(self, inputs: Any, reused: _Reused | None, keep_cache: bool) -> dict[str, Any]:
+        """Arguments of a forward pass that scores each row's last position (and keeps the keys/values if asked)."""
         if reused is not None:
             # Only the tokens after the cached prefixes run; the images sit in the prefix.
             model_inputs = {
@@ -764,22 +916,14 @@ class TransformersBackend:
                 "cache": reused.cache,
                 "use_cache": True,
             }
-        elif prefix is not None:
+        elif keep_cache:
             # Positions as generate() counts them, so the kept keys/values fit a later suffix.
             model_inputs = {**inputs, "position_ids": _positions(inputs["attention_mask"]), "use_cache": True}
         else:
             model_inputs = {**inputs, "use_cache": False}
         if self._logits_to_keep:
             model_inputs["logits_to_keep"] = 1  # only the last position is scored: skip the rest of the LM head
-        start = time.perf_counter()
-        with torch.inference_mode():
-            output = self.model(**model_inputs)
-        self._clock(start)
-        logits = output.logits[:, -1]
-        if prefix is not None and reused is None:
-            prefix.store(inputs, requests, getattr(output, "cache", None))
-        probs = torch.softmax(logits.float(), dim=-1).cpu()
-        return [self._pick_option(r, probs[row]) for row, r in enumerate(requests)]
+        return model_inputs
 
     def _pick_option(self, request: Request, probs: Any) -> Generation:
         token_ids = self.option_token_ids(request.options)
@@ -847,4 +991,5 @@ def from_run_config(config: "RunConfig") -> TransformersBackend:
         batch_size=config.batch_size,
         reuse_images=bool(config.backend_options.get("reuse_images", True)),
         reuse_prefix=bool(config.backend_options.get("reuse_prefix", True)),
+        share_prompts=bool(config.backend_options.get("share_prompts", True)),
     )

@@ -108,6 +108,12 @@ def read_runs(run_dirs: Sequence[str | Path]) -> list[RunResults]:
     repeated = sorted({config for config in configs if configs.count(config) > 1})
     if repeated:
         raise ValueError(f"more than one run for config {', '.join(repeated)}; submit one run per config")
+    stage1_only = [str(run.path) for run in runs if run.document.get("run", {}).get("stages") == 1]
+    if stage1_only:
+        raise ValueError(
+            f"{stage1_only[0]} is a stage-1-only run (--stages 1): it measures accuracy, not how often a cue misleads "
+            "the model, so it cannot be submitted; run both stages (leave out --stages) to submit"
+        )
     protocols = {str(run.path): run_protocol(run.document) for run in runs}
     if len(set(protocols.values())) > 1:
         listed = ", ".join(f"{path}: {protocol}" for path, protocol in protocols.items())

@@ -82,6 +82,7 @@ def config_from_settings(settings: Mapping[str, Any], out: str | Path | None) ->
         dialogue=dialogue_form(settings),
         notes=settings.get("notes", RunConfig.notes),
         draws=settings.get("draws", DRAW_ONCE),  # runs made before draws drew each item once
+        stages=settings.get("stages", RunConfig.stages),
         out=str(out) if out is not None else None,
         progress=False,
     )

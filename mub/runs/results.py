@@ -94,6 +94,24 @@ def score(predictions: Sequence[ItemPrediction], *, bootstrap: int = 0, seed: in
     return {**result, **errors, **draw_counts(predictions)}
 
 
+# What a stage-1-only run measures, at every level of the metric's output.
+STAGE1_FIGURES = ("n", "unparsed_before", "accuracy_before", "accuracy_before_ci")
+
+
+def stage1_figures(figures: Mapping[str, Any]) -> dict[str, Any]:
+    """The metric's output cut to stage-1 figures (``--stages 1``): no misleading rates where no cue was given.
+
+    Breakdowns (``by_difficulty`` ...) are cut alike; error counts are kept.
+    """
+    kept: dict[str, Any] = {}
+    for name, value in figures.items():
+        if name.startswith("by_") and isinstance(value, Mapping):
+            kept[name] = {group: stage1_figures(inner) for group, inner in value.items()}
+        elif name in STAGE1_FIGURES or name.startswith(("errors", "n_items")):
+            kept[name] = value
+    return kept
+
+
 def rates_by_notes(predictions: Sequence[ItemPrediction], max_notes: int) -> dict[str, dict[str, float | None]]:
     """Implicit rates over draws had only the first k notes been tried, k = 1..max_notes (``--notes``).
 
@@ -138,7 +156,9 @@ def build_results(
     predictions: Sequence[ItemPrediction],
 ) -> dict[str, Any]:
     results: dict[str, Any] = {config.config: score(predictions)}
-    if config.config == "implicit":
+    if config.stages == 1:
+        results[config.config] = stage1_figures(results[config.config])
+    elif config.config == "implicit":
         results[config.config].update(rates_by_notes(predictions, config.notes))
     sampling = score_sampling_consistency(predictions)
     if sampling is not None:
@@ -187,7 +207,7 @@ def format_table(results: Mapping[str, Any]) -> str:
         for level in [*levels, *(level for level in errors if level not in levels)]:
             subsets.append((level, levels.get(level, {"n": 0}), errors.get(level, 0)))
         for subset, f, n_errors in subsets:
-            unparsed = f"{f['unparsed_before']}/{f['unparsed_after']}" if "unparsed_before" in f else "-"
+            unparsed = f"{f['unparsed_before']}/{f.get('unparsed_after', '-')}" if "unparsed_before" in f else "-"
             lines.append(
                 f"{config_name:<10} {subset:<8} {f['n']:>5} {unparsed:>9} {n_errors:>6} "
                 f"{_percent(f.get('accuracy_before')):>6} {_percent(f.get('mr_t2f')):>7} "

@@ -331,14 +331,14 @@ def run_batch(
         record = item_record(row, group_id, answers, draw)
         records.append(record)
         cues: list[tuple[str, str | None]] = []
-        if record.error is None:
+        if record.error is None and config.stages == 2:
             cues = stage2_cues(cue, row, stages.is_correct(record.original_prediction, row), config.notes)
         asked.append(cues)
         first = stage1_requests[position * config.num_samples]
         stage1_turn = Exchange(first.prompt, samples[0].text) if config.dialogue == "multi" else None
         for number, (text, _) in enumerate(cues):
             stage2_requests.append(stage2_request(f"{prefix}/stage2/{number}", row, image, prompts, text, stage1_turn, data))
-    stage2 = iter(backend.generate(stage2_requests))
+    stage2 = iter(backend.generate(stage2_requests) if stage2_requests else [])
     for record, row, cues in zip(records, rows, asked):
         record.stage2 = [_answer(next(stage2), text.strip(), row, hinted) for text, hinted in cues]
         if record.error is not None:
@@ -349,7 +349,13 @@ def run_batch(
 
 
 def settle(record: ItemPrediction, row: Mapping[str, Any], *, implicit: bool) -> None:
-    """Set the stage-2 answer (and, implicit, the flipping note) from the stages' parsed answers."""
+    """Set the stage-2 answer (and, implicit, the flipping note) from the stages' parsed answers.
+
+    A stage-1-only run (``--stages 1``) asks no stage 2: its answer stays the stage-1 answer.
+    """
+    if not record.stage2:
+        record.prediction, record.flipped_by_note = record.original_prediction, None
+        return
     correct = stages.is_correct(record.original_prediction, row)
     record.prediction, record.flipped_by_note = stages.combine_note_answers(row, correct, [a.parsed for a in record.stage2])
     if not implicit:
