@@ -61,7 +61,7 @@ MUTATIONS: tuple[Mutation, ...] = (
         "mub/runs/storage.py",
         "if earlier is None or earlier.error is not None or record.error is None:",
         "if True:",
-        ("tests/test_runner.py", "tests/test_distributed.py", "tests/test_reuse.py", "tests/test_notes.py"),
+        ("tests/test_run_inputs.py", "tests/test_runner.py"),
     ),
     Mutation(
         "rates by notes: <= k counts one note too many",
