@@ -3,6 +3,7 @@ a traceback, a lost run or memory without bound."""
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -236,8 +237,12 @@ def _row(number: int, **changes) -> dict:
         "reference_hint": "",
         "reference_response": "",
         "reference_outcome": "",
+        "copies": 1,
+        "implicit_copies": 1,
     }
     row.update(changes)
+    data = row["image"]["bytes"]
+    row["image_sha256"] = hashlib.sha256(data).hexdigest() if data else ""  # a path-only image is hashed at run time
     return row
 
 
@@ -412,9 +417,10 @@ def test_import_image_paths_stay_inside_the_dataset_folder(tmp_path: Path, kind:
 
 
 def test_a_fifo_in_place_of_a_run_file_is_one_line(capsys, tmp_path: Path) -> None:
-    dataset = datasets.Dataset.from_list([_row(1), _row(2)], features=FEATURES)
-    config = RunConfig(model="scripted", backend="scripted", out=str(tmp_path / "run"), progress=False, protocol="deterministic")
-    run(config, backend=ScriptedBackend(lambda request: "A"), dataset=dataset)
+    # A run on a dataset rescore can load again (the sample), so that rescore gets as far as the run's files.
+    config = RunConfig(model="scripted", backend="scripted", out=str(tmp_path / "run"), progress=False,
+                       protocol="deterministic", limit=2)  # fmt: skip
+    run(config, backend=ScriptedBackend(lambda request: "A"))
     for name in ("results.json", "predictions.jsonl"):
         target = tmp_path / "run" / name
         kept = target.read_bytes()
@@ -455,7 +461,7 @@ def test_rescore_of_a_run_lacking_an_item_writes_nothing_and_advises_no_refused_
     (folder / "predictions.jsonl").write_text("\n".join(lines[1:]) + "\n")
     missing = json.loads(lines[0])["id"]
     code, err = _cli(capsys, "rescore", str(folder), "--parser", "mub", "--out", str(tmp_path / "rescored"))
-    _one_line(code, err, f"lacks predictions for 1 of 3 items (first: {missing})", "finish it in its own folder")
+    _one_line(code, err, f"lacks predictions for 1 of its 3 draws (first: {missing})", "finish it in its own folder")
     assert not (tmp_path / "rescored").exists()
 
 
@@ -489,11 +495,11 @@ def _closed_port() -> int:
         return probe.getsockname()[1]  # closed once the block ends: connections are refused
 
 
-def test_hub_uploads_without_network_are_one_line(tmp_path: Path) -> None:
-    folder = _finished_run(tmp_path)
+def test_hub_uploads_without_network_are_one_line(tmp_path: Path, rankable_runs: dict[str, Path]) -> None:
+    folders = [str(rankable_runs["steady_explicit"]), str(rankable_runs["steady_implicit"])]  # runs that can rank
     env = {**os.environ, "HF_HUB_OFFLINE": "0", "HF_ENDPOINT": f"http://127.0.0.1:{_closed_port()}", "HF_TOKEN": "hf_dummy"}
     for argv in (["publish-metric", "--to", "someorg/mub_misleading_rate"],
-                 ["submit", str(folder), "--to", "someorg/results", "--yes", "--dataset-id", "someorg/mub", "--out", str(tmp_path / "sub")]):  # fmt: skip
+                 ["submit", *folders, "--to", "someorg/results", "--yes", "--out", str(tmp_path / "sub")]):  # fmt: skip
         result = subprocess.run([sys.executable, "-m", "mub.cli", *argv], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
         # huggingface_hub logs its own retries ("Retrying in 1s"); mub's answer is one last line, no traceback.
         assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr

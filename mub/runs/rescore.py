@@ -16,7 +16,7 @@ from mub.protocol.parsing import parse_answer
 from mub.protocol.presets import setting_of
 from mub.protocol.reference_reading import reference_answer
 from mub.runs.merge import config_from_settings
-from mub.runs.predictions import ItemPrediction, StageAnswer
+from mub.runs.predictions import ItemPrediction, StageAnswer, draw_name
 from mub.runs.runner import check_references, finish_run, select_items, settle
 from mub.runs.storage import RUN_SETTINGS_FIELDS, RunFolder
 
@@ -72,10 +72,11 @@ def rescore_run(run_dir: str | Path, parser: str, out: str | Path, *, overwrite:
     rows = {row["id"]: row for row in selection.rows}
     check_references(source, selection.rows)
     predictions = source.load_predictions()
-    missing = [item_id for item_id in rows if item_id not in predictions]
+    expected = selection.draw_keys()
+    missing = [draw_name(key) for key in expected if key not in predictions]
     if missing:  # refused before --out is touched: rescoring must not leave a half-written run there
         raise ValueError(
-            f"{source.path} lacks predictions for {len(missing)} of {len(rows)} items (first: {', '.join(missing[:3])}), "
+            f"{source.path} lacks predictions for {len(missing)} of its {len(expected)} draws (first: {', '.join(missing[:3])}), "
             "so it is not a complete run; finish it in its own folder (the same `mub run` command with --resume), "
             "then rescore it"
         )
@@ -85,11 +86,7 @@ def rescore_run(run_dir: str | Path, parser: str, out: str | Path, *, overwrite:
     def read(output: str, row: Mapping[str, Any]) -> str | None:
         return reader(output, row, implicit_setting)
 
-    rescored = [
-        reread(predictions[key], rows[key[0]], read, implicit=implicit)
-        for key in selection.draw_keys()
-        if key in predictions
-    ]
+    rescored = [reread(predictions[key], rows[key[0]], read, implicit=implicit) for key in expected]
     new_settings = {**settings, "parser": parser, "rescored_from": str(source.path)}
     folder = RunFolder(out)
     folder.prepare(new_settings, resume=False, overwrite=overwrite, items=selection.digests)

@@ -215,8 +215,12 @@ class RunFolder:
         write_json_atomic(self.path / MARKER_FILE, {**self._marker(), "command": self.command, "files": list(dict.fromkeys(names))})
 
     def prediction_files(self) -> list[Path]:
-        """The predictions files mub wrote here (this process's and other ranks' or launches'), in the order made."""
-        return [path for path in (self.path / name for name in self._recorded_names()) if path.is_file()]
+        """The predictions files mub wrote here (this process's and other ranks' or launches'), in the order made.
+
+        A listed name that exists but is no regular file (a FIFO put in its place) is kept, so that reading it
+        refuses it in one line instead of taking the run for one without those predictions.
+        """
+        return [path for path in (self.path / name for name in self._recorded_names()) if os.path.lexists(path)]
 
     def prepare(
         self,
