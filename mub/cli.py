@@ -156,7 +156,7 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="per-request sampling seeds derive from it (default 0)")
     p.add_argument("--num-samples", type=int, default=1, help="stage-1 samples per item for the consistency figures (needs a sampling temperature)")
     p.add_argument(
-        "--stages", type=int, choices=(1, 2), default=2,
+        "--stages", choices=("1", "2"), default="2",
         help="1: stage 1 only (accuracy, no misleading rates; its own protocol label, never submittable); default 2",
     )  # fmt: skip
     p.add_argument(
@@ -196,6 +196,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     # Every RunConfig field with a flag of the same name; the rest are set here.
     options = {field.name: getattr(args, field.name) for field in fields(RunConfig) if hasattr(args, field.name)}
     options["config"], *others = args.config
+    options["stages"] = int(args.stages)  # a choice of "1" or "2", so that a mistyped one gets "did you mean"
     config = RunConfig(**options, backend_options=backend_options(args), progress=not (args.no_progress or args.quiet))
     if not others:
         configs = [config]
@@ -502,7 +503,7 @@ def _cmd_view(args: argparse.Namespace) -> int:
 
 def _add_view(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("view", help="an item-by-item page of runs: image, prompts as sent, outputs, verdicts, filters")
-    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="finished run folders; several are shown side by side")
+    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="finished run folders, or folders of runs (mub run --config all); several are shown side by side")
     p.add_argument("--out", default="view", help="output folder (default: view): index.html, data.js, thumbs/, images/")
     p.add_argument("--overwrite", action="store_true", help="replace an earlier `mub view` output in --out")
     p.set_defaults(func=_cmd_view)

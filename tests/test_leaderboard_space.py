@@ -238,7 +238,8 @@ def test_the_space_starts_on_the_hostile_files_and_ranks_the_honest_ones(tmp_pat
 def test_how_to_submit_names_the_spaces_own_repositories() -> None:
     pytest.importorskip("gradio", reason="the Space needs the [space] extra (in [test]): pip install 'mub[space]'")
     how = _load_app().how_to_submit("real-org/mub", "real-org/mub-results")
-    assert "--dataset real-org/mub --config explicit" in how and "--to real-org/mub-results" in how
+    assert "--dataset real-org/mub --config all" in how and "--to real-org/mub-results" in how
+    assert 'pip install -e ".[torch]"' in how  # mub is not on PyPI yet: installed from its clone
     assert "ORG/" not in how.replace("YOUR-ORG/YOUR-MODEL", "")  # only the user's own model is left to fill in
     local = _load_app().how_to_submit("real-org/mub", "/srv/results")
     assert "--to" not in local and "/srv/results" not in local

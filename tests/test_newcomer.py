@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import configparser
 import json
+import shutil
 import os
 import re
 import socket
@@ -52,6 +53,18 @@ def _one_line(done: subprocess.CompletedProcess | tuple[int, str], *fragments: s
 
 
 @pytest.fixture(scope="module")
+def rankable_parent(rankable_runs, tmp_path_factory) -> Path:
+    """A model's two runs that can rank, laid out as `mub run --config all` lays them out (parent/explicit, parent/implicit).
+
+    `mub submit` refuses the tiny: runs of `both_configs` (a plumbing model on the sample never ranks), so the
+    folder-of-runs submissions use full scripted runs on a build of the release sample (tests/built_runs.py)."""
+    parent = tmp_path_factory.mktemp("rankable-parent") / "steady"
+    for config in ("explicit", "implicit"):
+        shutil.copytree(rankable_runs[f"steady_{config}"], parent / config)
+    return parent
+
+
+@pytest.fixture(scope="module")
 def both_configs(tmp_path_factory) -> Path:
     """`mub run --config all`: an explicit and an implicit run in one parent folder."""
     parent = tmp_path_factory.mktemp("runs") / "tiny"
@@ -69,10 +82,10 @@ def test_run_without_torch_names_the_torch_extra(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
-def test_report_without_matplotlib_names_the_report_extra_and_submit_needs_none(both_configs, tmp_path):
+def test_report_without_matplotlib_names_the_report_extra_and_submit_needs_none(both_configs, rankable_parent, tmp_path):
     done = _mub_without(["matplotlib"], "report", str(both_configs), "--out", str(tmp_path / "report"), cwd=tmp_path)
     _one_line(done, "needs matplotlib", "[report] extra", 'pip install "matplotlib>=')
-    submitted = _mub_without(["matplotlib"], "submit", str(both_configs), "--out", str(tmp_path / "sub"), cwd=tmp_path)
+    submitted = _mub_without(["matplotlib"], "submit", str(rankable_parent), "--out", str(tmp_path / "sub"), cwd=tmp_path)
     assert submitted.returncode == 0, submitted.stderr
     assert "imported: []" in submitted.stdout  # submit imports no optional module at all
 
@@ -162,10 +175,11 @@ def test_every_hub_command_says_the_hub_could_not_be_reached(hub_calls, command,
     assert "check the network or HF_ENDPOINT" in line and hub_calls == []
 
 
-def test_an_unreachable_leaderboard_source_is_skipped_with_its_reason(hub_calls, both_configs, tmp_path, capsys):
+def test_an_unreachable_leaderboard_source_is_skipped_with_its_reason(hub_calls, rankable_parent, rankable_runs, tmp_path, capsys):
     submitted = tmp_path / "submissions"
-    assert main(["submit", str(both_configs), "--out", str(submitted), "--model-name", "org/tiny"]) == 0
-    assert main(["leaderboard", str(submitted), "some-org/results", "--out", str(tmp_path / "board")]) == 0
+    assert main(["submit", str(rankable_parent), "--out", str(submitted)]) == 0
+    board = ["leaderboard", str(submitted), "some-org/results", "--dataset", str(rankable_runs["build"]), "--out", str(tmp_path / "board")]
+    assert main(board) == 0
     out = capsys.readouterr().out
     assert "1 submission(s) on the board" in out
     assert "skipped some-org/results: Hub dataset some-org/results: the Hub could not be reached" in out
@@ -205,11 +219,13 @@ def test_a_failed_pre_flight_leaves_no_folder(tmp_path, capsys):
     assert not (tmp_path / "new").exists() and list((tmp_path / "empty").iterdir()) == []
 
 
-def test_one_command_runs_both_configs_and_submit_takes_their_folder(both_configs, tmp_path, capsys):
-    assert sorted(path.name for path in both_configs.iterdir()) == ["explicit", "implicit"]
+def test_one_command_runs_both_configs_and_submit_takes_their_folder(both_configs, rankable_parent, tmp_path, capsys):
+    assert sorted(path.name for path in both_configs.iterdir() if not path.name.startswith(".")) == ["explicit", "implicit"]
     for config in ("explicit", "implicit"):
         results = json.loads((both_configs / config / "results.json").read_text(encoding="utf-8"))
         assert results["run"]["config"] == config and results["dataset"]["n_items"] == 12
+    # The same layout, of runs that can rank: one submission of both.
+    both_configs = rankable_parent
     assert main(["submit", str(both_configs), "--out", str(tmp_path / "sub")]) == 0
     files = list((tmp_path / "sub").rglob("results_*.json"))
     assert len(files) == 1, files
@@ -305,7 +321,8 @@ def test_gitignore_covers_what_the_next_commands_write_from_the_repository_root(
         command: next(a.default for a in parsers[command]._actions if "--out" in a.option_strings)
         for command in ("report", "submit")
     }
-    written = [f"{default_out['report']}/report.md", f"{default_out['submit']}/org/model/results_x.json",
+    # submit's --out is None in the parser: "submissions" unless uploading (then nothing is kept)
+    written = [f"{default_out['report']}/report.md", f"{default_out['submit'] or 'submissions'}/org/model/results_x.json",
                "runs/tiny_llava/explicit/results.json", "runs/tiny_llava__explicit/results.json"]  # fmt: skip
     done = subprocess.run(["git", "check-ignore", "--no-index", *written], cwd=REPO_ROOT, capture_output=True, text=True)
     assert done.stdout.split() == written, done.stdout
@@ -375,7 +392,7 @@ def test_the_synthetic_exports_card_carries_mubs_license_not_the_releases():
 
     from mub_dataset.card import render_card
 
-    summary = {"items_per_config": {"explicit": 3}, "items": 3}
+    summary = {"items_per_config": {"explicit": 3}, "items": 3, "items_fingerprint": {"explicit": "0" * 16}}
     for synthetic, license_ in ((True, "apache-2.0"), (False, "other")):
         card = render_card({"explicit": "explicit/test.parquet"}, summary, {"explicit": 10}, synthetic=synthetic)
         header = yaml.safe_load(card.split("---\n")[1])

@@ -68,4 +68,6 @@ def test_two_stage_run_is_unchanged_and_submittable(tmp_path: Path) -> None:
     assert sum("/stage2/" in key for key in asked) == 4  # every item got its cue
     assert results["run"]["stages"] == 2 and run_protocol(results) == "deterministic"
     assert "mr_t2f" in results["results"]["explicit"]
-    assert len(read_runs([tmp_path / "two"])) == 1
+    # Refused for what it ran on (the synthetic sample), not for its stages: a stage-1-only run is refused first.
+    with pytest.raises(ValueError, match="synthetic sample"):
+        read_runs([tmp_path / "two"])

@@ -28,6 +28,7 @@ from mub.protocol import stages
 from mub.protocol.cues import Cue
 from mub.protocol.presets import level_of, protocol_named, setting_of
 from mub.protocol.prompts import render
+from mub.report.rows import run_folders
 from mub.runs.predictions import ItemPrediction
 from mub.runs.runner import stage2_cues, stage2_request
 from mub.runs.storage import RunFolder, protocol_name
@@ -271,7 +272,7 @@ def view_data(runs: Sequence[LoadedRun], strings: Strings) -> tuple[dict[str, An
 
 def write_view(run_dirs: Sequence[str | Path], out: str | Path, *, overwrite: bool = False) -> Path:
     """``index.html``, ``data.js``, thumbnails and images: a page that opens from disk, no server needed."""
-    return write_view_of([load_run(path) for path in run_dirs], out, overwrite=overwrite)
+    return write_view_of([load_run(path) for path in run_folders(run_dirs)], out, overwrite=overwrite)
 
 
 def write_view_of(runs: Sequence[LoadedRun], out: str | Path, *, overwrite: bool = False) -> Path:

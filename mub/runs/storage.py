@@ -294,7 +294,7 @@ class RunFolder:
         pre-flight (a model that does not load, a missing device) leaves nothing behind."""
         if not self._was_empty or self.prediction_files():
             return
-        for name in (SETTINGS_FILE, MARKER_FILE, LOCK_FILE):  # the lock file goes while its lock is held
+        for name in (SETTINGS_FILE, ITEMS_FILE, MARKER_FILE, LOCK_FILE):  # the lock file goes while its lock is held
             (self.path / name).unlink(missing_ok=True)
         self.unlock()
         if self._created:
