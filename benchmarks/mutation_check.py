@@ -198,11 +198,11 @@ MUTATIONS: tuple[Mutation, ...] = (
         ("tests/test_stages.py",),
     ),
     Mutation(
-        "paper preset explicit temperature 0.4 -> 0.2",
+        "paper preset explicit temperature 0.4 (the value that never reached the model) instead of the model's own",
         "mub/protocol/presets.py",
+        '"explicit": Decoding(max_new_tokens=256, temperature=FROM_MODEL,',
         '"explicit": Decoding(max_new_tokens=256, temperature=0.4,',
-        '"explicit": Decoding(max_new_tokens=256, temperature=0.2,',
-        ("tests/test_paper_protocol.py",),
+        ("tests/test_paper_protocol.py", "tests/test_decoding_as_it_ran.py"),
     ),
     Mutation(
         "builder: a config takes every item",
@@ -249,8 +249,8 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation(
         "--batch-size default 1",
         "mub/cli.py",
-        'p.add_argument("--batch-size", type=int, default=8)',
-        'p.add_argument("--batch-size", type=int, default=1)',
+        'p.add_argument("--batch-size", type=int, default=8,',
+        'p.add_argument("--batch-size", type=int, default=1,',
         ("tests/test_cli.py",),
     ),
     Mutation(
