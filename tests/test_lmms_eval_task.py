@@ -116,3 +116,16 @@ def test_task_yaml_names_functions_that_exist(config) -> None:
         module, function = name.split(".")
         assert kind == "function" and module == "utils" and callable(getattr(utils, function))
     assert {metric["metric"] for metric in task["metric_list"]} == set(utils.METRICS)
+
+
+def test_an_undefined_figure_reaches_the_harnesses_as_nan_never_as_zero() -> None:
+    # A rate with no items (no correct stage-1 answer, a level with no item) is undefined: a 0 would read as
+    # "never misled". The harnesses take one float per metric, so it goes as NaN.
+    import math
+
+    from mub.runs.results import figure_at
+
+    figures = {"mr_t2f": None, "mr_f2t": 0.25, "by_difficulty": {"low": {"mr_t2f": 0.5}}}
+    assert math.isnan(figure_at(figures, ["mr_t2f"]))
+    assert math.isnan(figure_at(figures, ["by_difficulty", "high", "mr_t2f"]))
+    assert figure_at(figures, ["by_difficulty", "low", "mr_t2f"]) == 0.5 and figure_at(figures, ["mr_f2t"]) == 0.25

@@ -305,11 +305,10 @@ def _panel_run(
         resume=folder.exists(), draws=DRAW_ONCE,  # a panel model answers each item once: one verdict per model
     )  # fmt: skip
     run_folder = RunFolder(folder)
-    finished = run_folder.results_path.is_file() and not any(
-        p.error is not None for p in run_folder.load_predictions().values()
-    )
-    if not finished:
+    predictions = run_folder.load_predictions() if run_folder.results_path.is_file() else {}
+    if not predictions or any(p.error is not None for p in predictions.values()):
         run_model(run_config)  # resume=True continues a killed run; its settings must match (else one line)
+        predictions = run_folder.load_predictions()
     document = run_folder.read_results()
     record = {
         "model": document["model"],
@@ -318,7 +317,7 @@ def _panel_run(
         "protocol": protocol,
         "revision": (document.get("run", {}).get("backend_info") or {}).get("model_sha"),
     }
-    return {p.id: p for p in run_folder.load_predictions().values()}, record  # one draw per item
+    return {p.id: p for p in predictions.values()}, record  # one draw per item
 
 
 def _write(out: Path, source: SourceItems, curation: Curation, panel: Panel, config: CurateConfig) -> None:

@@ -46,6 +46,7 @@ from mub.protocol import stages
 from mub.protocol.presets import setting_of
 from mub.protocol.prompts import render
 from mub.runs.predictions import ItemPrediction
+from mub.runs.results import figure_at
 from mub.runs.results import score as score_predictions
 from mub.runs.runner import _answer, _options, item_record, select_items, settle, stage2_cues, stage2_request
 from mub_dataset.files import cell_bytes, image_digest
@@ -191,10 +192,7 @@ def figures(scores: Sequence[SampleScore]) -> dict[str, Any]:
 
 def _figure_metric(name: str, path: Sequence[str]) -> Metric:
     def compute(scores: list[SampleScore]) -> float:
-        value: Any = figures(scores)
-        for part in path:
-            value = (value or {}).get(part)
-        return float("nan") if value is None else float(value)
+        return figure_at(figures(scores), path)
 
     compute.__name__ = name
     return compute

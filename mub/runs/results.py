@@ -175,6 +175,15 @@ def build_results(
     }
 
 
+def figure_at(figures: Mapping[str, Any], path: Sequence[str]) -> float:
+    """One figure of a results entry by its keys (``["by_difficulty", "low", "mr_t2f"]``); NaN where it is absent or
+    undefined (a rate with no items), as harnesses that take one float per metric expect."""
+    value: Any = figures
+    for part in path:
+        value = (value or {}).get(part)
+    return float("nan") if value is None else float(value)
+
+
 def _percent(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:5.1f}"
 

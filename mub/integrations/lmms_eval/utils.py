@@ -27,7 +27,7 @@ from mub.protocol import stages
 from mub.protocol.presets import level_of, setting_of
 from mub.protocol.prompts import render
 from mub.runs.predictions import ItemPrediction
-from mub.runs.results import score
+from mub.runs.results import figure_at, score
 from mub.runs.runner import _answer, item_record, settle, stage2_cues, stage2_request
 
 SETTINGS_MARK = "mub-settings:"  # the last element of a finished conversation: the settings it ran under
@@ -131,10 +131,7 @@ def figures(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
 
 def _aggregate(path: Sequence[str]):
     def aggregate(records: Sequence[Mapping[str, Any]]) -> float:
-        value: Any = figures(records)
-        for part in path:
-            value = (value or {}).get(part)
-        return float("nan") if value is None else float(value)
+        return figure_at(figures(records), path)
 
     return aggregate
 
