@@ -48,7 +48,15 @@ from mub.protocol.prompts import render
 from mub.runs.predictions import ItemPrediction
 from mub.runs.results import figure_at
 from mub.runs.results import score as score_predictions
-from mub.runs.runner import _answer, _options, item_record, select_items, settle, stage2_cues, stage2_request
+from mub.runs.runner import (
+    answer_options,
+    item_record,
+    select_items,
+    settle,
+    stage2_cues,
+    stage2_request,
+    stage_answer,
+)
 from mub_dataset.files import cell_bytes, image_digest
 
 PREDICTION = "mub_prediction"  # the Score metadata key holding the item's ItemPrediction record
@@ -101,7 +109,7 @@ def samples(config: RunConfig) -> list[Sample]:
     found = []
     for row, cell in zip(selection.rows, cells):
         data = cell_bytes(cell)
-        request = Request(f"{row['id']}/stage1/0", None, render(row, prompts), _options(row))  # type: ignore[arg-type]
+        request = Request(f"{row['id']}/stage1/0", None, render(row, prompts), answer_options(row))  # type: ignore[arg-type]
         found.append(
             Sample(
                 id=row["id"],
@@ -125,7 +133,7 @@ def two_stages(config: RunConfig) -> Solver:
         stage1_key = f"{row['id']}/stage1/0"
         stage1_output = await model.generate(state.messages, config=generate_config(config, stage1_key))
         stage1_generation = generation_of(stage1_output)
-        record = item_record(row, state.metadata["group_id"], [_answer(stage1_generation, "", row)])
+        record = item_record(row, state.metadata["group_id"], [stage_answer(stage1_generation, "", row)])
         image_uri = _image_of(state.messages)
         stage1_turn = Exchange(render(row, prompts), stage1_generation.text) if config.dialogue == "multi" else None
         conversation = [*state.messages, ChatMessageAssistant(content=stage1_generation.text)]
@@ -137,7 +145,7 @@ def two_stages(config: RunConfig) -> Solver:
             messages = request_messages(request, image_uri)
             output = await model.generate(messages, config=generate_config(config, key))
             generation = generation_of(output)
-            answers.append(_answer(generation, text.strip(), row, hinted))
+            answers.append(stage_answer(generation, text.strip(), row, hinted))
             conversation += [messages[-1], ChatMessageAssistant(content=generation.text)]
         record.stage2 = answers
         if record.error is None:

@@ -250,7 +250,8 @@ def predict_group(
     ]
 
 
-def _answer(generation: Generation, cue: str, row: Mapping[str, Any], hinted: str | None = None) -> StageAnswer:
+def stage_answer(generation: Generation, cue: str, row: Mapping[str, Any], hinted: str | None = None) -> StageAnswer:
+    """One model call's record: its output read by mub's parser (``None`` after a failed call, never a guess)."""
     parsed = None
     if generation.error is None:
         parsed = parse_answer(generation.text, row["choices"], row["question_type"])
@@ -266,7 +267,8 @@ def _answer(generation: Generation, cue: str, row: Mapping[str, Any], hinted: st
     )
 
 
-def _options(row: Mapping[str, Any]) -> tuple[str, ...]:
+def answer_options(row: Mapping[str, Any]) -> tuple[str, ...]:
+    """The labels a valid answer to ``row`` can take (its option letters, or Yes and No)."""
     return tuple(option_labels(row["choices"], row["question_type"]))
 
 
@@ -286,9 +288,9 @@ def stage2_request(
 ) -> Request:
     """Stage 2 as a fresh request with the cue in the prompt, or (``stage1`` given) as the conversation's next turn."""
     if stage1 is None:
-        return Request(key, image, render(row, prompts, cue_text), _options(row), image_bytes=image_bytes)
+        return Request(key, image, render(row, prompts, cue_text), answer_options(row), image_bytes=image_bytes)
     return Request(
-        key, image, followup(cue_text, item_kind(row, prompts)), _options(row), history=(stage1,), image_bytes=image_bytes
+        key, image, followup(cue_text, item_kind(row, prompts)), answer_options(row), history=(stage1,), image_bytes=image_bytes
     )
 
 
@@ -317,7 +319,7 @@ def run_batch(
     draws = draws if draws is not None else [0] * len(rows)
     prefixes = [draw_name((row["id"], draw)) for row, draw in zip(rows, draws)]
     stage1_requests = [
-        Request(f"{prefix}/stage1/{sample}", image, render(row, prompts), _options(row), image_bytes=data)
+        Request(f"{prefix}/stage1/{sample}", image, render(row, prompts), answer_options(row), image_bytes=data)
         for row, prefix, (image, _, data) in zip(rows, prefixes, images)
         for sample in range(config.num_samples)
     ]
@@ -327,7 +329,7 @@ def run_batch(
     asked: list[list[tuple[str, str | None]]] = []
     for position, (row, draw, prefix, (image, group_id, data)) in enumerate(zip(rows, draws, prefixes, images)):
         samples = stage1[position * config.num_samples : (position + 1) * config.num_samples]
-        answers = [_answer(generation, "", row) for generation in samples]
+        answers = [stage_answer(generation, "", row) for generation in samples]
         record = item_record(row, group_id, answers, draw)
         records.append(record)
         cues: list[tuple[str, str | None]] = []
@@ -340,7 +342,7 @@ def run_batch(
             stage2_requests.append(stage2_request(f"{prefix}/stage2/{number}", row, image, prompts, text, stage1_turn, data))
     stage2 = iter(backend.generate(stage2_requests) if stage2_requests else [])
     for record, row, cues in zip(records, rows, asked):
-        record.stage2 = [_answer(next(stage2), text.strip(), row, hinted) for text, hinted in cues]
+        record.stage2 = [stage_answer(next(stage2), text.strip(), row, hinted) for text, hinted in cues]
         if record.error is not None:
             continue
         record.error = next((a.error for a in record.stage2 if a.error), None)

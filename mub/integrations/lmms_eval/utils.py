@@ -28,7 +28,7 @@ from mub.protocol.presets import level_of, setting_of
 from mub.protocol.prompts import render
 from mub.runs.predictions import ItemPrediction
 from mub.runs.results import figure_at, score
-from mub.runs.runner import _answer, item_record, settle, stage2_cues, stage2_request
+from mub.runs.runner import item_record, settle, stage2_cues, stage2_request, stage_answer
 
 SETTINGS_MARK = "mub-settings:"  # the last element of a finished conversation: the settings it ran under
 MULTI_ROUND_ADAPTERS = ("chat/vllm", "simple/qwen2_vl", "simple/qwen2_5_vl", "simple/llava_onevision")
@@ -61,7 +61,7 @@ def mub_doc_to_visual(doc: Mapping[str, Any]) -> list[Any]:
 
 
 def _stage2(row: Mapping[str, Any], settings: RunConfig, stage1_text: str) -> list[tuple[str, str | None]]:
-    answer = _answer(Generation(text=stage1_text), "", row)
+    answer = stage_answer(Generation(text=stage1_text), "", row)
     return stage2_cues(settings.cue_spec(), row, stages.is_correct(answer.parsed, row), settings.notes)
 
 
@@ -108,10 +108,10 @@ def mub_process_results(doc: Mapping[str, Any], results: Sequence[Any]) -> dict[
     settings = run_config(config, kwargs)
     row = item_row(doc, settings)
     outputs = [str(text) for text in rounds[:-1]]
-    prediction = item_record(row, "", [_answer(Generation(text=outputs[0]), "", row)])
+    prediction = item_record(row, "", [stage_answer(Generation(text=outputs[0]), "", row)])
     cues = _stage2(row, settings, outputs[0])
     prediction.stage2 = [
-        _answer(Generation(text=text), cue.strip(), row, hinted) for (cue, hinted), text in zip(cues, outputs[1:])
+        stage_answer(Generation(text=text), cue.strip(), row, hinted) for (cue, hinted), text in zip(cues, outputs[1:])
     ]
     settle(prediction, row, implicit=settings.cue_spec().uses_notes)
     return {name: prediction.to_json() for name in METRICS}
