@@ -31,7 +31,7 @@ from mub.protocol.prompts import render_prompt
 from mub.runs.runner import select_items
 
 KEY_ENV = "MUB_TEST_SECRET_KEY"
-SECRET = "sk-" + "".join(random.Random().choices(string.ascii_letters + string.digits, k=40))
+SECRET = "sk-" + "".join(random.Random(20261206).choices(string.ascii_letters + string.digits, k=40))
 
 
 def encodings(key: str) -> dict[str, str]:

@@ -41,7 +41,7 @@ from mub.protocol.prompts import question_text, render_prompt
 from mub.runs.runner import select_items
 
 KEY_ENV = "MUB_TEST_API_KEY"
-SECRET = "sk-mub-test-" + "".join(random.Random().choices("0123456789abcdef", k=24))
+SECRET = "sk-mub-test-" + "".join(random.Random(20261207).choices("0123456789abcdef", k=24))
 
 
 @pytest.fixture
