@@ -82,6 +82,14 @@ class Cue:
         return " " + self.template
 
 
+def corrects(name: str) -> bool:
+    """Whether the cue has a corrective direction: it names the true answer (or a guiding note) after a wrong
+    stage 1, so MR F→T measures how readily the model takes a correction. ``challenge`` names nothing: a changed
+    wrong answer is the model correcting itself, not a correction taken. A cue this mub does not know (a newer
+    run's) is read as naming an option, as the metric scored it."""
+    return FIELDS.get(name, "answer") is not None
+
+
 def default_cue(setting: str) -> str:
     return DEFAULT_CUES[setting]
 

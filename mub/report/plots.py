@@ -27,6 +27,7 @@ from matplotlib.image import AxesImage
 from matplotlib.lines import Line2D
 from matplotlib.patches import Rectangle
 
+from mub.protocol.cues import corrects
 from mub.report.paper import PAPER_RESULTS
 from mub.report.rows import KINDS, STATES, ModelRow, RunSummary
 from mub_dataset.features import DIFFICULTY_LEVELS
@@ -346,14 +347,18 @@ def curation_figure(curation: Mapping, path: Path) -> Figure:
 
 
 def susceptibility_scatter(runs: Sequence[RunSummary], path: Path) -> Figure:
-    """Each run's MR F→T (x) against its MR T→F (y), with 95% intervals; runs without both rates are named."""
+    """Each run's MR F→T (x) against its MR T→F (y), with 95% intervals; runs without both rates, and runs under a
+    cue with no corrective direction (challenge: no x to place them at), are named above the plot."""
     fig, axes = _figure(1, 1, (7.5, 6.2 + 0.22 * len(runs)))
     ax = axes[0][0]
     ax.plot([0, 100], [0, 100], color="#bbb", linewidth=0.8, zorder=1)
     ax.axhspan(0, 10, xmin=0, xmax=0.1, color="#eee", zorder=0)
-    unplaced = []
+    unplaced, undirected = [], []
     for index, run in enumerate(runs):
         figures = run.figures
+        if not corrects(run.stage2_cue):
+            undirected.append(f"{run.label} {run.config} ({run.variant})")
+            continue
         if figures.get("mr_t2f") is None or figures.get("mr_f2t") is None:
             unplaced.append(run.label)
             continue
@@ -366,9 +371,11 @@ def susceptibility_scatter(runs: Sequence[RunSummary], path: Path) -> Figure:
         cue = f" ({run.variant})" if run.variant else ""
         ax.scatter(x, y, s=55, edgecolors="black", linewidths=0.6, zorder=3, label=wrap(f"{run.label} {run.config}{cue}"),
                    **style)  # fmt: skip
-    if unplaced:
-        ax.text(0.01, 0.99, "no point (a rate without items): " + ", ".join(unplaced), transform=ax.transAxes,
-                va="top", fontsize=7, color="#666")  # fmt: skip
+    notes = [f"no point (a rate without items): {', '.join(unplaced)}"] if unplaced else []
+    if undirected:
+        notes.append(f"no corrective direction (the cue names no option): {', '.join(undirected)}")
+    if notes:
+        ax.text(0.01, 0.99, "\n".join(notes), transform=ax.transAxes, va="top", fontsize=7, color="#666")
     ax.set_xlim(0, 100)
     ax.set_ylim(0, 100)
     ax.set_xlabel("MR F→T: wrong answers corrected by the cue (%)")

@@ -67,12 +67,17 @@ class RunSummary:
         return "implicit" if self.config == "implicit" else "explicit"
 
     @property
+    def stage2_cue(self) -> str:
+        """The cue stage 2 asked with: the recorded one, or the config's default (note implicit, hint otherwise)."""
+        return self.cue or ("note" if self.kind == "implicit" else "hint")
+
+    @property
     def variant(self) -> str:
         """How stage 2 asked: ``"<cue>, <dialogue>"``, or ``""`` for MUB's own form (the config's cue, single turn)."""
         default = "note" if self.kind == "implicit" else "hint"
-        if self.cue in ("", default) and self.dialogue == "single":
+        if self.stage2_cue == default and self.dialogue == "single":
             return ""
-        return f"{self.cue or default}, {self.dialogue}"
+        return f"{self.stage2_cue}, {self.dialogue}"
 
 
 @dataclass
