@@ -344,6 +344,8 @@ def _cmd_submit(args: argparse.Namespace) -> int:
     uploading = bool(args.to or args.eval_results_pr) and not args.dry_run
     if args.to or args.eval_results_pr:
         check_uploadable(submission)  # before writing anything
+    if args.eval_results_pr and submission.eval_results is None:
+        raise ValueError(f"--eval-results-pr: .eval_results entries {submission.card_refusal}")
     # An upload without --out writes nothing that stays: a refused or failed upload leaves no file behind.
     out = args.out or (None if uploading else "submissions")
     with tempfile.TemporaryDirectory(prefix="mub-submit-") if out is None else nullcontext(out) as folder:
@@ -358,7 +360,7 @@ def _write_and_upload(submission, args: argparse.Namespace, folder: Path, *, kee
     if keep:
         print(f"wrote {results_file}" + (f" and {eval_file} (.eval_results entries for the model repository)" if eval_file else ""))
     if submission.model_index is None:
-        print("model-index and .eval_results: not made, the dataset has no Hub id (pass --dataset-id ORG/NAME)")
+        print(f"model-index and .eval_results: {submission.card_refusal}")
     elif args.model_index:
         Path(args.model_index).write_text(submission.model_index, encoding="utf-8")
         print(f"wrote {args.model_index} (paste it into the model card's YAML header)")
@@ -417,6 +419,8 @@ def _cmd_leaderboard(args: argparse.Namespace) -> int:
     files = write_leaderboard(board, args.out, overwrite=args.overwrite)
     submitted = sum(not row.reference for row in board.rows)
     print(f"{submitted} submission(s) on the board, protocols: {', '.join(board.protocols)}")
+    for cue, rows in board.other_cues.items():
+        print(f"{len(rows)} submission(s) under the stage-2 cue {cue}, in a table of their own (not ranked with MUB's)")
     for skipped in board.skipped:
         print(f"skipped {skipped.source}: {skipped.reason}")
     print("wrote " + ", ".join(map(str, files)))

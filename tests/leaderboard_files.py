@@ -35,12 +35,28 @@ def task_figures(rate: float, draws: int = 1) -> dict:
     return task
 
 
+def stage2(config: str, cue: str | None = None, *, preset: str = "paper", dialogue: str = "single", **more) -> dict:
+    """A task's recorded stage-2 settings as `mub submit` writes them: ``cue`` (default: MUB's own for the config)
+    in its standard words (the preset's hint or note, the library's otherwise)."""
+    from mub.protocol.cues import DEFAULT_CUES, LIBRARY_TEMPLATES
+    from mub.protocol.presets import protocol_named
+
+    name = cue or DEFAULT_CUES[config]
+    words = {"hint": protocol_named(preset).hint_template, "note": protocol_named(preset).note_template}.get(name)
+    return {"config": config, "protocol": {"preset": preset}, "cue": {"name": name, "template": words or LIBRARY_TEMPLATES[name]},
+            "dialogue": dialogue, "typographic": None, "pressure": None, **more}
+
+
 def results_document(model: str, *, protocol: str = "paper", fingerprint: str = "f1", when: str = "2025-01-01T00:00:00+00:00",
-                     rate: float = 0.5, draws: int = 1) -> dict:
-    """A submission whose misleading rates are all ``rate``, with intervals and counts."""
+                     rate: float = 0.5, draws: int = 1, settings: dict | None = None, label: str | None = None) -> dict:
+    """A submission whose misleading rates are all ``rate``, with intervals and counts; ``settings`` (per config,
+    default MUB's own cues) and ``label`` are its stage-2 settings and the pressure label it states."""
     task = task_figures(rate, draws)
+    preset = protocol.split(" ")[0] if protocol.split(" ")[0] in ("paper", "deterministic") else "paper"
+    settings = settings or {config: stage2(config, preset=preset) for config in ("explicit", "implicit")}
     config = {"model_name": model, "protocol": protocol, "submitted_at": when, "dataset_id": "org/mub",
-              "items_fingerprint": {"mub_explicit": fingerprint, "mub_implicit": "g1"}}
+              "items_fingerprint": {"mub_explicit": fingerprint, "mub_implicit": "g1"}, "pressure_label": label,
+              "stage2_settings": {f"mub_{kind}": value for kind, value in settings.items()}}
     return {"config": config, "results": {"mub_explicit": task, "mub_implicit": json.loads(json.dumps(task))}}
 
 

@@ -20,7 +20,16 @@ was left out with the reason. Nothing a file states is believed:
   and not lie in the future;
 - names and protocol labels are compared normalised (NFKC, format characters
   removed, case-folded), so look-alikes are one model; the newest submission
-  per model and protocol counts.
+  per model, protocol and cue counts;
+- the stage-2 cue is recomputed from the run settings each task records
+  (``config.stage2_settings``, :func:`~mub.report.results_file.pressure_label`):
+  only MUB's own cues (the explicit hint, the implicit notes, one fresh request)
+  rank in the main table (:attr:`Leaderboard.rows`); every other cue has a table
+  of its own (:attr:`Leaderboard.other_cues`, by label), never mixed into the
+  MUB rank nor merged with another cue. A stated ``pressure_label`` that its
+  settings contradict, or tasks under different cues, skip the file; a file
+  without recorded settings (before mub recorded them) goes to the
+  :data:`CUE_NOT_RECORDED` table, unranked against MUB.
 
 Every problem skips that one file with its reason; the board never fails.
 :mod:`mub.report.leaderboard_files` reads sources and writes
@@ -34,13 +43,13 @@ import json
 import math
 import re
 import unicodedata
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
 from pathlib import PurePosixPath
 from typing import Any, Mapping, Sequence
 
 from mub.report.paper import PAPER_CITATION, PAPER_RESULTS
-from mub.report.results_file import UNKNOWN_PROTOCOL, number, task_name
+from mub.report.results_file import STAGE2_KEYS, UNKNOWN_PROTOCOL, number, pressure_label, task_name
 from mub.report.rows import KINDS
 from mub_metric.mub_misleading_rate.mub_misleading_rate import wilson_interval
 
@@ -60,6 +69,13 @@ CLOCK_SKEW = timedelta(minutes=5)  # a submission "from the future" by less is a
 # draws; it must still contain its rate and be no narrower than half that interval, and no wider than it
 # times sqrt(draws per item) (the widest a cluster of m identical draws makes it) with 25% slack.
 CLUSTERED_NARROWEST, CLUSTERED_SLACK = 0.5, 1.25
+
+
+# The table of submissions made before mub recorded their stage-2 settings: their cue cannot be recomputed.
+CUE_NOT_RECORDED = "stage-2 cue not recorded (submitted before mub recorded it)"
+SETTING_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,39}$")  # a cue, dialogue or preset name as mub writes it
+MAX_TEMPLATE_CHARS = 10_000  # mub.protocol.cues.MAX_TEMPLATE_CHARS
+MAX_TURNS = 100
 
 
 class InvalidSubmission(ValueError):
@@ -119,6 +135,7 @@ class BoardRow:
     dataset_id: str | None = None
     fingerprints: tuple[tuple[str, str], ...] = ()
     rank: int | None = None
+    cue: str | None = None  # the stage-2 cue's label (pressure_label); None: MUB's own cues
 
     @property
     def overall(self) -> float | None:
@@ -131,9 +148,11 @@ class BoardRow:
 
 @dataclass(frozen=True)
 class Leaderboard:
-    rows: list[BoardRow]  # per protocol: ranked submissions, then unranked ones; the paper's rows after all
+    rows: list[BoardRow]  # MUB's own cues, per protocol: ranked submissions, then unranked ones; the paper's rows after all
     skipped: list[Skipped]
     fingerprints: dict[str, str]  # task -> the dataset's published items fingerprint
+    # Every other stage-2 cue, by label: its own rows, ranked among themselves as ``rows`` are, never with MUB's.
+    other_cues: dict[str, list[BoardRow]] = field(default_factory=dict)
 
     @property
     def protocols(self) -> list[str]:
@@ -349,6 +368,64 @@ def submitted_date(config: Mapping[str, Any], source: str, now: datetime) -> str
     return when.isoformat(timespec="seconds")
 
 
+def _setting_name(where: str, value: Any, optional: bool = True) -> None:
+    if (value is None and optional) or (isinstance(value, str) and SETTING_NAME.match(value)):
+        return
+    raise InvalidSubmission(f"{where} is {str(value)[:40]!r}, not a setting name as mub writes it")
+
+
+def _task_settings(task: str, settings: Any) -> Mapping[str, Any]:
+    """One task's recorded stage-2 settings, checked for the types :func:`pressure_label` reads."""
+    where = f"config.stage2_settings.{task}"
+    if not isinstance(settings, dict) or set(settings) - set(STAGE2_KEYS):
+        raise InvalidSubmission(f"{where} is not the run settings mub submit records ({', '.join(STAGE2_KEYS)})")
+    if settings.get("config") != task.removeprefix("mub_"):
+        raise InvalidSubmission(f"{where}.config is {str(settings.get('config'))[:40]!r}, not this task's config")
+    protocol, cue = settings.get("protocol") or {}, settings.get("cue") or {}
+    if not isinstance(protocol, dict) or not isinstance(cue, dict):
+        raise InvalidSubmission(f"{where}: protocol and cue are objects")
+    _setting_name(f"{where}.protocol.preset", protocol.get("preset"))
+    _setting_name(f"{where}.cue.name", cue.get("name"))
+    _setting_name(f"{where}.dialogue", settings.get("dialogue"))
+    template = cue.get("template")
+    if template is not None and (not isinstance(template, str) or len(template) > MAX_TEMPLATE_CHARS):
+        raise InvalidSubmission(f"{where}.cue.template is not a cue template")
+    if settings.get("typographic") is not None and not isinstance(settings["typographic"], dict):
+        raise InvalidSubmission(f"{where}.typographic is not an object of rendering settings")
+    pressure = settings.get("pressure")
+    if pressure is not None and not (
+        isinstance(pressure, dict) and isinstance(pressure.get("turns"), int) and not isinstance(pressure["turns"], bool)
+        and 1 <= pressure["turns"] <= MAX_TURNS and isinstance(pressure.get("templates"), list)
+    ):  # fmt: skip
+        raise InvalidSubmission(f"{where}.pressure is not {{turns: 1 to {MAX_TURNS}, templates: [...]}}")
+    return settings
+
+
+def stage2_cue(config: Mapping[str, Any], tasks: Sequence[str]) -> str | None:
+    """The submission's stage-2 cue label, recomputed from each task's recorded run settings (never the stated
+    ``pressure_label``, which must agree); None for MUB's own, :data:`CUE_NOT_RECORDED` without settings."""
+    recorded = config.get("stage2_settings")
+    if recorded is None:
+        return CUE_NOT_RECORDED
+    if not isinstance(recorded, dict) or set(recorded) != set(tasks):
+        raise InvalidSubmission(f"config.stage2_settings holds no run settings for exactly its tasks ({', '.join(tasks)})")
+    labels = {task: pressure_label(_task_settings(task, recorded[task])) for task in tasks}
+    if len(set(labels.values())) > 1:
+        listed = ", ".join(f"{task}: {label or 'MUB cue'}" for task, label in labels.items())
+        raise InvalidSubmission(
+            f"its tasks ran under different stage-2 cues ({listed}); submit MUB's own cues together and each other cue "
+            "in a file of its own (mub submit refuses the mix)"
+        )
+    label = labels[tasks[0]]
+    if "pressure_label" in config and config["pressure_label"] != label:
+        stated = config["pressure_label"]
+        raise InvalidSubmission(
+            f"config.pressure_label says {'MUB cue' if stated is None else repr(str(stated)[:60])}, but its run "
+            f"settings give {label or 'MUB cue'!r}: the board places a file by its settings; submit again with mub submit"
+        )
+    return label
+
+
 def parse_submission(file: SubmissionFile, published: PublishedItems, now: datetime | None = None) -> BoardRow:
     """One submission as a board row; :class:`InvalidSubmission` says why it cannot be one."""
     now = now or datetime.now(timezone.utc)
@@ -377,6 +454,7 @@ def parse_submission(file: SubmissionFile, published: PublishedItems, now: datet
     if dataset_id is not None and (not isinstance(dataset_id, str) or len(dataset_id) > MAX_NAME_CHARS):
         raise InvalidSubmission("config.dataset_id is not a Hub id")
     submitted = submitted_date(config, file.source, now)
+    cue = stage2_cue(config, [TASKS[kind] for kind in tasks])
     checked = {kind: _kind(TASKS[kind], results[TASKS[kind]], published) for kind in tasks}
     return BoardRow(
         model=model,
@@ -388,6 +466,7 @@ def parse_submission(file: SubmissionFile, published: PublishedItems, now: datet
         source=file.source,
         dataset_id=None if dataset_id is None else clean_text(dataset_id),
         fingerprints=tuple((TASKS[kind], fingerprints[TASKS[kind]]) for kind in tasks),
+        cue=cue,
     )
 
 
@@ -432,9 +511,10 @@ def build_leaderboard(
     reference: bool = True,
     now: datetime | None = None,
 ) -> Leaderboard:
-    """Check every file, keep the newest submission per (model, protocol), rank per protocol.
+    """Check every file, keep the newest submission per (model, protocol, cue), rank per protocol within each cue.
 
-    A row ranks when it has both kinds with all three levels; others are listed unranked after the ranked.
+    A row ranks when it has both kinds with all three levels; others are listed unranked after the ranked. MUB's
+    own cues make :attr:`Leaderboard.rows` (with the paper's rows); each other cue its own list, ranked apart.
     """
     now = now or datetime.now(timezone.utc)
     left_out = list(skipped)
@@ -442,22 +522,30 @@ def build_leaderboard(
     for file in files:
         outcome = _checked(file, published, now)
         (left_out if isinstance(outcome, Skipped) else parsed).append(outcome)
-    newest: dict[tuple[str, str], BoardRow] = {}
+    newest: dict[tuple[str, str, str | None], BoardRow] = {}
     for row in sorted(parsed, key=lambda r: (r.submitted or "", r.source)):
-        key = (comparison_key(row.model), row.protocol)
+        key = (comparison_key(row.model), row.protocol, row.cue)
         if key in newest:
             older = newest[key]
-            left_out.append(Skipped(older.source, f"{row.model} ({row.protocol}) is submitted again, newer: {row.source}"))
+            under = row.protocol + (f", cue {row.cue}" if row.cue else "")
+            left_out.append(Skipped(older.source, f"{row.model} ({under}) is submitted again, newer: {row.source}"))
         newest[key] = row
+    cues = sorted({row.cue for row in newest.values() if row.cue is not None}, key=lambda c: (c == CUE_NOT_RECORDED, c))
+    other_cues = {cue: _ranked([row for row in newest.values() if row.cue == cue]) for cue in cues}
+    board = _ranked([row for row in newest.values() if row.cue is None]) + (paper_rows() if reference else [])
+    return Leaderboard(board, left_out, dict(published.fingerprints), other_cues)
+
+
+def _ranked(rows: Sequence[BoardRow]) -> list[BoardRow]:
+    """``rows`` ranked apart per protocol (the paper's first): ranked rows, then those without a rank."""
     board: list[BoardRow] = []
-    protocols = sorted({row.protocol for row in newest.values()}, key=lambda p: (p != PAPER_PROTOCOL, p == UNKNOWN_PROTOCOL, p))
+    protocols = sorted({row.protocol for row in rows}, key=lambda p: (p != PAPER_PROTOCOL, p == UNKNOWN_PROTOCOL, p))
     for protocol in protocols:
-        ordered = sorted((row for row in newest.values() if row.protocol == protocol), key=_rank_key)
+        ordered = sorted((row for row in rows if row.protocol == protocol), key=_rank_key)
         ranked = [row for row in ordered if row.overall is not None]
         board += [replace(row, rank=rank) for rank, row in enumerate(ranked, 1)]
         board += [row for row in ordered if row.overall is None]
-    board += paper_rows() if reference else []
-    return Leaderboard(board, left_out, dict(published.fingerprints))
+    return board
 
 
 # ------------------------------------------------------------------ flat rows (leaderboard.json, the Space)
@@ -470,7 +558,7 @@ def columns() -> list[str]:
         for level in LEVELS:
             names += [f"{kind}_{level}", f"{kind}_{level}_ci", f"{kind}_{level}_n"]
         names.append(f"{kind}_mean")
-    return names + ["overall", "submitted", "source", "reference", "dataset_id"]
+    return names + ["overall", "submitted", "source", "reference", "dataset_id", "cue"]
 
 
 def flat_row(row: BoardRow) -> dict[str, Any]:
@@ -498,20 +586,25 @@ def flat_row(row: BoardRow) -> dict[str, Any]:
         source=row.source,
         reference=row.reference,
         dataset_id=row.dataset_id,
+        cue=row.cue,
     )
     return flat
 
 
 def board_document(board: Leaderboard) -> dict[str, Any]:
-    """leaderboard.json: the rows, what was skipped and why, and the board's items fingerprints."""
+    """leaderboard.json: the rows (MUB's own cues), each other cue's rows apart, what was skipped and why, and
+    the board's items fingerprints."""
     return {
         "units": "fractions, lower is better for every misleading rate; *_ci: 95% Wilson interval; *_n: its "
         "denominator (items answered correctly in stage 1, or all items for acc); *_mean: unweighted mean of the "
         "low/medium/high levels (null unless all three have a rate); overall: mean of the explicit and implicit "
-        "means, the ranking key; every figure of a submission was recomputed from its counts",
+        "means, the ranking key; every figure of a submission was recomputed from its counts; rows: MUB's own "
+        "cues (explicit hint, implicit notes, one fresh request); other_cues: every other stage-2 cue by its label, "
+        "recomputed from the run settings the submission records, ranked apart and never with MUB's",
         "protocols": board.protocols,
         "items_fingerprint": board.fingerprints,
         "rows": [flat_row(row) for row in board.rows],
+        "other_cues": {cue: [flat_row(row) for row in rows] for cue, rows in board.other_cues.items()},
         "skipped": [{"source": s.source, "reason": s.reason} for s in board.skipped],
     }
 
@@ -548,22 +641,25 @@ def _values(row: BoardRow) -> list[float | None]:
     return [*values, row.overall]
 
 
-def select_rows(board: Leaderboard, protocol: str | None = None, search: str = "") -> list[BoardRow]:
-    """The rows of one protocol (None: all) whose model or source contains ``search`` (any case)."""
+def select_rows(board: Leaderboard, protocol: str | None = None, search: str = "", cue: str | None = None) -> list[BoardRow]:
+    """The rows of one protocol (None: all) whose model or source contains ``search`` (any case): MUB's own cues,
+    or (``cue``) the rows of that other cue's table."""
     needle = comparison_key(search)
     return [
         row
-        for row in board.rows
+        for row in (board.rows if cue is None else board.other_cues.get(cue, []))
         if (not protocol or row.protocol == protocol)
         and (needle in comparison_key(row.model) or needle in comparison_key(row.source))
     ]
 
 
 def display_table(
-    board: Leaderboard, *, protocol: str | None = None, search: str = "", sort_by: str = "Rank", descending: bool = False
+    board: Leaderboard, *, protocol: str | None = None, search: str = "", sort_by: str = "Rank", descending: bool = False,
+    cue: str | None = None,
 ) -> list[list[Any]]:
     """The board as :data:`DISPLAY_COLUMNS` rows, figures in percent, submissions first and the paper's
-    rows after them whatever the sort (they are not ranked against submissions); empty cells sort last."""
+    rows after them whatever the sort (they are not ranked against submissions); empty cells sort last.
+    ``cue``: that other cue's table instead of MUB's."""
     column = DISPLAY_COLUMNS.index(sort_by)
 
     def ordered(rows: list[list[Any]]) -> list[list[Any]]:
@@ -572,7 +668,7 @@ def display_table(
         return sorted(present, key=lambda r: r[column], reverse=descending) + absent
 
     submitted, published = [], []
-    for row in select_rows(board, protocol, search):
+    for row in select_rows(board, protocol, search, cue):
         model = f"{row.model} (paper)" if row.reference else row.model
         cells = [row.rank, model, row.protocol, *map(_percent, _values(row)), (row.submitted or "")[:10]]
         (published if row.reference else submitted).append(cells)
@@ -585,10 +681,10 @@ def _interval_text(rate: Rate) -> str:
     return f"[{100 * rate.ci[0]:.2f}, {100 * rate.ci[1]:.2f}] n={rate.n}"
 
 
-def interval_table(board: Leaderboard, *, protocol: str | None = None, search: str = "") -> list[list[str]]:
+def interval_table(board: Leaderboard, *, protocol: str | None = None, search: str = "", cue: str | None = None) -> list[list[str]]:
     """:data:`INTERVAL_COLUMNS` rows: each figure's 95% interval (percent) and its n; submissions only."""
     rows = []
-    for row in select_rows(board, protocol, search):
+    for row in select_rows(board, protocol, search, cue):
         if row.reference:
             continue
         cells = [row.model, row.protocol, _interval_text(row.acc)]

@@ -230,10 +230,20 @@ def _row_html(row: Any) -> str:
     return f"<tr{css} data-protocol='{html.escape(row.protocol, quote=True)}'>{''.join(cells)}</tr>"
 
 
+def _other_cues_html(board: Leaderboard, head: str) -> str:
+    """One table per other stage-2 cue, after MUB's: ranked among themselves, never with MUB's rows."""
+    return "".join(
+        f"<h2>Under another stage-2 cue: {html.escape(cue)}</h2>\n<table class='cue' data-cue='{html.escape(cue, quote=True)}'>"
+        f"<thead><tr>{head}</tr></thead><tbody>\n" + "\n".join(_row_html(row) for row in rows) + "\n</tbody></table>\n"
+        for cue, rows in board.other_cues.items()
+    )
+
+
 def render_index_html(board: Leaderboard) -> str:
     """One page, no external resource: the table, a search box, a protocol filter; click a header to sort.
 
     Submissions and the paper's rows are two table bodies, sorted apart; every submitted string is escaped.
+    Submissions under other stage-2 cues follow in a table per cue, outside MUB's ranking.
     """
     submitted = "\n".join(_row_html(row) for row in board.rows if not row.reference)
     published = "\n".join(_row_html(row) for row in board.rows if row.reference)
@@ -244,6 +254,14 @@ def render_index_html(board: Leaderboard) -> str:
     head = "".join(
         f"<th aria-sort='{'ascending' if i == 0 else 'none'}'>{html.escape(name)}</th>" for i, name in enumerate(HEADERS)
     )
+    others = _other_cues_html(board, "".join(f"<th>{html.escape(name)}</th>" for name in HEADERS))
+    if others:
+        others = (
+            "<h2>Other stage-2 cues</h2><p>Runs under a cue other than MUB's own (explicit hint, implicit notes, one "
+            "fresh request): another cue (opinion, authority, challenge), several turns, a typographic cue. The cue "
+            "is read from the run settings each submission records; each has its table, ranked apart, and none is "
+            "ranked with MUB's.</p>\n" + others
+        )
     return f"""<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>MUB leaderboard</title>
 <style>{_STYLE}</style></head><body>
 <h1>MUB leaderboard</h1>
@@ -251,7 +269,8 @@ def render_index_html(board: Leaderboard) -> str:
 abandoned after a misleading cue, per difficulty level; hover a figure for its 95% Wilson interval, n is its
 denominator (items answered correctly in stage 1). Acc: stage-1 accuracy. Mean: unweighted mean of the three
 levels (n/a when a level has no rate). Overall: mean of the explicit and implicit means; rows are ranked by it
-within each protocol, and only full runs of the benchmark with every figure checked against its counts rank.</p>
+within each protocol, and only full runs of the benchmark under MUB's own cues (explicit hint, implicit notes)
+with every figure checked against its counts rank here; other stage-2 cues have their own tables below.</p>
 <div class='controls'><input id='search' type='search' placeholder='Search models, sources...'>
 <select id='protocol'><option value=''>all protocols</option>{options}</select> <span id='count'></span></div>
 <table id='board'><thead><tr>{head}</tr></thead>
@@ -262,7 +281,7 @@ within each protocol, and only full runs of the benchmark with every figure chec
 {section if published else ''}
 {published}
 </tbody></table>
-<h2>Skipped submissions</h2><ul id='skipped'>{skipped or '<li>none</li>'}</ul>
+{others}<h2>Skipped submissions</h2><ul id='skipped'>{skipped or '<li>none</li>'}</ul>
 <script>{_SCRIPT}</script></body></html>
 """
 

@@ -1,15 +1,20 @@
 """What the leaderboard results file's writer (:mod:`mub.report.submit`) and reader
 (:mod:`mub.report.leaderboard`) share: task names, the protocol of older runs, the
-way a figure is written. Kept light (stdlib only) so the leaderboard Space can
-import it without datasets or matplotlib.
+way a figure is written, the stage-2 pressure a run applied. Kept light (stdlib and
+mub's stdlib-only cue and preset tables) so the leaderboard Space can import it
+without datasets or matplotlib.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from pathlib import Path
 from typing import Any, Mapping
+
+from mub.protocol.cues import LIBRARY_TEMPLATES, NOTE, default_cue
+from mub.protocol.presets import protocol_named, setting_of
 
 UNKNOWN_PROTOCOL = "unknown (pre-preset)"  # runs made before protocol presets were recorded
 DECIMALS = 12  # drops floating-point noise (2.7e-17) without touching any real figure
@@ -73,3 +78,64 @@ def rank_refusal(document: Mapping[str, Any], config: str) -> str | None:
     if missing:
         return f"the run has no items on level {', '.join(missing)}; a submission covers every level"
     return None
+
+
+# The run settings (run.json) that decide the stage-2 pressure; a submission records them per task.
+STAGE2_KEYS = ("config", "protocol", "cue", "dialogue", "typographic", "pressure")
+DIGEST_CHARS = 8  # of a SHA-256: tells two wordings apart in a label
+MUB_CUE = "MUB cue"  # a label's word for the config's own cue (hint explicit, note implicit)
+
+
+def stage2_settings(settings: Mapping[str, Any]) -> dict[str, Any]:
+    """The settings :func:`pressure_label` reads, as a submission records them (the protocol by its preset only)."""
+    chosen = {key: settings.get(key) for key in STAGE2_KEYS}
+    chosen["protocol"] = {"preset": (settings.get("protocol") or {}).get("preset", "deterministic")}
+    return chosen
+
+
+def _digest(value: Any) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, sort_keys=True, ensure_ascii=False)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:DIGEST_CHARS]
+
+
+def _standard_template(cue: str, preset: str) -> str | None:
+    """The template a cue is worded with when no flag changes it: the preset's hint or note, the library's otherwise;
+    None for a preset or cue this mub does not know (any recorded template then shows its digest)."""
+    try:
+        protocol = protocol_named(preset)
+    except ValueError:
+        return None
+    return {"hint": protocol.hint_template, NOTE: protocol.note_template}.get(cue) or LIBRARY_TEMPLATES.get(cue)
+
+
+def pressure_label(settings: Mapping[str, Any]) -> str | None:
+    """The stage-2 pressure a run applied, short, or None for MUB's own: the config's cue (hint explicit, note
+    implicit) in the preset's words, one fresh request (``--dialogue single``), no typographic cue, no ``--pressure``.
+
+    Otherwise the cue's name (``MUB cue`` for the config's own, so that a multi-turn explicit and implicit pair
+    shares one label), then what else it did: ``opinion``, ``MUB cue (multi-turn)``, ``typographic (rendering
+    1a2b3c4d)``, ``challenge x5 turns (pushes 1a2b3c4d)``, ``opinion (template 1a2b3c4d)`` (a ``--cue-template``
+    that changed the words; digests are of the recorded text, so two wordings never share a label). Runs made before
+    mub recorded a setting read as its default then: the config's cue, its preset's words, single turn.
+    """
+    config = str(settings.get("config") or "explicit")
+    cue = settings.get("cue") or {}
+    own = default_cue(setting_of(config))
+    name = cue.get("name") or own
+    preset = (settings.get("protocol") or {}).get("preset", "deterministic")
+    typographic, pressure = settings.get("typographic"), settings.get("pressure")
+    words, details = [MUB_CUE if name == own else name], []
+    template = cue.get("template")
+    if template is not None and template != _standard_template(name, preset):
+        details.append(f"template {_digest(template)}")
+    if typographic:
+        words += [] if name == "typographic" else ["typographic"]
+        details.append(f"rendering {_digest(typographic)}")
+    if pressure:
+        words.append(f"x{pressure['turns']} turns")
+        details.append(f"pushes {_digest(pressure.get('templates'))}")
+    elif (settings.get("dialogue") or "single") != "single":
+        details.append(f"{settings['dialogue']}-turn")
+    if words == [MUB_CUE] and not details:
+        return None
+    return " ".join(words) + (f" ({', '.join(details)})" if details else "")

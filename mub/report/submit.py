@@ -4,8 +4,14 @@ The results file follows the shape Hub leaderboard readers walk, one JSON
 file alone in ``<org>/<model>/results_<UTC time>.json``::
 
     {"config": {"model_name", "model_sha", "model_dtype", "protocol", "mub_version",
-                "dataset_id", "dataset_revision", "items_fingerprint", "submitted_at", ...},
+                "dataset_id", "dataset_revision", "items_fingerprint", "submitted_at",
+                "pressure_label", "stage2_settings": {"mub_explicit": {...}, ...}, ...},
      "results": {"mub_explicit": {...}, "mub_implicit": {...}}}
+
+``pressure_label`` (:func:`~mub.report.results_file.pressure_label`) is None for MUB's own cues (the explicit
+hint, the implicit notes, one fresh request) and names any other (``opinion``, ``hint (multi-turn)``); the
+board ranks only MUB's own and recomputes the label from ``stage2_settings``, the runs' recorded settings. All
+runs of one submission share one label: a submission never mixes cues across configs.
 
 Every rate is a fraction, with its 95% Wilson interval as ``<rate>_ci`` and
 its numerator and denominator as counts (per level too), so that the board
@@ -18,8 +24,9 @@ errors left, every level covered.
 Beside it, the Hub's own formats: the model-index block (the ``model-index``
 of a Hub model card) and ``.eval_results/mub.yaml`` entries made with
 huggingface_hub's :class:`~huggingface_hub.EvalResultEntry`. Both are made
-only when the dataset has a Hub id: a local build path never reaches a model
-card, and ``upload`` refuses a submission without a Hub dataset id.
+only when the dataset has a Hub id (a local build path never reaches a model
+card, and ``upload`` refuses a submission without a Hub dataset id) and the runs
+used MUB's own cues: the Hub's MUB tasks hold no other cue's figures.
 """
 
 from __future__ import annotations
@@ -36,7 +43,7 @@ from typing import Any, Sequence
 import yaml
 
 from mub.protocol.presets import CLOSED_MODEL_REQUEST
-from mub.report.results_file import BUILD_SUMMARY, is_hub_id, number, rank_refusal, task_name
+from mub.report.results_file import BUILD_SUMMARY, is_hub_id, number, pressure_label, rank_refusal, stage2_settings, task_name
 from mub.report.rows import read_results, run_folders
 from mub.runs.storage import protocol_name
 from mub_dataset.features import DIFFICULTY_LEVELS
@@ -67,8 +74,21 @@ class RunResults:
 @dataclass(frozen=True)
 class Submission:
     results: dict[str, Any]  # the leaderboard results file
-    model_index: str | None  # YAML text of the model-card block; None without a Hub dataset id
-    eval_results: str | None = None  # YAML text of .eval_results/mub.yaml; None without a Hub dataset id
+    model_index: str | None  # YAML text of the model-card block; None: see card_refusal
+    eval_results: str | None = None  # YAML text of .eval_results/mub.yaml; None: see card_refusal
+
+    @property
+    def card_refusal(self) -> str | None:
+        """Why the model-index block and .eval_results entries were not made, or None when they were."""
+        label = self.results["config"].get("pressure_label")
+        if label is not None:
+            return (
+                f"not made, the runs used the stage-2 cue {label!r}, not MUB's own (hint, notes): the Hub's MUB tasks "
+                "hold MUB's cues only (the leaderboard shows this cue in its own table)"
+            )
+        if self.results["config"]["dataset_id"] is None:
+            return "not made, the dataset has no Hub id (pass --dataset-id ORG/NAME)"
+        return None
 
     @property
     def path_in_repo(self) -> str:
@@ -118,6 +138,13 @@ def read_runs(run_dirs: Sequence[str | Path]) -> list[RunResults]:
     if len(set(protocols.values())) > 1:
         listed = ", ".join(f"{path}: {protocol}" for path, protocol in protocols.items())
         raise ValueError(f"a submission is for one protocol; these runs differ ({listed})")
+    labels = {str(run.path): pressure_label(run.document.get("run", {})) for run in runs}
+    if len(set(labels.values())) > 1:
+        listed = ", ".join(f"{path}: {label or 'MUB cue'}" for path, label in labels.items())
+        raise ValueError(
+            f"a submission is for one stage-2 cue; these runs differ ({listed}): submit MUB's own (hint explicit, notes "
+            "implicit) together and each other cue's runs in a submission of their own"
+        )
     for run in runs:
         check_rankable(run)
     return runs
@@ -195,6 +222,8 @@ def model_config(runs: Sequence[RunResults], hub_dataset: str | None, now: datet
             task_name(run.config): run.document.get("dataset", {}).get("fingerprint") for run in runs
         },
         "submitted_at": now.astimezone(timezone.utc).isoformat(timespec="seconds"),
+        "pressure_label": pressure_label(first.get("run", {})),  # read_runs: the same for every run
+        "stage2_settings": {task_name(run.config): stage2_settings(run.document.get("run", {})) for run in runs},
     }
 
 
@@ -380,7 +409,7 @@ def build_submission(
     results = leaderboard_results(runs, hub_dataset, now, revision)
     if model_name is not None:
         results["config"]["model_name"] = model_name
-    if hub_dataset is None:
+    if hub_dataset is None or results["config"]["pressure_label"] is not None:
         return Submission(results, None)
     index = model_index(runs, hub_dataset, results["config"]["model_name"], revision)
     snippet = yaml.safe_dump(index, sort_keys=False, allow_unicode=True, width=120)

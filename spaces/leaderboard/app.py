@@ -66,6 +66,13 @@ submission per model and protocol; a file that fails is listed under "Skipped" w
 """
 
 
+OTHER_CUES = (
+    "Runs under a stage-2 cue other than MUB's own (explicit hint, implicit notes, one fresh request): another cue "
+    "(opinion, authority, challenge), several turns, a typographic cue. The board reads the cue from the run settings "
+    "each submission records; each cue has its own table, ranked apart, and none is ranked with MUB's."
+)
+
+
 def how_to_submit(dataset: str, results_repo: str) -> str:
     """The submission steps with this Space's own repository ids (no placeholder but the user's model)."""
     if is_hub_id(results_repo):
@@ -102,7 +109,8 @@ def build_app(source: str, *, dataset: str, results_repo: str) -> gr.Blocks:
             "correctly, the share it abandoned after a misleading cue, per difficulty level. Mean: unweighted mean "
             "of the three levels; Overall: mean of the explicit and implicit means, the ranking key within a "
             "protocol. Exp.: explicit hints; Imp.: implicit notes; med.: medium. Rows marked (paper) are the "
-            "published figures, listed after the submissions and never ranked against them."
+            "published figures, listed after the submissions and never ranked against them. Only MUB's own cues "
+            "rank here; runs under other stage-2 cues are in the tab \"Other cues\"."
         )
         with gr.Tab("Leaderboard"):
             with gr.Row():
@@ -127,6 +135,17 @@ def build_app(source: str, *, dataset: str, results_repo: str) -> gr.Blocks:
             )  # fmt: skip
             for control in (protocol, search, sort_by, descending):
                 control.change(tables, [protocol, search, sort_by, descending], [main, intervals])
+        if board.other_cues:
+            # Each other stage-2 cue's table, chosen from a list: never ranked with MUB's, never merged with each other.
+            with gr.Tab("Other cues"):
+                gr.Markdown(OTHER_CUES)
+                cues = list(board.other_cues)
+                cue = gr.Dropdown(cues, value=cues[0], label="Stage-2 cue")
+                other = gr.Dataframe(
+                    value=_frame(display_table(board, cue=cues[0]), DISPLAY_COLUMNS), headers=DISPLAY_COLUMNS,
+                    datatype="str", interactive=False, elem_id="other-cues", column_widths=_widths(DISPLAY_COLUMNS), wrap=True,
+                )  # fmt: skip
+                cue.change(lambda chosen: _frame(display_table(board, cue=chosen), DISPLAY_COLUMNS), [cue], [other])
         with gr.Tab("How to submit"):
             gr.Markdown(how_to_submit(dataset, results_repo))
     return app
