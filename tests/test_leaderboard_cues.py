@@ -111,6 +111,7 @@ def test_hostile_stage2_settings_are_refused_and_unrecorded_ones_kept_out_of_the
         "cue name markup": ({"explicit": stage2("explicit", cue=None) | {"cue": {"name": "<b>x</b>"}}}, "not a setting name"),
         "turns": ({"explicit": stage2("explicit") | {"pressure": {"turns": 10**6, "templates": []}}}, "turns: 1 to 100"),
         "another task's settings": ({"explicit": stage2("implicit")}, "not this task's config"),
+        "no settings for its task": ({"implicit": stage2("implicit", "opinion")}, "lacks the run settings"),
     }
     files = []
     for number, (name, (settings, _)) in enumerate(hostile.items()):

@@ -407,8 +407,8 @@ def stage2_cue(config: Mapping[str, Any], tasks: Sequence[str]) -> str | None:
     recorded = config.get("stage2_settings")
     if recorded is None:
         return CUE_NOT_RECORDED
-    if not isinstance(recorded, dict) or set(recorded) != set(tasks):
-        raise InvalidSubmission(f"config.stage2_settings holds no run settings for exactly its tasks ({', '.join(tasks)})")
+    if not isinstance(recorded, dict) or not set(tasks) <= set(recorded):
+        raise InvalidSubmission(f"config.stage2_settings lacks the run settings of a task it ranks ({', '.join(tasks)})")
     labels = {task: pressure_label(_task_settings(task, recorded[task])) for task in tasks}
     if len(set(labels.values())) > 1:
         listed = ", ".join(f"{task}: {label or 'MUB cue'}" for task, label in labels.items())
@@ -681,10 +681,10 @@ def _interval_text(rate: Rate) -> str:
     return f"[{100 * rate.ci[0]:.2f}, {100 * rate.ci[1]:.2f}] n={rate.n}"
 
 
-def interval_table(board: Leaderboard, *, protocol: str | None = None, search: str = "", cue: str | None = None) -> list[list[str]]:
+def interval_table(board: Leaderboard, *, protocol: str | None = None, search: str = "") -> list[list[str]]:
     """:data:`INTERVAL_COLUMNS` rows: each figure's 95% interval (percent) and its n; submissions only."""
     rows = []
-    for row in select_rows(board, protocol, search, cue):
+    for row in select_rows(board, protocol, search):
         if row.reference:
             continue
         cells = [row.model, row.protocol, _interval_text(row.acc)]
