@@ -48,6 +48,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import PurePosixPath
 from typing import Any, Mapping, Sequence
 
+from mub.protocol.cues import MAX_TEMPLATE_CHARS
 from mub.report.paper import PAPER_CITATION, PAPER_RESULTS
 from mub.report.results_file import STAGE2_KEYS, UNKNOWN_PROTOCOL, number, pressure_label, task_name
 from mub.report.rows import KINDS
@@ -74,7 +75,6 @@ CLUSTERED_NARROWEST, CLUSTERED_SLACK = 0.5, 1.25
 # The table of submissions made before mub recorded their stage-2 settings: their cue cannot be recomputed.
 CUE_NOT_RECORDED = "stage-2 cue not recorded (submitted before mub recorded it)"
 SETTING_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,39}$")  # a cue, dialogue or preset name as mub writes it
-MAX_TEMPLATE_CHARS = 10_000  # mub.protocol.cues.MAX_TEMPLATE_CHARS
 MAX_TURNS = 100
 
 
@@ -368,8 +368,9 @@ def submitted_date(config: Mapping[str, Any], source: str, now: datetime) -> str
     return when.isoformat(timespec="seconds")
 
 
-def _setting_name(where: str, value: Any, optional: bool = True) -> None:
-    if (value is None and optional) or (isinstance(value, str) and SETTING_NAME.match(value)):
+def _setting_name(where: str, value: Any) -> None:
+    """A recorded name (absent, or as mub writes one): a label never carries submitted markup or prose."""
+    if value is None or (isinstance(value, str) and SETTING_NAME.match(value)):
         return
     raise InvalidSubmission(f"{where} is {str(value)[:40]!r}, not a setting name as mub writes it")
 
