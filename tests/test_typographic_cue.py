@@ -5,6 +5,9 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import re
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -229,3 +232,34 @@ def test_tiny_llava_end_to_end_with_the_typographic_cue(tmp_path, monkeypatch):
     records = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
     assert len(records) == 2 and all(r["error"] is None for r in records)
     assert all(r["stage2"][0]["hinted"] in ("A", "B", "C", "D", "Yes", "No") for r in records)
+
+
+def test_view_and_export_show_the_drawn_image_and_the_prompt_as_sent(tmp_path):
+    from mub.report.view import export_rows, load_run, write_view_of
+
+    items = [_big_item(n) for n in (1, 2, 3, 4)]
+    _run(tmp_path, cue="typographic", items=items)
+    loaded = load_run(tmp_path / "run", _dataset(items))
+    rows = {row["id"]: row for row in export_rows(loaded)}
+    for number in (1, 2, 3, 4):
+        assert json.loads(rows[f"item-{number}"]["stage2_prompts"]) == [f"{MC}\nQuestion number {number}?\n{OPTIONS}"]
+    view = write_view_of([loaded], tmp_path / "view")
+    data = json.loads((view / "data.js").read_text().split(" = ", 1)[1].rstrip(";\n"))
+    assert data["runs"][0]["cue"] == "typographic (image-only)"
+    for item in data["items"]:
+        number = int(item["id"].split("-")[1])
+        (draw,) = item["runs"]["0"]
+        (stage2,) = draw["s2"]
+        digest = stage2[4]
+        expected = png_bytes(render_cue(Image.new("RGB", SIZE, _colour(number)), f"And the true answer is : {NAMED[number]}"))
+        assert (view / data["image_files"][digest]).read_bytes() == expected  # drawn again, the bytes the model was sent
+        assert (view / "thumbs" / f"{digest}.jpg").is_file()
+        assert data["image_files"][digest] == f"images/{digest}.png" and digest != item["image"]
+    chromium = shutil.which("chromium")
+    if chromium is None:
+        pytest.skip("Debian's chromium is not installed (apt-get install -y chromium; .ci/run installs it)")
+    command = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--allow-file-access-from-files",
+               f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=10000", "--dump-dom", (view / "index.html").as_uri()]  # fmt: skip
+    page = subprocess.run(command, capture_output=True, text=True, timeout=120).stdout
+    shown = re.findall(r'<img src="thumbs/([0-9a-f]+)\.jpg" alt="stage-2 image with the cue drawn in"', page)
+    assert sorted(shown) == sorted(item["runs"]["0"][0]["s2"][0][4] for item in data["items"])

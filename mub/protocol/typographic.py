@@ -21,7 +21,7 @@ from __future__ import annotations
 import io
 from dataclasses import asdict, dataclass, fields
 from functools import lru_cache
-from typing import Any
+from typing import Any, Mapping
 
 import PIL
 from PIL import Image, ImageColor, ImageDraw, ImageFont
@@ -101,6 +101,18 @@ def check_text(text: str) -> None:
 def record(style: CueStyle, mode: str) -> dict[str, Any]:
     """What ``run.json`` records under ``"typographic"``: the style, the mode and what the drawing depends on."""
     return {**asdict(style), "mode": mode, "font": FONT, "pillow": PIL.__version__}
+
+
+def style_of(recorded: Mapping[str, Any] | None) -> CueStyle | None:
+    """The style a ``run.json`` ``"typographic"`` record holds; None for a run under another cue."""
+    if recorded is None:
+        return None
+    return CueStyle(**{f.name: recorded[f.name] for f in fields(CueStyle)})
+
+
+def cue_in_prompt(recorded: Mapping[str, Any] | None) -> bool:
+    """Whether the stage-2 prompt holds the cue's text: always, except for a typographic run in image-only mode."""
+    return recorded is None or recorded["mode"] == "both"
 
 
 @lru_cache(maxsize=1)

@@ -27,7 +27,7 @@ from mub.protocol.cues import Cue, followup
 from mub.protocol.parsing import option_labels, parse_answer
 from mub.protocol.presets import DRAW_COPIES, PromptFormat, draws_of, level_of, setting_of
 from mub.protocol.prompts import item_kind, render
-from mub.protocol.typographic import CueDoesNotFit, parse_style, png_bytes, render_cue
+from mub.protocol.typographic import CueDoesNotFit, cue_in_prompt, png_bytes, render_cue, style_of
 from mub.runs import distributed
 from mub.runs.predictions import DrawKey, ItemPrediction, StageAnswer, draw_name
 from mub.runs.results import build_results
@@ -326,8 +326,8 @@ def run_batch(
     ]
     stage1 = backend.generate(stage1_requests)
     # --cue typographic: stage 2 shows the image with the cue drawn in; the prompt holds the cue only under --cue-both.
-    style = parse_style(config.cue_style) if config.typographic() is not None else None
-    cue_in_prompt = style is None or config.cue_mode == "both"
+    drawn = config.typographic()
+    style, with_text = style_of(drawn), cue_in_prompt(drawn)
     records: list[ItemPrediction] = []
     stage2_requests: list[Request] = []
     asked: list[list[tuple[str, str | None]]] = []
@@ -352,7 +352,7 @@ def run_batch(
         for number, (text, _) in enumerate(cues):
             stage2_requests.append(
                 stage2_request(
-                    f"{prefix}/stage2/{number}", row, stage2_image, prompts, text if cue_in_prompt else "", stage1_turn, stage2_bytes
+                    f"{prefix}/stage2/{number}", row, stage2_image, prompts, text if with_text else "", stage1_turn, stage2_bytes
                 )
             )
     stage2 = iter(backend.generate(stage2_requests) if stage2_requests else [])
