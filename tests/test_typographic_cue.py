@@ -263,3 +263,23 @@ def test_view_and_export_show_the_drawn_image_and_the_prompt_as_sent(tmp_path):
     page = subprocess.run(command, capture_output=True, text=True, timeout=120).stdout
     shown = re.findall(r'<img src="thumbs/([0-9a-f]+)\.jpg" alt="stage-2 image with the cue drawn in"', page)
     assert sorted(shown) == sorted(item["runs"]["0"][0]["s2"][0][4] for item in data["items"])
+
+
+def test_report_shows_one_drawn_example_of_a_typographic_run(tmp_path):
+    import mub_dataset
+    from mub.report.report import build_report, write_report
+
+    def gives_in(request: Request) -> str:  # stage 1 A, stage 2 D: every item is asked stage 2
+        return "A" if "/stage1/" in request.key else "D"
+
+    out = tmp_path / "typo"
+    config = RunConfig(model="scripted", backend="scripted", protocol="deterministic", limit=3, out=str(out), progress=False,
+                       cue="typographic", cue_style="placement=top")  # fmt: skip
+    run(config, backend=ScriptedBackend(gives_in))
+    files = write_report(build_report([out]), tmp_path / "report")
+    first = json.loads((out / "predictions.jsonl").read_text().splitlines()[0])
+    dataset = mub_dataset.load("explicit", "sample")
+    (row,) = [row for row in dataset if row["id"] == first["id"]]
+    expected = png_bytes(render_cue(row["image"], first["stage2"][0]["cue"], CueStyle(placement="top")))
+    assert (tmp_path / "report" / "typographic_example_0.png").read_bytes() == expected
+    assert "typographic_example_0.png" in files.markdown.read_text()

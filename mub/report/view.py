@@ -238,6 +238,19 @@ def drawn_image(run: LoadedRun, item_id: str, cue_text: str) -> bytes | None:
         return png_bytes(render_cue(image, cue_text, style))
 
 
+def write_typographic_example(path: str | Path, out: Path) -> None:
+    """The stage-2 image of a typographic run's first draw that asked stage 2, drawn again, as the PNG ``out``
+    (the report's example); refused in one line when the run has none."""
+    loaded = load_run(path)
+    for prediction in loaded.predictions:
+        if prediction.error is None and prediction.stage2:
+            png = drawn_image(loaded, prediction.id, prediction.stage2[0].cue)
+            if png is not None:
+                out.write_bytes(png)
+                return
+    raise ValueError(f"{path}: no draw of this typographic run asked stage 2 without an error; nothing to show")
+
+
 def cue_label(settings: Mapping[str, Any], config: str) -> str:
     """The run's cue as the page names it; a typographic run says its mode, and the Pillow that drew it if not this one."""
     name = (settings.get("cue") or {}).get("name", "note" if config == "implicit" else "hint")
