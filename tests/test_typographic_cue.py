@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
+from test_cues import _cli_error
 from test_runner import _dataset, _item, _item_number
 
 import PIL
@@ -205,14 +206,6 @@ def test_run_json_records_the_options_and_resume_refuses_a_changed_one(tmp_path)
     assert json.loads((tmp_path / "hint" / "run.json").read_text())["typographic"] is None
 
 
-def _cli_error(capsys, tmp_path: Path, *flags: str) -> str:
-    argv = ["run", "--model", "tiny:llava", "--out", str(tmp_path / "cli"), "--no-progress", *flags]
-    assert main(argv) == 2
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1, err
-    return err
-
-
 def test_bad_typographic_flags_get_one_line(capsys, tmp_path):
     assert "use --dialogue single" in _cli_error(capsys, tmp_path, "--cue", "typographic", "--dialogue", "multi")
     assert "are for --cue typographic, not --cue hint" in _cli_error(capsys, tmp_path, "--cue-both")
@@ -235,7 +228,7 @@ def test_tiny_llava_end_to_end_with_the_typographic_cue(tmp_path, monkeypatch):
 
 
 def test_view_and_export_show_the_drawn_image_and_the_prompt_as_sent(tmp_path):
-    from mub.report.view import export_rows, load_run, write_view_of
+    from mub.report.view import cue_label, export_rows, load_run, write_view_of
 
     items = [_big_item(n) for n in (1, 2, 3, 4)]
     _run(tmp_path, cue="typographic", items=items)
@@ -246,6 +239,8 @@ def test_view_and_export_show_the_drawn_image_and_the_prompt_as_sent(tmp_path):
     view = write_view_of([loaded], tmp_path / "view")
     data = json.loads((view / "data.js").read_text().split(" = ", 1)[1].rstrip(";\n"))
     assert data["runs"][0]["cue"] == "typographic (image-only)"
+    older = {**loaded.settings, "typographic": {**loaded.settings["typographic"], "pillow": "11.0.0"}}
+    assert cue_label(older, "explicit") == f"typographic (image-only, drawn again with Pillow {PIL.__version__}, the run's 11.0.0)"
     for item in data["items"]:
         number = int(item["id"].split("-")[1])
         (draw,) = item["runs"]["0"]

@@ -84,7 +84,9 @@ def parse_style(text: str | None) -> CueStyle:
         except ValueError:
             raise ValueError(f"--cue-style {key} takes a {types[key]}, got {value!r}") from None
     style = CueStyle(**values)
-    hexed = {key: "#{:02x}{:02x}{:02x}".format(*_rgb(getattr(style, key), key)) for key in ("color", "box") if getattr(style, key) != NO_BOX}
+    hexed = {
+        key: "#{:02x}{:02x}{:02x}".format(*_rgb(getattr(style, key), key)) for key in ("color", "box") if getattr(style, key) != NO_BOX
+    }
     return CueStyle(**{**asdict(style), **hexed})
 
 
@@ -175,10 +177,10 @@ def render_cue(image: Image.Image, text: str, style: CueStyle = CueStyle()) -> I
     band_height = block_height * scale + 2 * style.margin
     top = {"top": 0, "bottom": height - band_height, "center": (height - band_height) // 2}[style.placement]
     if style.box != NO_BOX and style.opacity > 0:
-        overlay = Image.new("RGBA", base.size, (0, 0, 0, 0))
-        alpha = round(style.opacity * 255)
-        ImageDraw.Draw(overlay).rectangle((0, top, width - 1, top + band_height - 1), fill=(*_rgb(style.box, "box"), alpha))
-        base = Image.alpha_composite(base.convert("RGBA"), overlay).convert("RGB")
+        # Blended over the band only: a 40-megapixel image gets no full-size RGBA copy.
+        area = (0, top, width, top + band_height)
+        box = Image.new("RGBA", (width, band_height), (*_rgb(style.box, "box"), round(style.opacity * 255)))
+        base.paste(Image.alpha_composite(base.crop(area).convert("RGBA"), box).convert("RGB"), area)
     # The text as a 1-bit mask at the font's size, each line centred, then enlarged by whole pixels.
     block_width = max(int(font.getlength(line)) for line in lines) or 1
     mask = Image.new("L", (block_width, block_height), 0)

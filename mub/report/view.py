@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 import datasets
+import PIL
 from PIL import Image
 
 import mub_dataset
@@ -257,9 +258,9 @@ def cue_label(settings: Mapping[str, Any], config: str) -> str:
     drawn = settings.get("typographic")
     if drawn is None:
         return name
-    import PIL
-
-    redrawn = "" if drawn.get("pillow") == PIL.__version__ else f", drawn again with Pillow {PIL.__version__}, run's {drawn.get('pillow')}"
+    redrawn = ""
+    if drawn.get("pillow") != PIL.__version__:
+        redrawn = f", drawn again with Pillow {PIL.__version__}, the run's {drawn.get('pillow')}"
     return f"{name} ({drawn['mode']}{redrawn})"
 
 
