@@ -278,3 +278,14 @@ def test_report_shows_one_drawn_example_of_a_typographic_run(tmp_path):
     expected = png_bytes(render_cue(row["image"], first["stage2"][0]["cue"], CueStyle(placement="top")))
     assert (tmp_path / "report" / "typographic_example_0.png").read_bytes() == expected
     assert "typographic_example_0.png" in files.markdown.read_text()
+
+
+def test_the_harness_integrations_refuse_the_cue_they_cannot_draw():
+    # Their stage 2 resends the item's own image: a typographic cue there would silently be a text hint or nothing.
+    from mub.integrations.inspect_tasks import mub_task
+    from mub.integrations.lmms_eval.utils import run_config
+
+    with pytest.raises(ValueError, match="the inspect_ai task does not send; use mub run"):
+        mub_task("explicit", cue="typographic")
+    with pytest.raises(ValueError, match="the lmms-eval task does not send; use mub run"):
+        run_config("explicit", {"cue": "typographic"})
