@@ -136,6 +136,18 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
     )  # fmt: skip
     p.add_argument("--cue-template", metavar="FILE", help="a file whose text replaces the cue's template ({answer}: the option it names; {note}: the note)")
     p.add_argument(
+        "--cue-style", metavar="KEY=VALUE,...",
+        help="--cue typographic: how the hint's sentence is drawn into the image: placement=top|bottom|center (bottom), "
+        "size=a line's share of the image height (0.06), color=text colour (#000000), box=band colour or none (#ffffff), "
+        "opacity=the band's, 0-1 (1), margin=pixels (4); drawn with Pillow's built-in font, recorded in run.json",
+    )  # fmt: skip
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument(
+        "--cue-image-only", dest="cue_mode", action="store_const", const="image-only",
+        help="--cue typographic: stage 2 asks the plain question, the image the only cue (the default)",
+    )  # fmt: skip
+    mode.add_argument("--cue-both", dest="cue_mode", action="store_const", const="both", help="--cue typographic: the sentence in the prompt too, as the hint is")
+    p.add_argument(
         "--dialogue", choices=DIALOGUES, default="single",
         help="single: stage 2 is a fresh request with the cue in the prompt (the paper's); multi: stage 2 follows the model's own stage-1 answer",
     )  # fmt: skip

@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Mapping
 
-from mub.protocol.cues import DIALOGUES, HINT, Cue, default_cue, resolve_cue
+from mub.protocol.cues import DIALOGUES, HINT, TYPOGRAPHIC, Cue, default_cue, resolve_cue
 from mub.protocol.presets import (
     API_REQUESTS,
     CLOSED_MODEL_DECODING,
@@ -186,6 +186,8 @@ class RunConfig:
     cue: str | None = None  # a cue of mub.protocol.cues; None: the config's (hint explicit, note implicit)
     cue_template: str | None = None  # a file whose text replaces the cue's template
     dialogue: str = "single"  # one of mub.protocol.cues.DIALOGUES
+    cue_style: str | None = None  # --cue typographic: KEY=VALUE,... of mub.protocol.typographic.CueStyle
+    cue_mode: str | None = None  # --cue typographic: "image-only" (None) or "both" (the text in the prompt too)
     notes: int = 5
     max_new_tokens: int | None = None
     temperature: float | None = None
@@ -233,6 +235,33 @@ class RunConfig:
     def cue_spec(self) -> Cue:
         """The stage-2 cue and the template it is worded with (``--cue``, ``--cue-template``)."""
         return resolve_cue(self.cue_name(), setting_of(self.config), self.preset(), self.hint(), self._cue_template_text())
+
+    def typographic(self) -> dict[str, Any] | None:
+        """``--cue typographic``'s style, mode, font and Pillow version as ``run.json`` records them; None for other cues."""
+        if self.cue_name() != TYPOGRAPHIC:
+            return None
+        # typographic imports PIL: only for this cue, never for `mub --help`.
+        from mub.protocol.typographic import parse_style, record
+
+        return record(parse_style(self.cue_style), self.cue_mode or "image-only")
+
+    def _check_typographic(self) -> None:
+        """The typographic flags: only with that cue, valid, its template drawable, single-turn."""
+        if self.cue_name() != TYPOGRAPHIC:
+            if self.cue_style is not None or self.cue_mode is not None:
+                raise ValueError(f"--cue-style, --cue-image-only and --cue-both are for --cue typographic, not --cue {self.cue_name()}")
+            return
+        from mub.protocol.typographic import MODES, check_text
+
+        if self.cue_mode is not None and self.cue_mode not in MODES:
+            raise ValueError(f"cue_mode must be one of {', '.join(MODES)}, got {self.cue_mode!r}")
+        if self.dialogue != "single":
+            raise ValueError(
+                "--cue typographic asks stage 2 with a new image, but a multi-turn conversation carries one image, in its "
+                "first turn, in every backend; use --dialogue single"
+            )
+        self.typographic()  # a bad --cue-style fails here
+        check_text(self.cue_spec().template)
 
     def _cue_template_text(self) -> str | None:
         """The ``--cue-template`` file's text, read once: a file edited during a run does not reword later batches."""
@@ -313,6 +342,7 @@ class RunConfig:
         if self.hint_template is not None and self.cue_template is not None:
             raise ValueError("--hint-template and --cue-template both replace the hint's template; give one of them")
         self.cue_spec()  # an unknown cue or a template without its field fails here
+        self._check_typographic()
 
     def out_dir(self) -> Path:
         if self.out:
@@ -354,6 +384,7 @@ class RunConfig:
             "hint_template": self.hint(),
             "cue": asdict(self.cue_spec()),
             "dialogue": self.dialogue,
+            "typographic": self.typographic(),
             "notes": self.notes,
             "num_samples": self.num_samples,
             "stages": self.stages,

@@ -35,7 +35,8 @@ class Request:
     image goes in the first user turn, ``prompt`` is the last user turn.
     ``image_bytes`` is the image file's own bytes, as the dataset stores them:
     a backend that sends a file (an API) sends these, never a re-encoding;
-    ``None`` where the image has no file (it is then encoded losslessly).
+    ``None`` where the image has no file (it is then encoded losslessly). Under ``--cue typographic`` stage 2's
+    image is the item's with the cue drawn in, and these are its PNG bytes (mub.protocol.typographic.png_bytes).
     """
 
     key: str

@@ -248,6 +248,8 @@ def mub_task(
         difficulty=difficulty, misled_count=misled_count, limit=limit, seed=seed, progress=False, backend="inspect",
     )  # fmt: skip
     run_config.validate()
+    if run_config.typographic() is not None:  # the solver's stage 2 resends the item's own image
+        raise ValueError("cue typographic draws the cue into the image, which the inspect_ai task does not send; use mub run")
     return Task(
         dataset=MemoryDataset(samples(run_config), name=f"mub_{config}"),
         solver=two_stages(run_config),

@@ -7,7 +7,10 @@ same weakness:
 
 - ``opinion``: the user's own opinion, as in MM-SY's follow-up turn;
 - ``authority``: an expert's word, as in EchoBench's speakers;
-- ``challenge``: an "Are you sure?" push that names no option, as in FlipFlop.
+- ``challenge``: an "Are you sure?" push that names no option, as in FlipFlop;
+- ``typographic``: the hint's sentence written into the image (typographic attacks, as in SCAM and
+  VisualTextTrap); the stage-2 prompt is the plain question unless ``--cue-both`` (see
+  :mod:`mub.protocol.typographic`).
 
 A cue that names an answer names what the hint names: the misleading answer
 after a correct stage 1, the true answer otherwise. ``hint``, ``opinion``,
@@ -31,7 +34,8 @@ from typing import Mapping
 from mub.protocol.presets import MULTIPLE_CHOICE, YES_NO, Protocol
 
 HINT, NOTE, OPINION, AUTHORITY, CHALLENGE = "hint", "note", "opinion", "authority", "challenge"
-CUES = (HINT, NOTE, OPINION, AUTHORITY, CHALLENGE)
+TYPOGRAPHIC = "typographic"
+CUES = (HINT, NOTE, OPINION, AUTHORITY, CHALLENGE, TYPOGRAPHIC)
 DEFAULT_CUES = MappingProxyType({"explicit": HINT, "implicit": NOTE})  # by setting
 DIALOGUES = ("single", "multi")
 
@@ -45,7 +49,7 @@ LIBRARY_TEMPLATES: Mapping[str, str] = MappingProxyType(
 )
 # The field each cue's template fills; None: it names nothing.
 FIELDS: Mapping[str, str | None] = MappingProxyType(
-    {HINT: "answer", NOTE: "note", OPINION: "answer", AUTHORITY: "answer", CHALLENGE: None}
+    {HINT: "answer", NOTE: "note", OPINION: "answer", AUTHORITY: "answer", CHALLENGE: None, TYPOGRAPHIC: "answer"}
 )
 
 # multi: the last user turn, after the model's own stage-1 answer.
@@ -104,7 +108,8 @@ def resolve_cue(name: str, setting: str, preset: Protocol, hint_template: str, t
             f"({', '.join(c for c in CUES if c != NOTE)})"
         )
     if template is None:
-        template = {HINT: hint_template, NOTE: preset.note_template}.get(name) or LIBRARY_TEMPLATES[name]
+        # typographic writes the hint's own sentence into the image, so the two cues differ only in where it is.
+        template = {HINT: hint_template, TYPOGRAPHIC: hint_template, NOTE: preset.note_template}.get(name) or LIBRARY_TEMPLATES[name]
     check_template(name, template)
     return Cue(name, template)
 

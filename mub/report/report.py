@@ -35,7 +35,8 @@ from mub.report.compare import (
 from mub.report.paper import PAPER_AVERAGE, PAPER_CITATION, PAPER_RESULTS
 from mub.report.plots import levels_mean
 from mub.report.rows import KINDS, STATES, ModelRow, RunSummary, read_results, run_folders
-from mub.report.view import VERDICTS, write_view
+from mub.protocol.cues import TYPOGRAPHIC
+from mub.report.view import VERDICTS, write_typographic_example, write_view
 from mub.runs.predictions import ItemPrediction
 from mub.runs.storage import (
     RunFolder,
@@ -570,6 +571,7 @@ def build_report(
     if paper:
         under_paper = [run for run in runs if run.protocol == "paper"]
         blocks.append(paper_table(group_by_model(under_paper), [run for run in runs if run.protocol != "paper"]))
+    blocks += typographic_examples(runs)
     blocks.append(runs_table(runs))
     datasets = sorted({str(run.dataset.get("name", "?")) for run in runs})
     models = len({run.model for run in runs})  # one model under two cues is one model in two table rows
@@ -578,6 +580,21 @@ def build_report(
         "run folders are listed at the end."
     )
     return Report("MUB report", intro, blocks, tuple(run.path for run in runs) if view else ())
+
+
+def typographic_examples(runs: Sequence[RunSummary]) -> list[FigureSpec]:
+    """One stage-2 image of each typographic run, the cue drawn in as the model saw it (see mub.report.view)."""
+    return [
+        FigureSpec(
+            f"typographic_example_{number}.png",
+            f"The typographic cue as {run.label} saw it ({run.config})",
+            f"The first item of {run.path.name} that was asked stage 2, its cue drawn in with the run's recorded style "
+            "(drawn again: the rendering is deterministic); every item's is in mub view.",
+            partial(write_typographic_example, run.path),
+        )
+        for number, run in enumerate(runs)
+        if run.cue == TYPOGRAPHIC
+    ]
 
 
 # ---------------------------------------------------------------- writers

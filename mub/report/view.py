@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 import datasets
+import PIL
 from PIL import Image
 
 import mub_dataset
@@ -28,12 +29,14 @@ from mub.protocol import stages
 from mub.protocol.cues import Cue
 from mub.protocol.presets import level_of, protocol_named, setting_of
 from mub.protocol.prompts import render
+from mub.protocol.typographic import cue_in_prompt, png_bytes, render_cue, style_of
 from mub.report.rows import run_folders
 from mub.runs.predictions import ItemPrediction
 from mub.runs.runner import stage2_cues, stage2_request
 from mub.runs.storage import RunFolder, protocol_name
 from mub_dataset.files import cell_bytes, image_digest, staged_folder
 from mub_dataset.fingerprint import items_fingerprint
+from mub_dataset.limits import MAX_PIXELS, open_image
 
 VERDICTS = ("held", "flipped", "corrected", "stayed wrong", "unparsed", "error")
 THUMBNAIL_PIXELS = 192  # longest side of a thumbnail
@@ -120,8 +123,10 @@ def sent(run: LoadedRun, prediction: ItemPrediction) -> dict[str, Any]:
         history = None
         if run.settings.get("dialogue") == "multi":
             history = Exchange(stage1_prompt, prediction.stage1[0].output if prediction.stage1 else "")
+        with_text = cue_in_prompt(run.settings.get("typographic"))
         for number, ((text, hinted), answer) in enumerate(zip(cues, prediction.stage2)):
-            request = stage2_request(f"{row['id']}/stage2/{number}", row, None, prompts, text, history)  # type: ignore[arg-type]
+            shown = text if with_text else ""
+            request = stage2_request(f"{row['id']}/stage2/{number}", row, None, prompts, shown, history)  # type: ignore[arg-type]
             stage2.append({"cue": text.strip(), "turns": request.turns(), "hinted": hinted, "output": answer.output,
                            "parsed": answer.parsed, "error": answer.error})  # fmt: skip
     first = prediction.stage1[0] if prediction.stage1 else None
@@ -224,8 +229,44 @@ def image_extension(data: bytes) -> str:
         return {"jpeg": "jpg"}.get((image.format or "png").lower(), (image.format or "png").lower())
 
 
+def drawn_image(run: LoadedRun, item_id: str, cue_text: str) -> bytes | None:
+    """A typographic run's stage-2 image as PNG, drawn again from the item's image and the run's recorded style
+    (deterministic, so the run folder need not store one image per draw); None for other cues."""
+    style = style_of(run.settings.get("typographic"))
+    if style is None:
+        return None
+    with open_image(run.images[item_id], MAX_PIXELS) as image:
+        return png_bytes(render_cue(image, cue_text, style))
+
+
+def write_typographic_example(path: str | Path, out: Path) -> None:
+    """The stage-2 image of a typographic run's first draw that asked stage 2, drawn again, as the PNG ``out``
+    (the report's example); refused in one line when the run has none."""
+    loaded = load_run(path)
+    for prediction in loaded.predictions:
+        if prediction.error is None and prediction.stage2:
+            png = drawn_image(loaded, prediction.id, prediction.stage2[0].cue)
+            if png is not None:
+                out.write_bytes(png)
+                return
+    raise ValueError(f"{path}: no draw of this typographic run asked stage 2 without an error; nothing to show")
+
+
+def cue_label(settings: Mapping[str, Any], config: str) -> str:
+    """The run's cue as the page names it; a typographic run says its mode, and the Pillow that drew it if not this one."""
+    name = (settings.get("cue") or {}).get("name", "note" if config == "implicit" else "hint")
+    drawn = settings.get("typographic")
+    if drawn is None:
+        return name
+    redrawn = ""
+    if drawn.get("pillow") != PIL.__version__:
+        redrawn = f", drawn again with Pillow {PIL.__version__}, the run's {drawn.get('pillow')}"
+    return f"{name} ({drawn['mode']}{redrawn})"
+
+
 def view_data(runs: Sequence[LoadedRun], strings: Strings) -> tuple[dict[str, Any], dict[str, bytes]]:
-    """The page's data (texts as indices into ``strings``) and the images it shows, by content hash."""
+    """The page's data (texts as indices into ``strings``) and the images it shows, by content hash; a typographic
+    run's stage-2 images too."""
     items: dict[str, dict[str, Any]] = {}
     images: dict[str, bytes] = {}
     run_entries = []
@@ -234,7 +275,7 @@ def view_data(runs: Sequence[LoadedRun], strings: Strings) -> tuple[dict[str, An
         run_entries.append(
             {
                 "label": run.label, "path": str(run.path), "config": run.config, "protocol": protocol_name(settings),
-                "cue": (settings.get("cue") or {}).get("name", "note" if run.config == "implicit" else "hint"),
+                "cue": cue_label(settings, run.config),
                 "dialogue": settings.get("dialogue", "single"),
             }
         )  # fmt: skip
@@ -252,6 +293,12 @@ def view_data(runs: Sequence[LoadedRun], strings: Strings) -> tuple[dict[str, An
                 },
             )  # fmt: skip
             requests = sent(run, prediction)
+            stage2_images = []
+            for s in requests["stage2"]:
+                png = drawn_image(run, prediction.id, s["cue"])
+                stage2_images.append(None if png is None else image_digest(png))
+                if png is not None:
+                    images.setdefault(stage2_images[-1], png)
             item["runs"].setdefault(str(number), []).append(
                 {
                     "draw": getattr(prediction, "draw", 0),
@@ -260,8 +307,8 @@ def view_data(runs: Sequence[LoadedRun], strings: Strings) -> tuple[dict[str, An
                     "s1": [strings(requests["stage1"]["prompt"]), strings(requests["stage1"]["output"]),
                            requests["stage1"]["parsed"]],
                     "s2": [
-                        [[strings(text) for _, text in s["turns"]], s["hinted"], strings(s["output"]), s["parsed"]]
-                        for s in requests["stage2"]
+                        [[strings(text) for _, text in s["turns"]], s["hinted"], strings(s["output"]), s["parsed"], drawn]
+                        for s, drawn in zip(requests["stage2"], stage2_images)
                     ],
                     "final": prediction.prediction,
                 }

@@ -232,7 +232,13 @@ function drawNode(runIndex, d) {
     const turns = s[0].map((t, j) => pre((j % 2 ? "assistant: " : "user: ") + S(t)));
     const label = "stage 2" + (d.s2.length > 1 ? " (note " + (k + 1) + ")" : "") + (s[1] ? ", cue names " + s[1] : "") +
       ": " + (s[3] === null ? "unparsed" : s[3]);
-    node.appendChild(details(label, turns.concat([pre(S(s[2]))])));
+    const shown = [];
+    if (s[4]) {  // a typographic run: the image stage 2 showed, the cue drawn in
+      const link = el("a"); link.href = D.image_files[s[4]]; link.target = "_blank"; link.rel = "noopener";
+      const img = el("img"); img.src = "thumbs/" + s[4] + ".jpg"; img.alt = "stage-2 image with the cue drawn in"; img.loading = "lazy";
+      link.appendChild(img); shown.push(link);
+    }
+    node.appendChild(details(label, shown.concat(turns, [pre(S(s[2]))])));
   });
   if (d.error !== null) node.appendChild(pre("error: " + S(d.error)));
   return node;

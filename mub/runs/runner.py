@@ -27,6 +27,7 @@ from mub.protocol.cues import Cue, followup
 from mub.protocol.parsing import option_labels, parse_answer
 from mub.protocol.presets import DRAW_COPIES, PromptFormat, draws_of, level_of, setting_of
 from mub.protocol.prompts import item_kind, render
+from mub.protocol.typographic import CueDoesNotFit, cue_in_prompt, png_bytes, render_cue, style_of
 from mub.runs import distributed
 from mub.runs.predictions import DrawKey, ItemPrediction, StageAnswer, draw_name
 from mub.runs.results import build_results
@@ -324,6 +325,9 @@ def run_batch(
         for sample in range(config.num_samples)
     ]
     stage1 = backend.generate(stage1_requests)
+    # --cue typographic: stage 2 shows the image with the cue drawn in; the prompt holds the cue only under --cue-both.
+    drawn = config.typographic()
+    style, with_text = style_of(drawn), cue_in_prompt(drawn)
     records: list[ItemPrediction] = []
     stage2_requests: list[Request] = []
     asked: list[list[tuple[str, str | None]]] = []
@@ -335,11 +339,22 @@ def run_batch(
         cues: list[tuple[str, str | None]] = []
         if record.error is None and config.stages == 2:
             cues = stage2_cues(cue, row, stages.is_correct(record.original_prediction, row), config.notes)
+        stage2_image, stage2_bytes = image, data
+        if style is not None and cues:  # one cue: the named option's sentence
+            try:
+                stage2_image = render_cue(image, cues[0][0].strip(), style)
+                stage2_bytes = png_bytes(stage2_image)
+            except CueDoesNotFit as exc:  # an item error, never a cut-off cue
+                record.error, cues = f"item {row['id']}: {exc}", []
         asked.append(cues)
         first = stage1_requests[position * config.num_samples]
         stage1_turn = Exchange(first.prompt, samples[0].text) if config.dialogue == "multi" else None
         for number, (text, _) in enumerate(cues):
-            stage2_requests.append(stage2_request(f"{prefix}/stage2/{number}", row, image, prompts, text, stage1_turn, data))
+            stage2_requests.append(
+                stage2_request(
+                    f"{prefix}/stage2/{number}", row, stage2_image, prompts, text if with_text else "", stage1_turn, stage2_bytes
+                )
+            )
     stage2 = iter(backend.generate(stage2_requests) if stage2_requests else [])
     for record, row, cues in zip(records, rows, asked):
         record.stage2 = [stage_answer(next(stage2), text.strip(), row, hinted) for text, hinted in cues]

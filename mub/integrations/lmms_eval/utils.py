@@ -46,6 +46,8 @@ def run_config(config: str, kwargs: Mapping[str, Any] | None) -> RunConfig:
         notes=int(kwargs.get("notes", 5)), backend="lmms-eval",
     )  # fmt: skip
     settings.validate()
+    if settings.typographic() is not None:  # the task's stage 2 resends the item's own image
+        raise ValueError("cue typographic draws the cue into the image, which the lmms-eval task does not send; use mub run")
     return settings
 
 
