@@ -619,7 +619,7 @@ def whole_numbers(name: str, values: Optional[Sequence[Any]], low: int, high: in
     bad = given & ((array != np.floor(array)) | (array < low) | (array > high))
     if bad.any():
         row = int(np.argmax(bad))
-        raise ValueError(f"{name}[{row}] = {array[row]!r}; {name} holds whole numbers from {low} to {high}, or None")
+        raise ValueError(f"{name}[{row}] = {array[row]:g}; {name} holds whole numbers from {low} to {high}, or None")
     return array
 
 
