@@ -279,12 +279,13 @@ def test_metric_all_censored_no_t_and_censored_before_the_horizon():
     no_t = _metric(["B", "C"], ["A", "C"], [1, None])
     assert no_t["n_t"] == 0 and no_t["survival"] == [None, None, None]
     assert no_t["mean_turn_of_flip"] is None and no_t["mean_turn_of_flip_ci"] is None
-    # Three T items: one flips at turn 1, one held but asked 1 turn only (censored there), one held through 3.
-    # KM: S(1) = 2/3; at turn 2 one item is at risk and none flips: S(2) = S(3) = 2/3; mean = 1 + 2/3 + 2/3.
-    censored = _metric(["A"] * 3, ["C", "A", "A"], [1, None, None], turns_asked=[1, 1, 3])
-    assert censored["at_risk"] == [3, 1, 1] and censored["flipped"] == [1, 0, 0]
-    assert censored["survival"] == pytest.approx([2 / 3, 2 / 3, 2 / 3])
-    assert censored["mean_turn_of_flip"] == pytest.approx(1 + 4 / 3)
+    # Four T items: one held but asked 1 turn only (censored there), one flips at turn 2, two hold through 3.
+    # KM: S(1) = 1; at turn 2 three items are at risk and one flips: S(2) = S(3) = 2/3 (not 1 - 1/4: the
+    # censored item left the risk set); mean = 1 + S(1) + S(2) = 8/3.
+    censored = _metric(["A"] * 4, ["A", "C", "A", "A"], [None, 2, None, None], turns_asked=[1, 2, 3, 3])
+    assert censored["at_risk"] == [4, 3, 2] and censored["flipped"] == [0, 1, 0]
+    assert censored["survival"] == pytest.approx([1, 2 / 3, 2 / 3])
+    assert censored["mean_turn_of_flip"] == pytest.approx(8 / 3)
     # Everyone still at risk leaves before the horizon unflipped: the curve is undefined beyond, and so the mean.
     gone = _metric(["A", "A"], ["C", "A"], [1, None], turns_asked=[1, 1])
     assert gone["survival"] == [0.5, None, None] and gone["mean_turn_of_flip"] is None
@@ -323,3 +324,48 @@ def test_metric_bootstrap_is_seeded_and_through_evaluate_gives_the_same():
 def test_metric_refuses_bad_pressure_inputs(extra, turns, message):
     with pytest.raises(ValueError, match=message.replace("[", r"\[").replace("]", r"\]")):
         misleading_rate_report(["C", "A"], ["A", "A"], ["A", "A"], pressure=extra, pressure_turns=turns)
+
+
+# ------------------------------------------------------------ transformers: each turn extends the last one's prompt
+
+
+def test_transformers_turns_extend_the_last_prompt_and_reuse_the_stage1_prefix(tmp_path):
+    """A tiny random llava pushed for 3 turns: turn k+1's rendered prompt starts with turn k's (so the backend's
+    prefix reuse applies), every turn reuses the cached stage-1 prompt and reply, and outputs equal those of
+    full prompts (reuse off)."""
+    from mub.backends.transformers_backend import from_run_config
+    from mub.testing.tiny_models import build_tiny_model
+
+    model = str(build_tiny_model("llava", tmp_path / "llava"))
+
+    def pushed(reuse_prefix: bool) -> tuple[object, list[Request], list[dict]]:
+        config = RunConfig(
+            model=model, protocol="deterministic", dialogue="multi", pressure=3, limit=3, batch_size=4,
+            max_new_tokens=6, out=str(tmp_path / f"run-{reuse_prefix}"), progress=False,
+            backend_options={"reuse_prefix": reuse_prefix},
+        )  # fmt: skip
+        backend = from_run_config(config)
+        sent: list[Request] = []
+        generate = backend.generate
+        backend.generate = lambda requests: (sent.extend(requests), generate(requests))[1]  # type: ignore[method-assign]
+        run(config, backend=backend)
+        lines = (tmp_path / f"run-{reuse_prefix}" / "predictions.jsonl").read_text().splitlines()
+        return backend, sent, [json.loads(line) for line in lines]
+
+    backend, sent, records = pushed(True)
+    _, _, plain = pushed(False)
+    assert [[a["output"] for a in r["stage1"] + r["stage2"]] for r in records] == [
+        [a["output"] for a in r["stage1"] + r["stage2"]] for r in plain
+    ]
+    assert [(r["turn_of_flip"], r["flips"]) for r in records] == [(r["turn_of_flip"], r["flips"]) for r in plain]
+    turns = [r for r in sent if "/stage2/" in r.key]
+    assert len(turns) == sum(len(r["stage2"]) for r in records) and any(len(r["stage2"]) >= 2 for r in records)
+    by_item: dict[str, list[Request]] = {}
+    for request in sorted(sent, key=lambda r: r.key):
+        by_item.setdefault(request.key.split("/")[0], []).append(request)
+    for requests in by_item.values():  # stage1/0, stage2/0, stage2/1, ...: each prompt extends the one before
+        texts = backend._prompt_texts(requests)  # type: ignore[attr-defined]
+        assert all(later.startswith(earlier) for earlier, later in zip(texts, texts[1:]))
+    # Each turn ran on the cached stage-1 prompt and reply (a reused batch stores nothing, so turn k+1 reuses
+    # stage 1 again, not turn k: the earlier turns' tokens are recomputed, see README).
+    assert backend._prefix.cache.hits >= len(turns)  # type: ignore[attr-defined]
