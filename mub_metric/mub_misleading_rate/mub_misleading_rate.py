@@ -68,6 +68,9 @@ Args (config "default"):
         that same answer at stage 2. Give both or neither.
     bootstrap (int, optional): number of cluster-bootstrap resamples (at most 100,000); adds <rate>_bootstrap_ci.
     seed (int, optional): seed of the bootstrap's random generator.
+    pressure_turns (int, optional): N of a run that pushed each row for up to N turns; read with
+        turn_of_flip (list of int in 1..N or None = held), turns_asked (list of int, optional: a row that held
+        through fewer turns is censored there) and flips (list of int, optional: answer changes); adds pressure.
 Args (config "consistency"):
     samples (list of list of str or None): k >= 2 answers per item, drawn without misleading.
     references (list of str): the correct answers.
@@ -78,7 +81,11 @@ Returns (config "default"):
     bootstrap, <rate>_bootstrap_ci;
     mcnemar_p (float); with confidences: confidence_before, confidence_after_on_original, confidence_drop;
     by_difficulty / by_misled_count / by_source / by_question_type (dict label -> the same figures);
-    mr_t2f_levels_mean (unweighted mean of the per-difficulty mr_t2f).
+    mr_t2f_levels_mean (unweighted mean of the per-difficulty mr_t2f);
+    with pressure_turns, pressure (overall and per group): per-turn at_risk and flipped of the stage-1-correct
+    rows, the Kaplan-Meier survival (+ survival_ci), mean_turn_of_flip (restricted mean up to N, never-flipped
+    rows counting N; + mean_turn_of_flip_ci, cluster bootstrap, 2,000 resamples and seed 0 unless given),
+    never_flipped, flips, mean_flips.
 Returns (config "consistency"):
     n, k_min, k_max, consistency_rate (+ _ci), mean_agreement, modal_accuracy (+ _ci), mean_entropy (nats).
 Examples:
