@@ -369,3 +369,47 @@ def test_transformers_turns_extend_the_last_prompt_and_reuse_the_stage1_prefix(t
     # Each turn ran on the cached stage-1 prompt and reply (a reused batch stores nothing, so turn k+1 reuses
     # stage 1 again, not turn k: the earlier turns' tokens are recomputed, see README).
     assert backend._prefix.cache.hits >= len(turns)  # type: ignore[attr-defined]
+
+
+def test_view_rebuilds_every_turn_asked_as_it_was_sent(tmp_path):
+    from mub.report.view import load_run, sent
+
+    backend, _ = _run(tmp_path / "run")
+    shown = load_run(tmp_path / "run", _dataset(_items()))
+    held = next(p for p in shown.predictions if p.id == "item-6")
+    turns = sent(shown, held)["stage2"]
+    asked = sorted((r for call in backend.calls for r in call if r.key.startswith("item-6/stage2/")), key=lambda r: r.key)
+    assert [t["turns"] for t in turns] == [r.turns() for r in asked] and len(turns) == TURNS
+    assert [t["cue"] for t in turns] == [a.cue for a in held.stage2]
+
+
+def test_rescore_settles_the_turns_again(tmp_path):
+    import mub_dataset
+    from mub.runs.rescore import rescore_run
+
+    dataset = mub_dataset.load("explicit", "sample")
+    items = {row["id"]: row for row in dataset.remove_columns("image").to_list()}
+
+    def gives_in_at_turn_2(request: Request) -> str:
+        item = items[request.key.split("/")[0]]
+        pushed = "/stage2/" in request.key and _turn(request) >= 2
+        return item["misleading_answer"] if pushed else item["answer"]
+
+    config = _config(tmp_path / "run", limit=20)
+    results = run(config, backend=ScriptedBackend(gives_in_at_turn_2), dataset=dataset)
+    rescored = rescore_run(tmp_path / "run", "mub", tmp_path / "again", progress=False)
+    assert rescored["results"]["explicit"]["pressure"] == results["results"]["explicit"]["pressure"]
+    assert results["results"]["explicit"]["pressure"]["flipped"] == [0, 20, 0]
+    assert {r["turn_of_flip"] for r in map(json.loads, (tmp_path / "again" / "predictions.jsonl").read_text().splitlines())} == {2}
+    # A reading that finds the misleading answer already in turn 1's output moves the flip to turn 1.
+    from mub.runs.rescore import reread
+
+    record = ItemPrediction.from_json(json.loads((tmp_path / "run" / "predictions.jsonl").read_text().splitlines()[0]))
+    row = items[record.id]
+    readings = iter([row["answer"], row["misleading_answer"], row["misleading_answer"]])  # stage 1, turns 1 and 2
+
+    def read(output: str, _row) -> str:
+        return next(readings)
+
+    settled = reread(record, row, read, implicit=False)
+    assert (settled.turn_of_flip, settled.prediction, settled.flips) == (1, row["misleading_answer"], 1)

@@ -30,7 +30,7 @@ from mub.protocol.presets import level_of, protocol_named, setting_of
 from mub.protocol.prompts import render
 from mub.report.rows import run_folders
 from mub.runs.predictions import ItemPrediction
-from mub.runs.runner import stage2_cues, stage2_request
+from mub.runs.runner import recorded_pressure_requests, stage2_cues, stage2_request
 from mub.runs.storage import RunFolder, protocol_name
 from mub_dataset.files import cell_bytes, image_digest, staged_folder
 from mub_dataset.fingerprint import items_fingerprint
@@ -120,8 +120,13 @@ def sent(run: LoadedRun, prediction: ItemPrediction) -> dict[str, Any]:
         history = None
         if run.settings.get("dialogue") == "multi":
             history = Exchange(stage1_prompt, prediction.stage1[0].output if prediction.stage1 else "")
-        for number, ((text, hinted), answer) in enumerate(zip(cues, prediction.stage2)):
-            request = stage2_request(f"{row['id']}/stage2/{number}", row, None, prompts, text, history)  # type: ignore[arg-type]
+        asked = [
+            (stage2_request(f"{row['id']}/stage2/{number}", row, None, prompts, text, history), text, hinted)  # type: ignore[arg-type]
+            for number, (text, hinted) in enumerate(cues)
+        ]
+        if run.settings.get("pressure"):  # --pressure: one request per turn asked, each after the turns before it
+            asked = recorded_pressure_requests(run.settings["pressure"], row, prompts, correct, history, prediction.stage2)
+        for (request, text, hinted), answer in zip(asked, prediction.stage2):
             stage2.append({"cue": text.strip(), "turns": request.turns(), "hinted": hinted, "output": answer.output,
                            "parsed": answer.parsed, "error": answer.error})  # fmt: skip
     first = prediction.stage1[0] if prediction.stage1 else None

@@ -359,6 +359,33 @@ def run_batch(
     return records
 
 
+def pressure_request(
+    pressure: Pressure, turn: int, prefix: str, row: Mapping[str, Any], image: Image.Image, prompts: PromptFormat,
+    stage1_correct: bool, stage1: Exchange | None, earlier: Sequence[Exchange], image_bytes: bytes | None = None,
+) -> tuple[Request, str, str | None]:
+    """Turn ``turn`` (1-based) of ``--pressure``: its request after the ``earlier`` turns, its push and the option
+    that names (the hint's: misleading after a correct stage 1, true after a wrong one)."""
+    text, hinted = pressure.text(turn, stages.hinted_answer(row, stage1_correct))
+    key = f"{prefix}/stage2/{turn - 1}"  # turn 1's key is the one-cue stage 2's: the same sampling seed
+    return stage2_request(key, row, image, prompts, text, stage1, image_bytes, tuple(earlier)), text, hinted
+
+
+def recorded_pressure_requests(
+    recorded: Mapping[str, Any], row: Mapping[str, Any], prompts: PromptFormat, stage1_correct: bool,
+    stage1: Exchange | None, answers: Sequence[StageAnswer],
+) -> list[tuple[Request, str, str | None]]:
+    """The requests of a recorded ``--pressure`` draw's turns (run.json's ``"pressure"``, its stage-2 answers),
+    rebuilt as :func:`press` sent them, without the image (``mub view``)."""
+    pressure = Pressure(int(recorded["turns"]), tuple(recorded["templates"]))
+    earlier: list[Exchange] = []
+    asked = []
+    for turn, answer in enumerate(answers, 1):
+        request, text, hinted = pressure_request(pressure, turn, str(row["id"]), row, None, prompts, stage1_correct, stage1, earlier)  # type: ignore[arg-type]
+        asked.append((request, text, hinted))
+        earlier.append(Exchange(request.prompt, answer.output))
+    return asked
+
+
 def press(
     pressure: Pressure,
     records: Sequence[ItemPrediction],
@@ -378,9 +405,7 @@ def press(
         for i in pushed:
             row, (image, _, data) = rows[i], images[i]
             correct = stages.is_correct(records[i].original_prediction, row)
-            text, hinted = pressure.text(turn, stages.hinted_answer(row, correct))
-            key = f"{prefixes[i]}/stage2/{turn - 1}"  # turn 1's key is the one-cue stage 2's: the same sampling seed
-            request = stage2_request(key, row, image, prompts, text, stage1_turns[i], data, tuple(earlier[i]))
+            request, text, hinted = pressure_request(pressure, turn, prefixes[i], row, image, prompts, correct, stage1_turns[i], earlier[i], data)
             asked.append((i, request, text, hinted))
         generations = backend.generate([request for _, request, _, _ in asked]) if asked else []
         pushed = []
