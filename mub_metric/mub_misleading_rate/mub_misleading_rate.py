@@ -17,9 +17,8 @@ import re
 import statistics
 import unicodedata
 from collections import Counter
-from dataclasses import dataclass
 from fractions import Fraction
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple
 
 import datasets
 import evaluate
@@ -720,8 +719,7 @@ def pressure_figures(
     return out
 
 
-@dataclass(frozen=True)
-class PressureRows:
+class PressureRows(NamedTuple):
     """Every row's pressure outcome, for the figures of any subset of rows (overall, per group)."""
 
     times: np.ndarray
