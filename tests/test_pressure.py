@@ -10,10 +10,10 @@ import json
 from pathlib import Path
 
 import pytest
+from test_cues import _cli_error
 from test_runner import _dataset, _item, _item_number
 
 from mub.backends.base import Exchange, Generation, Request
-from mub.cli import main
 from mub.config import RunConfig
 from mub.protocol.cues import MAX_TEMPLATE_CHARS
 from mub.protocol.pressure import DEFAULT_TEMPLATES
@@ -221,14 +221,6 @@ def test_resume_refuses_other_turns_or_templates(tmp_path, change):
     assert "pressure" in str(error.value) and "\n" not in str(error.value)
 
 
-def _cli_error(capsys, tmp_path: Path, *flags: str) -> str:
-    argv = ["run", "--model", "tiny:llava", "--out", str(tmp_path / "cli"), "--no-progress", *flags]
-    assert main(argv) == 2
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1, err
-    return err
-
-
 def test_bad_pressure_input_gets_one_line_naming_the_fix(capsys, tmp_path):
     assert "add --dialogue multi" in _cli_error(capsys, tmp_path, "--pressure", "3")
     assert "between 1 and 20" in _cli_error(capsys, tmp_path, "--pressure", "0", "--dialogue", "multi")
@@ -413,3 +405,20 @@ def test_rescore_settles_the_turns_again(tmp_path):
 
     settled = reread(record, row, read, implicit=False)
     assert (settled.turn_of_flip, settled.prediction, settled.flips) == (1, row["misleading_answer"], 1)
+
+
+def test_a_run_killed_between_turns_resumes_with_the_unfinished_items_only(tmp_path):
+    from mub.errors import RunInterrupted
+
+    def killed(request: Request) -> str | Generation:
+        if request.key == "item-5/stage2/1":  # the second group's turn 2
+            raise KeyboardInterrupt
+        return _reply(request)
+
+    with pytest.raises(RunInterrupted):
+        _run(tmp_path / "run", rule=killed, batch_size=4)
+    assert sorted(_records(tmp_path / "run")) == [1, 2, 3, 4]  # the first group is on disk, nothing of the second
+    backend, resumed = _run(tmp_path / "run", resume=True, batch_size=4)
+    assert {r.key.split("/")[0] for call in backend.calls for r in call} == {"item-5", "item-6", "item-7", "item-8"}
+    _, clean = _run(tmp_path / "clean", batch_size=4)
+    assert resumed["results"] == clean["results"]
