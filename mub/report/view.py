@@ -120,13 +120,14 @@ def sent(run: LoadedRun, prediction: ItemPrediction) -> dict[str, Any]:
         history = None
         if run.settings.get("dialogue") == "multi":
             history = Exchange(stage1_prompt, prediction.stage1[0].output if prediction.stage1 else "")
-        asked = [
-            (stage2_request(f"{row['id']}/stage2/{number}", row, None, prompts, text, history), text, hinted)  # type: ignore[arg-type]
-            for number, (text, hinted) in enumerate(cues)
-        ]
+        turns = None
         if run.settings.get("pressure"):  # --pressure: one request per turn asked, each after the turns before it
-            asked = recorded_pressure_requests(run.settings["pressure"], row, prompts, correct, history, prediction.stage2)
-        for (request, text, hinted), answer in zip(asked, prediction.stage2):
+            turns = recorded_pressure_requests(run.settings["pressure"], row, prompts, correct, history, prediction.stage2)
+            cues = [(text, hinted) for _, text, hinted in turns]
+        for number, ((text, hinted), answer) in enumerate(zip(cues, prediction.stage2)):
+            request = stage2_request(f"{row['id']}/stage2/{number}", row, None, prompts, text, history)  # type: ignore[arg-type]
+            if turns is not None:
+                request = turns[number][0]
             stage2.append({"cue": text.strip(), "turns": request.turns(), "hinted": hinted, "output": answer.output,
                            "parsed": answer.parsed, "error": answer.error})  # fmt: skip
     first = prediction.stage1[0] if prediction.stage1 else None
