@@ -260,6 +260,41 @@ MUTATIONS: tuple[Mutation, ...] = (
         'digest[:8], "little")',
         ("tests/test_backend_common.py",),
     ),
+    Mutation(
+        "pressure: an item that held counts as flipping at its last turn",
+        "mub_metric/mub_misleading_rate/mub_misleading_rate.py",
+        "    events = ~np.isnan(flip)",
+        "    events = np.ones(n, dtype=bool)",
+        ("tests/test_pressure.py",),
+    ),
+    Mutation(
+        "pressure: turn of flip off by one (0-based)",
+        "mub/protocol/pressure.py",
+        "enumerate(turns_correct, 1)",
+        "enumerate(turns_correct)",
+        ("tests/test_pressure.py",),
+    ),
+    Mutation(
+        "pressure: a flipped item is pushed again",
+        "mub/runs/runner.py",
+        "            elif stages.is_correct(answer.parsed, row) == stages.is_correct(record.original_prediction, row):",
+        "            elif True:",
+        ("tests/test_pressure.py",),
+    ),
+    Mutation(
+        "pressure: the restricted mean sums S(1)..S(N) instead of S(0)..S(N-1)",
+        "mub_metric/mub_misleading_rate/mub_misleading_rate.py",
+        "    return 1.0 + survival[..., :-1].sum(axis=-1)",
+        "    return survival.sum(axis=-1)",
+        ("tests/test_pressure.py",),
+    ),
+    Mutation(
+        "pressure: survival ignores censoring (share of all T items, not Kaplan-Meier)",
+        "mub_metric/mub_misleading_rate/mub_misleading_rate.py",
+        "    survival = np.cumprod(1.0 - hazard, axis=-1)",
+        "    survival = 1.0 - np.cumsum(flipped, axis=-1) / np.maximum(at_risk[..., :1], 1)",
+        ("tests/test_pressure.py",),
+    ),
 )
 
 

@@ -151,6 +151,12 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
         "--dialogue", choices=DIALOGUES, default="single",
         help="single: stage 2 is a fresh request with the cue in the prompt (the paper's); multi: stage 2 follows the model's own stage-1 answer",
     )  # fmt: skip
+    p.add_argument(
+        "--pressure", type=int, metavar="N",
+        help="with --dialogue multi: push up to N turns in one conversation, stopping at an item's first flip "
+        "(records its turn of flip; results get the survival curve)",
+    )  # fmt: skip
+    p.add_argument("--pressure-templates", metavar="FILE", help="a JSON list of the pushes' templates, turn by turn (the last repeats; {answer}: the option the hint names)")
     p.add_argument("--notes", type=int, default=5, help="implicit: notes tried per item (default 5)")
     p.add_argument(
         "--draws", choices=DRAW_MODES,

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from mub.protocol.cues import DIALOGUES, HINT, TYPOGRAPHIC, Cue, default_cue, resolve_cue
+from mub.protocol.pressure import Pressure, check_templates, check_turns
 from mub.protocol.presets import (
     API_REQUESTS,
     CLOSED_MODEL_DECODING,
@@ -188,6 +189,8 @@ class RunConfig:
     dialogue: str = "single"  # one of mub.protocol.cues.DIALOGUES
     cue_style: str | None = None  # --cue typographic: KEY=VALUE,... of mub.protocol.typographic.CueStyle
     cue_mode: str | None = None  # --cue typographic: "image-only" (None) or "both" (the text in the prompt too)
+    pressure: int | None = None  # up to N pushes in one conversation (needs dialogue multi); None: one cue
+    pressure_templates: str | None = None  # a JSON file listing the pushes' templates; None: the defaults
     notes: int = 5
     max_new_tokens: int | None = None
     temperature: float | None = None
@@ -285,6 +288,40 @@ class RunConfig:
             read = self._template_read = (self.cue_template, text)
         return read[1]
 
+    def pressure_spec(self) -> Pressure | None:
+        """The run's pressure (``--pressure``, ``--pressure-templates``), or ``None`` for a one-cue stage 2."""
+        if self.pressure is None:
+            return None
+        if self.pressure_templates is None:
+            return Pressure(self.pressure)
+        read = getattr(self, "_pressure_read", None)
+        if read is None or read[0] != self.pressure_templates:  # read once, as the cue template
+            import json
+
+            from mub_dataset.files import MAX_TEMPLATE_BYTES, read_regular_file
+
+            where = f"--pressure-templates {self.pressure_templates}"
+            try:
+                data = json.loads(read_regular_file(self.pressure_templates, "--pressure-templates", MAX_TEMPLATE_BYTES))
+            except OSError as exc:
+                raise ValueError(f"{where}: cannot read it ({exc.strerror}); give a JSON file listing the templates") from None
+            except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+                raise ValueError(f"{where}: not JSON ({exc}); give a JSON list of template strings") from None
+            read = self._pressure_read = (self.pressure_templates, check_templates(data, where))
+        return Pressure(self.pressure, read[1])
+
+    def _pressure_problem(self) -> str | None:
+        """Why ``--pressure`` (or its templates) cannot go with the other flags, or ``None``."""
+        if self.pressure is None:
+            return "--pressure-templates words the turns of --pressure N; add --pressure N" if self.pressure_templates else None
+        if self.dialogue != "multi":
+            return f"--pressure pushes within one conversation: add --dialogue multi (got --dialogue {self.dialogue})"
+        if setting_of(self.config) != "explicit" or self.stages == 1:
+            return "--pressure takes the place of the explicit hint: use an explicit config and both stages"
+        if self.cue is not None or self.cue_template is not None or self.hint_template is not None:
+            return "--pressure words every turn from its templates: leave out --cue, --cue-template and --hint-template (give --pressure-templates FILE)"
+        return None
+
     def validate(self) -> None:
         # mub_dataset imports datasets: only when a run starts, never for `mub --help`.
         from mub_dataset.features import DIFFICULTY_LEVELS
@@ -343,6 +380,12 @@ class RunConfig:
             raise ValueError("--hint-template and --cue-template both replace the hint's template; give one of them")
         self.cue_spec()  # an unknown cue or a template without its field fails here
         self._check_typographic()
+        if self.pressure is not None:
+            check_turns(self.pressure)
+        problem = self._pressure_problem()
+        if problem is not None:
+            raise ValueError(problem)
+        self.pressure_spec()  # an unreadable or invalid templates file fails here
 
     def out_dir(self) -> Path:
         if self.out:
@@ -385,6 +428,7 @@ class RunConfig:
             "cue": asdict(self.cue_spec()),
             "dialogue": self.dialogue,
             "typographic": self.typographic(),
+            "pressure": None if (pressure := self.pressure_spec()) is None else pressure.settings(),
             "notes": self.notes,
             "num_samples": self.num_samples,
             "stages": self.stages,

@@ -109,7 +109,7 @@ def test_a_submission_mixing_cues_across_configs_is_refused_in_one_line() -> Non
 def test_hostile_stage2_settings_are_refused_and_unrecorded_ones_kept_out_of_the_rank() -> None:
     hostile = {
         "cue name markup": ({"explicit": stage2("explicit", cue=None) | {"cue": {"name": "<b>x</b>"}}}, "not a setting name"),
-        "turns": ({"explicit": stage2("explicit") | {"pressure": {"turns": 10**6, "templates": []}}}, "turns: 1 to 100"),
+        "turns": ({"explicit": stage2("explicit") | {"pressure": {"turns": 10**6, "templates": []}}}, "turns: 1 to 20"),
         "another task's settings": ({"explicit": stage2("implicit")}, "not this task's config"),
         "no settings for its task": ({"implicit": stage2("implicit", "opinion")}, "lacks the run settings"),
     }

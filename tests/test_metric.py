@@ -556,10 +556,10 @@ def test_card_header():
         assert field in header
 
 
-@pytest.mark.parametrize("index", range(4))
+@pytest.mark.parametrize("index", range(5))
 def test_card_examples_run_and_print_what_the_card_says(index):
     examples = card_examples()
-    assert len(examples) == 4
+    assert len(examples) == 5
     code, expected = examples[index]
     stdout = io.StringIO()
     with contextlib.redirect_stdout(stdout):

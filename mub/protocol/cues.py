@@ -118,13 +118,14 @@ def resolve_cue(name: str, setting: str, preset: Protocol, hint_template: str, t
 MAX_TEMPLATE_CHARS = 10_000
 
 
-def check_template(name: str, template: str) -> None:
+def check_template(name: str, template: str, field: str | None = "") -> None:
     """A template must fill its cue's field (``{answer}`` or ``{note}``), plainly, and no other.
 
     Plainly: no format spec or conversion (``{answer:>300000000}`` asked for a 300 MB cue) and no attribute
-    or index (``{answer.__class__}`` wrote an object's repr into the prompt).
+    or index (``{answer.__class__}`` wrote an object's repr into the prompt). ``field`` given (``"answer"``
+    or ``None``) is the field instead of the cue's: a pressure turn's template may name the option or not.
     """
-    field = FIELDS[name]
+    field = FIELDS[name] if field == "" else field
     if len(template) > MAX_TEMPLATE_CHARS:
         raise ValueError(f"the {name} cue's template is {len(template)} characters long, over the limit of {MAX_TEMPLATE_CHARS}; shorten it")
     try:

@@ -49,6 +49,7 @@ from pathlib import PurePosixPath
 from typing import Any, Mapping, Sequence
 
 from mub.protocol.cues import MAX_TEMPLATE_CHARS
+from mub.protocol.pressure import MAX_TURNS
 from mub.report.paper import PAPER_CITATION, PAPER_RESULTS
 from mub.report.results_file import STAGE2_KEYS, UNKNOWN_PROTOCOL, number, pressure_label, task_name
 from mub.report.rows import KINDS
@@ -75,7 +76,6 @@ CLUSTERED_NARROWEST, CLUSTERED_SLACK = 0.5, 1.25
 # The table of submissions made before mub recorded their stage-2 settings: their cue cannot be recomputed.
 CUE_NOT_RECORDED = "stage-2 cue not recorded (submitted before mub recorded it)"
 SETTING_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,39}$")  # a cue, dialogue or preset name as mub writes it
-MAX_TURNS = 100
 
 
 class InvalidSubmission(ValueError):

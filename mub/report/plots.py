@@ -343,6 +343,37 @@ def curation_figure(curation: Mapping, path: Path) -> Figure:
     return fig
 
 
+# ------------------------------------------------------------ pressure: survival over turns
+
+
+def survival_curves(runs: Sequence[RunSummary], path: Path) -> Figure:
+    """Each --pressure run's share of T items still holding after turn 0 (stage 1: all), 1, ..., N, as steps,
+    with its bootstrap band; undefined turns (no item at risk) are left out of the line."""
+    fig, axes = _figure(1, 1, (7.5, 5.0 + 0.22 * len(runs)))
+    ax = axes[0][0]
+    horizon = 1
+    for index, run in enumerate(runs):
+        figures = run.figures["pressure"]
+        horizon = max(horizon, figures["turns"])
+        turns = np.arange(figures["turns"] + 1)
+        shares = np.array([1.0, *(np.nan if s is None else s for s in figures["survival"])]) * 100
+        bands = [[1.0, 1.0], *(ci or [np.nan, np.nan] for ci in figures["survival_ci"])]
+        low, high = (np.array([band[i] for band in bands], dtype=float) * 100 for i in (0, 1))
+        style = model_style(index)
+        ax.step(turns, shares, where="post", color=style["color"], linewidth=1.6,
+                label=wrap(f"{run.label} {run.config} (n T = {figures['n_t']})"))  # fmt: skip
+        ax.scatter(turns, shares, s=22, zorder=3, **style)
+        ax.fill_between(turns, low, high, step="post", color=style["color"], alpha=0.15, linewidth=0)
+    ax.set_xlim(0, horizon)
+    ax.set_xticks(range(horizon + 1))
+    ax.set_ylim(0, 102)
+    ax.set_xlabel("turn of pressure (0: stage 1)")
+    ax.set_ylabel("T items still holding (%)")
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.12), fontsize=7, ncol=2, frameon=False)
+    _save(fig, path)
+    return fig
+
+
 # ------------------------------------------------------------ susceptibility vs receptiveness
 
 

@@ -118,6 +118,7 @@ def load_run(path: str | Path) -> RunSummary:
         parser=document.get("run", {}).get("parser", "mub"),
         cue=cue_name({"config": config, **document.get("run", {})}),
         dialogue=dialogue_form(document.get("run", {})),
+        pressure=document.get("run", {}).get("pressure"),
     )
 
 
@@ -491,6 +492,31 @@ def by_notes_table(runs: Sequence[RunSummary]) -> Table | None:
     return Table("Implicit misleading rate by notes tried", headers, body, caption)
 
 
+def pressure_table(runs: Sequence[RunSummary]) -> Table | None:
+    """Runs under ``--pressure N``: the share of T items still holding after each turn, the restricted mean
+    turn of flip and the answer changes, from the counts in results.json."""
+    pushed = [run for run in runs if run.figures.get("pressure")]
+    if not pushed:
+        return None
+    headers = ["Model", "Config", "Turns", "T items", "Holding after turn 1, 2, … (%)", "Mean turn of flip [95% CI]", "Mean flips"]
+    body: list[list[Cell]] = []
+    for run in pushed:
+        figures = run.figures["pressure"]
+        mean, ci = figures["mean_turn_of_flip"], figures["mean_turn_of_flip_ci"]
+        shown = MISSING if mean is None else f"{mean:.2f}" + (f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else "")
+        flips = MISSING if figures["mean_flips"] is None else f"{figures['mean_flips']:.2f}"
+        holding = ", ".join(percent(share) for share in figures["survival"])
+        body.append([run.label, run.config, str(figures["turns"]), str(figures["n_t"]), holding, shown, flips])
+    caption = (
+        "--pressure N pushes each item for up to N turns in one conversation and stops at its first flip. Holding: "
+        "the Kaplan-Meier share of the items answered correctly in stage 1 (T) still correct after each turn, from "
+        "the per-turn counts at risk and flipped in results.json. Mean turn of flip: the restricted mean up to N "
+        "(an item that never flips counts N), with a 95% cluster-bootstrap interval over items. Mean flips: answer "
+        "changes per item over the turns asked, all items."
+    )
+    return Table("Pressure over several turns: turn of flip", headers, body, caption)
+
+
 # ---------------------------------------------------------------- report
 
 
@@ -568,6 +594,19 @@ def build_report(
     notes = by_notes_table(runs)
     if notes is not None:
         blocks.append(notes)
+    pressure = pressure_table(runs)
+    if pressure is not None:
+        pushed = [run for run in runs if run.figures.get("pressure")]
+        blocks += [
+            pressure,
+            FigureSpec(
+                "pressure_survival.png",
+                "Holding under pressure, turn by turn",
+                "Share of the items answered correctly in stage 1 still holding after each push (Kaplan-Meier), "
+                "one line per run; bands: 95% cluster-bootstrap intervals.",
+                partial(plots.survival_curves, pushed),
+            ),
+        ]
     if paper:
         under_paper = [run for run in runs if run.protocol == "paper"]
         blocks.append(paper_table(group_by_model(under_paper), [run for run in runs if run.protocol != "paper"]))

@@ -60,6 +60,7 @@ class RunSummary:
     label: str = ""  # the model as shown in tables and plots; set by assign_labels
     cue: str = ""  # the stage-2 cue (mub.protocol.cues); "": the config's default
     dialogue: str = "single"  # single or multi
+    pressure: dict[str, Any] | None = None  # run.json's "pressure" ({"turns", "templates"}); None: one cue
 
     @property
     def kind(self) -> str:
@@ -75,6 +76,8 @@ class RunSummary:
     def variant(self) -> str:
         """How stage 2 asked: ``"<cue>, <dialogue>"``, or ``""`` for MUB's own form (the config's cue, single turn)."""
         default = "note" if self.kind == "implicit" else "hint"
+        if self.pressure:
+            return f"pressure ×{self.pressure['turns']}, {self.dialogue}"
         if self.stage2_cue == default and self.dialogue == "single":
             return ""
         return f"{self.stage2_cue}, {self.dialogue}"

@@ -32,7 +32,7 @@ from mub.protocol.prompts import render
 from mub.protocol.typographic import cue_in_prompt, png_bytes, render_cue, style_of
 from mub.report.rows import run_folders
 from mub.runs.predictions import ItemPrediction
-from mub.runs.runner import stage2_cues, stage2_request
+from mub.runs.runner import recorded_pressure_requests, stage2_cues, stage2_request
 from mub.runs.storage import RunFolder, protocol_name
 from mub_dataset.files import cell_bytes, image_digest, staged_folder
 from mub_dataset.fingerprint import items_fingerprint
@@ -124,9 +124,15 @@ def sent(run: LoadedRun, prediction: ItemPrediction) -> dict[str, Any]:
         if run.settings.get("dialogue") == "multi":
             history = Exchange(stage1_prompt, prediction.stage1[0].output if prediction.stage1 else "")
         with_text = cue_in_prompt(run.settings.get("typographic"))
+        turns = None
+        if run.settings.get("pressure"):  # --pressure: one request per turn asked, each after the turns before it
+            turns = recorded_pressure_requests(run.settings["pressure"], row, prompts, correct, history, prediction.stage2)
+            cues = [(text, hinted) for _, text, hinted in turns]
         for number, ((text, hinted), answer) in enumerate(zip(cues, prediction.stage2)):
             shown = text if with_text else ""
             request = stage2_request(f"{row['id']}/stage2/{number}", row, None, prompts, shown, history)  # type: ignore[arg-type]
+            if turns is not None:
+                request = turns[number][0]
             stage2.append({"cue": text.strip(), "turns": request.turns(), "hinted": hinted, "output": answer.output,
                            "parsed": answer.parsed, "error": answer.error})  # fmt: skip
     first = prediction.stage1[0] if prediction.stage1 else None

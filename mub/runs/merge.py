@@ -80,6 +80,7 @@ def config_from_settings(settings: Mapping[str, Any], out: str | Path | None) ->
         protocol=protocol_name(settings),  # the levels and the rates by notes depend on it
         cue=cue_name(settings),  # whether stage 2 tried notes
         dialogue=dialogue_form(settings),
+        pressure=(settings.get("pressure") or {}).get("turns"),  # the turns its survival figures run to
         notes=settings.get("notes", RunConfig.notes),
         draws=settings.get("draws", DRAW_ONCE),  # runs made before draws drew each item once
         stages=settings.get("stages", RunConfig.stages),

@@ -44,7 +44,8 @@ class ItemPrediction:
     ``original_prediction`` is the stage-1 answer (the first sample when
     several were drawn); ``prediction`` is the stage-2 answer (for implicit
     items, the answer of the note that flipped it, else of the first note).
-    ``error`` is set when a call failed: the item is then left out of the
+    Under ``--pressure`` ``stage2`` holds the turns asked and ``prediction`` is the answer at the flip (or the
+    last turn's). ``error`` is set when a call failed: the item is then left out of the
     rates, counted as an error, and retried by ``--resume``.
     """
 
@@ -62,6 +63,10 @@ class ItemPrediction:
     flipped_by_note: int | None = None
     error: str | None = None
     draw: int = 0
+    # --pressure: the 1-based turn of the first flip (None: held through every turn) and the answer changes
+    # over the turns asked (stage 2 holds the turns); both None in runs without pressure.
+    turn_of_flip: int | None = None
+    flips: int | None = None
 
     @property
     def draw_key(self) -> DrawKey:

@@ -46,7 +46,7 @@ def reread(
     record = replace(prediction, stage1=[again(a) for a in prediction.stage1], stage2=[again(a) for a in prediction.stage2])
     record.original_prediction = record.stage1[0].parsed if record.stage1 else None
     if record.error is None:
-        settle(record, row, implicit=implicit)
+        settle(record, row, implicit=implicit, pressure=prediction.flips is not None)
     return record
 
 

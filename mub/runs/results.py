@@ -36,6 +36,8 @@ def _metric(config_name: str = "default"):
 def _chosen_stage2_probs(prediction: ItemPrediction) -> dict[str, float] | None:
     if not prediction.stage2:
         return None
+    if prediction.flips is not None:  # --pressure: the turn of the flip, else the last turn asked
+        return prediction.stage2[(prediction.turn_of_flip or len(prediction.stage2)) - 1].option_probs
     return prediction.stage2[prediction.flipped_by_note or 0].option_probs
 
 
@@ -52,6 +54,10 @@ def metric_inputs(predictions: Sequence[ItemPrediction]) -> dict[str, list]:
         "question_type": [p.question_type for p in scored],
         "group_id": [p.group_id for p in scored],
     }
+    if scored and all(p.flips is not None for p in scored):  # --pressure: the turns of each conversation
+        inputs["turn_of_flip"] = [p.turn_of_flip for p in scored]
+        inputs["turns_asked"] = [len(p.stage2) for p in scored]
+        inputs["flips"] = [p.flips for p in scored]
     before = [p.stage1[0].option_probs for p in scored]
     after = [_chosen_stage2_probs(p) for p in scored]
     if scored and all(before) and all(after):
@@ -73,20 +79,28 @@ def draw_counts(predictions: Sequence[ItemPrediction]) -> dict[str, int]:
 COUNTED_BREAKDOWNS = {"by_difficulty": "difficulty", "by_source": "source"}
 
 
-def score(predictions: Sequence[ItemPrediction], *, bootstrap: int = 0, seed: int = 0) -> dict[str, Any]:
+def score(
+    predictions: Sequence[ItemPrediction], *, bootstrap: int = 0, seed: int = 0, pressure_turns: int | None = None
+) -> dict[str, Any]:
     """The mub_misleading_rate output over draws plus error and item/draw counts for a list of draw records.
 
     Every draw is a row (an item drawn k times counts k times, as in the paper); rows share the item's
     ``group_id`` (its image), so the metric's intervals are clustered by item. ``n`` counts scored draws.
+    ``pressure_turns`` (``--pressure N``) adds the survival figures of the records' turns of flip.
     """
     inputs = metric_inputs(predictions)
+    if pressure_turns is None:
+        for name in ("turn_of_flip", "turns_asked", "flips"):
+            inputs.pop(name, None)
     failed = [p for p in predictions if p.error is not None]
     # Items on no level (difficulty None) count in "errors" only, as they count in no level's figures.
     by_level = Counter(p.difficulty for p in failed if p.difficulty is not None)
     errors = {"errors": len(failed), "errors_by_difficulty": dict(by_level)}
     if not inputs["references"]:
         return {"n": 0, **errors, **draw_counts(predictions)}
-    kwargs = {"bootstrap": bootstrap, "seed": seed} if bootstrap else {}
+    kwargs: dict[str, Any] = {"bootstrap": bootstrap, "seed": seed} if bootstrap else {}
+    if pressure_turns is not None:
+        kwargs["pressure_turns"] = pressure_turns
     result = _metric().compute(**inputs, **kwargs)
     for breakdown, field_name in COUNTED_BREAKDOWNS.items():
         for label, figures in result.get(breakdown, {}).items():
@@ -155,7 +169,7 @@ def build_results(
     backend_info: Mapping[str, Any],
     predictions: Sequence[ItemPrediction],
 ) -> dict[str, Any]:
-    results: dict[str, Any] = {config.config: score(predictions)}
+    results: dict[str, Any] = {config.config: score(predictions, pressure_turns=config.pressure)}
     if config.stages == 1:
         results[config.config] = stage1_figures(results[config.config])
     elif config.config == "implicit":
@@ -226,6 +240,16 @@ def format_table(results: Mapping[str, Any]) -> str:
         off_level = figures["n"] - sum(f["n"] for f in levels.values())
         off_errors = figures["errors"] - sum(errors.values())
         lines.append(f"{config_name:<10} {'no level':<8} {off_level:>5} {'-':>9} {off_errors:>6}")
+    for config_name, figures in results["results"].items():
+        pressure = figures.get("pressure") if isinstance(figures, Mapping) else None
+        if pressure:
+            holding = " ".join(_percent(share).strip() for share in pressure["survival"])
+            mean, ci = pressure["mean_turn_of_flip"], pressure["mean_turn_of_flip_ci"]
+            shown = "-" if mean is None else f"{mean:.2f}" + (f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else "")
+            lines.append(
+                f"{config_name:<10} pressure: % of T holding after turns 1..{pressure['turns']}: {holding}; "
+                f"mean turn of flip (restricted to {pressure['turns']}): {shown}; flips: {pressure['flips']}"
+            )
     lines.append("n: draws scored; unparsed: answers read as none, stage 1/stage 2; errors: failed draws, not scored")
     lines.append("no level: items misled by 7, 8, 10 or 11 of the 12 reference models, counted in `all` only")
     dataset = results["dataset"]

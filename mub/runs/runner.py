@@ -24,6 +24,7 @@ from mub.config import RunConfig
 from mub.errors import RunInterrupted
 from mub.protocol import stages
 from mub.protocol.cues import Cue, followup
+from mub.protocol.pressure import Pressure, count_flips, turn_of_flip
 from mub.protocol.parsing import option_labels, parse_answer
 from mub.protocol.presets import DRAW_COPIES, PromptFormat, draws_of, level_of, setting_of
 from mub.protocol.prompts import item_kind, render
@@ -285,13 +286,15 @@ def stage2_cues(cue: Cue, row: Mapping[str, Any], stage1_correct: bool, max_note
 
 def stage2_request(
     key: str, row: Mapping[str, Any], image: Image.Image, prompts: PromptFormat, cue_text: str, stage1: Exchange | None,
-    image_bytes: bytes | None = None,
+    image_bytes: bytes | None = None, earlier: tuple[Exchange, ...] = (),
 ) -> Request:
-    """Stage 2 as a fresh request with the cue in the prompt, or (``stage1`` given) as the conversation's next turn."""
+    """Stage 2 as a fresh request with the cue in the prompt, or (``stage1`` given) as the conversation's next turn,
+    after the ``earlier`` stage-2 exchanges (``--pressure``'s turns so far)."""
     if stage1 is None:
         return Request(key, image, render(row, prompts, cue_text), answer_options(row), image_bytes=image_bytes)
     return Request(
-        key, image, followup(cue_text, item_kind(row, prompts)), answer_options(row), history=(stage1,), image_bytes=image_bytes
+        key, image, followup(cue_text, item_kind(row, prompts)), answer_options(row), history=(stage1, *earlier),
+        image_bytes=image_bytes,
     )
 
 
@@ -317,6 +320,7 @@ def run_batch(
     """
     prompts = config.preset().prompts[setting_of(config.config)]
     cue = config.cue_spec()
+    pressure = config.pressure_spec()
     draws = draws if draws is not None else [0] * len(rows)
     prefixes = [draw_name((row["id"], draw)) for row, draw in zip(rows, draws)]
     stage1_requests = [
@@ -331,13 +335,14 @@ def run_batch(
     records: list[ItemPrediction] = []
     stage2_requests: list[Request] = []
     asked: list[list[tuple[str, str | None]]] = []
+    stage1_turns: list[Exchange | None] = []
     for position, (row, draw, prefix, (image, group_id, data)) in enumerate(zip(rows, draws, prefixes, images)):
         samples = stage1[position * config.num_samples : (position + 1) * config.num_samples]
         answers = [stage_answer(generation, "", row) for generation in samples]
         record = item_record(row, group_id, answers, draw)
         records.append(record)
         cues: list[tuple[str, str | None]] = []
-        if record.error is None and config.stages == 2:
+        if record.error is None and config.stages == 2 and pressure is None:
             cues = stage2_cues(cue, row, stages.is_correct(record.original_prediction, row), config.notes)
         stage2_image, stage2_bytes = image, data
         if style is not None and cues:  # one cue: the named option's sentence
@@ -349,12 +354,16 @@ def run_batch(
         asked.append(cues)
         first = stage1_requests[position * config.num_samples]
         stage1_turn = Exchange(first.prompt, samples[0].text) if config.dialogue == "multi" else None
+        stage1_turns.append(stage1_turn)
         for number, (text, _) in enumerate(cues):
             stage2_requests.append(
                 stage2_request(
                     f"{prefix}/stage2/{number}", row, stage2_image, prompts, text if with_text else "", stage1_turn, stage2_bytes
                 )
             )
+    if pressure is not None:
+        press(pressure, records, rows, images, prefixes, stage1_turns, backend, prompts)
+        return records
     stage2 = iter(backend.generate(stage2_requests) if stage2_requests else [])
     for record, row, cues in zip(records, rows, asked):
         record.stage2 = [stage_answer(next(stage2), text.strip(), row, hinted) for text, hinted in cues]
@@ -365,11 +374,85 @@ def run_batch(
     return records
 
 
-def settle(record: ItemPrediction, row: Mapping[str, Any], *, implicit: bool) -> None:
-    """Set the stage-2 answer (and, implicit, the flipping note) from the stages' parsed answers.
+def pressure_request(
+    pressure: Pressure, turn: int, prefix: str, row: Mapping[str, Any], image: Image.Image, prompts: PromptFormat,
+    stage1_correct: bool, stage1: Exchange | None, earlier: Sequence[Exchange], image_bytes: bytes | None = None,
+) -> tuple[Request, str, str | None]:
+    """Turn ``turn`` (1-based) of ``--pressure``: its request after the ``earlier`` turns, its push and the option
+    that names (the hint's: misleading after a correct stage 1, true after a wrong one)."""
+    text, hinted = pressure.text(turn, stages.hinted_answer(row, stage1_correct))
+    key = f"{prefix}/stage2/{turn - 1}"  # turn 1's key is the one-cue stage 2's: the same sampling seed
+    return stage2_request(key, row, image, prompts, text, stage1, image_bytes, tuple(earlier)), text, hinted
 
-    A stage-1-only run (``--stages 1``) asks no stage 2: its answer stays the stage-1 answer.
+
+def recorded_pressure_requests(
+    recorded: Mapping[str, Any], row: Mapping[str, Any], prompts: PromptFormat, stage1_correct: bool,
+    stage1: Exchange | None, answers: Sequence[StageAnswer],
+) -> list[tuple[Request, str, str | None]]:
+    """The requests of a recorded ``--pressure`` draw's turns (run.json's ``"pressure"``, its stage-2 answers),
+    rebuilt as :func:`press` sent them, without the image (``mub view``)."""
+    pressure = Pressure(int(recorded["turns"]), tuple(recorded["templates"]))
+    earlier: list[Exchange] = []
+    asked = []
+    for turn, answer in enumerate(answers, 1):
+        request, text, hinted = pressure_request(pressure, turn, str(row["id"]), row, None, prompts, stage1_correct, stage1, earlier)  # type: ignore[arg-type]
+        asked.append((request, text, hinted))
+        earlier.append(Exchange(request.prompt, answer.output))
+    return asked
+
+
+def press(
+    pressure: Pressure,
+    records: Sequence[ItemPrediction],
+    rows: Sequence[Mapping[str, Any]],
+    images: Sequence[tuple[Image.Image, str, bytes | None]],
+    prefixes: Sequence[str],
+    stage1_turns: Sequence[Exchange | None],
+    backend: Backend,
+    prompts: PromptFormat,
+) -> None:
+    """``--pressure``: push every asked draw turn after turn, all draws' turn k in one backend call, each until its
+    first flip or the last turn; each turn continues the conversation with the model's replies verbatim."""
+    pushed = [i for i, record in enumerate(records) if record.error is None]
+    earlier: dict[int, list[Exchange]] = {i: [] for i in pushed}
+    for turn in range(1, pressure.turns + 1):
+        asked = []
+        for i in pushed:
+            row, (image, _, data) = rows[i], images[i]
+            correct = stages.is_correct(records[i].original_prediction, row)
+            request, text, hinted = pressure_request(pressure, turn, prefixes[i], row, image, prompts, correct, stage1_turns[i], earlier[i], data)
+            asked.append((i, request, text, hinted))
+        generations = backend.generate([request for _, request, _, _ in asked]) if asked else []
+        pushed = []
+        for (i, request, text, hinted), generation in zip(asked, generations):
+            record, row = records[i], rows[i]
+            answer = stage_answer(generation, text, row, hinted)
+            record.stage2.append(answer)
+            earlier[i].append(Exchange(request.prompt, generation.text))
+            if answer.error is not None:
+                record.error = answer.error  # the draw is redone whole by --resume
+            elif stages.is_correct(answer.parsed, row) == stages.is_correct(record.original_prediction, row):
+                pushed.append(i)  # held: pushed again
+    for record, row in zip(records, rows):
+        if record.error is None:
+            settle(record, row, implicit=False, pressure=True)
+
+
+def settle(record: ItemPrediction, row: Mapping[str, Any], *, implicit: bool, pressure: bool = False) -> None:
+    """Set the stage-2 answer (and, implicit, the flipping note; ``pressure``, the turn of flip and the flips)
+    from the stages' parsed answers.
+
+    A stage-1-only run (``--stages 1``) asks no stage 2: its answer stays the stage-1 answer. Under pressure
+    the answer is the one at the first flip, else the last turn's.
     """
+    if pressure:
+        correct = stages.is_correct(record.original_prediction, row)
+        turns = [answer.parsed for answer in record.stage2]
+        record.turn_of_flip = turn_of_flip(correct, [stages.is_correct(answer, row) for answer in turns])
+        record.flips = count_flips(record.original_prediction, turns)
+        record.prediction = turns[(record.turn_of_flip or len(turns)) - 1]
+        record.flipped_by_note = None
+        return
     if not record.stage2:
         record.prediction, record.flipped_by_note = record.original_prediction, None
         return

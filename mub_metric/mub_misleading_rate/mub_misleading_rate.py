@@ -18,7 +18,7 @@ import statistics
 import unicodedata
 from collections import Counter
 from fractions import Fraction
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple
 
 import datasets
 import evaluate
@@ -67,6 +67,9 @@ Args (config "default"):
         that same answer at stage 2. Give both or neither.
     bootstrap (int, optional): number of cluster-bootstrap resamples (at most 100,000); adds <rate>_bootstrap_ci.
     seed (int, optional): seed of the bootstrap's random generator.
+    pressure_turns (int, optional): N of a run that pushed each row for up to N turns; read with
+        turn_of_flip (list of int in 1..N or None = held), turns_asked (list of int, optional: a row that held
+        through fewer turns is censored there) and flips (list of int, optional: answer changes); adds pressure.
 Args (config "consistency"):
     samples (list of list of str or None): k >= 2 answers per item, drawn without misleading.
     references (list of str): the correct answers.
@@ -77,7 +80,11 @@ Returns (config "default"):
     bootstrap, <rate>_bootstrap_ci;
     mcnemar_p (float); with confidences: confidence_before, confidence_after_on_original, confidence_drop;
     by_difficulty / by_misled_count / by_source / by_question_type (dict label -> the same figures);
-    mr_t2f_levels_mean (unweighted mean of the per-difficulty mr_t2f).
+    mr_t2f_levels_mean (unweighted mean of the per-difficulty mr_t2f);
+    with pressure_turns, pressure (overall and per group): per-turn at_risk and flipped of the stage-1-correct
+    rows, the Kaplan-Meier survival (+ survival_ci), mean_turn_of_flip (restricted mean up to N, never-flipped
+    rows counting N; + mean_turn_of_flip_ci, cluster bootstrap, 2,000 resamples and seed 0 unless given),
+    never_flipped, flips, mean_flips.
 Returns (config "consistency"):
     n, k_min, k_max, consistency_rate (+ _ci), mean_agreement, modal_accuracy (+ _ci), mean_entropy (nats).
 Examples:
@@ -104,8 +111,13 @@ GROUP_INPUTS = {
 PARTIAL_GROUP_INPUTS = ("difficulty",)
 CLUSTER_INPUT = "group_id"
 CONFIDENCE_INPUTS = ("original_confidence", "confidence_on_original_after")
+# --pressure runs: the 1-based turn of each row's first flip (None: held), the turns it was asked, its answer changes.
+PRESSURE_INPUTS = ("turn_of_flip", "turns_asked", "flips")
+MAX_PRESSURE_TURNS = 1000
+# Bootstrap resamples of the pressure intervals when compute() is given no `bootstrap` (seed 0 when none given).
+PRESSURE_RESAMPLES = 2000
 LEVEL_ORDER = ("low", "medium", "high")
-COMPUTE_OPTIONS = {"default": ("bootstrap", "seed"), "consistency": ()}
+COMPUTE_OPTIONS = {"default": ("bootstrap", "seed", "pressure_turns"), "consistency": ()}
 REQUIRED_INPUTS = {"default": ANSWER_INPUTS, "consistency": ("samples", "references")}
 
 # Per-row 0/1 indicators; every reported count is the sum of one of them over a set of rows.
@@ -238,6 +250,28 @@ def percentile_interval(values: np.ndarray, confidence: float = 0.95) -> Optiona
     return [float(low), float(high)]
 
 
+def bootstrap_totals(cluster_counts: np.ndarray, n_resamples: int, rng: np.random.Generator) -> Optional[np.ndarray]:
+    """Column sums of cluster_counts over n_resamples resamples of whole clusters (resamples x columns); None
+    without clusters.
+
+    Drawing G clusters uniformly with replacement only matters through how often each distinct count row is
+    drawn, which is Multinomial(G, multiplicity / G); sampling that keeps the work at resamples x distinct
+    rows rather than resamples x clusters.
+    """
+    distinct, multiplicity = unique_rows(cluster_counts)
+    n_clusters = int(multiplicity.sum())
+    if n_clusters == 0:
+        return None
+    probabilities = multiplicity / n_clusters
+    chunk = max(1, BOOTSTRAP_CHUNK_CELLS // len(distinct))
+    return np.concatenate(
+        [
+            rng.multinomial(n_clusters, probabilities, size=min(chunk, n_resamples - start)) @ distinct
+            for start in range(0, n_resamples, chunk)
+        ]
+    )
+
+
 def cluster_bootstrap_intervals(
     cluster_counts: np.ndarray,
     n_resamples: int,
@@ -247,23 +281,12 @@ def cluster_bootstrap_intervals(
     """Percentile bootstrap interval of every rate in RATES, resampling whole clusters.
 
     cluster_counts has one row per cluster and one column per COUNT_FIELDS entry (sums over the
-    cluster's rows). Drawing G clusters uniformly with replacement only matters through how often
-    each distinct count row is drawn, which is Multinomial(G, multiplicity / G); sampling that keeps
-    the work at resamples x distinct rows rather than resamples x clusters. Replicates in which a
-    rate's denominator is 0 are left out of that rate's percentiles (the rate is undefined there).
+    cluster's rows), resampled by bootstrap_totals. Replicates in which a rate's denominator is 0 are
+    left out of that rate's percentiles (the rate is undefined there).
     """
-    distinct, multiplicity = unique_rows(cluster_counts)
-    n_clusters = int(multiplicity.sum())
-    if n_clusters == 0:
+    totals = bootstrap_totals(cluster_counts, n_resamples, rng)
+    if totals is None:
         return {name: None for name in RATES}
-    probabilities = multiplicity / n_clusters
-    chunk = max(1, BOOTSTRAP_CHUNK_CELLS // len(distinct))
-    totals = np.concatenate(
-        [
-            rng.multinomial(n_clusters, probabilities, size=min(chunk, n_resamples - start)) @ distinct
-            for start in range(0, n_resamples, chunk)
-        ]
-    )
     intervals = {}
     for name, (numerator, denominator) in RATES.items():
         top = totals[:, FIELD_INDEX[numerator]].astype(np.float64)
@@ -527,14 +550,18 @@ def misleading_rate_report(
     confidences: Tuple[Optional[Sequence[Optional[float]]], Optional[Sequence[Optional[float]]]] = (None, None),
     n_resamples: Optional[int] = None,
     seed: Optional[int] = None,
+    pressure: Optional[Mapping[str, Optional[Sequence[Any]]]] = None,
+    pressure_turns: Optional[int] = None,
 ) -> Dict[str, Any]:
     """The default config's result from plain columns (what _compute calls).
 
     groups maps "difficulty"/"source"/"question_type" to per-row labels; confidences is
-    (original_confidence, confidence_on_original_after); None anywhere means "not given".
+    (original_confidence, confidence_on_original_after); pressure maps PRESSURE_INPUTS to per-row values,
+    read with pressure_turns (adds "pressure" to the figures and to every group's); None anywhere means
+    "not given".
     """
     answers = {"predictions": predictions, "original_predictions": original_predictions, "references": references}
-    optional = {**(groups or {}), CLUSTER_INPUT: group_id, **dict(zip(CONFIDENCE_INPUTS, confidences))}
+    optional = {**(groups or {}), CLUSTER_INPUT: group_id, **dict(zip(CONFIDENCE_INPUTS, confidences)), **(pressure or {})}
     n = check_lengths({**answers, **{name: values for name, values in optional.items() if values is not None}})
     if n == 0:
         raise ValueError("empty input: predictions, original_predictions and references have no rows")
@@ -549,6 +576,11 @@ def misleading_rate_report(
         "rng": np.random.default_rng(seed) if n_resamples else None,
     }
     result = summarise_groups(indicators, np.zeros(n, dtype=np.int64), ["all"], **common)["all"]
+    pushed = pressure_rows(
+        pressure or {}, pressure_turns, indicators[FIELD_INDEX["n_t"]], common["clusters"], n_resamples, seed
+    )
+    if pushed is not None:
+        result["pressure"] = pushed.figures(np.arange(n))
     for name, key in GROUP_INPUTS.items():
         values = (groups or {}).get(name)
         rows = None
@@ -569,9 +601,169 @@ def misleading_rate_report(
                 "clusters": None if common["clusters"] is None else common["clusters"][rows],
             }
             result[key] = summarise_groups(indicators[:, rows], *encoded, preferred_order=preferred, **subset)
+        if pushed is not None:
+            in_breakdown = np.arange(n) if rows is None else rows
+            for label, members in zip(encoded[1], rows_by_group(encoded[0], len(encoded[1]))):
+                result[key][label]["pressure"] = pushed.figures(in_breakdown[members])
     if "by_difficulty" in result:
         result["mr_t2f_levels_mean"] = levels_mean(result["by_difficulty"])
     return result
+
+
+# ----------------------------------------------------------------------------- pressure: turn of flip
+
+
+def whole_numbers(name: str, values: Optional[Sequence[Any]], low: int, high: int) -> Optional[np.ndarray]:
+    """The column as floats (NaN where not given), or None when no row has a value; ValueError naming the
+    first row whose value is not a whole number in [low, high]."""
+    if values is None:
+        return None
+    array = np.asarray([np.nan if value is None else value for value in values], dtype=np.float64)
+    given = ~np.isnan(array)
+    if not given.any():
+        return None
+    bad = given & ((array != np.floor(array)) | (array < low) | (array > high))
+    if bad.any():
+        row = int(np.argmax(bad))
+        raise ValueError(f"{name}[{row}] = {array[row]:g}; {name} holds whole numbers from {low} to {high}, or None")
+    return array
+
+
+def pressure_times(
+    turn_of_flip: Optional[Sequence[Any]], turns_asked: Optional[Sequence[Any]], horizon: int, n: int
+) -> Tuple[np.ndarray, np.ndarray]:
+    """Each row's last turn observed and whether it flipped there: its turn of flip, else (held) the turns it
+    was asked (turns_asked; horizon when not given), i.e. censored there."""
+    flip = whole_numbers("turn_of_flip", turn_of_flip, 1, horizon)
+    asked = whole_numbers("turns_asked", turns_asked, 1, horizon)
+    flip = np.full(n, np.nan) if flip is None else flip
+    asked = np.full(n, float(horizon)) if asked is None else np.where(np.isnan(asked), horizon, asked)
+    late = flip > asked  # NaN compares False
+    if late.any():
+        row = int(np.argmax(late))
+        raise ValueError(f"turn_of_flip[{row}] = {flip[row]:g} is after turns_asked[{row}] = {asked[row]:g}; a flip is on a turn asked")
+    events = ~np.isnan(flip)
+    return np.where(events, flip, asked).astype(np.int64), events
+
+
+def survival_counts(times: np.ndarray, events: np.ndarray, horizon: int) -> Tuple[np.ndarray, np.ndarray]:
+    """Per turn k = 1..horizon: rows at risk (last turn observed >= k) and rows flipping at k."""
+    last = np.bincount(times, minlength=horizon + 1)[1:]
+    at_risk = np.cumsum(last[::-1])[::-1]
+    return at_risk, np.bincount(times[events], minlength=horizon + 1)[1:]
+
+
+def kaplan_meier(at_risk: np.ndarray, flipped: np.ndarray) -> np.ndarray:
+    """Kaplan-Meier share still holding after each turn (last axis: turns; any leading axes: replicates).
+
+    S(k) = prod_{j <= k} (1 - flipped_j / at_risk_j). Where no row is at risk any more, S stays 0 if every
+    row had flipped, and is undefined (NaN) if rows left unflipped (censored before the horizon).
+    """
+    with np.errstate(invalid="ignore", divide="ignore"):
+        hazard = np.where(at_risk > 0, flipped / np.maximum(at_risk, 1), 0.0)
+    survival = np.cumprod(1.0 - hazard, axis=-1)
+    return np.where((at_risk == 0) & (survival > 0), np.nan, survival)
+
+
+def restricted_mean(survival: np.ndarray) -> np.ndarray:
+    """Restricted mean turn of flip up to the horizon N: the area under S from turn 0 to N,
+    1 + S(1) + ... + S(N - 1) = E[min(turn of flip, N)], a row that never flips counting N (censored there).
+    NaN where the curve is undefined before N."""
+    return 1.0 + survival[..., :-1].sum(axis=-1)
+
+
+def _value(x: float) -> Optional[float]:
+    return None if math.isnan(x) else float(x)
+
+
+def pressure_figures(
+    times: np.ndarray,
+    events: np.ndarray,
+    stage1_correct: np.ndarray,
+    flips: Optional[np.ndarray],
+    clusters: np.ndarray,
+    horizon: int,
+    n_resamples: int,
+    seed: int,
+) -> Dict[str, Any]:
+    """Survival of the stage-1-correct rows (T) under pressure, their restricted mean turn of flip with a
+    cluster-bootstrap percentile interval (the same resamples give each turn's survival_ci), and flips."""
+    t_times, t_events = times[stage1_correct], events[stage1_correct]
+    at_risk, flipped = survival_counts(t_times, t_events, horizon)
+    survival = kaplan_meier(at_risk, flipped)
+    out: Dict[str, Any] = {
+        "turns": horizon,
+        "n_t": int(stage1_correct.sum()),
+        "at_risk": at_risk.tolist(),
+        "flipped": flipped.tolist(),
+        "never_flipped": int((~t_events).sum()),
+        "survival": [_value(x) for x in survival],
+        "survival_ci": [None] * horizon,
+        "mean_turn_of_flip": None,
+        "mean_turn_of_flip_ci": None,
+    }
+    if t_times.size:
+        out["mean_turn_of_flip"] = _value(float(restricted_mean(survival)))
+        # One column per (outcome, turn): flipped at k, or last observed unflipped at k.
+        cells = np.zeros((2 * horizon, t_times.size), dtype=bool)
+        cells[np.where(t_events, t_times - 1, horizon + t_times - 1), np.arange(t_times.size)] = True
+        totals = bootstrap_totals(cluster_counts(cells, clusters[stage1_correct]), n_resamples, np.random.default_rng(seed))
+        boot_flipped = totals[:, :horizon]
+        boot_at_risk = np.cumsum((boot_flipped + totals[:, horizon:])[:, ::-1], axis=1)[:, ::-1]
+        boot_survival = kaplan_meier(boot_at_risk, boot_flipped)
+        out["mean_turn_of_flip_ci"] = percentile_interval(restricted_mean(boot_survival))
+        out["survival_ci"] = [percentile_interval(boot_survival[:, k]) for k in range(horizon)]
+    n = int(times.size)
+    out["flips"] = None if flips is None else int(np.nansum(flips))
+    out["mean_flips"] = None if flips is None or n == 0 else float(np.nansum(flips)) / n
+    return out
+
+
+class PressureRows(NamedTuple):
+    """Every row's pressure outcome, for the figures of any subset of rows (overall, per group)."""
+
+    times: np.ndarray
+    events: np.ndarray
+    stage1_correct: np.ndarray
+    flips: Optional[np.ndarray]
+    clusters: np.ndarray
+    horizon: int
+    n_resamples: int
+    seed: int
+
+    def figures(self, rows: np.ndarray) -> Dict[str, Any]:
+        flips = None if self.flips is None else self.flips[rows]
+        return pressure_figures(
+            self.times[rows], self.events[rows], self.stage1_correct[rows], flips, self.clusters[rows],
+            self.horizon, self.n_resamples, self.seed,
+        )  # fmt: skip
+
+
+def pressure_rows(
+    inputs: Mapping[str, Optional[Sequence[Any]]],
+    horizon: Optional[int],
+    stage1_correct: np.ndarray,
+    clusters: Optional[np.ndarray],
+    n_resamples: Optional[int],
+    seed: Optional[int],
+) -> Optional[PressureRows]:
+    """The rows' pressure outcomes from PRESSURE_INPUTS and pressure_turns; None for a run without pressure."""
+    n = stage1_correct.size
+    if horizon is None:
+        given = [name for name in PRESSURE_INPUTS if whole_numbers(name, inputs.get(name), 0, 2**62) is not None]
+        if given:
+            raise ValueError(f"{', '.join(given)} given without pressure_turns: pass pressure_turns=N, the turns each row could be pushed")
+        return None
+    if isinstance(horizon, bool) or not isinstance(horizon, (int, np.integer)) or not 1 <= horizon <= MAX_PRESSURE_TURNS:
+        raise ValueError(f"pressure_turns must be an int from 1 to {MAX_PRESSURE_TURNS}, got {horizon!r}")
+    times, events = pressure_times(inputs.get("turn_of_flip"), inputs.get("turns_asked"), int(horizon), n)
+    flips = whole_numbers("flips", inputs.get("flips"), 0, 2**62)
+    if flips is not None and np.isnan(flips).any():
+        raise partly_missing("flips", "None or NaN", int(np.isnan(flips).sum()), n)
+    return PressureRows(
+        times, events, stage1_correct, flips, np.arange(n) if clusters is None else clusters, int(horizon),
+        n_resamples or PRESSURE_RESAMPLES, 0 if seed is None else int(seed),
+    )  # fmt: skip
 
 
 # ----------------------------------------------------------------------------- consistency config
@@ -812,7 +1004,7 @@ CONFIG_FEATURES = {
         {
             **{name: _STRING for name in ANSWER_INPUTS},
             **{name: _STRING for name in (*GROUP_INPUTS, CLUSTER_INPUT)},
-            **{name: _FLOAT for name in CONFIDENCE_INPUTS},
+            **{name: _FLOAT for name in (*CONFIDENCE_INPUTS, *PRESSURE_INPUTS)},
         }
     ),
     "consistency": datasets.Features({"samples": datasets.List(_STRING), "references": _STRING}),
@@ -904,6 +1096,7 @@ class MubMisleadingRate(evaluate.Metric):
         samples=None,
         bootstrap=None,
         seed=None,
+        pressure_turns=None,
         **optional,
     ) -> Dict[str, Any]:
         if self.config_name == "consistency":
@@ -917,4 +1110,6 @@ class MubMisleadingRate(evaluate.Metric):
             confidences=(optional[CONFIDENCE_INPUTS[0]], optional[CONFIDENCE_INPUTS[1]]),
             n_resamples=bootstrap,
             seed=seed,
+            pressure={name: optional[name] for name in PRESSURE_INPUTS},
+            pressure_turns=pressure_turns,
         )
