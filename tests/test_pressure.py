@@ -250,6 +250,8 @@ def test_report_plots_the_survival_curve_and_tables_it(tmp_path):
     assert "## Pressure over several turns: turn of flip" in markdown
     assert "| 3 | 7 | 71.43, 28.57, 28.57 | 2.00 [" in markdown
     assert "![Holding under pressure, turn by turn](pressure_survival.png)" in markdown
+    # The susceptibility table names the pushes, not a single hint.
+    assert "| explicit | hint, pressure ×3 | multi |" in markdown
     files = write_report(report, tmp_path / "report")
     assert (tmp_path / "report" / "pressure_survival.png") in files.images
     assert (tmp_path / "report" / "pressure_survival.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -329,6 +329,8 @@ def detectable_difference(a: ItemOutcomes, b: ItemOutcomes) -> float | None:
     except ValueError:  # no item answered correctly by both
         return None
     return power.minimal_detectable_difference(flips.p_a, flips.corr, n_shared)
+
+
 # Below this rate in both directions a model neither gives in nor takes a correction: it ignores the user.
 IGNORES_USER_BELOW = 0.10
 # The MR F→T cell of a cue that names no option (challenge): no correction is offered, so none can be taken.
@@ -359,7 +361,8 @@ def correction_table(runs: Sequence[RunSummary]) -> Table:
     for run in runs:
         corrective = corrects(run.stage2_cue)
         received = rate_cell(run.figures, "mr_f2t", "n_f") if corrective else NO_CORRECTIVE_DIRECTION
-        body.append([run.label, run.config, run.stage2_cue, run.dialogue, rate_cell(run.figures, "mr_t2f", "n_t"), received,
+        cue = run.stage2_cue + (f", pressure ×{run.pressure['turns']}" if run.pressure else "")
+        body.append([run.label, run.config, cue, run.dialogue, rate_cell(run.figures, "mr_t2f", "n_t"), received,
                      stance(run.figures, corrective)])  # fmt: skip
     caption = (
         "Every cue that names an option names the misleading one after a correct stage 1 and the true one after a "
