@@ -85,6 +85,11 @@ def main() -> None:
         label = "" if len(metrics) == 1 else f"{name}: "
         print(f"{label}required inputs only: {spread(times[name, 'required'])}")
         print(f"{label}all optional inputs too: {spread(times[name, 'all'])}")
+    if args.baseline:
+        for inputs_given in ("required", "all"):
+            ratios = [a / b for a, b in zip(times["this", inputs_given], times["baseline", inputs_given])]
+            print(f"this over baseline, {inputs_given} inputs: {statistics.median(ratios):.2f} "
+                  f"(range {min(ratios):.2f}-{max(ratios):.2f}, per round)")
 
 
 if __name__ == "__main__":
