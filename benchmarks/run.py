@@ -37,10 +37,13 @@ Figures (last line, one JSON object):
   rows with every optional input.
 - ``build_items_per_s``: items/s of the ``datasets`` builder on the embedded
   sample's release folder (a fresh cache each time).
-- ``paper``: one ``mub run`` under the default ``--protocol paper`` (the
+- ``paper``: ``mub run`` under the default ``--protocol paper`` (the
   authors' prompts; sampling at 0.4, top-k 80, top-p 0.9, up to 256 new
-  tokens) on ``--paper-items`` items: items/s, mean new tokens per generation
-  and the share of generations that ran to the 256-token limit. Early stopping
+  tokens; every item drawn once per release copy) on ``--paper-items`` items
+  of a release-layout build with copies (:func:`release_with_copies`), timed
+  ``--paper-rounds`` times: draws/s, generations/s, items/s, the items and
+  draws, mean new tokens per generation and the share of generations that
+  ran to the 256-token limit. Early stopping
   (EOS, or the line after an answer) is what keeps a letter answer from paying
   for 256 tokens; random weights rarely write a letter and a newline, so on the
   plumbing model this figure is the worst case, not a real model's.
@@ -61,8 +64,8 @@ order; the median ratio of A's cost over B's, with its range):
   ``mub run --stages 1 --protocol deterministic`` over
   ``benchmarks/plain_loop.py`` (a plain batched ``model.generate`` loop) on the
   same saved model, items and prompts, batch 16, 16 new tokens, greedy.
-- ``paper_draws_per_s``: generations per second of the ``paper`` run below
-  (stage 1 and stage 2 of each item).
+- ``paper_draws_per_s``: draws per second of the ``paper`` run below (a draw:
+  stage 1 and stage 2 of one release copy of an item); the median of its rounds.
 
 The other model figures use ``--protocol deterministic`` (greedy, 16 new
 tokens), so they compare with earlier runs of this benchmark.
@@ -83,6 +86,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any, Callable
 
@@ -109,11 +113,17 @@ from mub.protocol.presets import protocol_named
 from mub.protocol.prompts import explicit_cue, render, render_prompt
 from mub.runs.runner import run
 from mub.testing.tiny_models import resolve_model_spec
+from mub_dataset.synthetic import write_synthetic_release
 
 MAX_NEW_TOKENS = 16
 BATCH_SIZE = 16
 PAPER_TOKENS = 256  # the paper preset's token limit
 DRAWS = 9  # the most release copies of one item: the paper draws an item once per copy
+# The release sample's main file, read (when present) for its items' numbers of copies only.
+SHARED_SAMPLE = Path(__file__).resolve().parents[1].parent / "shared" / "mub_release_sample"
+# Without it: copies per item in the proportions of the release sample's main file
+# (458 items: 4 copies 31, 5 copies 148, 6 copies 223, 7 copies 56).
+FALLBACK_COPIES = (6, 5, 6, 7, 5, 6, 4, 6, 5, 6, 7, 5, 6, 6, 5, 6)
 
 
 def log(message: str) -> None:
@@ -206,7 +216,7 @@ def timed_run(
         wall = time.perf_counter() - start
     figures = results["results"]["explicit"]
     assert figures["errors"] == 0 and figures["n_items"] == n_items, figures
-    return {"wall_s": wall, "model_s": backend.model_seconds, "items_per_s": n_items / wall}
+    return {"wall_s": wall, "model_s": backend.model_seconds, "items_per_s": n_items / wall, "n_draws": figures["n_draws"]}
 
 
 def timed_naive(loop: NaiveLoop, dataset: Any, first: int, n_items: int) -> dict[str, float]:
@@ -241,6 +251,65 @@ def build_items_per_s() -> tuple[float, int]:
         built = build_from_release(release, "explicit", cache_dir=cache)
         seconds = time.perf_counter() - start
     return len(built) / seconds, len(built)
+
+
+def release_copies(n_items: int) -> tuple[list[int], str]:
+    """Copies per item as in the real release: those of the release sample's first ``n_items`` items (when
+    ../shared holds it), else :data:`FALLBACK_COPIES` in turn; with where they came from."""
+    main = SHARED_SAMPLE / "all_combined_items.jsonl"
+    if main.is_file():
+        records = json.loads(main.read_text(encoding="utf-8"))
+        counts = Counter((record["new_id"], record["question"]) for record in records)
+        first = list(counts)[:n_items]  # items in the file's order (a Counter keeps first-seen order)
+        if len(first) == n_items:
+            return [counts[item] for item in first], f"the release sample's first {n_items} items"
+    return [FALLBACK_COPIES[i % len(FALLBACK_COPIES)] for i in range(n_items)], "FALLBACK_COPIES"
+
+
+def release_with_copies(folder: Path, copies: list[int]) -> Path:
+    """The synthetic sample as a release folder whose main file holds item i ``copies[i]`` times, its records
+    side by side as in the real release (the implicit files keep one copy each)."""
+    write_synthetic_release(folder, len(copies))
+    main = folder / "all_combined_items.jsonl"
+    records = json.loads(main.read_text(encoding="utf-8"))
+    repeated = [record for record, count in zip(records, copies) for _ in range(count)]
+    main.write_text(json.dumps(repeated, indent=2, ensure_ascii=False), encoding="utf-8")
+    return folder
+
+
+def paper_figures(args: argparse.Namespace, path: str, spec: str, dtype_name: str) -> dict[str, Any]:
+    """``mub run --protocol paper`` on a release-layout build whose items have copies: every copy one draw."""
+    from mub_dataset.loading import build_from_release
+
+    copies, copies_from = release_copies(args.paper_items)
+    log(f"--protocol paper on {args.paper_items} items with copies ({copies_from}: {sum(copies)} draws) ...")
+    decoding = RunConfig(model=spec, protocol="paper").decoding()
+    backend = TransformersBackend(path, dtype=dtype_name, device=args.device, batch_size=BATCH_SIZE, decoding=decoding)
+    tokens = count_new_tokens(backend)
+    with tempfile.TemporaryDirectory() as folder:
+        release = release_with_copies(Path(folder) / "release", copies)
+        dataset = build_from_release(release, "explicit", cache_dir=str(Path(folder) / "cache"))
+        timed_run(backend, dataset, 1, "generate", spec, "paper")  # warm-up: one item, its copies
+        tokens.clear()
+        runs = [timed_run(backend, dataset, args.paper_items, "generate", spec, "paper") for _ in range(args.paper_rounds)]
+    n_draws = runs[0]["n_draws"]
+    assert n_draws == sum(copies), (n_draws, copies)  # every copy drawn, none lost
+    draws_per_s = [n_draws / r["wall_s"] for r in runs]
+    generations = len(tokens) / len(runs)
+    return {
+        "items": args.paper_items,
+        "n_draws": n_draws,
+        "copies_from": copies_from,
+        "rounds": len(runs),
+        "decoding": {k: getattr(backend.decoding, k) for k in ("temperature", "top_k", "top_p", "max_new_tokens", "stop")},
+        "draws_per_s": round(median(draws_per_s), 3),
+        "draws_per_s_range": _rounded([min(draws_per_s), max(draws_per_s)]),
+        "generations_per_s": round(median([generations / r["wall_s"] for r in runs]), 3),
+        "items_per_s": round(median([r["items_per_s"] for r in runs]), 3),
+        "wall_s": _rounded([r["wall_s"] for r in runs], 2),
+        "mean_new_tokens": round(sum(tokens) / max(1, len(tokens)), 2),
+        "share_at_limit": round(sum(t >= decoding.max_new_tokens for t in tokens) / max(1, len(tokens)), 4),
+    }
 
 
 def median(values: list[float]) -> float:
@@ -410,22 +479,7 @@ def run_figures(args: argparse.Namespace, path: str, spec: str, dtype_name: str,
     overhead_logprob = [(lp["wall_s"] - lp["model_s"]) / lp["wall_s"] for lp in rows["logprob"]]
     naive_overhead = [(n["wall_s"] - n["model_s"]) / n["wall_s"] for n in rows["naive"]]
 
-    paper = None
-    if args.paper_items:
-        log(f"--protocol paper on {args.paper_items} items ...")
-        decoding = RunConfig(model=spec, protocol="paper").decoding()
-        paper_backend = TransformersBackend(path, dtype=dtype_name, device=args.device, batch_size=BATCH_SIZE, decoding=decoding)
-        paper_tokens = count_new_tokens(paper_backend)
-        paper_run = timed_run(paper_backend, dataset, min(args.paper_items, len(dataset)), "generate", spec, "paper")
-        paper = {
-            "items": min(args.paper_items, len(dataset)),
-            "decoding": {k: getattr(paper_backend.decoding, k) for k in ("temperature", "top_k", "top_p", "max_new_tokens", "stop")},
-            "items_per_s": round(paper_run["items_per_s"], 3),
-            # Every generation the run asked for (stage 1 and stage 2 of each item, each copy once issue 21 draws copies).
-            "draws_per_s": round(len(paper_tokens) / paper_run["wall_s"], 3),
-            "mean_new_tokens": round(sum(paper_tokens) / max(1, len(paper_tokens)), 2),
-            "share_at_limit": round(sum(t >= decoding.max_new_tokens for t in paper_tokens) / max(1, len(paper_tokens)), 4),
-        }
+    paper = paper_figures(args, path, spec, dtype_name) if args.paper_items else None
 
     metric_s = None
     if not args.skip_metric:
@@ -459,14 +513,20 @@ def run_figures(args: argparse.Namespace, path: str, spec: str, dtype_name: str,
         "overhead_share_range": [round(min(overhead), 4), round(max(overhead), 4)],
         "metric_1m_s": None if metric_s is None else round(metric_s, 3),
         "build_items_per_s": round(median([b[0] for b in builds]), 2),
-        "paper": paper,
-        "paper_draws_per_s": None if paper is None else paper["draws_per_s"],
+        **paper_summary(paper),
     }
+
+
+def paper_summary(paper: dict[str, Any] | None) -> dict[str, Any]:
+    return {"paper": paper, "paper_draws_per_s": None if paper is None else paper["draws_per_s"]}
 
 
 AB_FIGURES = ("sampled_vs_greedy", "draws_shared_vs_separate", "stage1_vs_plain_loop")
 RUN_FIGURES = ("batched_vs_naive", "logprob_vs_generate", "overhead_share", "metric_1m_s", "build_items_per_s", "paper_draws_per_s")
-PARTS = {"all": AB_FIGURES + RUN_FIGURES, "ab": AB_FIGURES, "runs": RUN_FIGURES, **{name: (name,) for name in AB_FIGURES}}
+PARTS = {
+    "all": AB_FIGURES + RUN_FIGURES, "ab": AB_FIGURES, "runs": RUN_FIGURES,
+    **{name: (name,) for name in (*AB_FIGURES, "paper_draws_per_s")},
+}  # fmt: skip
 
 
 def ab_summary(ab: dict[str, Any]) -> dict[str, Any]:
@@ -500,12 +560,13 @@ def main() -> None:
     parser.add_argument("--ab-rounds", type=int, default=5, help="rounds of each A/B figure (sampled, draws, stage 1)")
     parser.add_argument("--stage1-items", type=int, default=64, help="items of the stage1_vs_plain_loop processes")
     parser.add_argument(
-        "--only", choices=("all", "ab", "runs", "sampled_vs_greedy", "draws_shared_vs_separate", "stage1_vs_plain_loop"),
-        default="all",
+        "--only", choices=tuple(PARTS), default="all",
         help="ab: only the A/B figures (sampled_vs_greedy, draws_shared_vs_separate, stage1_vs_plain_loop), or one "
-        "of them by name; runs: only the mub run figures and the metric and build timings",
+        "of them by name; runs: only the mub run figures and the metric and build timings; paper_draws_per_s: "
+        "only the paper preset with copies",
     )  # fmt: skip
     parser.add_argument("--paper-items", type=int, default=16, help="items of the --protocol paper run (0: skip it)")
+    parser.add_argument("--paper-rounds", type=int, default=1, help="timed runs of the --protocol paper run")
     parser.add_argument("--metric-rows", type=int, default=1_000_000)
     parser.add_argument("--skip-metric", action="store_true")
     parser.add_argument(
@@ -528,6 +589,8 @@ def main() -> None:
     if args.only in ("all", "ab", "stage1_vs_plain_loop") and args.device == "cpu":
         ab["stage1_vs_plain_loop"] = stage1_vs_plain_loop(path, min(args.stage1_items, len(dataset)), args.threads, args.ab_rounds)
     runs = run_figures(args, path, spec, dtype_name, dataset) if args.only in ("all", "runs") else {}
+    if args.only == "paper_draws_per_s":
+        runs = paper_summary(paper_figures(args, path, spec, dtype_name))
 
     device_name = torch.cuda.get_device_name() if args.device.startswith("cuda") else platform.processor() or platform.machine()
     summary = {

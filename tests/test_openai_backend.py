@@ -192,6 +192,37 @@ def test_concurrency_is_bounded():
     assert elapsed >= 0.6  # at most three at a time: at least three rounds of 0.2 s
 
 
+def test_draws_of_an_item_are_in_flight_together_each_with_its_own_seed(tmp_path):
+    """The paper preset draws an item once per release copy: its draws go to the server at once, as
+    concurrent requests (not one after the other), each with the seed of its own key; no request asks
+    for ``n`` completions, which would share one seed."""
+    import hashlib
+
+    from test_draws import _small_dataset  # items with 1, 3 and 2 copies
+
+    from mub.runs.runner import run
+
+    with FaultServer(latency=0.3) as slow:
+        options = {"base_url": slow.base_url, "concurrency": 9, "api_key_env": KEY_ENV}
+        config = RunConfig(model="fault-model", backend="openai", protocol="paper", seed=7, batch_size=1,
+                           backend_options=options, out=str(tmp_path / "r"), progress=False)  # fmt: skip
+        results = run(config, dataset=_small_dataset())
+    assert results["results"]["explicit"]["n_draws"] == 6
+    assert slow.max_in_flight == 3  # one item per call (--batch-size 1): item-2's three draws at once
+
+    def documented_seed(key: str) -> int:  # sha256 of "<run seed>:<key>", first 63 bits, then within 31 bits
+        return (int.from_bytes(hashlib.sha256(f"7:{key}".encode()).digest()[:8], "big") & (2**63 - 1)) % 2**31
+
+    keys = ["item-1", "item-2", "item-2/d1", "item-2/d2", "item-3", "item-3/d1"]
+    seed_of = {documented_seed(f"{k}/stage{stage}/0"): (k, stage) for k in keys for stage in (1, 2)}
+    bodies = [r.body for r in slow.received]
+    assert sorted(b["seed"] for b in bodies) == sorted(seed_of) and len(seed_of) == 12
+    assert not any("n" in b for b in bodies)
+    prompt_of_draw = {seed_of[b["seed"]]: b["messages"][-1]["content"][-1]["text"] for b in bodies}
+    assert prompt_of_draw[("item-2", 1)] == prompt_of_draw[("item-2/d1", 1)] == prompt_of_draw[("item-2/d2", 1)]
+    assert prompt_of_draw[("item-2", 1)] != prompt_of_draw[("item-3", 1)]
+
+
 @pytest.fixture
 def sleeps(monkeypatch: pytest.MonkeyPatch) -> list[float]:
     """The backend's waits between attempts, recorded instead of slept (a fake clock)."""

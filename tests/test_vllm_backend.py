@@ -579,3 +579,59 @@ def test_results_count_answers_with_incomplete_probabilities(
     flagged = [a for a in answers if a["incomplete_probs"]]
     assert len(answers) == 8 and flagged == answers
     assert results["results"]["incomplete_option_probs"] == {"answers": 8, "items": 4}
+
+
+# ------------------------------------------- draws of one prompt share its prefill
+
+
+def _documented_seed(run_seed: int, key: str) -> int:
+    """A request's seed by the documented rule (sha256 of "<run seed>:<request key>", first 63 bits)."""
+    import hashlib
+
+    return int.from_bytes(hashlib.sha256(f"{run_seed}:{key}".encode()).digest()[:8], "big") & (2**63 - 1)
+
+
+def test_draws_of_one_item_go_side_by_side_in_one_call_each_with_its_own_seed(
+    engine: Engine, ids: dict[str, int], tmp_path: Path
+) -> None:
+    """The paper preset draws an item once per release copy. The draws of one prompt reach vLLM in one
+    generate call, next to each other (so its prefix cache prefills the prompt once), each with its own
+    seed; each draw's output is the one it gets when drawn alone with that seed."""
+    from test_draws import _small_dataset  # items with 1, 3 and 2 copies
+
+    def seeded(prompt: dict, params: Any) -> CompletionOutput:  # what a seed and a prompt give, and nothing else
+        pick = hash((tuple(prompt["prompt_token_ids"]), params.seed)) % 3
+        return completion([ids[(" A", " B", " C")[pick]], ids["eos"]])
+
+    engine.reply = seeded
+    backend = from_run_config(RunConfig(model=MODEL, backend="vllm", protocol="paper", seed=7))
+    asked: list[list[Request]] = []
+    answer = backend.generate
+
+    def recording(requests: list[Request]) -> list:
+        asked.append(list(requests))
+        return answer(requests)
+
+    backend.generate = recording
+    config = RunConfig(model=MODEL, backend="vllm", protocol="paper", seed=7, batch_size=64, out=str(tmp_path / "r"), progress=False)
+    run(config, backend=backend, dataset=_small_dataset())
+
+    stage1, stage2 = engine.calls
+    keys = ["item-1", "item-2", "item-2/d1", "item-2/d2", "item-3", "item-3/d1"]
+    assert [r.key for r in asked[0]] == [f"{k}/stage1/0" for k in keys]  # one call, the draws of an item adjacent
+    assert [p.seed for p in stage1["sampling_params"]] == [_documented_seed(7, f"{k}/stage1/0") for k in keys]
+    assert all(p.n == 1 for p in stage1["sampling_params"])
+    prompts = stage1["prompts"]
+    for first, count in ((1, 3), (4, 2)):  # item-2's and item-3's draws: one prompt, one image, side by side
+        draws = prompts[first : first + count]
+        assert all(p["prompt_token_ids"] == draws[0]["prompt_token_ids"] for p in draws)
+        assert all(p["multi_modal_data"]["image"] is draws[0]["multi_modal_data"]["image"] for p in draws)
+    assert prompts[0]["prompt_token_ids"] != prompts[1]["prompt_token_ids"]
+    assert [r.key for r in asked[1]] == [f"{k}/stage2/0" for k in keys]  # stage 2 likewise, one per draw
+    assert [p.seed for p in stage2["sampling_params"]] == [_documented_seed(7, f"{k}/stage2/0") for k in keys]
+
+    # Drawn one at a time, each draw gives what it gave side by side.
+    batched = {r.key: g.text for call in asked for r, g in zip(call, answer(call))}
+    alone = {r.key: answer([r])[0].text for call in asked for r in call}
+    assert alone == batched
+    assert len({batched[f"{k}/stage1/0"] for k in keys}) > 1  # the seeds do differ between draws

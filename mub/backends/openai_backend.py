@@ -34,6 +34,17 @@ enough and need no event loop (which would clash with callers already running
 one, such as notebooks). At most ``concurrency`` requests of a call are in
 flight, and a free thread takes the call's next request at once.
 
+Draws (the paper preset asks an item once per release copy, up to 9 times):
+each draw is its own request with its own ``seed`` (:func:`request_seed` of
+the draw's key), and the runner puts an item's draws side by side in one
+call, so they are in flight together (all of them with ``--concurrency`` at
+least their number); a server with a prefix cache (vLLM's, on by default)
+prefills their shared prompt once. The chat API's ``n`` is not used: the
+``n`` choices of a request share its one seed (vLLM's server seeds them
+``seed``, ``seed + 1``, ...; OpenAI's gives no per-choice seed), so a draw
+would depend on the other draws of its request instead of its own key, and
+servers that ignore ``n`` or ``seed`` would go unnoticed.
+
 Bounds: a reply is read as a stream and decoded here (gzip or deflate, the
 only encodings asked for), at most ``max_response_bytes`` decoded bytes
 (default 1 MiB), so a compressed bomb never inflates in memory; ``timeout``

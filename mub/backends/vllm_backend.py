@@ -20,6 +20,19 @@ How it maps MUB onto vLLM's documented interfaces:
   of its stage-1 prompt (same image and question; the cue comes after them).
   The runner hands over one stage's requests for a group of ``--batch-size``
   items per call: give vLLM a large one (e.g. 256).
+* Draws (the paper preset draws an item once per release copy, up to 9
+  times): the runner puts the draws of an item side by side in that one
+  call, each its own request with its own seed (:func:`request_seed` of the
+  draw's key), so a draw's output does not depend on its batch and equals
+  drawing it alone. The prompt is prefilled once: vLLM's V1 prefix cache
+  hashes a request's full prompt blocks (its image included, by content) as
+  it schedules it, and the draws after it, in the same engine step or a
+  later one, reuse those blocks; only the last partial block is computed per
+  draw. vLLM's ``SamplingParams(n=...)`` would not share more (V1 fans a
+  request with ``n`` out into ``n`` child requests that meet in the same
+  prefix cache) and could not keep the draws' seeds: its children are
+  seeded ``seed``, ``seed + 1``, ..., so a draw would depend on the others
+  of its request, not on its own key.
 * Decoding (:class:`SamplingParams`): the settings the transformers backend
   resolves (:func:`mub.backends.local.resolved_decoding`: the preset, the
   flags and the model's generation_config, e.g. ``repetition_penalty``),
