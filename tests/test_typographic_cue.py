@@ -125,14 +125,18 @@ NAMED = {1: "C", 2: "A", 3: "C", 4: "A"}  # what the cue names: the misleading a
 HOLDS = {3}  # the scripted model keeps its answer on item 3 whatever it sees
 
 
+def _drawn(number: int) -> Image.Image:
+    """Item ``number``'s image with its cue drawn in, computed here from the test's own data."""
+    return render_cue(Image.new("RGB", SIZE, _colour(number)), f"And the true answer is : {NAMED[number]}")
+
+
 def _gives_in_to_the_drawn_image(request: Request) -> str:
-    """Stage 1: STAGE1. Stage 2: the named option when the image is the item's with the cue drawn in, else stage 1's."""
+    """Stage 1: STAGE1. Stage 2: the named option when the image the model looks at last (the last turn's, in a
+    conversation) is the item's with the cue drawn in, else stage 1's."""
     number = _item_number(request)
     if "/stage1/" in request.key:
         return STAGE1[number]
-    original = Image.new("RGB", SIZE, _colour(number))
-    drawn = render_cue(original, f"And the true answer is : {NAMED[number]}")
-    sees_cue = request.image.tobytes() == drawn.tobytes()
+    sees_cue = request.images()[-1].tobytes() == _drawn(number).tobytes()
     return NAMED[number] if sees_cue and number not in HOLDS else STAGE1[number]
 
 
@@ -207,7 +211,6 @@ def test_run_json_records_the_options_and_resume_refuses_a_changed_one(tmp_path)
 
 
 def test_bad_typographic_flags_get_one_line(capsys, tmp_path):
-    assert "use --dialogue single" in _cli_error(capsys, tmp_path, "--cue", "typographic", "--dialogue", "multi")
     assert "are for --cue typographic, not --cue hint" in _cli_error(capsys, tmp_path, "--cue-both")
     assert "placement must be one of" in _cli_error(capsys, tmp_path, "--cue", "typographic", "--cue-style", "placement=left")
     arrow = tmp_path / "arrow.txt"
@@ -289,3 +292,84 @@ def test_the_harness_integrations_refuse_the_cue_they_cannot_draw():
         mub_task("explicit", cue="typographic")
     with pytest.raises(ValueError, match="the lmms-eval task does not send; use mub run"):
         run_config("explicit", {"cue": "typographic"})
+
+
+# ------------------------------------------------------------------ --dialogue multi: the drawn image in the follow-up turn
+
+
+@pytest.mark.parametrize("mode", ["image-only", "both"])
+def test_multi_replays_stage1_with_the_items_image_and_shows_the_drawn_one_in_the_followup(tmp_path, mode):
+    backend, results = _run(tmp_path, cue="typographic", cue_mode=mode, dialogue="multi")
+    stage1 = {r.key: r for call in backend.calls for r in call if "/stage1/" in r.key}
+    requests = _stage2(backend)
+    assert [r.key for r in requests] == [f"item-{n}/stage2/0" for n in (1, 2, 3, 4)]
+    for number, request in zip((1, 2, 3, 4), requests):
+        own = Image.new("RGB", SIZE, _colour(number))
+        (exchange,) = request.history  # stage 1 replayed: its prompt, the model's verbatim reply, the item's own image
+        assert (exchange.prompt, exchange.reply) == (stage1[f"item-{number}/stage1/0"].prompt, STAGE1[number])
+        assert exchange.prompt == f"{MC}\nQuestion number {number}?\n{OPTIONS}"
+        assert request.image.tobytes() == own.tobytes() and request.image_bytes == _png(_colour(number))
+        assert request.last_image.tobytes() == _drawn(number).tobytes()  # the follow-up turn's image: the cue drawn in
+        assert request.last_image_bytes == png_bytes(_drawn(number))
+        # image-only: no hint text, only the answer instruction; both: the drawn sentence, then the instruction.
+        cue = f"And the true answer is : {NAMED[number]}\n" if mode == "both" else ""
+        assert request.prompt == f"{cue}{MC}"
+        assert request.turns() == [("user", exchange.prompt), ("assistant", STAGE1[number]), ("user", request.prompt)]
+    figures = results["results"]["explicit"]
+    # As single-turn: T = {1, 3}, 1 gives in to the drawn C, 3 holds; F = {2, 4} both take the drawn true answer A.
+    assert (figures["n"], figures["n_t"], figures["n_f"], figures["t2f"], figures["f2t"]) == (4, 2, 2, 1, 2)
+    assert (figures["mr_t2f"], figures["mr_f2t"], figures["errors"]) == (0.5, 1.0, 0)
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["dialogue"] == "multi"
+
+
+def test_chat_messages_put_the_second_image_in_the_last_user_turn():
+    from mub.backends.base import Exchange
+    from mub.backends.common import chat_messages
+
+    first, second = Image.new("RGB", (2, 2), "red"), Image.new("RGB", (2, 2), "blue")
+    request = Request("k", first, "again", ("A", "B"), history=(Exchange("question", "A"),), last_image=second)
+    assert chat_messages(request, {"type": "image", "n": 1}, {"type": "image", "n": 2}) == [
+        {"role": "user", "content": [{"type": "image", "n": 1}, {"type": "text", "text": "question"}]},
+        {"role": "assistant", "content": [{"type": "text", "text": "A"}]},
+        {"role": "user", "content": [{"type": "image", "n": 2}, {"type": "text", "text": "again"}]},
+    ]
+    with pytest.raises(ValueError, match="second image but no content part"):
+        chat_messages(request, {"type": "image"})
+    with pytest.raises(ValueError, match="needs a history"):
+        Request("k", first, "q", ("A",), last_image=second)
+
+
+def test_openai_body_has_the_items_image_in_the_first_turn_and_the_drawn_one_in_the_last(tmp_path, monkeypatch):
+    import base64
+
+    from fault_server import FaultServer, healthy_answer
+
+    from mub.backends.openai_backend import ApiSettings, OpenAIBackend
+
+    monkeypatch.setenv("MUB_TEST_API_KEY", "sk-test")
+    items = [_big_item(n) for n in (1, 2)]
+    with FaultServer() as server:
+        backend = OpenAIBackend("fault-model", ApiSettings(server.base_url, api_key_env="MUB_TEST_API_KEY"), RunConfig(model="m").decoding())
+        config = RunConfig(model="fault-model", backend="openai", protocol="deterministic", out=str(tmp_path / "api"), progress=False,
+                           cue="typographic", dialogue="multi")  # fmt: skip
+        run(config, backend=backend, dataset=_dataset(items))
+        bodies = [r.body for r in server.received]
+
+    def images_of(message: dict) -> list[bytes]:
+        return [base64.b64decode(p["image_url"]["url"].split(",", 1)[1]) for p in message["content"] if p["type"] == "image_url"]
+
+    stage2 = [b for b in bodies if len(b["messages"]) == 3]
+    assert len(bodies) == 4 and len(stage2) == 2
+    for body in stage2:
+        user, assistant, followup = body["messages"]
+        question = user["content"][-1]["text"]
+        number = int(re.search(r"Question number (\d)", question).group(1))
+        # The server's stage-1 reply (a hash of the prompt) decides the cue: every item's answer is A, its lure C.
+        reply = healthy_answer(question)
+        named = "C" if reply == "A" else "A"
+        assert assistant["content"] == [{"type": "text", "text": reply}]
+        assert images_of(user) == [_png(_colour(number))]  # the item's own file, as stage 1 sent it
+        drawn = render_cue(Image.new("RGB", SIZE, _colour(number)), f"And the true answer is : {named}")
+        assert images_of(followup) == [png_bytes(drawn)]
+        assert followup["content"][0]["type"] == "image_url" and followup["content"][-1] == {"type": "text", "text": MC}
+        assert followup["content"][0]["image_url"]["url"].startswith("data:image/png;base64,")
