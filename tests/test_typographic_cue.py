@@ -373,3 +373,101 @@ def test_openai_body_has_the_items_image_in_the_first_turn_and_the_drawn_one_in_
         assert images_of(followup) == [png_bytes(drawn)]
         assert followup["content"][0]["type"] == "image_url" and followup["content"][-1] == {"type": "text", "text": MC}
         assert followup["content"][0]["image_url"]["url"].startswith("data:image/png;base64,")
+
+
+def test_draws_of_one_prompt_share_a_prefill_only_with_the_same_drawn_pixels():
+    from mub.backends.base import Exchange
+    from mub.backends.transformers_backend import prompt_groups
+
+    image = Image.new("RGB", SIZE, _colour(1))
+    history = (Exchange("question", "A"),)
+    drawn_c, drawn_c_again, drawn_a = (render_cue(image, f"And the true answer is : {x}") for x in "CCA")
+    requests = [
+        Request(f"item-1/d{n}/stage2/0", image, MC, ("A",), history=history, last_image=last)
+        for n, last in enumerate((drawn_c, drawn_c_again, drawn_a, None))
+    ]
+    # Same text and first image: grouped by the second image's pixels (an equal copy joins, another cue does not).
+    assert prompt_groups(requests, [MC] * 4) == [0, 0, 2, 3]
+
+
+QUESTION = f"{MC}\nQuestion number 1?\n{OPTIONS}"
+LETTERS = ("A", "B", "C", "D")
+
+
+@pytest.mark.parametrize("arch", ["llava", "llava_next", "idefics3", "gemma3"])
+def test_transformers_reads_the_drawn_image_and_its_caches_mix_nothing_up(arch, monkeypatch):
+    """Every tiny architecture takes the second image; with the caches on (stage 1 cached first, one request per
+    batch) each follow-up scores as a backend with no reuse at all scores it alone."""
+    from mub.backends.base import Exchange
+    from mub.backends.transformers_backend import TransformersBackend
+    from mub.config import DecodingSettings
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    scoring = DecodingSettings(scoring="logprob")
+    image = Image.new("RGB", SIZE, _colour(1))
+    stage1 = Request("item-1/stage1/0", image, QUESTION, LETTERS)
+    followups = [
+        Request(f"item-1/d{n}/stage2/0", image, MC, LETTERS, history=(Exchange(QUESTION, "A"),),
+                last_image=render_cue(image, f"And the true answer is : {x}"))
+        for n, x in enumerate("CA")
+    ]  # fmt: skip
+    reused = TransformersBackend(f"tiny:{arch}", device="cpu", decoding=scoring, batch_size=1)
+    reused.generate([stage1])
+    with_reuse = reused.generate(followups)
+    plain = TransformersBackend(f"tiny:{arch}", device="cpu", decoding=scoring, batch_size=1, reuse_images=False, reuse_prefix=False)
+    alone = [plain.generate([request])[0] for request in followups]
+    for got, expected in zip(with_reuse, alone):
+        assert got.error is None and got.option_probs == pytest.approx(expected.option_probs, rel=1e-4, abs=1e-30)
+    # The drawn image reaches the model: the two cues' images give different probabilities. (Not checkable on the
+    # tiny Gemma 3: it gives the same probabilities whatever image it is shown, in the first turn too.)
+    if arch != "gemma3":
+        assert alone[0].option_probs != pytest.approx(alone[1].option_probs, rel=1e-2, abs=1e-30)
+
+
+def test_a_template_that_drops_the_second_image_is_refused_in_one_line(capsys, tmp_path):
+    first_turn_only = tmp_path / "first_only.jinja"
+    first_turn_only.write_text(
+        "{% for m in messages %}{% set outer = loop %}{{ m['role'] }}: {% for c in m['content'] %}"
+        "{% if c['type'] == 'image' %}{% if outer.first %}<image>{% endif %}{% else %}{{ c['text'] }}{% endif %}"
+        "{% endfor %}\n{% endfor %}{% if add_generation_prompt %}assistant:{% endif %}"
+    )
+    error = _cli_error(capsys, tmp_path, "--cue", "typographic", "--dialogue", "multi", "--chat-template", str(first_turn_only))
+    assert "--model tiny:llava: its chat template puts no image in a conversation's later user turns" in error
+    assert "use --dialogue single" in error
+
+
+def test_tiny_llava_end_to_end_with_the_typographic_cue_in_a_conversation(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    out = tmp_path / "tiny"
+    argv = ["run", "--model", "tiny:llava", "--limit", "3", "--out", str(out), "--quiet", "--cue", "typographic", "--dialogue", "multi"]
+    assert main(argv) == 0
+    settings = json.loads((out / "run.json").read_text())
+    assert (settings["dialogue"], settings["typographic"]["mode"]) == ("multi", "image-only")
+    records = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+    assert len(records) == 3 and all(r["error"] is None for r in records)
+    assert all(r["stage2"][0]["cue"].startswith("And the true answer is : ") and r["stage2"][0]["output"] for r in records)
+
+
+from test_vllm_backend import engine, ids, tokenizer  # noqa: E402, F401 - the fake vLLM engine's fixtures
+
+
+def test_vllm_gets_both_images_in_turn_order_and_room_for_two(engine, tokenizer, tmp_path):
+    from mub.backends.vllm_backend import from_run_config
+
+    items = [_big_item(n) for n in (1, 2)]
+    config = RunConfig(model="tiny:llava", backend="vllm", protocol="deterministic", out=str(tmp_path / "v"), progress=False,
+                       cue="typographic", dialogue="multi")  # fmt: skip
+    run(config, backend=from_run_config(config), dataset=_dataset(items))
+    assert engine.created[0]["limit_mm_per_prompt"] == {"image": 2}
+    stage1, stage2 = engine.calls
+    assert all(not isinstance(p["multi_modal_data"]["image"], list) for p in stage1["prompts"])
+    image_token = tokenizer.convert_tokens_to_ids("<image>")
+    for number, prompt in zip((1, 2), stage2["prompts"]):
+        own, drawn = prompt["multi_modal_data"]["image"]
+        # The fake engine answers B: a wrong stage 1 (the answer is A), so the cue names the true answer A.
+        assert own.tobytes() == Image.new("RGB", SIZE, _colour(number)).tobytes()
+        assert drawn.tobytes() == render_cue(Image.new("RGB", SIZE, _colour(number)), "And the true answer is : A").tobytes()
+        assert prompt["prompt_token_ids"].count(image_token) == 2
+    single = RunConfig(model="tiny:llava", backend="vllm", out=str(tmp_path / "s"), progress=False, cue="typographic")
+    from_run_config(single)
+    assert engine.created[1]["limit_mm_per_prompt"] == {"image": 1}
