@@ -320,6 +320,11 @@ def test_multi_replays_stage1_with_the_items_image_and_shows_the_drawn_one_in_th
     assert (figures["n"], figures["n_t"], figures["n_f"], figures["t2f"], figures["f2t"]) == (4, 2, 2, 1, 2)
     assert (figures["mr_t2f"], figures["mr_f2t"], figures["errors"]) == (0.5, 1.0, 0)
     assert json.loads((tmp_path / "run" / "run.json").read_text())["dialogue"] == "multi"
+    # The export rebuilds the follow-up turn as sent.
+    from mub.report.view import export_rows, load_run
+
+    exported = export_rows(load_run(tmp_path / "run", _dataset([_big_item(n) for n in (1, 2, 3, 4)])))
+    assert [json.loads(row["stage2_prompts"]) for row in exported] == [[r.prompt] for r in requests]
 
 
 def test_chat_messages_put_the_second_image_in_the_last_user_turn():
