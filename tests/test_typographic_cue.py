@@ -23,6 +23,7 @@ from mub.protocol.typographic import CueDoesNotFit, CueStyle, parse_style, png_b
 from mub.runs.runner import run
 from mub.runs.storage import RunFolderError
 from mub.testing.scripted import ScriptedBackend
+from mub.testing.tiny_models import TINY_ARCHITECTURES
 
 MC = "Answer with the option's letter from the given choices directly."
 OPTIONS = "A. red\nB. green\nC. blue\nD. black"
@@ -399,7 +400,7 @@ QUESTION = f"{MC}\nQuestion number 1?\n{OPTIONS}"
 LETTERS = ("A", "B", "C", "D")
 
 
-@pytest.mark.parametrize("arch", ["llava", "llava_next", "idefics3", "gemma3"])
+@pytest.mark.parametrize("arch", TINY_ARCHITECTURES)
 def test_transformers_reads_the_drawn_image_and_its_caches_mix_nothing_up(arch, monkeypatch):
     """Every tiny architecture takes the second image; with the caches on (stage 1 cached first, one request per
     batch) each follow-up scores as a backend with no reuse at all scores it alone."""
@@ -439,6 +440,16 @@ def test_a_template_that_drops_the_second_image_is_refused_in_one_line(capsys, t
     error = _cli_error(capsys, tmp_path, "--cue", "typographic", "--dialogue", "multi", "--chat-template", str(first_turn_only))
     assert "--model tiny:llava: its chat template puts no image in a conversation's later user turns" in error
     assert "use --dialogue single" in error
+    one_image_only = tmp_path / "one_image.jinja"
+    one_image_only.write_text(
+        "{% set ns = namespace(images=0) %}{% for m in messages %}{{ m['role'] }}: {% for c in m['content'] %}"
+        "{% if c['type'] == 'image' %}{% set ns.images = ns.images + 1 %}"
+        "{% if ns.images > 1 %}{{ raise_exception('one image per conversation') }}{% endif %}<image>"
+        "{% else %}{{ c['text'] }}{% endif %}{% endfor %}\n{% endfor %}{% if add_generation_prompt %}assistant:{% endif %}"
+    )
+    error = _cli_error(capsys, tmp_path, "--cue", "typographic", "--dialogue", "multi", "--chat-template", str(one_image_only))
+    assert "--model tiny:llava: its chat template refuses a second image in a conversation" in error
+    assert "one image per conversation" in error and "use --dialogue single" in error
 
 
 def test_tiny_llava_end_to_end_with_the_typographic_cue_in_a_conversation(tmp_path, monkeypatch):
