@@ -36,8 +36,8 @@ class Request:
     image goes in the first user turn, ``prompt`` is the last user turn.
     ``image_bytes`` is the image file's own bytes, as the dataset stores them:
     a backend that sends a file (an API) sends these, never a re-encoding;
-    ``None`` where the image has no file (it is then encoded losslessly). Under ``--cue typographic`` stage 2's
-    image is the item's with the cue drawn in, and these are its PNG bytes (mub.protocol.typographic.png_bytes).
+    ``None`` where the image has no file (it is then encoded losslessly). Under ``--cue typographic --dialogue single``
+    stage 2's image is the item's with the cue drawn in, and these are its PNG bytes (mub.protocol.typographic.png_bytes).
     ``last_image`` (with ``last_image_bytes``, its file's bytes, alike) is a second image, carried by the last
     user turn of a multi-turn request, before its text: under ``--cue typographic --dialogue multi`` the first
     turn holds the item's own image (stage 1 replayed) and the last the drawn one. Only a request with

@@ -182,7 +182,9 @@ class PromptRenderer:
         try:
             rendered = [self.render(conversation_of(r), add_generation_prompt=True) for r in (two, one)]
         except Exception as exc:  # noqa: BLE001 - a template that raises on a second image (e.g. "one image only")
-            raise ValueError(f"--model {self.model_id}: its chat template refuses a second image in a conversation ({exc}); {fix}") from None
+            raise ValueError(
+                f"--model {self.model_id}: its chat template refuses a second image in a conversation ({exc}); {fix}"
+            ) from None
         if rendered[0] == rendered[1]:
             raise ValueError(
                 f"--model {self.model_id}: its chat template puts no image in a conversation's later user turns, so the "

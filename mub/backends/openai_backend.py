@@ -418,7 +418,8 @@ class OpenAIBackend:
             image = {"type": "image_url", "image_url": {"url": image_url, "detail": "high"}}
             messages = [{"role": "user", "content": [{"type": "text", "text": request.prompt}, image]}]
         else:
-            messages = common.chat_messages(request, _image_part(image_url), last_image_url and _image_part(last_image_url))
+            last_part = None if last_image_url is None else _image_part(last_image_url)
+            messages = common.chat_messages(request, _image_part(image_url), last_part)
         body: dict[str, Any] = {"model": self.model, "messages": messages, "max_tokens": decoding.max_new_tokens}
         body.update(common.sent_sampling_fields(decoding, send_top_k=self.settings.send_top_k))
         if self.api_request != CLOSED_MODEL_REQUEST:
