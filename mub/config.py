@@ -248,8 +248,13 @@ class RunConfig:
 
         return record(parse_style(self.cue_style), self.cue_mode or "image-only")
 
+    def images_per_request(self) -> int:
+        """The most images one request carries: two under ``--cue typographic --dialogue multi`` (the item's in the
+        replayed stage 1, the drawn one in the follow-up turn), else one."""
+        return 2 if self.cue_name() == TYPOGRAPHIC and self.dialogue == "multi" else 1
+
     def _check_typographic(self) -> None:
-        """The typographic flags: only with that cue, valid, its template drawable, single-turn."""
+        """The typographic flags: only with that cue, valid, its template drawable."""
         if self.cue_name() != TYPOGRAPHIC:
             if self.cue_style is not None or self.cue_mode is not None:
                 raise ValueError(f"--cue-style, --cue-image-only and --cue-both are for --cue typographic, not --cue {self.cue_name()}")
@@ -258,11 +263,6 @@ class RunConfig:
 
         if self.cue_mode is not None and self.cue_mode not in MODES:
             raise ValueError(f"cue_mode must be one of {', '.join(MODES)}, got {self.cue_mode!r}")
-        if self.dialogue != "single":
-            raise ValueError(
-                "--cue typographic asks stage 2 with a new image, but a multi-turn conversation carries one image, in its "
-                "first turn, in every backend; use --dialogue single"
-            )
         self.typographic()  # a bad --cue-style fails here
         check_text(self.cue_spec().template)
 

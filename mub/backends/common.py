@@ -34,17 +34,25 @@ def request_seed(seed: int, key: str) -> int:
     return int.from_bytes(digest[:8], "big") & (2**63 - 1)
 
 
-def chat_messages(request: "Request", image_part: dict[str, Any]) -> list[dict[str, Any]]:
-    """The request's conversation as chat messages of content parts; ``image_part`` opens the first user turn.
+def chat_messages(
+    request: "Request", image_part: dict[str, Any], last_image_part: dict[str, Any] | None = None
+) -> list[dict[str, Any]]:
+    """The request's conversation as chat messages of content parts; ``image_part`` opens the first user turn,
+    ``last_image_part`` (required when the request has a ``last_image``) the last one.
 
     Every backend sends the same turns: a one-turn request is the image and its
     prompt; a multi-turn one replays its history (the model's own replies as
     assistant turns) before the last user prompt.
     """
+    if request.last_image is not None and last_image_part is None:
+        raise ValueError(f"request {request.key} has a second image but no content part was given for it")
+    turns = request.turns()
     messages = []
-    for number, (role, text) in enumerate(request.turns()):
-        content = ([image_part] if number == 0 else []) + [{"type": "text", "text": text}]
-        messages.append({"role": role, "content": content})
+    for number, (role, text) in enumerate(turns):
+        images = [image_part] if number == 0 else []
+        if number == len(turns) - 1 and request.last_image is not None:
+            images.append(last_image_part)  # type: ignore[arg-type]  # checked above
+        messages.append({"role": role, "content": [*images, {"type": "text", "text": text}]})
     return messages
 
 

@@ -20,7 +20,7 @@ import functools
 from pathlib import Path
 from typing import Any, Sequence
 
-from mub.backends.base import Request
+from mub.backends.base import Exchange, Request
 from mub.backends.common import chat_messages
 from mub.config import DecodingSettings
 from mub_dataset.files import MAX_TEMPLATE_BYTES, read_regular_file
@@ -52,8 +52,9 @@ def user_turn(prompt: str) -> list[dict[str, Any]]:
 
 def conversation_of(request: Request) -> list[dict[str, Any]]:
     """The conversation a request asks the model to continue: its turns (a multi-turn request replays the
-    model's own stage-1 reply as the assistant turn), the image opening the first user turn."""
-    return chat_messages(request, {"type": "image"})
+    model's own stage-1 reply as the assistant turn), the image opening the first user turn (and a
+    ``last_image`` the last one)."""
+    return chat_messages(request, {"type": "image"}, {"type": "image"})
 
 
 class HubModelUnavailable(ValueError):
@@ -165,6 +166,30 @@ class PromptRenderer:
             "--chat-template FILE (Python: TransformersBackend(..., chat_template=FILE)); the template must "
             "put the image placeholder in the user turn."
         )
+
+    def check_second_image(self) -> None:
+        """Refuse, in one line, a template that puts no image in a conversation's last user turn.
+
+        ``--cue typographic --dialogue multi`` shows the drawn image there (:attr:`Request.last_image`); a
+        template that renders only the first turn's image would drop the cue unseen.
+        """
+        from PIL import Image
+
+        pixel = Image.new("RGB", (1, 1))
+        two = Request("probe", pixel, _PROBE_QUESTION, ("A",), history=(Exchange(_PROBE_QUESTION, "A"),), last_image=pixel)
+        one = Request("probe", pixel, _PROBE_QUESTION, ("A",), history=two.history)
+        fix = "use --dialogue single, or a --chat-template that puts an image part in any user turn"
+        try:
+            rendered = [self.render(conversation_of(r), add_generation_prompt=True) for r in (two, one)]
+        except Exception as exc:  # noqa: BLE001 - a template that raises on a second image (e.g. "one image only")
+            raise ValueError(
+                f"--model {self.model_id}: its chat template refuses a second image in a conversation ({exc}); {fix}"
+            ) from None
+        if rendered[0] == rendered[1]:
+            raise ValueError(
+                f"--model {self.model_id}: its chat template puts no image in a conversation's later user turns, so the "
+                f"drawn image of --cue typographic --dialogue multi would be dropped; {fix}"
+            )
 
     def template_text(self) -> str:
         """The template in use, as text (for its hash in ``describe()``)."""

@@ -110,6 +110,7 @@ from mub.protocol.presets import API_REQUESTS, CLOSED_MODEL_REQUEST, OPEN_MODEL_
 
 if TYPE_CHECKING:
     import httpx
+    from PIL import Image
 
     from mub.config import RunConfig
 
@@ -266,6 +267,11 @@ def request_seed(seed: int, key: str) -> int:
     return common.request_seed(seed, key) % 2**31
 
 
+def _image_part(url: str) -> dict[str, Any]:
+    """An OpenAI chat content part showing the image at ``url`` (a data URL)."""
+    return {"type": "image_url", "image_url": {"url": url}}
+
+
 def read_api_key(variable: str) -> str:
     """The key in environment variable ``variable`` ("" if unset), surrounding whitespace stripped.
 
@@ -357,7 +363,7 @@ class OpenAIBackend:
 
     def generate(self, requests: Sequence[Request]) -> list[Generation]:
         # Encoding here, in the caller's thread, keeps the image cache single-threaded.
-        bodies = [self._body(request, self._image_url(request)) for request in requests]
+        bodies = [self._body(request, *self._image_urls_of(request)) for request in requests]
         futures = [self._pool.submit(self._complete, body) for body in bodies]
         try:
             generations = [self._result(future) for future in futures]
@@ -368,13 +374,18 @@ class OpenAIBackend:
             generation.text = kept_text(generation.text, request.options, self.decoding.stop)
         return generations
 
-    def _image_url(self, request: Request) -> str:
+    def _image_urls_of(self, request: Request) -> tuple[str, str | None]:
+        """The data URLs of the request's image and of its ``last_image`` (``None`` without one)."""
+        last = None if request.last_image is None else self._image_url(request.last_image, request.last_image_bytes)
+        return self._image_url(request.image, request.image_bytes), last
+
+    def _image_url(self, image: "Image.Image", data: bytes | None) -> str:
         """The image file's own bytes as a data URL (labelled JPEG under the closed-model request, as the
-        authors sent every file); a request without a file gets its pixels encoded losslessly."""
-        if request.image_bytes is None:
-            return self._image_urls(request.image)
-        mime = "image/jpeg" if self.api_request == CLOSED_MODEL_REQUEST else common.image_mime_type(request.image_bytes)
-        return f"data:{mime};base64,{base64.b64encode(request.image_bytes).decode('ascii')}"
+        authors sent every file); an image without a file gets its pixels encoded losslessly."""
+        if data is None:
+            return self._image_urls(image)
+        mime = "image/jpeg" if self.api_request == CLOSED_MODEL_REQUEST else common.image_mime_type(data)
+        return f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
 
     @staticmethod
     def _result(future: "Future[Generation]") -> Generation:
@@ -409,7 +420,7 @@ class OpenAIBackend:
         self._pool.shutdown(wait=True)
         self._client.close()
 
-    def _body(self, request: Request, image_url: str) -> dict[str, Any]:
+    def _body(self, request: Request, image_url: str, last_image_url: str | None = None) -> dict[str, Any]:
         """The request's JSON body. A decoding field left to the model (:data:`FROM_MODEL`) is not sent, so the
         server applies the model's own generation_config (vLLM's server does by default) or its own default."""
         decoding = self.decoding
@@ -418,7 +429,8 @@ class OpenAIBackend:
             image = {"type": "image_url", "image_url": {"url": image_url, "detail": "high"}}
             messages = [{"role": "user", "content": [{"type": "text", "text": request.prompt}, image]}]
         else:
-            messages = common.chat_messages(request, {"type": "image_url", "image_url": {"url": image_url}})
+            last_part = None if last_image_url is None else _image_part(last_image_url)
+            messages = common.chat_messages(request, _image_part(image_url), last_part)
         body: dict[str, Any] = {"model": self.model, "messages": messages, "max_tokens": decoding.max_new_tokens}
         body.update(common.sent_sampling_fields(decoding, send_top_k=self.settings.send_top_k))
         if self.api_request != CLOSED_MODEL_REQUEST:

@@ -357,7 +357,8 @@ class _ImageReuse:
         import torch
         from transformers.modeling_outputs import BaseModelOutputWithPooling
 
-        if not self.enabled or not any(key in inputs for key in _PIXEL_KEYS):
+        # Entries are per request, one image each: a request with a second image (Request.last_image) runs the encoder.
+        if not self.enabled or not any(key in inputs for key in _PIXEL_KEYS) or any(r.last_image is not None for r in requests):
             return inputs
         pooled = self._cached(requests)
         if pooled is not None:
@@ -483,6 +484,13 @@ class _PrefixReuse:
         if cache is None:
             return
         for request, entry in zip(requests, self.rows(inputs, cache, answers)):
+            self.keep(request, entry)
+
+    def keep(self, request: Request, entry: tuple[list[int], list]) -> None:
+        """Keep ``entry`` for the request's image; not for a prompt with a second image (``last_image``), whose
+        placeholder tokens, the same for any image, would let a later prompt reuse another image's keys/values.
+        (A prompt with a second image never reuses a kept prefix either: its second image's tokens come after it.)"""
+        if request.last_image is None:
             self.cache.put(request.image, entry)
 
     @staticmethod
@@ -569,9 +577,9 @@ def _pixels_digest(image: Any) -> tuple[Any, ...]:
 
 
 def prompt_groups(requests: Sequence[Request], texts: Sequence[str]) -> list[int]:
-    """For each request, the index of the first request with the same prompt text and image (its own if none).
+    """For each request, the index of the first request with the same prompt text and images (its own if none).
 
-    Draws of one item are such requests (same turns, same image, different
+    Draws of one item are such requests (same turns, same images, different
     keys). Images compare by object; pixels are hashed only where one text
     comes with several image objects.
     """
@@ -583,11 +591,11 @@ def prompt_groups(requests: Sequence[Request], texts: Sequence[str]) -> list[int
         if len(rows) < 2:
             continue
         digests: dict[int, tuple[Any, ...]] = {}
-        one_object = len({id(requests[i].image) for i in rows}) == 1
+        one_object = len({tuple(map(id, requests[i].images())) for i in rows}) == 1
         first: dict[Any, int] = {}
         for i in rows:
-            image = requests[i].image
-            key = id(image) if one_object else digests.setdefault(id(image), _pixels_digest(image))
+            images = requests[i].images()
+            key = tuple(id(image) if one_object else digests.setdefault(id(image), _pixels_digest(image)) for image in images)
             group_of[i] = first.setdefault(key, i)
     return group_of
 
@@ -614,6 +622,7 @@ class TransformersBackend:
         reuse_images: bool = True,
         reuse_prefix: bool = True,
         share_prompts: bool = True,
+        images_per_prompt: int = 1,
     ) -> None:
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
@@ -635,6 +644,8 @@ class TransformersBackend:
         self.processor = loaded(AutoProcessor, self.path, model_id, trust_remote_code=trust_remote_code, **hub_options)
         self.tokenizer = self.processor.tokenizer
         self.renderer = PromptRenderer(self.processor, model_id, chat_template)
+        if images_per_prompt > 1:  # before the weights load: a template that drops the second image is refused
+            self.renderer.check_second_image()
         # Two batch groups' worth of images: a runner group's stage 1 and stage 2 share them.
         # generate() raises the bound to the distinct images of a call when these are more.
         self.reuse_images = reuse_images
@@ -714,7 +725,7 @@ class TransformersBackend:
         add_special = self.renderer.adds_special_tokens(texts[0])
         inputs = self.processor(
             text=texts,
-            images=[[r.image] for r in requests],
+            images=[list(r.images()) for r in requests],
             padding=True,
             padding_side="left",  # explicit: a processor default could override the tokenizer's
             return_tensors="pt",
@@ -866,7 +877,7 @@ class TransformersBackend:
         ran = inputs if planned is None else {"input_ids": planned.input_ids, "attention_mask": planned.attention_mask}
         entries = self._prefix.rows(ran, cache)
         for request, entry in zip(distinct, entries):
-            self._prefix.cache.put(request.image, entry)
+            self._prefix.keep(request, entry)
         slot = {first: n for n, first in enumerate(firsts)}
         rows = torch.tensor([slot[g] for g in group_of], device=inputs["input_ids"].device)
         expanded = {name: inputs[name][rows] for name in ("input_ids", "attention_mask")}
@@ -992,4 +1003,5 @@ def from_run_config(config: "RunConfig") -> TransformersBackend:
         reuse_images=bool(config.backend_options.get("reuse_images", True)),
         reuse_prefix=bool(config.backend_options.get("reuse_prefix", True)),
         share_prompts=bool(config.backend_options.get("share_prompts", True)),
+        images_per_prompt=config.images_per_request(),
     )

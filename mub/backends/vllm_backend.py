@@ -13,7 +13,10 @@ How it maps MUB onto vLLM's documented interfaces:
   not used: it tokenises without special tokens (no BOS) and, for templates it
   reads as "string" content, places the image differently. A multi-turn
   request (``--dialogue multi``) is rendered with its history: the image and
-  the stage-1 prompt, then the model's own stage-1 reply as the assistant turn.
+  the stage-1 prompt, then the model's own stage-1 reply as the assistant turn;
+  under ``--cue typographic`` the follow-up turn opens with the drawn image,
+  the second of the prompt's two ``multi_modal_data`` images (the engine is
+  then started with ``limit_mm_per_prompt={"image": 2}``).
 * One ``LLM.generate`` call per :meth:`VLLMBackend.generate` call, with all
   its requests, so the engine schedules them together; the engine runs with
   ``enable_prefix_caching=True``, so a stage-2 prompt reuses the cached work
@@ -176,6 +179,7 @@ class VLLMBackend:
         tensor_parallel_size: int = 1,
         engine_args: Mapping[str, Any] | None = None,
         batch_invariant: bool = False,
+        images_per_prompt: int = 1,
         llm: Any = None,
     ) -> None:
         from transformers import AutoProcessor
@@ -192,6 +196,8 @@ class VLLMBackend:
         self.chat_template_path = chat_template
         processor = loaded(AutoProcessor, self.path, model_id, trust_remote_code=trust_remote_code)
         self.renderer = PromptRenderer(processor, model_id, chat_template)
+        if images_per_prompt > 1:  # before the engine starts: a template that drops the second image is refused
+            self.renderer.check_second_image()
         self.sampling_fields = sampling_fields(self.vllm)
         # Exact option probabilities need vLLM's logprob_token_ids (newer releases).
         self.exact_option_probs = "logprob_token_ids" in self.sampling_fields
@@ -203,7 +209,8 @@ class VLLMBackend:
             "trust_remote_code": trust_remote_code,
             "seed": self.decoding.seed,
             "enable_prefix_caching": True,
-            "limit_mm_per_prompt": {"image": 1},
+            # Two only where a run needs them (--cue typographic --dialogue multi): vLLM reserves memory per image.
+            "limit_mm_per_prompt": {"image": images_per_prompt},
             **(engine_args or {}),
         }
         self.model_seconds = 0.0
@@ -255,9 +262,14 @@ class VLLMBackend:
         return self.vllm.SamplingParams(**options)
 
     def prompts(self, requests: Sequence[Request]) -> list[dict[str, Any]]:
-        """vLLM ``TokensPrompt`` dicts: mub's token ids (see :class:`PromptRenderer`) and the image."""
+        """vLLM ``TokensPrompt`` dicts: mub's token ids (see :class:`PromptRenderer`) and the image (both, in
+        turn order, for a request with a ``last_image``)."""
         return [
-            {"prompt_token_ids": self.renderer.token_ids(r), "multi_modal_data": {"image": r.image}} for r in requests
+            {
+                "prompt_token_ids": self.renderer.token_ids(r),
+                "multi_modal_data": {"image": r.image if r.last_image is None else list(r.images())},
+            }
+            for r in requests
         ]
 
     def generate(self, requests: Sequence[Request]) -> list[Generation]:
@@ -376,4 +388,5 @@ def from_run_config(config: "RunConfig") -> VLLMBackend:
         tensor_parallel_size=int(options.get("tensor_parallel_size") or 1),
         engine_args=options.get("engine_args"),
         batch_invariant=config.protocol == "deterministic",
+        images_per_prompt=config.images_per_request(),
     )

@@ -154,6 +154,9 @@ def check_template(name: str, template: str, field: str | None = "") -> None:
 
 
 def followup(cue_text: str, kind: str) -> str:
-    """multi: the last user turn, the cue then the answer instruction for the item's kind."""
+    """multi: the last user turn, the cue then the answer instruction for the item's kind; the instruction alone
+    where the cue has no text (``--cue typographic --cue-image-only``: the turn's image is the cue)."""
     instruction = ANSWER_INSTRUCTIONS[YES_NO if kind == YES_NO else MULTIPLE_CHOICE]
+    if not cue_text.strip():
+        return instruction
     return FOLLOWUP_TEMPLATE.format(cue=cue_text.strip(), instruction=instruction)

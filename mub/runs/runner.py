@@ -286,15 +286,22 @@ def stage2_cues(cue: Cue, row: Mapping[str, Any], stage1_correct: bool, max_note
 
 def stage2_request(
     key: str, row: Mapping[str, Any], image: Image.Image, prompts: PromptFormat, cue_text: str, stage1: Exchange | None,
-    image_bytes: bytes | None = None, earlier: tuple[Exchange, ...] = (),
+    image_bytes: bytes | None = None, drawn: Image.Image | None = None, drawn_bytes: bytes | None = None,
+    earlier: tuple[Exchange, ...] = (),
 ) -> Request:
     """Stage 2 as a fresh request with the cue in the prompt, or (``stage1`` given) as the conversation's next turn,
-    after the ``earlier`` stage-2 exchanges (``--pressure``'s turns so far)."""
+    after the ``earlier`` stage-2 exchanges (``--pressure``'s turns so far).
+
+    ``drawn`` (``--cue typographic``, with its PNG bytes) is the image with the cue drawn in: a fresh request shows
+    it instead of ``image``; a conversation replays stage 1 with ``image`` and shows it in the follow-up turn.
+    """
     if stage1 is None:
+        if drawn is not None:
+            image, image_bytes = drawn, drawn_bytes
         return Request(key, image, render(row, prompts, cue_text), answer_options(row), image_bytes=image_bytes)
     return Request(
         key, image, followup(cue_text, item_kind(row, prompts)), answer_options(row), history=(stage1, *earlier),
-        image_bytes=image_bytes,
+        image_bytes=image_bytes, last_image=drawn, last_image_bytes=drawn_bytes,
     )
 
 
@@ -329,7 +336,8 @@ def run_batch(
         for sample in range(config.num_samples)
     ]
     stage1 = backend.generate(stage1_requests)
-    # --cue typographic: stage 2 shows the image with the cue drawn in; the prompt holds the cue only under --cue-both.
+    # --cue typographic: stage 2 shows the image with the cue drawn in (multi: in the follow-up turn, after stage 1
+    # replayed with the item's own image); the prompt holds the cue only under --cue-both.
     drawn = config.typographic()
     style, with_text = style_of(drawn), cue_in_prompt(drawn)
     records: list[ItemPrediction] = []
@@ -344,11 +352,11 @@ def run_batch(
         cues: list[tuple[str, str | None]] = []
         if record.error is None and config.stages == 2 and pressure is None:
             cues = stage2_cues(cue, row, stages.is_correct(record.original_prediction, row), config.notes)
-        stage2_image, stage2_bytes = image, data
+        drawn_image, drawn_bytes = None, None
         if style is not None and cues:  # one cue: the named option's sentence
             try:
-                stage2_image = render_cue(image, cues[0][0].strip(), style)
-                stage2_bytes = png_bytes(stage2_image)
+                drawn_image = render_cue(image, cues[0][0].strip(), style)
+                drawn_bytes = png_bytes(drawn_image)
             except CueDoesNotFit as exc:  # an item error, never a cut-off cue
                 record.error, cues = f"item {row['id']}: {exc}", []
         asked.append(cues)
@@ -358,7 +366,8 @@ def run_batch(
         for number, (text, _) in enumerate(cues):
             stage2_requests.append(
                 stage2_request(
-                    f"{prefix}/stage2/{number}", row, stage2_image, prompts, text if with_text else "", stage1_turn, stage2_bytes
+                    f"{prefix}/stage2/{number}", row, image, prompts, text if with_text else "", stage1_turn, data,
+                    drawn_image, drawn_bytes,
                 )
             )
     if pressure is not None:
@@ -382,7 +391,7 @@ def pressure_request(
     that names (the hint's: misleading after a correct stage 1, true after a wrong one)."""
     text, hinted = pressure.text(turn, stages.hinted_answer(row, stage1_correct))
     key = f"{prefix}/stage2/{turn - 1}"  # turn 1's key is the one-cue stage 2's: the same sampling seed
-    return stage2_request(key, row, image, prompts, text, stage1, image_bytes, tuple(earlier)), text, hinted
+    return stage2_request(key, row, image, prompts, text, stage1, image_bytes, earlier=tuple(earlier)), text, hinted
 
 
 def recorded_pressure_requests(
