@@ -143,6 +143,31 @@ def test_sampler_filters_and_is_a_function_of_seed_and_step() -> None:
     assert _sampled_tokens(probs, seeds[::-1], steps=6)[::-1] == together
 
 
+def _splitmix64_draw(seed: int, step: int) -> float:
+    """SplitMix64 of (seed, step) with Python's unbounded integers, reduced modulo 2**64 by hand: the stream's
+    definition, written apart from the backend's vectorised numpy form."""
+    mask = (1 << 64) - 1
+    z = (seed * 0x9E3779B97F4A7C15 + (step + 1) * 0xBF58476D1CE4E5B9) & mask
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & mask
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & mask
+    z ^= z >> 31
+    return ((z >> 11) + 0.5) / (1 << 53)
+
+
+def test_sampler_stream_is_splitmix64_of_seed_and_step_across_blocks() -> None:
+    """Over eight equally likely tokens the pick is the eighth the draw falls in, so the tokens of 150 steps
+    (past the sampler's blocks of precomputed draws) spell out each seed's stream; seeds span 64 bits."""
+    import numpy as np
+
+    seeds = [0, 7, request_seed(0, "item3/stage1/2"), 2**63 - 1, 2**64 - 1]
+    steps = 150
+    picked = _sampled_tokens([1 / 8] * 8, seeds, steps=steps)
+    for seed, tokens in zip(seeds, picked):
+        # The first token whose cumulative probability (k + 1) / 8 reaches the float32 draw.
+        expected = [next(k for k in range(8) if (k + 1) / 8 >= float(np.float32(_splitmix64_draw(seed, t)))) for t in range(steps)]
+        assert tokens == expected, seed
+
+
 @pytest.mark.parametrize("settings", [{"top_k": 6}, {"top_p": 0.7}, {"top_k": 6, "top_p": 0.8}, {}], ids=str)
 def test_sampler_draws_from_transformers_warped_distribution(settings: dict) -> None:
     """Expectation from transformers' own warpers: the allowed tokens and their probabilities."""

@@ -142,21 +142,30 @@ def _answer_complete_criteria(
     return AnswerComplete()
 
 
-_MASK64 = (1 << 64) - 1
+# SplitMix64's constants (Steele, Lea and Flood 2014).
+_GOLDEN, _MIX1, _MIX2 = 0x9E3779B97F4A7C15, 0xBF58476D1CE4E5B9, 0x94D049BB133111EB
+_DRAW_BLOCK = 64  # steps of draws computed at once
 
 
-def _uniform(seed: int, step: int) -> float:
-    """A uniform draw in (0, 1) that depends only on ``seed`` and ``step`` (SplitMix64 of the pair).
+def _uniforms(seeds: Sequence[int], first_step: int, steps: int) -> Any:
+    """Uniform draws in (0, 1), one row per seed and one column per step from ``first_step``.
 
-    A counter-based stream: row ``r`` at step ``t`` reads ``_uniform(seed_r, t)``,
-    so a request's draws do not depend on its batch, and one vectorised
-    inverse-CDF pick serves the whole batch.
+    A counter-based stream: the draw of ``seed`` at step ``t`` is SplitMix64
+    of (seed, ``t``), a pure function of the pair, so a request's draws do not
+    depend on its batch and one vectorised inverse-CDF pick serves the whole
+    batch. Computed with numpy's unsigned 64-bit arithmetic (which wraps like
+    the hash's modulo 2**64) for a block of steps at once.
     """
-    z = (seed * 0x9E3779B97F4A7C15 + (step + 1) * 0xBF58476D1CE4E5B9) & _MASK64
-    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
-    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
-    z ^= z >> 31
-    return ((z >> 11) + 0.5) / (1 << 53)
+    import numpy as np
+
+    with np.errstate(over="ignore"):
+        seed = np.array(seeds, dtype=np.uint64)[:, None]
+        counter = np.arange(first_step + 1, first_step + steps + 1, dtype=np.uint64)[None, :]
+        z = seed * np.uint64(_GOLDEN) + counter * np.uint64(_MIX1)
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(_MIX1)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(_MIX2)
+        z ^= z >> np.uint64(31)
+    return ((z >> np.uint64(11)).astype(np.float64) + 0.5) / float(1 << 53)
 
 
 def _seeded_sampler(seeds: Sequence[int], decoding: DecodingSettings) -> Any:
@@ -164,7 +173,10 @@ def _seeded_sampler(seeds: Sequence[int], decoding: DecodingSettings) -> Any:
 
     Temperature, then top-k, then top-p, as transformers' warpers apply them;
     with top-k only the k best tokens are sorted and normalised (the rest have
-    probability 0), which spares a sort of the whole vocabulary per step.
+    probability 0), which spares a sort of the whole vocabulary per step. It
+    runs once per generated token, so it keeps to a few tensor operations:
+    the draws come in blocks of steps (:func:`_uniforms`), and the scores
+    tensor, which ``generate`` hands over as a fresh copy, is overwritten in place.
     """
     import torch
     from transformers import LogitsProcessor
@@ -174,6 +186,8 @@ def _seeded_sampler(seeds: Sequence[int], decoding: DecodingSettings) -> Any:
     class SeededSampler(LogitsProcessor):
         def __init__(self) -> None:
             self.step = 0  # generate() calls a processor once per new token
+            self._draws: Any = None  # (rows, _DRAW_BLOCK) draws from step self._first
+            self._first = 0
 
         def __call__(self, input_ids: Any, scores: Any) -> Any:
             scaled = scores.float() / decoding.temperature
@@ -188,16 +202,23 @@ def _seeded_sampler(seeds: Sequence[int], decoding: DecodingSettings) -> Any:
             if decoding.top_p < 1.0:
                 # Keep the most probable tokens until their mass reaches top_p (the first always).
                 before = probs.cumsum(-1) - probs
-                probs = probs.masked_fill(before >= decoding.top_p, 0.0)
+                probs = probs.masked_fill_(before >= decoding.top_p, 0.0)
             # Inverse CDF: the first token whose cumulative probability reaches the row's draw;
             # a draw in (0, 1) never lands on a token of probability 0.
             cdf = probs.cumsum_(-1)
-            draws = torch.tensor([[_uniform(seed, self.step)] for seed in seeds], dtype=cdf.dtype, device=cdf.device)
-            self.step += 1
-            picked = torch.searchsorted(cdf, draws * cdf[:, -1:]).clamp_(max=cdf.shape[1] - 1)
+            picked = torch.searchsorted(cdf, self._draws_at(cdf) * cdf[:, -1:]).clamp_(max=cdf.shape[1] - 1)
             drawn = picked if tokens is None else tokens.gather(1, picked)
-            only_drawn = torch.full_like(scores, float("-inf"))
-            return only_drawn.scatter_(1, drawn, 0.0)
+            return scores.fill_(float("-inf")).scatter_(1, drawn, 0.0)
+
+        def _draws_at(self, cdf: Any) -> Any:
+            """This step's draw of every row, as a (rows, 1) column of ``cdf``'s dtype and device."""
+            if self._draws is None or self.step >= self._first + _DRAW_BLOCK:
+                self._first = self.step
+                block = torch.from_numpy(_uniforms(seeds, self.step, _DRAW_BLOCK))
+                self._draws = block.to(dtype=cdf.dtype, device=cdf.device)
+            column = self.step - self._first
+            self.step += 1
+            return self._draws[:, column : column + 1]
 
     return SeededSampler()
 
