@@ -123,20 +123,23 @@ def _answer_complete_criteria(
     class AnswerComplete(StoppingCriteria):
         def __init__(self) -> None:
             # Rows whose first line is still open: only they can still end at a bare answer's newline.
-            self.line_open = torch.full((batch,), stop == STOP_AT_ANSWER_LINE, dtype=torch.bool, device=device)
+            self.watch_lines = stop == STOP_AT_ANSWER_LINE  # without the rule, no row's text is read
+            self.line_open = torch.full((batch,), self.watch_lines, dtype=torch.bool, device=device)
             self.lengths = torch.full((batch,), -1, dtype=torch.long, device=device)
 
         def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
             last = input_ids[:, -1]
             done = classes.is_eos[last]
-            for row in (classes.has_newline[last] & self.line_open).nonzero().flatten().tolist():
-                text = tokenizer.decode(input_ids[row, prompt_len:], skip_special_tokens=True)
-                if first_line_end(text) is not None:
-                    self.line_open[row] = False
-                    if answer_line_end(text, requests[row].options) is not None:
-                        done[row] = True
-            newly = done & (self.lengths < 0)
-            self.lengths[newly] = input_ids.shape[1] - prompt_len
+            if self.watch_lines:
+                for row in (classes.has_newline[last] & self.line_open).nonzero().flatten().tolist():
+                    text = tokenizer.decode(input_ids[row, prompt_len:], skip_special_tokens=True)
+                    if first_line_end(text) is not None:
+                        self.line_open[row] = False
+                        if answer_line_end(text, requests[row].options) is not None:
+                            done[row] = True
+                self.watch_lines = bool(self.line_open.any())
+            # torch.where, not a masked assignment: no wait for the device at every step.
+            self.lengths = torch.where(done & (self.lengths < 0), input_ids.shape[1] - prompt_len, self.lengths)
             return self.lengths >= 0
 
     return AnswerComplete()
@@ -703,7 +706,9 @@ class TransformersBackend:
         config.update(
             max_new_tokens=self.decoding.max_new_tokens,
             repetition_penalty=self.decoding.repetition_penalty,
-            min_new_tokens=self.decoding.min_new_tokens,
+            # 0 as None: generate() turns any min_new_tokens into a min_length processor that
+            # clones the scores at every step, even where it can never mask anything.
+            min_new_tokens=self.decoding.min_new_tokens or None,
             do_sample=False,
             num_beams=1,
             temperature=None,
