@@ -61,6 +61,12 @@ order; the median ratio of A's cost over B's, with its range):
   ``mub run --stages 1 --protocol deterministic`` over
   ``benchmarks/plain_loop.py`` (a plain batched ``model.generate`` loop) on the
   same saved model, items and prompts, batch 16, 16 new tokens, greedy.
+- ``batch1_vs_plain_loop``: inside the generation call at batch 1: seconds of
+  mub's backend (``batch_size=1``) over 16 stage-1 requests, greedy, 16 new
+  tokens, over the same requests asked one at a time the plain way
+  (``NaiveLoop.ask``: chat template, processor, ``model.generate``, decode),
+  each side the best of 2 calls; every call gets fresh image objects, as a
+  run's items do (no cached image work carries over).
 - ``paper_draws_per_s``: generations per second of the ``paper`` run below
   (stage 1 and stage 2 of each item).
 
@@ -83,6 +89,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -332,18 +339,51 @@ def draws_shared_vs_separate(path: str, dtype: str, device: str, dataset: Any, r
     return {"separate": figure, "unshared_batch": batch, "draws": DRAWS, "max_new_tokens": decoding.max_new_tokens}
 
 
-def stage1_vs_plain_loop(path: str, n_items: int, threads: int, rounds: int) -> dict[str, Any]:
+def batch1_vs_plain_loop(path: str, dtype: str, device: str, dataset: Any, rounds: int) -> dict[str, Any]:
+    """Inside the generation call at batch 1: mub's backend over the plain per-request loop (greedy, 16 new tokens)."""
+    backend = TransformersBackend(
+        path, dtype=dtype, device=device, batch_size=1, decoding=DecodingSettings(max_new_tokens=MAX_NEW_TOKENS)
+    )
+    plain = NaiveLoop(path, device, getattr(torch, dtype))
+    requests = stage1_requests(dataset, BATCH_SIZE)
+
+    def best_call(answer: Callable[[list[Request]], list[str]], calls: int = 2) -> float:
+        costs = []
+        for _ in range(calls):
+            fresh = [replace(r, image=r.image.copy()) for r in requests]  # no image work cached from an earlier call
+            start = time.perf_counter()
+            answer(fresh)
+            costs.append(time.perf_counter() - start)
+        return min(costs)
+
+    def mub(batch: list[Request]) -> list[str]:
+        return [g.text for g in backend.generate(batch)]
+
+    def plain_loop(batch: list[Request]) -> list[str]:
+        return [plain.ask(r.image, r.prompt) for r in batch]
+
+    same = sum(a == b for a, b in zip(mub(requests), plain_loop(requests)))  # and warm
+    figure = ab_rounds("batch1_vs_plain_loop", rounds, lambda: best_call(mub), lambda: best_call(plain_loop))
+    return {**figure, "requests": len(requests), "same_answers": same}
+
+
+def stage1_vs_plain_loop(model: str, n_items: int, threads: int, rounds: int) -> dict[str, Any]:
     """Whole processes: ``mub run --stages 1`` over ``benchmarks/plain_loop.py`` on the same saved model,
     items and prompts (greedy, 16 new tokens, batch 16)."""
-    mub = str(Path(sys.executable).with_name("mub"))
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), "HF_HUB_OFFLINE": "1"}
+    script = Path(sys.executable).with_name("mub")
+    # The installed command, or what it runs where this checkout is not installed (a worktree on the path).
+    mub = [str(script)] if script.exists() else [sys.executable, "-c", "from mub.cli import console_main; console_main()"]
+    root = str(Path(__file__).resolve().parents[1])
+    path = os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), "HF_HUB_OFFLINE": "1",
+           "PYTHONPATH": path}
     folder = Path(tempfile.mkdtemp(prefix="mub-bench-stage1-"))
     atexit.register(shutil.rmtree, folder, ignore_errors=True)
     common = ["--batch-size", str(BATCH_SIZE), "--max-new-tokens", str(MAX_NEW_TOKENS)]
     commands = {
-        "mub": [mub, "run", "--model", path, "--stages", "1", "--protocol", "deterministic", "--limit", str(n_items),
+        "mub": [*mub, "run", "--model", model, "--stages", "1", "--protocol", "deterministic", "--limit", str(n_items),
                 "--dtype", "float32", "--device", "cpu", "--out", str(folder / "run"), "--overwrite", "--quiet", *common],
-        "plain": [sys.executable, str(Path(__file__).with_name("plain_loop.py")), path, "--items", str(n_items),
+        "plain": [sys.executable, str(Path(__file__).with_name("plain_loop.py")), model, "--items", str(n_items),
                   "--out", str(folder / "plain.jsonl"), *common],
     }  # fmt: skip
 
@@ -464,7 +504,7 @@ def run_figures(args: argparse.Namespace, path: str, spec: str, dtype_name: str,
     }
 
 
-AB_FIGURES = ("sampled_vs_greedy", "draws_shared_vs_separate", "stage1_vs_plain_loop")
+AB_FIGURES = ("sampled_vs_greedy", "draws_shared_vs_separate", "stage1_vs_plain_loop", "batch1_vs_plain_loop")
 RUN_FIGURES = ("batched_vs_naive", "logprob_vs_generate", "overhead_share", "metric_1m_s", "build_items_per_s", "paper_draws_per_s")
 PARTS = {"all": AB_FIGURES + RUN_FIGURES, "ab": AB_FIGURES, "runs": RUN_FIGURES, **{name: (name,) for name in AB_FIGURES}}
 
@@ -478,6 +518,7 @@ def ab_summary(ab: dict[str, Any]) -> dict[str, Any]:
         "draws_shared_vs_separate": draws.get("separate"),
         "draws_shared_vs_unshared_batch": draws.get("unshared_batch"),
         "stage1_vs_plain_loop": ab.get("stage1_vs_plain_loop"),
+        "batch1_vs_plain_loop": ab.get("batch1_vs_plain_loop"),
     }
     for name, figure in measured.items():
         if figure is not None:
@@ -500,10 +541,9 @@ def main() -> None:
     parser.add_argument("--ab-rounds", type=int, default=5, help="rounds of each A/B figure (sampled, draws, stage 1)")
     parser.add_argument("--stage1-items", type=int, default=64, help="items of the stage1_vs_plain_loop processes")
     parser.add_argument(
-        "--only", choices=("all", "ab", "runs", "sampled_vs_greedy", "draws_shared_vs_separate", "stage1_vs_plain_loop"),
-        default="all",
-        help="ab: only the A/B figures (sampled_vs_greedy, draws_shared_vs_separate, stage1_vs_plain_loop), or one "
-        "of them by name; runs: only the mub run figures and the metric and build timings",
+        "--only", choices=("all", "ab", "runs", *AB_FIGURES), default="all",
+        help="ab: only the A/B figures (sampled_vs_greedy, draws_shared_vs_separate, stage1_vs_plain_loop, "
+        "batch1_vs_plain_loop), or one of them by name; runs: only the mub run figures and the metric and build timings",
     )  # fmt: skip
     parser.add_argument("--paper-items", type=int, default=16, help="items of the --protocol paper run (0: skip it)")
     parser.add_argument("--metric-rows", type=int, default=1_000_000)
@@ -527,6 +567,8 @@ def main() -> None:
         ab["draws"] = draws_shared_vs_separate(path, dtype_name, args.device, dataset, args.ab_rounds)
     if args.only in ("all", "ab", "stage1_vs_plain_loop") and args.device == "cpu":
         ab["stage1_vs_plain_loop"] = stage1_vs_plain_loop(path, min(args.stage1_items, len(dataset)), args.threads, args.ab_rounds)
+    if args.only in ("all", "ab", "batch1_vs_plain_loop"):
+        ab["batch1_vs_plain_loop"] = batch1_vs_plain_loop(path, dtype_name, args.device, dataset, args.ab_rounds)
     runs = run_figures(args, path, spec, dtype_name, dataset) if args.only in ("all", "runs") else {}
 
     device_name = torch.cuda.get_device_name() if args.device.startswith("cuda") else platform.processor() or platform.machine()

@@ -753,8 +753,9 @@ class TransformersBackend:
 
     def _length_order(self, texts: list[str], group_of: list[int]) -> list[int]:
         """Request indices sorted by prompt length in tokens, so batches pad little; identical prompts
-        (``group_of``) stay together, so they share their prefill. A call that fits one batch is not sorted."""
-        if len(texts) <= self.batch_size:
+        (``group_of``) stay together, so they share their prefill. A call that fits one batch is not sorted,
+        nor one at batch size 1 (no padding to save, no batch to share)."""
+        if len(texts) <= self.batch_size or self.batch_size == 1:
             return list(range(len(texts)))
         firsts = sorted(set(group_of))
         counted = self.tokenizer([texts[i] for i in firsts], add_special_tokens=False)["input_ids"]
@@ -838,8 +839,8 @@ class TransformersBackend:
         stop = _answer_complete_criteria(
             self._token_classes, prompt_len, requests, self.decoding.stop, self.tokenizer, self.device
         )
-        seeds = [request_seed(self.decoding.seed, r.key) for r in requests]
-        processors = [] if self.decoding.greedy else [_seeded_sampler(seeds, self.decoding)]
+        seeds = [] if self.decoding.greedy else [request_seed(self.decoding.seed, r.key) for r in requests]
+        processors = [_seeded_sampler(seeds, self.decoding)] if seeds else []
 
         start = time.perf_counter()
         with torch.inference_mode():
