@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 
@@ -90,6 +91,27 @@ def test_shared_draws_leave_the_prompt_for_the_next_stage(models: dict) -> None:
     without = plain.generate(requests) + plain.generate(hinted)
     assert _outputs(with_sharing) == _outputs(without)
     assert shared._prefix is not None and shared._prefix.cache.hits >= 3  # stage 2 found the images' prompts
+
+
+def test_logprob_scores_identical_requests_once(models: dict, monkeypatch) -> None:
+    """Draws of one prompt get one forward row under logprob scoring, and each the result it gets alone."""
+    requests = _draws()
+    merged = TransformersBackend(models["llava"], decoding=DecodingSettings(scoring="logprob"), batch_size=16)
+    rows: list[int] = []
+    score_batch = merged._score_batch
+    monkeypatch.setattr(merged, "_score_batch", lambda batch, texts: rows.append(len(batch)) or score_batch(batch, texts))
+    start = time.perf_counter()
+    together = merged.generate(requests)
+    elapsed = time.perf_counter() - start
+    # The one pass's seconds are shared by its copies: the call's seconds add up to no more than its wall time.
+    assert 0 < sum(g.seconds for g in together) <= elapsed
+    assert sum(rows) == 4  # 9 requests, 4 distinct prompts (the fourth by pixels)
+    alone = TransformersBackend(models["llava"], decoding=DecodingSettings(scoring="logprob"), batch_size=1)
+    for request, got in zip(requests, together):
+        expected = alone.generate([request])[0]
+        assert got.text == expected.text and got.option_probs == pytest.approx(expected.option_probs, abs=1e-5)
+    # Copies, not one shared object: a caller that edits one result edits no other.
+    assert together[0].option_probs is not together[1].option_probs and together[0].extra is not together[1].extra
 
 
 def test_prompt_groups() -> None:

@@ -45,6 +45,8 @@ each with its own key and seed, run their prompt once; every draw's row then
 starts from a copy of its keys/values and runs the prompt's last token and its
 own answer, which equals drawing it separately up to float rounding.
 ``share_prompts=False`` turns this off; it applies where prefix reuse does.
+Under logprob scoring, which draws nothing, such requests with the same
+options are scored once and each gets a copy of that result.
 
 Reproducible sampling: ``generate(do_sample=True)`` would draw all rows from
 one global RNG, so a request's sample would depend on which requests share its
@@ -67,8 +69,8 @@ import copy
 import hashlib
 import inspect
 import time
-from collections import OrderedDict
-from dataclasses import asdict
+from collections import Counter, OrderedDict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
@@ -616,6 +618,23 @@ def prompt_groups(requests: Sequence[Request], texts: Sequence[str]) -> list[int
     return group_of
 
 
+def _copied_to_identical(results: list[Generation | None], group_of: Sequence[int]) -> list[Generation]:
+    """Every request's result: one that did not run gets a copy of the identical request's that did
+    (``group_of``, see :func:`prompt_groups`), and such a group shares that request's seconds."""
+    copies = Counter(first for index, first in enumerate(group_of) if results[index] is None)
+    out = []
+    for index, first in enumerate(group_of):
+        own = results[index]
+        if own is not None and not copies[index]:
+            out.append(own)
+            continue
+        ran = results[first]
+        assert ran is not None, "the first request of a group always runs"
+        probs = dict(ran.option_probs) if ran.option_probs is not None else None
+        out.append(replace(ran, option_probs=probs, extra=dict(ran.extra), seconds=ran.seconds / (1 + copies[first])))
+    return out
+
+
 class TransformersBackend:
     """Answer MUB requests with a local Hugging Face vision-language model.
 
@@ -777,9 +796,16 @@ class TransformersBackend:
         for cache in self._image_caches:
             cache.capacity = max(cache.capacity, distinct_images)
         texts = self._prompt_texts(requests)
+        group_of = prompt_groups(requests, texts)
+        order = self._length_order(texts, group_of)
         results: list[Generation | None] = [None] * len(requests)
+        if self.decoding.scoring == "logprob":
+            # Scoring draws no tokens: identical requests (same prompt, image and options) get one forward pass.
+            first_of: dict[tuple[int, tuple[str, ...]], int] = {}
+            group_of = [first_of.setdefault((group, tuple(requests[i].options)), i) for i, group in enumerate(group_of)]
+            order = [i for i in order if group_of[i] == i]
         run_batch = self._score_batch if self.decoding.scoring == "logprob" else self._generate_batch
-        for batch in chunks(self._length_order(texts, prompt_groups(requests, texts)), self.batch_size):
+        for batch in chunks(order, self.batch_size):
             start = time.perf_counter()
             outputs = run_batch([requests[i] for i in batch], [texts[i] for i in batch])
             # Each request is charged an equal share of its batch's wall time.
@@ -787,7 +813,7 @@ class TransformersBackend:
             for index, output in zip(batch, outputs):
                 output.seconds = share
                 results[index] = output
-        return [r for r in results if r is not None]
+        return _copied_to_identical(results, group_of)
 
     def describe(self) -> dict[str, Any]:
         import torch
