@@ -48,7 +48,7 @@ Figures (last line, one JSON object):
 A/B figures (``--ab-rounds`` rounds; A and B back to back in alternating
 order; the median ratio of A's cost over B's, with its range):
 
-- ``sampled_vs_greedy``: seconds per generation step of one batch of 16
+- ``sampled_vs_greedy``: CPU seconds per generation step of one batch of 16
   stage-1 requests at 256 new tokens (the best of 3 calls), mub's seeded
   sampling at the paper's explicit settings (temperature 0.4, top-k 80,
   top-p 0.9) over greedy.
@@ -61,7 +61,7 @@ order; the median ratio of A's cost over B's, with its range):
   ``mub run --stages 1 --protocol deterministic`` over
   ``benchmarks/plain_loop.py`` (a plain batched ``model.generate`` loop) on the
   same saved model, items and prompts, batch 16, 16 new tokens, greedy.
-- ``batch1_vs_plain_loop``: inside the generation call at batch 1: seconds of
+- ``batch1_vs_plain_loop``: inside the generation call at batch 1: CPU seconds of
   mub's backend (``batch_size=1``) over 16 stage-1 requests, greedy, 16 new
   tokens, over the same requests asked one at a time the plain way
   (``NaiveLoop.ask``: chat template, processor, ``model.generate``, decode),
@@ -284,13 +284,14 @@ def stage1_requests(dataset: Any, n_items: int, keys: Callable[[int], list[str]]
 
 
 def seconds_per_step(backend: TransformersBackend, requests: list[Request], calls: int = 3) -> float:
-    """Wall seconds of one call over its longest generation's steps (the batch runs until its last row ends);
-    the best of ``calls`` calls, since a neighbour's burst only ever adds time to a call of a few seconds."""
+    """CPU seconds of one call over its longest generation's steps (the batch runs until its last row ends);
+    the best of ``calls`` calls. CPU time of this process (torch on ``--threads`` threads, 1 by default), which a
+    neighbour's burst does not inflate as it does wall time, so the ratio measures work, not the machine's load."""
     costs = []
     for _ in range(calls):
-        start = time.perf_counter()
+        start = time.process_time()
         generations = backend.generate(requests)
-        costs.append((time.perf_counter() - start) / max(g.extra["new_tokens"] for g in generations))
+        costs.append((time.process_time() - start) / max(g.extra["new_tokens"] for g in generations))
     return min(costs)
 
 
@@ -351,9 +352,9 @@ def batch1_vs_plain_loop(path: str, dtype: str, device: str, dataset: Any, round
         costs = []
         for _ in range(calls):
             fresh = [replace(r, image=r.image.copy()) for r in requests]  # no image work cached from an earlier call
-            start = time.perf_counter()
+            start = time.process_time()  # CPU seconds, as in seconds_per_step
             answer(fresh)
-            costs.append(time.perf_counter() - start)
+            costs.append(time.process_time() - start)
         return min(costs)
 
     def mub(batch: list[Request]) -> list[str]:
