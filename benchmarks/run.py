@@ -333,11 +333,13 @@ def draws_shared_vs_separate(path: str, dtype: str, device: str, dataset: Any, r
     def separately() -> float:
         return timed(lambda: [alone.generate([draw]) for draw in draws])
 
-    assert [g.text for g in shared.generate(draws)] == [alone.generate([d])[0].text for d in draws]  # and warm
+    # Equal up to float rounding: over 256 sampled tokens a rounding-level difference of the shared prefill can
+    # move a draw across a token boundary of its inverse CDF, so the figure counts the equal texts (and warms up).
+    same = sum(a.text == alone.generate([d])[0].text for a, d in zip(shared.generate(draws), draws))
     one_call(unshared)
     figure = ab_rounds("draws_shared_vs_separate", rounds, lambda: one_call(shared), separately)
     batch = ab_rounds("draws_shared_vs_unshared_batch", rounds, lambda: one_call(shared), lambda: one_call(unshared))
-    return {"separate": figure, "unshared_batch": batch, "draws": DRAWS, "max_new_tokens": decoding.max_new_tokens}
+    return {"separate": figure, "unshared_batch": batch, "draws": DRAWS, "same_texts": same, "max_new_tokens": decoding.max_new_tokens}
 
 
 def batch1_vs_plain_loop(path: str, dtype: str, device: str, dataset: Any, rounds: int) -> dict[str, Any]:
