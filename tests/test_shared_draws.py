@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 
@@ -92,6 +93,27 @@ def test_shared_draws_leave_the_prompt_for_the_next_stage(models: dict) -> None:
     assert shared._prefix is not None and shared._prefix.cache.hits >= 3  # stage 2 found the images' prompts
 
 
+def test_logprob_scores_identical_requests_once(models: dict, monkeypatch) -> None:
+    """Draws of one prompt get one forward row under logprob scoring, and each the result it gets alone."""
+    requests = _draws()
+    merged = TransformersBackend(models["llava"], decoding=DecodingSettings(scoring="logprob"), batch_size=16)
+    rows: list[int] = []
+    score_batch = merged._score_batch
+    monkeypatch.setattr(merged, "_score_batch", lambda batch, texts: rows.append(len(batch)) or score_batch(batch, texts))
+    start = time.perf_counter()
+    together = merged.generate(requests)
+    elapsed = time.perf_counter() - start
+    # The one pass's seconds are shared by its copies: the call's seconds add up to no more than its wall time.
+    assert 0 < sum(g.seconds for g in together) <= elapsed
+    assert sum(rows) == 4  # 9 requests, 4 distinct prompts (the fourth by pixels)
+    alone = TransformersBackend(models["llava"], decoding=DecodingSettings(scoring="logprob"), batch_size=1)
+    for request, got in zip(requests, together):
+        expected = alone.generate([request])[0]
+        assert got.text == expected.text and got.option_probs == pytest.approx(expected.option_probs, abs=1e-5)
+    # Copies, not one shared object: a caller that edits one result edits no other.
+    assert together[0].option_probs is not together[1].option_probs and together[0].extra is not together[1].extra
+
+
 def test_prompt_groups() -> None:
     red = Image.new("RGB", (8, 8), (200, 0, 0))
     same_pixels = red.copy()
@@ -141,6 +163,31 @@ def test_sampler_filters_and_is_a_function_of_seed_and_step() -> None:
     together = _sampled_tokens(probs, seeds, steps=6)
     assert [_sampled_tokens(probs, [seed], steps=6)[0] for seed in seeds] == together
     assert _sampled_tokens(probs, seeds[::-1], steps=6)[::-1] == together
+
+
+def _splitmix64_draw(seed: int, step: int) -> float:
+    """SplitMix64 of (seed, step) with Python's unbounded integers, reduced modulo 2**64 by hand: the stream's
+    definition, written apart from the backend's vectorised numpy form."""
+    mask = (1 << 64) - 1
+    z = (seed * 0x9E3779B97F4A7C15 + (step + 1) * 0xBF58476D1CE4E5B9) & mask
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & mask
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & mask
+    z ^= z >> 31
+    return ((z >> 11) + 0.5) / (1 << 53)
+
+
+def test_sampler_stream_is_splitmix64_of_seed_and_step_across_blocks() -> None:
+    """Over eight equally likely tokens the pick is the eighth the draw falls in, so the tokens of 150 steps
+    (past the sampler's blocks of precomputed draws) spell out each seed's stream; seeds span 64 bits."""
+    import numpy as np
+
+    seeds = [0, 7, request_seed(0, "item3/stage1/2"), 2**63 - 1, 2**64 - 1]
+    steps = 150
+    picked = _sampled_tokens([1 / 8] * 8, seeds, steps=steps)
+    for seed, tokens in zip(seeds, picked):
+        # The first token whose cumulative probability (k + 1) / 8 reaches the float32 draw.
+        expected = [next(k for k in range(8) if (k + 1) / 8 >= float(np.float32(_splitmix64_draw(seed, t)))) for t in range(steps)]
+        assert tokens == expected, seed
 
 
 @pytest.mark.parametrize("settings", [{"top_k": 6}, {"top_p": 0.7}, {"top_k": 6, "top_p": 0.8}, {}], ids=str)

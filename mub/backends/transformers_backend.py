@@ -45,6 +45,8 @@ each with its own key and seed, run their prompt once; every draw's row then
 starts from a copy of its keys/values and runs the prompt's last token and its
 own answer, which equals drawing it separately up to float rounding.
 ``share_prompts=False`` turns this off; it applies where prefix reuse does.
+Under logprob scoring, which draws nothing, such requests with the same
+options are scored once and each gets a copy of that result.
 
 Reproducible sampling: ``generate(do_sample=True)`` would draw all rows from
 one global RNG, so a request's sample would depend on which requests share its
@@ -67,8 +69,8 @@ import copy
 import hashlib
 import inspect
 import time
-from collections import OrderedDict
-from dataclasses import asdict
+from collections import Counter, OrderedDict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
@@ -123,40 +125,52 @@ def _answer_complete_criteria(
     class AnswerComplete(StoppingCriteria):
         def __init__(self) -> None:
             # Rows whose first line is still open: only they can still end at a bare answer's newline.
-            self.line_open = torch.full((batch,), stop == STOP_AT_ANSWER_LINE, dtype=torch.bool, device=device)
+            self.watch_lines = stop == STOP_AT_ANSWER_LINE  # without the rule, no row's text is read
+            self.line_open = torch.full((batch,), self.watch_lines, dtype=torch.bool, device=device)
             self.lengths = torch.full((batch,), -1, dtype=torch.long, device=device)
 
         def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
             last = input_ids[:, -1]
             done = classes.is_eos[last]
-            for row in (classes.has_newline[last] & self.line_open).nonzero().flatten().tolist():
-                text = tokenizer.decode(input_ids[row, prompt_len:], skip_special_tokens=True)
-                if first_line_end(text) is not None:
-                    self.line_open[row] = False
-                    if answer_line_end(text, requests[row].options) is not None:
-                        done[row] = True
-            newly = done & (self.lengths < 0)
-            self.lengths[newly] = input_ids.shape[1] - prompt_len
+            if self.watch_lines:
+                for row in (classes.has_newline[last] & self.line_open).nonzero().flatten().tolist():
+                    text = tokenizer.decode(input_ids[row, prompt_len:], skip_special_tokens=True)
+                    if first_line_end(text) is not None:
+                        self.line_open[row] = False
+                        if answer_line_end(text, requests[row].options) is not None:
+                            done[row] = True
+                self.watch_lines = bool(self.line_open.any())
+            # torch.where, not a masked assignment: no wait for the device at every step.
+            self.lengths = torch.where(done & (self.lengths < 0), input_ids.shape[1] - prompt_len, self.lengths)
             return self.lengths >= 0
 
     return AnswerComplete()
 
 
-_MASK64 = (1 << 64) - 1
+# SplitMix64's constants (Steele, Lea and Flood 2014).
+_GOLDEN, _MIX1, _MIX2 = 0x9E3779B97F4A7C15, 0xBF58476D1CE4E5B9, 0x94D049BB133111EB
+_DRAW_BLOCK = 64  # steps of draws computed at once
 
 
-def _uniform(seed: int, step: int) -> float:
-    """A uniform draw in (0, 1) that depends only on ``seed`` and ``step`` (SplitMix64 of the pair).
+def _uniforms(seeds: Sequence[int], first_step: int, steps: int) -> Any:
+    """Uniform draws in (0, 1), one row per seed and one column per step from ``first_step``.
 
-    A counter-based stream: row ``r`` at step ``t`` reads ``_uniform(seed_r, t)``,
-    so a request's draws do not depend on its batch, and one vectorised
-    inverse-CDF pick serves the whole batch.
+    A counter-based stream: the draw of ``seed`` at step ``t`` is SplitMix64
+    of (seed, ``t``), a pure function of the pair, so a request's draws do not
+    depend on its batch and one vectorised inverse-CDF pick serves the whole
+    batch. Computed with numpy's unsigned 64-bit arithmetic (which wraps like
+    the hash's modulo 2**64) for a block of steps at once.
     """
-    z = (seed * 0x9E3779B97F4A7C15 + (step + 1) * 0xBF58476D1CE4E5B9) & _MASK64
-    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
-    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
-    z ^= z >> 31
-    return ((z >> 11) + 0.5) / (1 << 53)
+    import numpy as np
+
+    with np.errstate(over="ignore"):
+        seed = np.array(seeds, dtype=np.uint64)[:, None]
+        counter = np.arange(first_step + 1, first_step + steps + 1, dtype=np.uint64)[None, :]
+        z = seed * np.uint64(_GOLDEN) + counter * np.uint64(_MIX1)
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(_MIX1)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(_MIX2)
+        z ^= z >> np.uint64(31)
+    return ((z >> np.uint64(11)).astype(np.float64) + 0.5) / float(1 << 53)
 
 
 def _seeded_sampler(seeds: Sequence[int], decoding: DecodingSettings) -> Any:
@@ -164,7 +178,10 @@ def _seeded_sampler(seeds: Sequence[int], decoding: DecodingSettings) -> Any:
 
     Temperature, then top-k, then top-p, as transformers' warpers apply them;
     with top-k only the k best tokens are sorted and normalised (the rest have
-    probability 0), which spares a sort of the whole vocabulary per step.
+    probability 0), which spares a sort of the whole vocabulary per step. It
+    runs once per generated token, so it keeps to a few tensor operations:
+    the draws come in blocks of steps (:func:`_uniforms`), and the scores
+    tensor, which ``generate`` hands over as a fresh copy, is overwritten in place.
     """
     import torch
     from transformers import LogitsProcessor
@@ -174,6 +191,8 @@ def _seeded_sampler(seeds: Sequence[int], decoding: DecodingSettings) -> Any:
     class SeededSampler(LogitsProcessor):
         def __init__(self) -> None:
             self.step = 0  # generate() calls a processor once per new token
+            self._draws: Any = None  # (rows, _DRAW_BLOCK) draws from step self._first
+            self._first = 0
 
         def __call__(self, input_ids: Any, scores: Any) -> Any:
             scaled = scores.float() / decoding.temperature
@@ -188,16 +207,23 @@ def _seeded_sampler(seeds: Sequence[int], decoding: DecodingSettings) -> Any:
             if decoding.top_p < 1.0:
                 # Keep the most probable tokens until their mass reaches top_p (the first always).
                 before = probs.cumsum(-1) - probs
-                probs = probs.masked_fill(before >= decoding.top_p, 0.0)
+                probs = probs.masked_fill_(before >= decoding.top_p, 0.0)
             # Inverse CDF: the first token whose cumulative probability reaches the row's draw;
             # a draw in (0, 1) never lands on a token of probability 0.
             cdf = probs.cumsum_(-1)
-            draws = torch.tensor([[_uniform(seed, self.step)] for seed in seeds], dtype=cdf.dtype, device=cdf.device)
-            self.step += 1
-            picked = torch.searchsorted(cdf, draws * cdf[:, -1:]).clamp_(max=cdf.shape[1] - 1)
+            picked = torch.searchsorted(cdf, self._draws_at(cdf) * cdf[:, -1:]).clamp_(max=cdf.shape[1] - 1)
             drawn = picked if tokens is None else tokens.gather(1, picked)
-            only_drawn = torch.full_like(scores, float("-inf"))
-            return only_drawn.scatter_(1, drawn, 0.0)
+            return scores.fill_(float("-inf")).scatter_(1, drawn, 0.0)
+
+        def _draws_at(self, cdf: Any) -> Any:
+            """This step's draw of every row, as a (rows, 1) column of ``cdf``'s dtype and device."""
+            if self._draws is None or self.step >= self._first + _DRAW_BLOCK:
+                self._first = self.step
+                block = torch.from_numpy(_uniforms(seeds, self.step, _DRAW_BLOCK))
+                self._draws = block.to(dtype=cdf.dtype, device=cdf.device)
+            column = self.step - self._first
+            self.step += 1
+            return self._draws[:, column : column + 1]
 
     return SeededSampler()
 
@@ -600,6 +626,23 @@ def prompt_groups(requests: Sequence[Request], texts: Sequence[str]) -> list[int
     return group_of
 
 
+def _copied_to_identical(results: list[Generation | None], group_of: Sequence[int]) -> list[Generation]:
+    """Every request's result: one that did not run gets a copy of the identical request's that did
+    (``group_of``, see :func:`prompt_groups`), and such a group shares that request's seconds."""
+    copies = Counter(first for index, first in enumerate(group_of) if results[index] is None)
+    out = []
+    for index, first in enumerate(group_of):
+        own = results[index]
+        if own is not None and not copies[index]:
+            out.append(own)
+            continue
+        ran = results[first]
+        assert ran is not None, "the first request of a group always runs"
+        probs = dict(ran.option_probs) if ran.option_probs is not None else None
+        out.append(replace(ran, option_probs=probs, extra=dict(ran.extra), seconds=ran.seconds / (1 + copies[first])))
+    return out
+
+
 class TransformersBackend:
     """Answer MUB requests with a local Hugging Face vision-language model.
 
@@ -693,7 +736,9 @@ class TransformersBackend:
         config.update(
             max_new_tokens=self.decoding.max_new_tokens,
             repetition_penalty=self.decoding.repetition_penalty,
-            min_new_tokens=self.decoding.min_new_tokens,
+            # 0 as None: generate() turns any min_new_tokens into a min_length processor that
+            # clones the scores at every step, even where it can never mask anything.
+            min_new_tokens=self.decoding.min_new_tokens or None,
             do_sample=False,
             num_beams=1,
             temperature=None,
@@ -738,8 +783,9 @@ class TransformersBackend:
 
     def _length_order(self, texts: list[str], group_of: list[int]) -> list[int]:
         """Request indices sorted by prompt length in tokens, so batches pad little; identical prompts
-        (``group_of``) stay together, so they share their prefill. A call that fits one batch is not sorted."""
-        if len(texts) <= self.batch_size:
+        (``group_of``) stay together, so they share their prefill. A call that fits one batch is not sorted,
+        nor one at batch size 1 (no padding to save, no batch to share)."""
+        if len(texts) <= self.batch_size or self.batch_size == 1:
             return list(range(len(texts)))
         firsts = sorted(set(group_of))
         counted = self.tokenizer([texts[i] for i in firsts], add_special_tokens=False)["input_ids"]
@@ -761,9 +807,16 @@ class TransformersBackend:
         for cache in self._image_caches:
             cache.capacity = max(cache.capacity, distinct_images)
         texts = self._prompt_texts(requests)
+        group_of = prompt_groups(requests, texts)
+        order = self._length_order(texts, group_of)
         results: list[Generation | None] = [None] * len(requests)
+        if self.decoding.scoring == "logprob":
+            # Scoring draws no tokens: identical requests (same prompt, image and options) get one forward pass.
+            first_of: dict[tuple[int, tuple[str, ...]], int] = {}
+            group_of = [first_of.setdefault((group, tuple(requests[i].options)), i) for i, group in enumerate(group_of)]
+            order = [i for i in order if group_of[i] == i]
         run_batch = self._score_batch if self.decoding.scoring == "logprob" else self._generate_batch
-        for batch in chunks(self._length_order(texts, prompt_groups(requests, texts)), self.batch_size):
+        for batch in chunks(order, self.batch_size):
             start = time.perf_counter()
             outputs = run_batch([requests[i] for i in batch], [texts[i] for i in batch])
             # Each request is charged an equal share of its batch's wall time.
@@ -771,7 +824,7 @@ class TransformersBackend:
             for index, output in zip(batch, outputs):
                 output.seconds = share
                 results[index] = output
-        return [r for r in results if r is not None]
+        return _copied_to_identical(results, group_of)
 
     def describe(self) -> dict[str, Any]:
         import torch
@@ -823,8 +876,8 @@ class TransformersBackend:
         stop = _answer_complete_criteria(
             self._token_classes, prompt_len, requests, self.decoding.stop, self.tokenizer, self.device
         )
-        seeds = [request_seed(self.decoding.seed, r.key) for r in requests]
-        processors = [] if self.decoding.greedy else [_seeded_sampler(seeds, self.decoding)]
+        seeds = [] if self.decoding.greedy else [request_seed(self.decoding.seed, r.key) for r in requests]
+        processors = [_seeded_sampler(seeds, self.decoding)] if seeds else []
 
         start = time.perf_counter()
         with torch.inference_mode():
