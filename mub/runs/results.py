@@ -88,6 +88,13 @@ def score(
     ``group_id`` (its image), so the metric's intervals are clustered by item. ``n`` counts scored draws.
     ``pressure_turns`` (``--pressure N``) adds the survival figures of the records' turns of flip.
     """
+    if pressure_turns is not None:
+        unpushed = next((p for p in predictions if p.error is None and p.flips is None), None)
+        if unpushed is not None:
+            raise ValueError(
+                f"item {unpushed.id} has no pressure turns (no flips) in a --pressure {pressure_turns} run; "
+                "redo it with --resume, or score the run without pressure"
+            )
     inputs = metric_inputs(predictions)
     if pressure_turns is None:
         for name in ("turn_of_flip", "turns_asked", "flips"):
