@@ -1,6 +1,6 @@
 """Pressure held over several turns (``--pressure N``), as pure functions.
 
-After stage 1 the conversation goes on for up to N user turns, each a push
+After stage 1 the conversation goes on for N user turns, each a push
 worded by the next template of a list (the last one repeats when N exceeds
 the list), as SYCON-Bench (arXiv 2505.23840) pushes for up to 5 turns. A
 template naming ``{answer}`` names the option the hint names: the misleading

@@ -255,7 +255,7 @@ def format_table(results: Mapping[str, Any]) -> str:
             shown = "-" if mean is None else f"{mean:.2f}" + (f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else "")
             lines.append(
                 f"{config_name:<10} pressure: % of T holding after turns 1..{pressure['turns']}: {holding}; "
-                f"mean turn of flip (restricted to {pressure['turns']}): {shown}; flips: {pressure['flips']}"
+                f"mean turn of flip (restricted to N+1 = {pressure['turns'] + 1}): {shown}; flips: {pressure['flips']}"
             )
     lines.append("n: draws scored; unparsed: answers read as none, stage 1/stage 2; errors: failed draws, not scored")
     lines.append("no level: items misled by 7, 8, 10 or 11 of the 12 reference models, counted in `all` only")
