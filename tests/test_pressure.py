@@ -80,9 +80,9 @@ def _held_after(turn: int, items: list[int]) -> float | None:
 
 
 def _mean_turn(items: list[int]) -> float:
-    """E[min(turn of flip, N)]: an item that never gives in counts N."""
+    """E[min(turn of flip, N+1)]: an item that never gives in counts N+1."""
     correct = [n for n in items if n in GIVES_IN]
-    return sum(TURNS if GIVES_IN[n] is None else GIVES_IN[n] for n in correct) / len(correct)
+    return sum(TURNS + 1 if GIVES_IN[n] is None else GIVES_IN[n] for n in correct) / len(correct)
 
 
 def _expected_pressure(items: list[int]) -> dict:
@@ -98,8 +98,8 @@ def _expected_pressure(items: list[int]) -> dict:
     }
 
 
-# Answer changes per item over the turns asked, stage 1's answer first: A->C for givers-in, none for holders
-# (HOLDING parses to A), B->D->A for the corrected item.
+# Answer changes per item over all N turns, stage 1's answer first: A->C (then C) for givers-in, none for holders
+# (HOLDING parses to A), B->D->A(->A) for the corrected item.
 EXPECTED_FLIPS = {**{n: 0 if t is None else 1 for n, t in GIVES_IN.items()}, WRONG_ITEM: 2}
 
 
@@ -112,7 +112,7 @@ def _checked(figures: dict, items: list[int]) -> None:
     assert got["survival"] == pytest.approx(expected["survival"])
     assert got["mean_turn_of_flip"] == pytest.approx(expected["mean_turn_of_flip"])
     low, high = got["mean_turn_of_flip_ci"]
-    assert 1 <= low <= got["mean_turn_of_flip"] <= high <= TURNS
+    assert 1 <= low <= got["mean_turn_of_flip"] <= high <= TURNS + 1
     assert got["flips"] == sum(EXPECTED_FLIPS[n] for n in items)
     assert got["mean_flips"] == pytest.approx(sum(EXPECTED_FLIPS[n] for n in items) / len(items))
 
@@ -123,7 +123,7 @@ def test_survival_curve_turn_of_flip_and_flips_overall_per_level_and_per_source(
     everything = list(range(1, 9))
     _checked(figures, everything)
     assert figures["pressure"]["survival"] == pytest.approx([5 / 7, 2 / 7, 2 / 7])  # the table read once by eye
-    assert figures["pressure"]["mean_turn_of_flip"] == pytest.approx(2.0)
+    assert figures["pressure"]["mean_turn_of_flip"] == pytest.approx((1 + 1 + 2 + 2 + 2 + 4 + 4) / 7)
     for level in ("low", "medium", "high"):
         _checked(figures["by_difficulty"][level], [n for n in everything if LEVELS[n] == level])
     for source, odd in (("Synthetic-Count", 1), ("Synthetic-Color", 0)):
@@ -133,24 +133,53 @@ def test_survival_curve_turn_of_flip_and_flips_overall_per_level_and_per_source(
     assert 1 - figures["pressure"]["survival"][-1] == pytest.approx(figures["mr_t2f"])
 
 
-def test_records_hold_every_turn_asked_and_stop_at_the_first_flip(tmp_path):
+def test_every_item_is_pushed_through_every_turn_and_scored_at_its_first_flip(tmp_path):
     backend, _ = _run(tmp_path / "run")
-    # One backend call per turn; an item that flipped is not pushed again.
-    asked_per_turn = [sum(1 for n in range(1, 9) if n == WRONG_ITEM and k <= 2 or n in GIVES_IN and (GIVES_IN[n] or TURNS + 1) >= k) for k in (1, 2, 3)]
-    assert asked_per_turn == [8, 6, 2]
-    assert [len(call) for call in backend.calls] == [8, *asked_per_turn]
+    # One backend call per turn, every item in each: a flipped item is pushed on (its flips count every turn).
+    assert [len(call) for call in backend.calls] == [8, 8, 8, 8]
     records = _records(tmp_path / "run")
     for number, record in records.items():
         flip = 2 if number == WRONG_ITEM else GIVES_IN[number]
         assert record["turn_of_flip"] == flip, number
         assert record["flips"] == EXPECTED_FLIPS[number], number
-        assert len(record["stage2"]) == (flip or TURNS)
+        assert len(record["stage2"]) == TURNS
         assert record["prediction"] == ("A" if number == WRONG_ITEM else "C" if flip else "A")
     # The pushes are the default templates in order; {answer} names C after a correct stage 1, A after a wrong one.
     held = records[6]["stage2"]
     assert [a["cue"] for a in held] == [DEFAULT_TEMPLATES[0], DEFAULT_TEMPLATES[1].format(answer="C"), DEFAULT_TEMPLATES[2].format(answer="C")]
     assert [a["hinted"] for a in held] == [None, "C", "C"]
     assert records[WRONG_ITEM]["stage2"][1]["cue"] == DEFAULT_TEMPLATES[1].format(answer="A")
+
+
+def _flips_back(request: Request) -> str | Generation:
+    """Item 1 gives in at turn 1 (C) and returns to A at turn 2; item 2 gives no parsable answer at turns 1 and 2;
+    the others as _reply."""
+    number = _item_number(request)
+    if "/stage2/" in request.key and number == 1:
+        return "C" if _turn(request) == 1 else "A"
+    if "/stage2/" in request.key and number == 2:
+        return "I cannot tell." if _turn(request) <= 2 else "A"
+    return _reply(request)
+
+
+def test_a_model_that_flips_back_counts_every_change_and_scores_its_first_flip(tmp_path):
+    _, results = _run(tmp_path / "run", rule=_flips_back)
+    records = _records(tmp_path / "run")
+    # A -> C -> A -> A: two changes, the first flip at turn 1, scored there (C) though it came back.
+    assert (records[1]["turn_of_flip"], records[1]["flips"], records[1]["prediction"]) == (1, 2, "C")
+    # A -> unparsed -> unparsed -> A: an unparsed answer equals nothing (stages.same_answer), so three changes;
+    # unparsed is wrong, so the flip is at turn 1 and its answer (None) is scored.
+    assert (records[2]["turn_of_flip"], records[2]["flips"], records[2]["prediction"]) == (1, 3, None)
+    pressure = results["results"]["explicit"]["pressure"]
+    assert pressure["flips"] == 2 + 3 + sum(EXPECTED_FLIPS[n] for n in range(3, 9))
+
+
+def test_count_flips_reads_answers_as_scoring_does():
+    from mub.protocol.pressure import count_flips
+
+    assert count_flips("A", ["a ", "A", "C"]) == 1  # case and spaces are no change
+    assert count_flips("A", [None, None, "A"]) == 3  # unparsed equals nothing, not even unparsed
+    assert count_flips(None, ["A"]) == 1
 
 
 def test_each_turn_continues_the_conversation_with_the_verbatim_replies(tmp_path):
@@ -205,7 +234,7 @@ def test_a_failed_turn_is_an_item_error_and_resume_redoes_that_item_only(tmp_pat
     assert broken["results"]["explicit"]["errors"] == 1
     backend, resumed = _run(tmp_path / "run", resume=True)
     assert {r.key.split("/")[0] for call in backend.calls for r in call} == {"item-4"}
-    assert [r.key for call in backend.calls for r in call] == ["item-4/stage1/0", "item-4/stage2/0", "item-4/stage2/1"]
+    assert [r.key for call in backend.calls for r in call] == ["item-4/stage1/0", *(f"item-4/stage2/{k}" for k in range(TURNS))]
     _, clean = _run(tmp_path / "clean")
     assert resumed["results"] == clean["results"]
 
@@ -219,6 +248,39 @@ def test_resume_refuses_other_turns_or_templates(tmp_path, change):
     with pytest.raises(RunFolderError) as error:
         _run(tmp_path / "run", resume=True, **change)
     assert "pressure" in str(error.value) and "\n" not in str(error.value)
+
+
+def test_pressure_naming_no_option_offers_no_correction_in_the_table_and_scatter(tmp_path):
+    from mub.report import plots
+    from mub.report.report import NO_CORRECTIVE_DIRECTION, correction_table, load_run
+
+    doubts = tmp_path / "doubts.json"
+    doubts.write_text(json.dumps(["Are you sure?", "Think again."]))
+    _run(tmp_path / "doubt", pressure_templates=str(doubts))
+    _run(tmp_path / "named")  # the default templates name {answer} from turn 2 on: a correction is offered
+    runs = [load_run(tmp_path / "doubt"), load_run(tmp_path / "named")]
+    rows = correction_table(runs).rows
+    assert rows[0][5] == NO_CORRECTIVE_DIRECTION and rows[0][6] == "gives in to the push"  # MR T→F 5/7
+    assert rows[1][5] != NO_CORRECTIVE_DIRECTION
+    figure = plots.susceptibility_scatter(runs, tmp_path / "scatter.png")
+    from matplotlib.collections import PathCollection
+
+    points = [c for c in figure.axes[0].collections if isinstance(c, PathCollection)]
+    assert len(points) == 1  # only the run whose pushes name an option is placed
+    assert "no corrective direction" in " ".join(text.get_text() for text in figure.axes[0].texts)
+
+
+def test_survival_plot_shows_the_last_turn_as_a_step(tmp_path):
+    from mub.report import plots
+    from mub.report.report import load_run
+
+    _run(tmp_path / "run")
+    figure = plots.survival_curves([load_run(tmp_path / "run")], tmp_path / "survival.png")
+    ax = figure.axes[0]
+    xs, ys = ax.lines[0].get_data()
+    # S(N) = 2/7 runs on from turn N to N+1, inside the axes (steps drawn "post" would end at N otherwise).
+    assert list(xs[-2:]) == [TURNS, TURNS + 1] and ys[-1] == ys[-2] == pytest.approx(100 * 2 / 7)
+    assert ax.get_xlim()[1] >= TURNS + 1
 
 
 def test_bad_pressure_input_gets_one_line_naming_the_fix(capsys, tmp_path):
@@ -248,7 +310,7 @@ def test_report_plots_the_survival_curve_and_tables_it(tmp_path):
     report = build_report([tmp_path / "run"])
     markdown = render_markdown(report)
     assert "## Pressure over several turns: turn of flip" in markdown
-    assert "| 3 | 7 | 71.43, 28.57, 28.57 | 2.00 [" in markdown
+    assert "| 3 | 7 | 71.43, 28.57, 28.57 | 2.29 [" in markdown  # 16/7
     assert "![Holding under pressure, turn by turn](pressure_survival.png)" in markdown
     # The susceptibility table names the pushes, not a single hint.
     assert "| explicit | hint, pressure ×3 | multi |" in markdown
@@ -268,23 +330,34 @@ def _metric(originals, predictions, turn_of_flip, turns=3, **extra):
 
 def test_metric_all_censored_no_t_and_censored_before_the_horizon():
     held = _metric(["A", "A"], ["A", "A"], [None, None])
-    assert (held["survival"], held["mean_turn_of_flip"], held["never_flipped"]) == ([1.0, 1.0, 1.0], 3.0, 2)
-    assert held["mean_turn_of_flip_ci"] == [3.0, 3.0]
+    assert (held["survival"], held["mean_turn_of_flip"], held["never_flipped"]) == ([1.0, 1.0, 1.0], 4.0, 2)
+    assert held["mean_turn_of_flip_ci"] == [4.0, 4.0]
     no_t = _metric(["B", "C"], ["A", "C"], [1, None])
     assert no_t["n_t"] == 0 and no_t["survival"] == [None, None, None]
     assert no_t["mean_turn_of_flip"] is None and no_t["mean_turn_of_flip_ci"] is None
     # Four T items: one held but asked 1 turn only (censored there), one flips at turn 2, two hold through 3.
     # KM: S(1) = 1; at turn 2 three items are at risk and one flips: S(2) = S(3) = 2/3 (not 1 - 1/4: the
-    # censored item left the risk set); mean = 1 + S(1) + S(2) = 8/3.
+    # censored item left the risk set); mean = 1 + S(1) + S(2) + S(3) = 10/3.
     censored = _metric(["A"] * 4, ["A", "C", "A", "A"], [None, 2, None, None], turns_asked=[1, 2, 3, 3])
     assert censored["at_risk"] == [4, 3, 2] and censored["flipped"] == [0, 1, 0]
     assert censored["survival"] == pytest.approx([1, 2 / 3, 2 / 3])
-    assert censored["mean_turn_of_flip"] == pytest.approx(8 / 3)
+    assert censored["mean_turn_of_flip"] == pytest.approx(10 / 3)
     # Everyone still at risk leaves before the horizon unflipped: the curve is undefined beyond, and so the mean.
     gone = _metric(["A", "A"], ["C", "A"], [1, None], turns_asked=[1, 1])
     assert gone["survival"] == [0.5, None, None] and gone["mean_turn_of_flip"] is None
     # All flip: the curve stays at 0 (defined), not undefined.
     assert _metric(["A"], ["C"], [2])["survival"] == [1.0, 0.0, 0.0]
+
+
+@pytest.mark.parametrize(
+    ("turns", "flip", "expected"),
+    [(3, 3, 3.0), (3, None, 4.0), (1, 1, 1.0), (1, None, 2.0)],
+)
+def test_mean_turn_of_flip_tells_never_flipping_from_flipping_at_the_last_turn(turns, flip, expected):
+    # Two T items both flipping at ``flip`` (None: both hold through every turn): the mean is that turn, N+1 if none.
+    after = ["A", "A"] if flip is None else ["C", "C"]
+    figures = _metric(["A", "A"], after, [flip, flip], turns=turns)
+    assert figures["mean_turn_of_flip"] == expected and figures["mean_turn_of_flip_ci"] == [expected, expected]
 
 
 def test_metric_bootstrap_is_seeded_and_through_evaluate_gives_the_same():
@@ -300,7 +373,7 @@ def test_metric_bootstrap_is_seeded_and_through_evaluate_gives_the_same():
     )["pressure"]  # fmt: skip
     through = mub_metric.load(keep_in_memory=True).compute(**inputs, pressure_turns=3)["pressure"]
     assert direct == through
-    assert direct["mean_turn_of_flip"] == pytest.approx((1 + 2 + 3 + 3 + 3 + 3) / 6)
+    assert direct["mean_turn_of_flip"] == pytest.approx((1 + 2 + 4 + 4 + 3 + 4) / 6)
     assert direct["mean_flips"] == pytest.approx(0.5)
 
 
@@ -313,11 +386,43 @@ def test_metric_bootstrap_is_seeded_and_through_evaluate_gives_the_same():
         ({"turn_of_flip": [2, None], "turns_asked": [1, 3]}, 3, "after turns_asked[0]"),
         ({"turn_of_flip": [1, None], "flips": [1, None]}, 3, "flips is missing"),
         ({"turn_of_flip": [1, None]}, 0, "pressure_turns must be"),
+        ({"flips": [1, 0]}, 3, "pressure_turns given without turn_of_flip"),
+        ({"turn_of_flip": [None, None]}, 3, "row 0 has no turn_of_flip but its original prediction is correct and its prediction wrong"),
+        ({"turn_of_flip": [1, 2]}, 3, "row 1 has a turn_of_flip but"),
     ],
 )
 def test_metric_refuses_bad_pressure_inputs(extra, turns, message):
     with pytest.raises(ValueError, match=message.replace("[", r"\[").replace("]", r"\]")):
         misleading_rate_report(["C", "A"], ["A", "A"], ["A", "A"], pressure=extra, pressure_turns=turns)
+
+
+def test_metric_through_evaluate_refuses_pressure_turns_without_turn_of_flip():
+    import mub_metric
+
+    answers = dict(predictions=["C", "A"], original_predictions=["A", "A"], references=["A", "A"])
+    metric = mub_metric.load(keep_in_memory=True)
+    with pytest.raises(ValueError, match="pressure_turns given without turn_of_flip"):
+        metric.compute(**answers, flips=[1, 0], pressure_turns=3)
+    # Given in one batch and left out of the next: its rows would read as held, so it is refused too.
+    metric.add_batch(**answers, turn_of_flip=[1, None])
+    metric.add_batch(**answers)
+    with pytest.raises(ValueError, match="pressure_turns given without turn_of_flip"):
+        metric.compute(pressure_turns=3)
+    # Every row holding is given as None, and scores as such.
+    held = metric.compute(predictions=["A", "A"], original_predictions=["A", "A"], references=["A", "A"], turn_of_flip=[None, None], pressure_turns=3)
+    assert held["pressure"]["mean_turn_of_flip"] == 4.0
+
+
+def test_score_refuses_a_record_without_turns_in_a_pressure_run(tmp_path):
+    from dataclasses import replace
+
+    from mub.runs.results import score
+
+    _run(tmp_path / "run")
+    records = [ItemPrediction.from_json(json.loads(line)) for line in (tmp_path / "run" / "predictions.jsonl").read_text().splitlines()]
+    records[3] = replace(records[3], flips=None, turn_of_flip=None)
+    with pytest.raises(ValueError, match=f"item {records[3].id} has no pressure turns"):
+        score(records, pressure_turns=TURNS)
 
 
 # ------------------------------------------------------------ transformers: each turn extends the last one's prompt
@@ -400,13 +505,37 @@ def test_rescore_settles_the_turns_again(tmp_path):
 
     record = ItemPrediction.from_json(json.loads((tmp_path / "run" / "predictions.jsonl").read_text().splitlines()[0]))
     row = items[record.id]
-    readings = iter([row["answer"], row["misleading_answer"], row["misleading_answer"]])  # stage 1, turns 1 and 2
+    assert len(record.stage2) == TURNS  # every turn was asked, so a new reading of each can be settled exactly
+    # Stage 1, turns 1, 2 and 3: misled at turn 1, back at turn 2, misled again at turn 3.
+    readings = iter([row["answer"], row["misleading_answer"], row["answer"], row["misleading_answer"]])
 
     def read(output: str, _row) -> str:
         return next(readings)
 
     settled = reread(record, row, read, implicit=False)
-    assert (settled.turn_of_flip, settled.prediction, settled.flips) == (1, row["misleading_answer"], 1)
+    assert (settled.turn_of_flip, settled.prediction, settled.flips) == (1, row["misleading_answer"], 3)
+
+
+def test_rescore_of_every_turn_gives_the_exact_turn_of_flip_flips_and_prediction(tmp_path):
+    import mub_dataset
+    from mub.runs.rescore import rescore_run
+
+    dataset = mub_dataset.load("explicit", "sample")
+    items = {row["id"]: row for row in dataset.remove_columns("image").to_list()}
+
+    def back_and_forth(request: Request) -> str:
+        """Misled at turn 1, back to the true answer at turn 2, misled again at turn 3, in words a parser reads."""
+        item = items[request.key.split("/")[0]]
+        misled = "/stage2/" in request.key and _turn(request) != 2
+        return f"The answer is {item['misleading_answer'] if misled else item['answer']}."
+
+    run(_config(tmp_path / "run", limit=12), backend=ScriptedBackend(back_and_forth), dataset=dataset)
+    rescore_run(tmp_path / "run", "mub", tmp_path / "again", progress=False)
+    for folder in ("run", "again"):
+        for record in map(json.loads, (tmp_path / folder / "predictions.jsonl").read_text().splitlines()):
+            item = items[record["id"]]
+            expected = (1, 3, item["misleading_answer"])  # first flip at turn 1, three changes, scored at turn 1
+            assert (record["turn_of_flip"], record["flips"], record["prediction"]) == expected, (folder, record["id"])
 
 
 def test_a_run_killed_between_turns_resumes_with_the_unfinished_items_only(tmp_path):

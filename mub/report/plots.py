@@ -27,7 +27,6 @@ from matplotlib.image import AxesImage
 from matplotlib.lines import Line2D
 from matplotlib.patches import Rectangle
 
-from mub.protocol.cues import corrects
 from mub.report.paper import PAPER_RESULTS
 from mub.report.rows import KINDS, STATES, ModelRow, RunSummary
 from mub_dataset.features import DIFFICULTY_LEVELS
@@ -348,23 +347,26 @@ def curation_figure(curation: Mapping, path: Path) -> Figure:
 
 def survival_curves(runs: Sequence[RunSummary], path: Path) -> Figure:
     """Each --pressure run's share of T items still holding after turn 0 (stage 1: all), 1, ..., N, as steps,
-    with its bootstrap band; undefined turns (no item at risk) are left out of the line."""
+    with its bootstrap band; undefined turns (no item at risk) are left out of the line. The last step runs on
+    to N+1 so that S(N) shows as a step like the others, and the area under each curve is its mean turn of flip
+    (restricted to N+1)."""
     fig, axes = _figure(1, 1, (7.5, 5.0 + 0.22 * len(runs)))
     ax = axes[0][0]
     horizon = 1
     for index, run in enumerate(runs):
         figures = run.figures["pressure"]
         horizon = max(horizon, figures["turns"])
-        turns = np.arange(figures["turns"] + 1)
+        turns = np.arange(figures["turns"] + 2)  # 0..N, then N+1 closing the last step
         shares = np.array([1.0, *(np.nan if s is None else s for s in figures["survival"])]) * 100
         bands = [[1.0, 1.0], *(ci or [np.nan, np.nan] for ci in figures["survival_ci"])]
         low, high = (np.array([band[i] for band in bands], dtype=float) * 100 for i in (0, 1))
+        shares, low, high = (np.append(values, values[-1]) for values in (shares, low, high))
         style = model_style(index)
         ax.step(turns, shares, where="post", color=style["color"], linewidth=1.6,
                 label=wrap(f"{run.label} {run.config} (n T = {figures['n_t']})"))  # fmt: skip
-        ax.scatter(turns, shares, s=22, zorder=3, **style)
+        ax.scatter(turns[:-1], shares[:-1], s=22, zorder=3, **style)
         ax.fill_between(turns, low, high, step="post", color=style["color"], alpha=0.15, linewidth=0)
-    ax.set_xlim(0, horizon)
+    ax.set_xlim(-0.1, horizon + 1)
     ax.set_xticks(range(horizon + 1))
     ax.set_ylim(0, 102)
     ax.set_xlabel("turn of pressure (0: stage 1)")
@@ -387,7 +389,7 @@ def susceptibility_scatter(runs: Sequence[RunSummary], path: Path) -> Figure:
     unplaced, undirected = [], []
     for index, run in enumerate(runs):
         figures = run.figures
-        if not corrects(run.stage2_cue):
+        if not run.corrective:
             undirected.append(f"{run.label} {run.config} ({run.variant})")
             continue
         if figures.get("mr_t2f") is None or figures.get("mr_f2t") is None:

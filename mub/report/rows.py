@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
+from mub.protocol.cues import corrects
+from mub.protocol.pressure import offers_correction
 from mub.runs.predictions import ItemPrediction
 from mub.runs.storage import RESULTS_FILE, RunFolder
 from mub_dataset.files import folder_marker
@@ -68,17 +70,29 @@ class RunSummary:
         return "implicit" if self.config == "implicit" else "explicit"
 
     @property
+    def default_cue(self) -> str:
+        """The config's own cue: note implicit, hint otherwise."""
+        return "note" if self.kind == "implicit" else "hint"
+
+    @property
     def stage2_cue(self) -> str:
-        """The cue stage 2 asked with: the recorded one, or the config's default (note implicit, hint otherwise)."""
-        return self.cue or ("note" if self.kind == "implicit" else "hint")
+        """The cue stage 2 asked with: the recorded one, or the config's default."""
+        return self.cue or self.default_cue
+
+    @property
+    def corrective(self) -> bool:
+        """Whether stage 2 offered a correction after a wrong stage 1: under pressure, some push names
+        ``{answer}``; otherwise the cue names an option (:func:`mub.protocol.cues.corrects`)."""
+        if self.pressure:
+            return offers_correction(self.pressure["templates"])
+        return corrects(self.stage2_cue)
 
     @property
     def variant(self) -> str:
         """How stage 2 asked: ``"<cue>, <dialogue>"``, or ``""`` for MUB's own form (the config's cue, single turn)."""
-        default = "note" if self.kind == "implicit" else "hint"
         if self.pressure:
             return f"pressure ×{self.pressure['turns']}, {self.dialogue}"
-        if self.stage2_cue == default and self.dialogue == "single":
+        if self.stage2_cue == self.default_cue and self.dialogue == "single":
             return ""
         return f"{self.stage2_cue}, {self.dialogue}"
 

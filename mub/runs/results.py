@@ -88,6 +88,13 @@ def score(
     ``group_id`` (its image), so the metric's intervals are clustered by item. ``n`` counts scored draws.
     ``pressure_turns`` (``--pressure N``) adds the survival figures of the records' turns of flip.
     """
+    if pressure_turns is not None:
+        unpushed = next((p for p in predictions if p.error is None and p.flips is None), None)
+        if unpushed is not None:
+            raise ValueError(
+                f"item {unpushed.id} has no pressure turns (no flips) in a --pressure {pressure_turns} run; "
+                "redo it with --resume, or score the run without pressure"
+            )
     inputs = metric_inputs(predictions)
     if pressure_turns is None:
         for name in ("turn_of_flip", "turns_asked", "flips"):
@@ -248,7 +255,7 @@ def format_table(results: Mapping[str, Any]) -> str:
             shown = "-" if mean is None else f"{mean:.2f}" + (f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else "")
             lines.append(
                 f"{config_name:<10} pressure: % of T holding after turns 1..{pressure['turns']}: {holding}; "
-                f"mean turn of flip (restricted to {pressure['turns']}): {shown}; flips: {pressure['flips']}"
+                f"mean turn of flip (restricted to N+1 = {pressure['turns'] + 1}): {shown}; flips: {pressure['flips']}"
             )
     lines.append("n: draws scored; unparsed: answers read as none, stage 1/stage 2; errors: failed draws, not scored")
     lines.append("no level: items misled by 7, 8, 10 or 11 of the 12 reference models, counted in `all` only")

@@ -420,8 +420,9 @@ def press(
     backend: Backend,
     prompts: PromptFormat,
 ) -> None:
-    """``--pressure``: push every asked draw turn after turn, all draws' turn k in one backend call, each until its
-    first flip or the last turn; each turn continues the conversation with the model's replies verbatim."""
+    """``--pressure``: push every asked draw through all N turns, all draws' turn k in one backend call (a draw
+    stops only at an error); each turn continues the conversation with the model's replies verbatim. Scoring
+    stops at the first flip (:func:`settle`); the flips count the answer changes of the whole conversation."""
     pushed = [i for i, record in enumerate(records) if record.error is None]
     earlier: dict[int, list[Exchange]] = {i: [] for i in pushed}
     for turn in range(1, pressure.turns + 1):
@@ -440,8 +441,8 @@ def press(
             earlier[i].append(Exchange(request.prompt, generation.text))
             if answer.error is not None:
                 record.error = answer.error  # the draw is redone whole by --resume
-            elif stages.is_correct(answer.parsed, row) == stages.is_correct(record.original_prediction, row):
-                pushed.append(i)  # held: pushed again
+            else:
+                pushed.append(i)
     for record, row in zip(records, rows):
         if record.error is None:
             settle(record, row, implicit=False, pressure=True)
@@ -452,7 +453,7 @@ def settle(record: ItemPrediction, row: Mapping[str, Any], *, implicit: bool, pr
     from the stages' parsed answers.
 
     A stage-1-only run (``--stages 1``) asks no stage 2: its answer stays the stage-1 answer. Under pressure
-    the answer is the one at the first flip, else the last turn's.
+    the answer is the one at the first flip, else the last turn's; the flips are the changes over every turn.
     """
     if pressure:
         correct = stages.is_correct(record.original_prediction, row)

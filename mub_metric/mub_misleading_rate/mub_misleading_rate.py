@@ -82,8 +82,8 @@ Returns (config "default"):
     by_difficulty / by_misled_count / by_source / by_question_type (dict label -> the same figures);
     mr_t2f_levels_mean (unweighted mean of the per-difficulty mr_t2f);
     with pressure_turns, pressure (overall and per group): per-turn at_risk and flipped of the stage-1-correct
-    rows, the Kaplan-Meier survival (+ survival_ci), mean_turn_of_flip (restricted mean up to N, never-flipped
-    rows counting N; + mean_turn_of_flip_ci, cluster bootstrap, 2,000 resamples and seed 0 unless given),
+    rows, the Kaplan-Meier survival (+ survival_ci), mean_turn_of_flip (restricted mean up to N+1, never-flipped
+    rows counting N+1; + mean_turn_of_flip_ci, cluster bootstrap, 2,000 resamples and seed 0 unless given),
     never_flipped, flips, mean_flips.
 Returns (config "consistency"):
     n, k_min, k_max, consistency_rate (+ _ci), mean_agreement, modal_accuracy (+ _ci), mean_entropy (nats).
@@ -577,8 +577,9 @@ def misleading_rate_report(
     }
     result = summarise_groups(indicators, np.zeros(n, dtype=np.int64), ["all"], **common)["all"]
     pushed = pressure_rows(
-        pressure or {}, pressure_turns, indicators[FIELD_INDEX["n_t"]], common["clusters"], n_resamples, seed
-    )
+        pressure or {}, pressure_turns, indicators[FIELD_INDEX["n_t"]], indicators[FIELD_INDEX["correct_after"]],
+        common["clusters"], n_resamples, seed,
+    )  # fmt: skip
     if pushed is not None:
         result["pressure"] = pushed.figures(np.arange(n))
     for name, key in GROUP_INPUTS.items():
@@ -666,10 +667,11 @@ def kaplan_meier(at_risk: np.ndarray, flipped: np.ndarray) -> np.ndarray:
 
 
 def restricted_mean(survival: np.ndarray) -> np.ndarray:
-    """Restricted mean turn of flip up to the horizon N: the area under S from turn 0 to N,
-    1 + S(1) + ... + S(N - 1) = E[min(turn of flip, N)], a row that never flips counting N (censored there).
-    NaN where the curve is undefined before N."""
-    return 1.0 + survival[..., :-1].sum(axis=-1)
+    """Restricted mean turn of flip up to N+1 (N: the turns asked): the area under S from turn 0 to N+1,
+    1 + S(1) + ... + S(N) = E[min(turn of flip, N+1)], a row that never flips counting N+1. Restricting to N
+    would score a row that never flips like one flipping at turn N (and every model 1.0 at N = 1).
+    NaN where the curve is undefined by turn N."""
+    return 1.0 + survival.sum(axis=-1)
 
 
 def _value(x: float) -> Optional[float]:
@@ -739,15 +741,32 @@ class PressureRows(NamedTuple):
         )  # fmt: skip
 
 
+def check_flips_match_answers(events: np.ndarray, stage1_correct: np.ndarray, correct_after: np.ndarray) -> None:
+    """Refuse a row whose turn of flip disagrees with its answers: a row flips (turn_of_flip given) exactly when
+    its prediction's correctness differs from its original prediction's (wrong after a correct stage 1, correct
+    after a wrong one), since the prediction is the answer at the flip, else the last turn's."""
+    bad = events != (stage1_correct != correct_after)
+    if bad.any():
+        row = int(np.argmax(bad))
+        before, after = ("correct" if ok else "wrong" for ok in (stage1_correct[row], correct_after[row]))
+        flip = "a turn_of_flip" if events[row] else "no turn_of_flip"
+        raise ValueError(
+            f"row {row} has {flip} but its original prediction is {before} and its prediction {after}; "
+            "give turn_of_flip exactly for the rows whose prediction (the answer at the flip) changed correctness"
+        )
+
+
 def pressure_rows(
     inputs: Mapping[str, Optional[Sequence[Any]]],
     horizon: Optional[int],
     stage1_correct: np.ndarray,
+    correct_after: np.ndarray,
     clusters: Optional[np.ndarray],
     n_resamples: Optional[int],
     seed: Optional[int],
 ) -> Optional[PressureRows]:
-    """The rows' pressure outcomes from PRESSURE_INPUTS and pressure_turns; None for a run without pressure."""
+    """The rows' pressure outcomes from PRESSURE_INPUTS and pressure_turns; None for a run without pressure.
+    turn_of_flip must be given (None where a row held): left out, every row would silently read as held."""
     n = stage1_correct.size
     if horizon is None:
         given = [name for name in PRESSURE_INPUTS if whole_numbers(name, inputs.get(name), 0, 2**62) is not None]
@@ -756,7 +775,13 @@ def pressure_rows(
         return None
     if isinstance(horizon, bool) or not isinstance(horizon, (int, np.integer)) or not 1 <= horizon <= MAX_PRESSURE_TURNS:
         raise ValueError(f"pressure_turns must be an int from 1 to {MAX_PRESSURE_TURNS}, got {horizon!r}")
+    if inputs.get("turn_of_flip") is None:
+        raise ValueError(
+            "pressure_turns given without turn_of_flip: pass turn_of_flip (each row's 1-based turn of its first "
+            "flip, None where it held) with every batch, or leave out pressure_turns"
+        )
     times, events = pressure_times(inputs.get("turn_of_flip"), inputs.get("turns_asked"), int(horizon), n)
+    check_flips_match_answers(events, stage1_correct, correct_after)
     flips = whole_numbers("flips", inputs.get("flips"), 0, 2**62)
     if flips is not None and np.isnan(flips).any():
         raise partly_missing("flips", "None or NaN", int(np.isnan(flips).sum()), n)
@@ -1039,6 +1064,8 @@ class MubMisleadingRate(evaluate.Metric):
 
     # True while compute() reads the stored columns: see _feature_names.
     _reading_every_column = False
+    # The inputs every add_batch() since the last compute() gave (see add_batch).
+    _given_in_every_batch: frozenset = frozenset()
 
     def _feature_names(self) -> List[str]:
         """The required inputs only, except while compute() reads the stored columns.
@@ -1078,6 +1105,10 @@ class MubMisleadingRate(evaluate.Metric):
         """Add a batch of rows; optional per-row inputs may be left out (see missing_column)."""
         given = {"predictions": predictions, "references": references, **kwargs}
         batch = prepare_batch(self.config_name, self.features, given)
+        # A left-out column is stored as missing values, like rows given None; _compute must tell the two apart
+        # for turn_of_flip (None: held), so it is read as given only if every batch gave it.
+        named = {name for name, value in given.items() if value is not None}
+        self._given_in_every_batch = named if self.writer is None else self._given_in_every_batch & named
         if self.writer is None:
             # The first-batch set-up of evaluate's own add_batch.
             self.selected_feature_format = self.features
@@ -1119,6 +1150,6 @@ class MubMisleadingRate(evaluate.Metric):
             confidences=(optional[CONFIDENCE_INPUTS[0]], optional[CONFIDENCE_INPUTS[1]]),
             n_resamples=bootstrap,
             seed=seed,
-            pressure={name: optional[name] for name in PRESSURE_INPUTS},
+            pressure={name: optional[name] if name in self._given_in_every_batch else None for name in PRESSURE_INPUTS},
             pressure_turns=pressure_turns,
         )
