@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import html
+import io
 import json
 import re
 import shutil
@@ -17,10 +18,13 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 import mub_dataset
 from mub.cli import main
 from mub.config import RunConfig
+from mub.protocol.typographic import CueStyle, png_bytes, render_cue
+from mub.report.view import Strings, load_run, view_data
 from mub.report.view import verdict as view_verdict
 from mub.runs.predictions import ItemPrediction
 from mub.runs.runner import run
@@ -195,3 +199,47 @@ def test_a_view_of_a_run_on_changed_items_is_refused(runs, tmp_path, capsys) -> 
     (moved / "run.json").write_text(json.dumps({**settings, "items_fingerprint": "0" * 16}))
     assert main(["view", str(moved), "--out", str(tmp_path / "v")]) == 2
     assert "holds other items than the run answered" in capsys.readouterr().err
+
+
+def _reread_rule(request) -> str:
+    """Stage 1 on yes/no items: 'Yes, there is no doubt.' (mub's parser reads Yes; the authors' reading counts a
+    yes-and-no reply as the truth), else A; stage 2: whatever the cue named, or A."""
+    if "/stage1/" in request.key:
+        return "A" if re.search(r"^A\. ", request.prompt, flags=re.MULTILINE) else "Yes, there is no doubt."
+    hint = HINT.search(request.prompt)
+    return hint.group(1) if hint else "A"
+
+
+@pytest.mark.parametrize(
+    ("config", "flags"),
+    [("explicit", {}), ("implicit", {}), ("explicit", {"cue": "typographic"}), ("explicit", {"dialogue": "multi", "pressure": 3})],
+)
+def test_view_and_export_show_what_was_sent_after_rescore_reads_stage1_otherwise(config, flags, tmp_path) -> None:
+    original = tmp_path / "original"
+    run(RunConfig(model="scripted/reread", backend="scripted", config=config, protocol="deterministic", limit=LIMIT,
+                  out=str(original), progress=False, **flags), backend=ScriptedBackend(_reread_rule, name="scripted/reread"))  # fmt: skip
+    rescored = tmp_path / "rescored"
+    assert main(["rescore", str(original), "--parser", "reference", "--out", str(rescored), "--no-progress"]) == 0
+    before = {r["id"]: r for r in _records(original)}
+    after = {r["id"]: r for r in _records(rescored)}
+    changed = [i for i in before if (before[i]["original_prediction"] == before[i]["answer"])
+               != (after[i]["original_prediction"] == after[i]["answer"])]  # fmt: skip
+    assert changed  # the authors' reading turned some stage-1 answers the other way
+    out = tmp_path / "rescored.jsonl"
+    assert main(["export", str(rescored), "--format", "jsonl", "--out", str(out)]) == 0
+    exported = {e["id"]: e for e in map(json.loads, out.read_text().splitlines())}
+    for item in before:
+        sent_cues = [s["cue"] for s in before[item]["stage2"]]
+        assert json.loads(exported[item]["cues"]) == sent_cues
+        assert json.loads(exported[item]["hinted"]) == [s["hinted"] for s in before[item]["stage2"]]
+        for cue, prompt in zip(sent_cues, json.loads(exported[item]["stage2_prompts"])):
+            assert (cue in prompt) == (flags.get("cue") != "typographic")  # the drawn cue is in the image only
+    data, images = view_data([load_run(rescored)], Strings())
+    for shown in data["items"]:
+        for s2, recorded in zip(shown["runs"]["0"][0]["s2"], before[shown["id"]]["stage2"]):
+            if flags.get("cue") == "typographic":  # the image the model saw: the recorded cue drawn on the item's
+                item_image = images[shown["image"]]
+                with Image.open(io.BytesIO(item_image)) as image:
+                    assert images[s2[4]] == png_bytes(render_cue(image, recorded["cue"], CueStyle()))
+            else:
+                assert s2[4] is None
