@@ -16,6 +16,7 @@ import re
 import shutil
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 from PIL import Image
@@ -117,10 +118,15 @@ frame.addEventListener("load", () => {
 
 
 def _browse(view: Path, scenarios: list[dict], tmp_path: Path) -> dict:
+    return _harness_output(view, HARNESS % json.dumps(scenarios), tmp_path)
+
+
+def _harness_output(view: Path, harness: str, tmp_path: Path) -> Any:
+    """What ``harness`` (a page beside the view's) wrote into its ``<pre id="out">`` in headless Chromium, as JSON."""
     chromium = shutil.which("chromium")
     if chromium is None:
         pytest.skip("Debian's chromium is not installed (apt-get install -y chromium; .ci/run installs it)")
-    (view / "harness.html").write_text(HARNESS % json.dumps(scenarios))
+    (view / "harness.html").write_text(harness)
     command = [
         chromium, "--headless", "--no-sandbox", "--disable-gpu", "--allow-file-access-from-files",
         f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=20000", "--dump-dom",
@@ -243,3 +249,34 @@ def test_view_and_export_show_what_was_sent_after_rescore_reads_stage1_otherwise
                     assert images[s2[4]] == png_bytes(render_cue(image, recorded["cue"], CueStyle()))
             else:
                 assert s2[4] is None
+
+
+SUMMARIES = """<!doctype html><html><head><title>harness</title></head><body><pre id="out">pending</pre>
+<iframe id="f" src="index.html" width="1400" height="900"></iframe>
+<script>
+const frame = document.getElementById("f");
+frame.addEventListener("load", () => {
+  const doc = frame.contentDocument;
+  const summaries = [];
+  while (true) {
+    for (const node of doc.querySelectorAll("summary")) summaries.push(node.textContent);
+    const next = doc.querySelector("#nav-bottom button:last-child");
+    if (next.disabled) break;
+    next.click();
+  }
+  document.getElementById("out").textContent = JSON.stringify(summaries);
+});
+</script></body></html>"""
+
+
+@pytest.mark.parametrize(("config", "flags", "part"), [("explicit", {"dialogue": "multi", "pressure": 3}, "turn"), ("implicit", {}, "note")])
+def test_several_stage2_answers_are_labelled_turns_under_pressure_and_notes_otherwise(config, flags, part, tmp_path) -> None:
+    out = tmp_path / "run"
+    run(RunConfig(model="scripted/reread", backend="scripted", config=config, protocol="deterministic", limit=LIMIT,
+                  out=str(out), progress=False, **flags), backend=ScriptedBackend(_reread_rule, name="scripted/reread"))  # fmt: skip
+    view = tmp_path / "view"
+    assert main(["view", str(out), "--out", str(view)]) == 0
+    labels = [s for s in _harness_output(view, SUMMARIES, tmp_path) if s.startswith("stage 2 (")]
+    # the labels the records call for: each draw with k > 1 stage-2 answers has parts 1..k
+    expected = sorted(f"stage 2 ({part} {k + 1})" for r in _records(out) if len(r["stage2"]) > 1 for k in range(len(r["stage2"])))
+    assert expected and sorted(label.split(",")[0].split(":")[0] for label in labels) == expected

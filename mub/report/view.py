@@ -302,6 +302,7 @@ def view_data(runs: Sequence[LoadedRun], strings: Strings) -> tuple[dict[str, An
                 "label": run.label, "path": str(run.path), "config": run.config, "protocol": protocol_name(settings),
                 "cue": cue_label(settings, run.config),
                 "dialogue": settings.get("dialogue", "single"),
+                "stage2_part": "turn" if settings.get("pressure") else "note",  # what each of several stage-2 answers is
             }
         )  # fmt: skip
         for prediction in run.predictions:
