@@ -140,8 +140,11 @@ def _stage2_as_sent(
     texts are those each stage-2 answer recorded is kept (the current one when none are recorded)."""
     current = stages.is_correct(prediction.original_prediction, row)
     recorded = [answer.cue.strip() for answer in prediction.stage2]
-    built = [_stage2_requests(run, row, prompts, correct, history, prediction.stage2) for correct in (current, not current)]
-    return next((asked for asked in built if [text.strip() for _, text, _ in asked] == recorded), built[0])
+    as_read = _stage2_requests(run, row, prompts, current, history, prediction.stage2)
+    if [text.strip() for _, text, _ in as_read] == recorded:
+        return as_read
+    as_asked = _stage2_requests(run, row, prompts, not current, history, prediction.stage2)  # only after a rescore
+    return as_asked if [text.strip() for _, text, _ in as_asked] == recorded else as_read
 
 
 def _stage2_requests(
