@@ -338,6 +338,10 @@ class RunConfig:
                 "--api-request closed is the authors' one-turn request to an API model: it needs --backend openai "
                 f"and --dialogue single (got --backend {self.backend}, --dialogue {self.dialogue})"
             )
+        if self.api_request == CLOSED_MODEL_REQUEST and self.cue_name() == "typographic":
+            # the closed request labels every image file JPEG, as the authors sent theirs: the drawn PNG would be mislabelled
+            raise ValueError("--api-request closed sends the authors' request, with a JPEG label on every image; "
+                             "run --cue typographic with --api-request open")
         decoding = self.decoding()  # DecodingSettings checks every decoding value (one line naming the flag)
         if self.draw_mode() not in DRAW_MODES:
             raise ValueError(f"--draws must be one of {', '.join(DRAW_MODES)}, got {self.draws!r}")

@@ -122,6 +122,7 @@ def test_open_model_request_sends_the_files_own_bytes_and_a_two_line_answer_is_r
         ({"api_request": "closed"}, r"needs --backend openai and --dialogue single \(got --backend transformers"),
         ({"api_request": "closed", "backend": "openai", "dialogue": "multi"}, r"--dialogue multi"),
         ({"api_request": "half"}, r"--api-request must be open or closed"),
+        ({"api_request": "closed", "backend": "openai", "cue": "typographic"}, r"run --cue typographic with --api-request open"),
     ],
 )
 def test_closed_request_refuses_what_it_cannot_send(settings, message):

@@ -13,7 +13,9 @@ from built_runs import BUILD_REPO_ID, scripted_run
 from leaderboard_files import PUBLISHED, results_document, results_path, stage2, submission_file
 
 from mub.cli import main
+from mub.protocol.cues import MAX_TEMPLATE_CHARS
 from mub.protocol.presets import protocol_named
+from mub.protocol.typographic import CueStyle, record
 from mub.report.leaderboard import CUE_NOT_RECORDED, SubmissionFile, board_document, build_leaderboard, display_table
 from mub.report.leaderboard_files import render_index_html
 from mub.report.results_file import pressure_label
@@ -50,6 +52,11 @@ def _file(model: str, settings: dict | None = None, label: str | None = None, **
         ({"config": "explicit", "typographic": {"box": True}}, f"MUB cue typographic (rendering {_sha8(json.dumps({'box': True}))})"),
         ({"config": "explicit", "cue": {"name": "typographic"}, "typographic": {"box": True}},
          f"typographic (rendering {_sha8(json.dumps({'box': True}))})"),
+        ({"config": "explicit", "typographic": {}}, f"MUB cue typographic (rendering {_sha8('{}')})"),  # recorded, if empty
+        ({"config": "implicit", "notes": 1}, "MUB cue (notes 1)"),  # fewer notes mislead less: not MUB's implicit
+        ({"config": "implicit", "notes": 5}, None),
+        ({"config": "explicit", "notes": 1}, None),  # the hint shows no notes
+        ({"config": "implicit", "cue": {"name": "opinion", "template": "I think the answer is {answer}."}, "notes": 1}, "opinion"),
     ],
 )  # fmt: skip
 def test_pressure_label_names_every_cue_but_mubs_own(settings: dict, expected: str | None) -> None:
@@ -106,12 +113,30 @@ def test_a_submission_mixing_cues_across_configs_is_refused_in_one_line() -> Non
     assert "\n" not in skipped.reason and not board.other_cues
 
 
+PUSHES = "pressure.templates are not pushes mub --pressure takes"
+DRAWN = {"placement": "bottom", "size": 0.06, "color": "#000000", "box": "#ffffff", "opacity": 1.0, "margin": 4,
+         "mode": "image-only", "font": "a font", "pillow": "11.0.0", "zlib": "1.2.13"}  # fmt: skip
+
+
 def test_hostile_stage2_settings_are_refused_and_unrecorded_ones_kept_out_of_the_rank() -> None:
     hostile = {
         "cue name markup": ({"explicit": stage2("explicit", cue=None) | {"cue": {"name": "<b>x</b>"}}}, "not a setting name"),
         "turns": ({"explicit": stage2("explicit") | {"pressure": {"turns": 10**6, "templates": []}}}, "turns: 1 to 20"),
         "another task's settings": ({"explicit": stage2("implicit")}, "not this task's config"),
         "no settings for its task": ({"implicit": stage2("implicit", "opinion")}, "lacks the run settings"),
+        "5,000 object pushes": ({"explicit": stage2("explicit") | {"pressure": {"turns": 3, "templates": [{}] * 5000}}}, PUSHES),
+        "101 pushes": ({"explicit": stage2("explicit") | {"pressure": {"turns": 3, "templates": ["Sure?"] * 101}}}, PUSHES),
+        "a long push": ({"explicit": stage2("explicit") | {"pressure": {"turns": 3, "templates": ["x" * (MAX_TEMPLATE_CHARS + 1)]}}}, PUSHES),
+        "pushes not a list": ({"explicit": stage2("explicit") | {"pressure": {"turns": 3, "templates": "Sure?"}}}, PUSHES),
+        "empty typographic": ({"explicit": stage2("explicit") | {"typographic": {}}}, "typographic: not an object of the rendering"),
+        "typographic size text": ({"explicit": stage2("explicit") | {"typographic": DRAWN | {"size": "big"}}}, "size is not a int"),
+        "typographic margin bool": ({"explicit": stage2("explicit") | {"typographic": DRAWN | {"margin": True}}}, "margin is not a int"),
+        "typographic markup": ({"explicit": stage2("explicit") | {"typographic": DRAWN | {"placement": "<b>"}}}, "placement must be one of"),
+        "typographic long font": ({"explicit": stage2("explicit") | {"typographic": DRAWN | {"font": "f" * 5000}}}, "font is not a str"),
+        "typographic mode": ({"explicit": stage2("explicit") | {"typographic": DRAWN | {"mode": "all"}}}, "mode is not one of"),
+        "typographic extra key": ({"explicit": stage2("explicit") | {"typographic": DRAWN | {"x": 1}}}, "not an object of the rendering"),
+        "notes bool": ({"explicit": stage2("explicit") | {"notes": True}}, "notes is not a count of notes"),
+        "notes zero": ({"explicit": stage2("explicit") | {"notes": 0}}, "notes is not a count of notes"),
     }
     files = []
     for number, (name, (settings, _)) in enumerate(hostile.items()):
@@ -127,6 +152,22 @@ def test_hostile_stage2_settings_are_refused_and_unrecorded_ones_kept_out_of_the
         assert phrase in reason, (name, reason)
     assert not [row for row in board.rows if not row.reference]
     assert [row.model for row in board.other_cues[CUE_NOT_RECORDED]] == ["org/legacy"]
+
+
+def test_recorded_typographic_and_notes_settings_are_placed_in_their_own_tables() -> None:
+    drawn = {kind: stage2(kind, typographic=record(CueStyle(), "image-only")) for kind in ("explicit", "implicit")}
+    older = {kind: stage2(kind, typographic={k: v for k, v in DRAWN.items() if k != "zlib"}) for kind in ("explicit", "implicit")}
+    few_notes = {"implicit": stage2("implicit", notes=1)}
+    files = [_file("org/mub", rate=0.5), _file("org/drawn", drawn, pressure_label(drawn["explicit"]), rate=0.1),
+             _file("org/older", older, pressure_label(older["explicit"]), rate=0.1)]  # fmt: skip
+    document = results_document("org/notes1", settings=few_notes, label="MUB cue (notes 1)", rate=0.1)
+    document["results"].pop("mub_explicit")
+    files.append(SubmissionFile(results_path("org/notes1"), json.dumps(document)))
+    board = build_leaderboard(files, PUBLISHED, now=NOW)
+    assert not board.skipped
+    assert [row.model for row in board.rows if row.rank] == ["org/mub"]
+    assert [row.model for row in board.other_cues["MUB cue (notes 1)"]] == ["org/notes1"]
+    assert sorted(row.model for rows in board.other_cues.values() for row in rows) == ["org/drawn", "org/notes1", "org/older"]
 
 
 def test_submit_records_the_cue_and_refuses_a_mix(rankable_runs: dict[str, Path], tmp_path: Path, capsys) -> None:

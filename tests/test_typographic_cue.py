@@ -11,7 +11,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from PIL import Image
+from PIL import Image, features
 from test_cues import _cli_error
 from test_runner import _dataset, _item, _item_number
 
@@ -50,7 +50,7 @@ def _sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-# Computed once with Pillow 12.3.0 and pinned: a change of style, wrapping, font or scaling changes them.
+# Computed once with Pillow 12.3.0 (zlib 1.2.13) and pinned: a change of style, wrapping, font or scaling changes them.
 PINNED = {
     "default": ("58a147a00b0cdad56aa5e94dfefd8315b95cc8d6f9ab38262e059f29bdd866eb", "cf936d5d49e28dfb7316df7a49605fbd954a02e2089634befe04cd4da0ea7078"),
     "styled": ("05ee9faf9f7e0fc3af2ab6e05751ee0da44c31425957c800abebfefa85acce7b", "767dc66ccbe820e97ab26d4eb3b067bfcccd15eacbd60929437fde6d7787c852"),
@@ -72,7 +72,7 @@ def test_rendered_pixels_and_png_bytes_are_pinned():
     assert image.tobytes() == Image.new("RGB", SIZE, (30, 90, 150)).tobytes()  # the item's image is untouched
     got = {name: (_sha(each.tobytes()), _sha(png_bytes(each))) for name, each in drawn.items()}
     assert {name: pixels for name, (pixels, _) in got.items()} == {name: pixels for name, (pixels, _) in PINNED.items()}
-    if PIL.__version__ == "12.3.0":  # PNG bytes also depend on Pillow's zlib: pinned for the version that made them
+    if (PIL.__version__, features.version("zlib")) == ("12.3.0", "1.2.13"):  # PNG bytes depend on both: pinned for these
         assert got == PINNED
     again = render_cue(image, *CASES["styled"][:1], parse_style(CASES["styled"][1]))
     assert png_bytes(again) == png_bytes(drawn["styled"])  # the same bytes every run
@@ -201,7 +201,7 @@ def test_run_json_records_the_options_and_resume_refuses_a_changed_one(tmp_path)
         "placement": "top", "size": 0.06, "color": "#ff0000", "box": "#ffffff", "opacity": 1.0, "margin": 4,
         "mode": "image-only",
         "font": "Pillow's built-in bitmap font (ImageFont.load_default_imagefont), scaled by whole factors, nearest-neighbour",
-        "pillow": PIL.__version__,
+        "pillow": PIL.__version__, "zlib": features.version("zlib"),
     }  # fmt: skip
     _run(tmp_path, cue="typographic", cue_style="color=#FF0000, placement=top", cue_mode="image-only", resume=True)  # same
     for changed in ({"cue_style": "placement=top,color=red,margin=5"}, {"cue_style": "placement=top,color=red", "cue_mode": "both"}):

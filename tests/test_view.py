@@ -10,17 +10,22 @@ from __future__ import annotations
 
 import hashlib
 import html
+import io
 import json
 import re
 import shutil
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
+from PIL import Image
 
 import mub_dataset
 from mub.cli import main
 from mub.config import RunConfig
+from mub.protocol.typographic import CueStyle, png_bytes, render_cue
+from mub.report.view import Strings, load_run, view_data
 from mub.report.view import verdict as view_verdict
 from mub.runs.predictions import ItemPrediction
 from mub.runs.runner import run
@@ -113,10 +118,15 @@ frame.addEventListener("load", () => {
 
 
 def _browse(view: Path, scenarios: list[dict], tmp_path: Path) -> dict:
+    return _harness_output(view, HARNESS % json.dumps(scenarios), tmp_path)
+
+
+def _harness_output(view: Path, harness: str, tmp_path: Path) -> Any:
+    """What ``harness`` (a page beside the view's) wrote into its ``<pre id="out">`` in headless Chromium, as JSON."""
     chromium = shutil.which("chromium")
     if chromium is None:
         pytest.skip("Debian's chromium is not installed (apt-get install -y chromium; .ci/run installs it)")
-    (view / "harness.html").write_text(HARNESS % json.dumps(scenarios))
+    (view / "harness.html").write_text(harness)
     command = [
         chromium, "--headless", "--no-sandbox", "--disable-gpu", "--allow-file-access-from-files",
         f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=20000", "--dump-dom",
@@ -195,3 +205,78 @@ def test_a_view_of_a_run_on_changed_items_is_refused(runs, tmp_path, capsys) -> 
     (moved / "run.json").write_text(json.dumps({**settings, "items_fingerprint": "0" * 16}))
     assert main(["view", str(moved), "--out", str(tmp_path / "v")]) == 2
     assert "holds other items than the run answered" in capsys.readouterr().err
+
+
+def _reread_rule(request) -> str:
+    """Stage 1 on yes/no items: 'Yes, there is no doubt.' (mub's parser reads Yes; the authors' reading counts a
+    yes-and-no reply as the truth), else A; stage 2: whatever the cue named, or A."""
+    if "/stage1/" in request.key:
+        return "A" if re.search(r"^A\. ", request.prompt, flags=re.MULTILINE) else "Yes, there is no doubt."
+    hint = HINT.search(request.prompt)
+    return hint.group(1) if hint else "A"
+
+
+@pytest.mark.parametrize(
+    ("config", "flags"),
+    [("explicit", {}), ("implicit", {}), ("explicit", {"cue": "typographic"}), ("explicit", {"dialogue": "multi", "pressure": 3})],
+)
+def test_view_and_export_show_what_was_sent_after_rescore_reads_stage1_otherwise(config, flags, tmp_path) -> None:
+    original = tmp_path / "original"
+    run(RunConfig(model="scripted/reread", backend="scripted", config=config, protocol="deterministic", limit=LIMIT,
+                  out=str(original), progress=False, **flags), backend=ScriptedBackend(_reread_rule, name="scripted/reread"))  # fmt: skip
+    rescored = tmp_path / "rescored"
+    assert main(["rescore", str(original), "--parser", "reference", "--out", str(rescored), "--no-progress"]) == 0
+    before = {r["id"]: r for r in _records(original)}
+    after = {r["id"]: r for r in _records(rescored)}
+    changed = [i for i in before if (before[i]["original_prediction"] == before[i]["answer"])
+               != (after[i]["original_prediction"] == after[i]["answer"])]  # fmt: skip
+    assert changed  # the authors' reading turned some stage-1 answers the other way
+    out = tmp_path / "rescored.jsonl"
+    assert main(["export", str(rescored), "--format", "jsonl", "--out", str(out)]) == 0
+    exported = {e["id"]: e for e in map(json.loads, out.read_text().splitlines())}
+    for item in before:
+        sent_cues = [s["cue"] for s in before[item]["stage2"]]
+        assert json.loads(exported[item]["cues"]) == sent_cues
+        assert json.loads(exported[item]["hinted"]) == [s["hinted"] for s in before[item]["stage2"]]
+        for cue, prompt in zip(sent_cues, json.loads(exported[item]["stage2_prompts"])):
+            assert (cue in prompt) == (flags.get("cue") != "typographic")  # the drawn cue is in the image only
+    data, images = view_data([load_run(rescored)], Strings())
+    for shown in data["items"]:
+        for s2, recorded in zip(shown["runs"]["0"][0]["s2"], before[shown["id"]]["stage2"]):
+            if flags.get("cue") == "typographic":  # the image the model saw: the recorded cue drawn on the item's
+                item_image = images[shown["image"]]
+                with Image.open(io.BytesIO(item_image)) as image:
+                    assert images[s2[4]] == png_bytes(render_cue(image, recorded["cue"], CueStyle()))
+            else:
+                assert s2[4] is None
+
+
+SUMMARIES = """<!doctype html><html><head><title>harness</title></head><body><pre id="out">pending</pre>
+<iframe id="f" src="index.html" width="1400" height="900"></iframe>
+<script>
+const frame = document.getElementById("f");
+frame.addEventListener("load", () => {
+  const doc = frame.contentDocument;
+  const summaries = [];
+  while (true) {
+    for (const node of doc.querySelectorAll("summary")) summaries.push(node.textContent);
+    const next = doc.querySelector("#nav-bottom button:last-child");
+    if (next.disabled) break;
+    next.click();
+  }
+  document.getElementById("out").textContent = JSON.stringify(summaries);
+});
+</script></body></html>"""
+
+
+@pytest.mark.parametrize(("config", "flags", "part"), [("explicit", {"dialogue": "multi", "pressure": 3}, "turn"), ("implicit", {}, "note")])
+def test_several_stage2_answers_are_labelled_turns_under_pressure_and_notes_otherwise(config, flags, part, tmp_path) -> None:
+    out = tmp_path / "run"
+    run(RunConfig(model="scripted/reread", backend="scripted", config=config, protocol="deterministic", limit=LIMIT,
+                  out=str(out), progress=False, **flags), backend=ScriptedBackend(_reread_rule, name="scripted/reread"))  # fmt: skip
+    view = tmp_path / "view"
+    assert main(["view", str(out), "--out", str(view)]) == 0
+    labels = [s for s in _harness_output(view, SUMMARIES, tmp_path) if s.startswith("stage 2 (")]
+    # the labels the records call for: each draw with k > 1 stage-2 answers has parts 1..k
+    expected = sorted(f"stage 2 ({part} {k + 1})" for r in _records(out) if len(r["stage2"]) > 1 for k in range(len(r["stage2"])))
+    assert expected and sorted(label.split(",")[0].split(":")[0] for label in labels) == expected

@@ -24,7 +24,7 @@ from functools import lru_cache
 from typing import Any, Mapping
 
 import PIL
-from PIL import Image, ImageColor, ImageDraw, ImageFont
+from PIL import Image, ImageColor, ImageDraw, ImageFont, features
 
 PLACEMENTS = ("top", "bottom", "center")
 NO_BOX = "none"
@@ -101,8 +101,31 @@ def check_text(text: str) -> None:
 
 
 def record(style: CueStyle, mode: str) -> dict[str, Any]:
-    """What ``run.json`` records under ``"typographic"``: the style, the mode and what the drawing depends on."""
-    return {**asdict(style), "mode": mode, "font": FONT, "pillow": PIL.__version__}
+    """What ``run.json`` records under ``"typographic"``: the style, the mode and what the drawing depends on (the
+    Pillow that draws, and the zlib it compresses the PNG with: the same pixels may be other PNG bytes elsewhere)."""
+    return {**asdict(style), "mode": mode, "font": FONT, "pillow": PIL.__version__, "zlib": features.version("zlib")}
+
+
+# A record's keys and their JSON types (bool is no number here); the versions and the font are short texts.
+RECORD_TYPES: dict[str, tuple[type, ...]] = {
+    "placement": (str,), "size": (int, float), "color": (str,), "box": (str,), "opacity": (int, float), "margin": (int,),
+    "mode": (str,), "font": (str,), "pillow": (str,), "zlib": (str,),
+}  # fmt: skip
+MAX_RECORDED_CHARS = 200  # of a recorded text (FONT is the longest mub writes)
+OPTIONAL_KEYS = ("zlib",)  # runs recorded before mub kept the zlib version lack it
+
+
+def check_record(recorded: Any) -> None:
+    """``ValueError`` unless ``recorded`` is a ``"typographic"`` record as :func:`record` writes one: its keys (an older
+    one without zlib too), each of its type, texts at most MAX_RECORDED_CHARS, a valid style and mode."""
+    if not isinstance(recorded, dict) or not set(RECORD_TYPES) - set(OPTIONAL_KEYS) <= set(recorded) <= set(RECORD_TYPES):
+        raise ValueError(f"not an object of the rendering settings mub records ({', '.join(RECORD_TYPES)})")
+    for key, value in recorded.items():
+        if isinstance(value, bool) or not isinstance(value, RECORD_TYPES[key]) or (isinstance(value, str) and len(value) > MAX_RECORDED_CHARS):
+            raise ValueError(f"{key} is not a {RECORD_TYPES[key][0].__name__} as mub records it")
+    if recorded["mode"] not in MODES:
+        raise ValueError(f"mode is not one of {', '.join(MODES)}")
+    style_of(recorded)  # a style out of range raises ValueError naming the field
 
 
 def style_of(recorded: Mapping[str, Any] | None) -> CueStyle | None:

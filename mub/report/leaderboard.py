@@ -49,7 +49,8 @@ from pathlib import PurePosixPath
 from typing import Any, Mapping, Sequence
 
 from mub.protocol.cues import MAX_TEMPLATE_CHARS
-from mub.protocol.pressure import MAX_TURNS
+from mub.protocol.pressure import MAX_TEMPLATES, MAX_TURNS, check_templates
+from mub.protocol.typographic import check_record
 from mub.report.paper import PAPER_CITATION, PAPER_RESULTS
 from mub.report.results_file import STAGE2_KEYS, UNKNOWN_PROTOCOL, number, pressure_label, task_name
 from mub.report.rows import KINDS
@@ -391,15 +392,35 @@ def _task_settings(task: str, settings: Any) -> Mapping[str, Any]:
     template = cue.get("template")
     if template is not None and (not isinstance(template, str) or len(template) > MAX_TEMPLATE_CHARS):
         raise InvalidSubmission(f"{where}.cue.template is not a cue template")
-    if settings.get("typographic") is not None and not isinstance(settings["typographic"], dict):
-        raise InvalidSubmission(f"{where}.typographic is not an object of rendering settings")
+    if settings.get("typographic") is not None:
+        try:
+            check_record(settings["typographic"])
+        except ValueError as exc:
+            raise InvalidSubmission(f"{where}.typographic: {exc}") from None
     pressure = settings.get("pressure")
     if pressure is not None and not (
-        isinstance(pressure, dict) and isinstance(pressure.get("turns"), int) and not isinstance(pressure["turns"], bool)
-        and 1 <= pressure["turns"] <= MAX_TURNS and isinstance(pressure.get("templates"), list)
+        isinstance(pressure, dict) and set(pressure) == {"turns", "templates"} and _within(pressure["turns"], MAX_TURNS)
     ):  # fmt: skip
         raise InvalidSubmission(f"{where}.pressure is not {{turns: 1 to {MAX_TURNS}, templates: [...]}}")
+    if pressure is not None:
+        try:
+            check_templates(pressure["templates"], f"{where}.pressure.templates")
+        except ValueError:  # its message quotes the template: a submission's text stays off the board
+            raise InvalidSubmission(
+                f"{where}.pressure.templates are not pushes mub --pressure takes (1 to {MAX_TEMPLATES} non-empty strings "
+                f"of at most {MAX_TEMPLATE_CHARS} characters, each filling {{answer}} or no field)"
+            ) from None
+    if settings.get("notes") is not None and not _within(settings["notes"], MAX_NOTES):
+        raise InvalidSubmission(f"{where}.notes is not a count of notes, 1 to {MAX_NOTES}")
     return settings
+
+
+MAX_NOTES = 100  # a submission's --notes: more than any item holds (each shows all of its notes)
+
+
+def _within(value: Any, most: int) -> bool:
+    """Whether ``value`` is a whole number from 1 to ``most`` (a JSON true is no number)."""
+    return isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= most
 
 
 def stage2_cue(config: Mapping[str, Any], tasks: Sequence[str]) -> str | None:

@@ -13,7 +13,7 @@ import re
 from pathlib import Path
 from typing import Any, Mapping
 
-from mub.protocol.cues import LIBRARY_TEMPLATES, NOTE, default_cue
+from mub.protocol.cues import FIELDS, LIBRARY_TEMPLATES, NOTE, default_cue
 from mub.protocol.presets import protocol_named, setting_of
 
 UNKNOWN_PROTOCOL = "unknown (pre-preset)"  # runs made before protocol presets were recorded
@@ -81,7 +81,8 @@ def rank_refusal(document: Mapping[str, Any], config: str) -> str | None:
 
 
 # The run settings (run.json) that decide the stage-2 pressure; a submission records them per task.
-STAGE2_KEYS = ("config", "protocol", "cue", "dialogue", "typographic", "pressure")
+STAGE2_KEYS = ("config", "protocol", "cue", "dialogue", "typographic", "pressure", "notes")
+PAPER_NOTES = 5  # the implicit notes the paper asks per item (--notes' default); fewer notes mislead less
 DIGEST_CHARS = 8  # of a SHA-256: tells two wordings apart in a label
 MUB_CUE = "MUB cue"  # a label's word for the config's own cue (hint explicit, note implicit)
 
@@ -115,8 +116,9 @@ def pressure_label(settings: Mapping[str, Any]) -> str | None:
     Otherwise the cue's name (``MUB cue`` for the config's own, so that a multi-turn explicit and implicit pair
     shares one label), then what else it did: ``opinion``, ``MUB cue (multi-turn)``, ``typographic (rendering
     1a2b3c4d)``, ``challenge x5 turns (pushes 1a2b3c4d)``, ``opinion (template 1a2b3c4d)`` (a ``--cue-template``
-    that changed the words; digests are of the recorded text, so two wordings never share a label). Runs made before
-    mub recorded a setting read as its default then: the config's cue, its preset's words, single turn.
+    that changed the words; digests are of the recorded text, so two wordings never share a label), ``MUB cue (notes
+    1)`` (the notes cue asking other than the paper's 5 notes; a cue without notes ignores ``notes``). Runs made before
+    mub recorded a setting read as its default then: the config's cue, its preset's words, single turn, 5 notes.
     """
     config = str(settings.get("config") or "explicit")
     cue = settings.get("cue") or {}
@@ -128,7 +130,7 @@ def pressure_label(settings: Mapping[str, Any]) -> str | None:
     template = cue.get("template")
     if template is not None and template != _standard_template(name, preset):
         details.append(f"template {_digest(template)}")
-    if typographic:
+    if typographic is not None:
         words += [] if name == "typographic" else ["typographic"]
         details.append(f"rendering {_digest(typographic)}")
     if pressure:
@@ -136,6 +138,9 @@ def pressure_label(settings: Mapping[str, Any]) -> str | None:
         details.append(f"pushes {_digest(pressure.get('templates'))}")
     elif (settings.get("dialogue") or "single") != "single":
         details.append(f"{settings['dialogue']}-turn")
+    notes = settings.get("notes")
+    if FIELDS.get(name) == NOTE and notes is not None and notes != PAPER_NOTES:  # only notes read it; older runs asked 5
+        details.append(f"notes {notes}")
     if words == [MUB_CUE] and not details:
         return None
     return " ".join(words) + (f" ({', '.join(details)})" if details else "")

@@ -2,7 +2,8 @@
 
 Both join a run's records with its dataset by item id, and rebuild what each request
 said with the run's own settings (preset, cue, dialogue, notes) through the runner's
-request builders: the prompts shown are the ones that were sent. A run folder plus its
+request builders: the prompts shown are the ones that were sent (stage 2 as asked after stage 1 as it was read
+then, even where ``mub rescore`` reads it otherwise since). A run folder plus its
 dataset is all a view needs; the items fingerprint the run recorded is checked against
 the dataset's, so a view of a run on changed items is refused.
 
@@ -24,14 +25,14 @@ import PIL
 from PIL import Image
 
 import mub_dataset
-from mub.backends.base import Exchange
+from mub.backends.base import Exchange, Request
 from mub.protocol import stages
 from mub.protocol.cues import Cue
-from mub.protocol.presets import level_of, protocol_named, setting_of
+from mub.protocol.presets import PromptFormat, level_of, protocol_named, setting_of
 from mub.protocol.prompts import render
 from mub.protocol.typographic import cue_in_prompt, png_bytes, render_cue, style_of
 from mub.report.rows import run_folders
-from mub.runs.predictions import ItemPrediction
+from mub.runs.predictions import ItemPrediction, StageAnswer
 from mub.runs.runner import recorded_pressure_requests, stage2_cues, stage2_request
 from mub.runs.storage import RunFolder, protocol_name
 from mub_dataset.files import cell_bytes, image_digest, staged_folder
@@ -114,25 +115,12 @@ def sent(run: LoadedRun, prediction: ItemPrediction) -> dict[str, Any]:
     preset = protocol_named(str((run.settings.get("protocol") or {}).get("preset", "paper")))
     prompts = preset.prompts[setting_of(run.config)]
     stage1_prompt = render(row, prompts)
-    cue_settings = run.settings.get("cue") or {}
-    cue = Cue(cue_settings.get("name", "note" if run.config == "implicit" else "hint"), cue_settings.get("template", ""))
     stage2 = []
     if prediction.error is None or prediction.stage2:
-        correct = stages.is_correct(prediction.original_prediction, row)
-        cues = stage2_cues(cue, row, correct, int(run.settings.get("notes", 5)))
         history = None
         if run.settings.get("dialogue") == "multi":
             history = Exchange(stage1_prompt, prediction.stage1[0].output if prediction.stage1 else "")
-        with_text = cue_in_prompt(run.settings.get("typographic"))
-        turns = None
-        if run.settings.get("pressure"):  # --pressure: one request per turn asked, each after the turns before it
-            turns = recorded_pressure_requests(run.settings["pressure"], row, prompts, correct, history, prediction.stage2)
-            cues = [(text, hinted) for _, text, hinted in turns]
-        for number, ((text, hinted), answer) in enumerate(zip(cues, prediction.stage2)):
-            shown = text if with_text else ""
-            request = stage2_request(f"{row['id']}/stage2/{number}", row, None, prompts, shown, history)  # type: ignore[arg-type]
-            if turns is not None:
-                request = turns[number][0]
+        for (request, text, hinted), answer in zip(_stage2_as_sent(run, row, prompts, history, prediction), prediction.stage2):
             stage2.append({"cue": text.strip(), "turns": request.turns(), "hinted": hinted, "output": answer.output,
                            "parsed": answer.parsed, "error": answer.error})  # fmt: skip
     first = prediction.stage1[0] if prediction.stage1 else None
@@ -140,6 +128,40 @@ def sent(run: LoadedRun, prediction: ItemPrediction) -> dict[str, Any]:
         "stage1": {"prompt": stage1_prompt, "output": first.output if first else "", "parsed": prediction.original_prediction},
         "stage2": stage2,
     }
+
+
+def _stage2_as_sent(
+    run: LoadedRun, row: Mapping[str, Any], prompts: PromptFormat, history: Exchange | None, prediction: ItemPrediction
+) -> list[tuple[Request, str, str | None]]:
+    """The stage-2 requests one draw was sent, with their cue texts and named options.
+
+    Stage 2 was built from the stage-1 correctness as it was read when the run asked it; ``mub rescore`` may read
+    stage 1 otherwise since. So both correctness values are tried, the current reading first, and the one whose cue
+    texts are those each stage-2 answer recorded is kept (the current one when none are recorded)."""
+    current = stages.is_correct(prediction.original_prediction, row)
+    recorded = [answer.cue.strip() for answer in prediction.stage2]
+    as_read = _stage2_requests(run, row, prompts, current, history, prediction.stage2)
+    if [text.strip() for _, text, _ in as_read] == recorded:
+        return as_read
+    as_asked = _stage2_requests(run, row, prompts, not current, history, prediction.stage2)  # only after a rescore
+    return as_asked if [text.strip() for _, text, _ in as_asked] == recorded else as_read
+
+
+def _stage2_requests(
+    run: LoadedRun, row: Mapping[str, Any], prompts: PromptFormat, stage1_correct: bool, history: Exchange | None,
+    answers: Sequence[StageAnswer],
+) -> list[tuple[Request, str, str | None]]:
+    """The stage-2 requests the runner builds after a stage 1 read as ``stage1_correct``, one per recorded answer."""
+    if run.settings.get("pressure"):  # --pressure: one request per turn asked, each after the turns before it
+        return recorded_pressure_requests(run.settings["pressure"], row, prompts, stage1_correct, history, answers)
+    cue_settings = run.settings.get("cue") or {}
+    cue = Cue(cue_settings.get("name", "note" if run.config == "implicit" else "hint"), cue_settings.get("template", ""))
+    with_text = cue_in_prompt(run.settings.get("typographic"))
+    cues = stage2_cues(cue, row, stage1_correct, int(run.settings.get("notes", 5)))
+    return [
+        (stage2_request(f"{row['id']}/stage2/{number}", row, None, prompts, text if with_text else "", history), text, hinted)  # type: ignore[arg-type]
+        for number, ((text, hinted), _) in enumerate(zip(cues, answers))
+    ]
 
 
 def export_rows(run: LoadedRun) -> Iterable[dict[str, Any]]:
@@ -283,6 +305,7 @@ def view_data(runs: Sequence[LoadedRun], strings: Strings) -> tuple[dict[str, An
                 "label": run.label, "path": str(run.path), "config": run.config, "protocol": protocol_name(settings),
                 "cue": cue_label(settings, run.config),
                 "dialogue": settings.get("dialogue", "single"),
+                "stage2_part": "turn" if settings.get("pressure") else "note",  # what each of several stage-2 answers is
             }
         )  # fmt: skip
         for prediction in run.predictions:

@@ -230,7 +230,7 @@ function drawNode(runIndex, d) {
   node.appendChild(details("stage 1 prompt and output", [pre(S(d.s1[0])), pre(S(d.s1[1]))]));
   d.s2.forEach((s, k) => {
     const turns = s[0].map((t, j) => pre((j % 2 ? "assistant: " : "user: ") + S(t)));
-    const label = "stage 2" + (d.s2.length > 1 ? " (note " + (k + 1) + ")" : "") + (s[1] ? ", cue names " + s[1] : "") +
+    const label = "stage 2" + (d.s2.length > 1 ? " (" + D.runs[runIndex].stage2_part + " " + (k + 1) + ")" : "") + (s[1] ? ", cue names " + s[1] : "") +
       ": " + (s[3] === null ? "unparsed" : s[3]);
     const shown = [];
     if (s[4]) {  // a typographic run: the image stage 2 showed, the cue drawn in
