@@ -275,18 +275,33 @@ MUTATIONS: tuple[Mutation, ...] = (
         ("tests/test_pressure.py",),
     ),
     Mutation(
-        "pressure: a flipped item is pushed again",
+        "pressure: the conversation stops at the first flip (flips then count at most one change)",
         "mub/runs/runner.py",
-        "            elif stages.is_correct(answer.parsed, row) == stages.is_correct(record.original_prediction, row):",
-        "            elif True:",
+        "            else:\n                pushed.append(i)",
+        "            elif stages.is_correct(answer.parsed, row) == stages.is_correct(records[i].original_prediction, row):\n"
+        "                pushed.append(i)",
         ("tests/test_pressure.py",),
     ),
     Mutation(
-        "pressure: the restricted mean sums S(1)..S(N) instead of S(0)..S(N-1)",
+        "pressure: the restricted mean stops at N (1 + S(1)..S(N-1)), scoring never-flipped like flipped at N",
         "mub_metric/mub_misleading_rate/mub_misleading_rate.py",
+        "    return 1.0 + survival.sum(axis=-1)",
         "    return 1.0 + survival[..., :-1].sum(axis=-1)",
-        "    return survival.sum(axis=-1)",
         ("tests/test_pressure.py",),
+    ),
+    Mutation(
+        "typographic: stage 2 shows the item's own image, not the drawn one",
+        "mub/runs/runner.py",
+        "                drawn_image = render_cue(image, cues[0][0].strip(), style)",
+        "                drawn_image = image",
+        ("tests/test_typographic_cue.py",),
+    ),
+    Mutation(
+        "board: every stage-2 form reads as MUB's own cue, so other cues rank with MUB",
+        "mub/report/results_file.py",
+        "    if words == [MUB_CUE] and not details:",
+        "    if True:",
+        ("tests/test_leaderboard_cues.py",),
     ),
     Mutation(
         "pressure: survival ignores censoring (share of all T items, not Kaplan-Meier)",
