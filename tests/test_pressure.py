@@ -428,10 +428,10 @@ def test_score_refuses_a_record_without_turns_in_a_pressure_run(tmp_path):
 # ------------------------------------------------------------ transformers: each turn extends the last one's prompt
 
 
-def test_transformers_turns_extend_the_last_prompt_and_reuse_the_stage1_prefix(tmp_path):
+def test_transformers_turns_extend_the_last_prompt_and_run_on_the_turn_before(tmp_path):
     """A tiny random llava pushed for 3 turns: turn k+1's rendered prompt starts with turn k's (so the backend's
-    prefix reuse applies), every turn reuses the cached stage-1 prompt and reply, and outputs equal those of
-    full prompts (reuse off)."""
+    prefix reuse applies), every turn runs on the kept keys/values of the turn before (stage 1's for turn 1),
+    and outputs equal those of full prompts (reuse off)."""
     from mub.backends.transformers_backend import from_run_config
     from mub.testing.tiny_models import build_tiny_model
 
@@ -444,6 +444,9 @@ def test_transformers_turns_extend_the_last_prompt_and_reuse_the_stage1_prefix(t
             backend_options={"reuse_prefix": reuse_prefix},
         )  # fmt: skip
         backend = from_run_config(config)
+        if reuse_prefix:  # the cached width of every batch planned on kept prefixes, call by call
+            plan_on = backend._prefix.plan_on  # type: ignore[attr-defined]
+            backend._prefix.plan_on = lambda *a: (lambda p: (widths.append(p.cached) if p else None, p)[1])(plan_on(*a))  # type: ignore[attr-defined]
         sent: list[Request] = []
         generate = backend.generate
         backend.generate = lambda requests: (sent.extend(requests), generate(requests))[1]  # type: ignore[method-assign]
@@ -451,6 +454,7 @@ def test_transformers_turns_extend_the_last_prompt_and_reuse_the_stage1_prefix(t
         lines = (tmp_path / f"run-{reuse_prefix}" / "predictions.jsonl").read_text().splitlines()
         return backend, sent, [json.loads(line) for line in lines]
 
+    widths: list[int] = []
     backend, sent, records = pushed(True)
     _, _, plain = pushed(False)
     assert [[a["output"] for a in r["stage1"] + r["stage2"]] for r in records] == [
@@ -465,9 +469,10 @@ def test_transformers_turns_extend_the_last_prompt_and_reuse_the_stage1_prefix(t
     for requests in by_item.values():  # stage1/0, stage2/0, stage2/1, ...: each prompt extends the one before
         texts = backend._prompt_texts(requests)  # type: ignore[attr-defined]
         assert all(later.startswith(earlier) for earlier, later in zip(texts, texts[1:]))
-    # Each turn ran on the cached stage-1 prompt and reply (a reused batch stores nothing, so turn k+1 reuses
-    # stage 1 again, not turn k: the earlier turns' tokens are recomputed, see README).
+    # Each turn ran on kept keys/values: turn 1 on stage 1's prompt and reply, turn k+1 on turn k's prompt and
+    # reply, so the cached width grows turn by turn (it stayed at stage 1's when reused batches kept nothing).
     assert backend._prefix.cache.hits >= len(turns)  # type: ignore[attr-defined]
+    assert len(widths) == 3 and widths[0] < widths[1] < widths[2], widths
 
 
 def test_view_rebuilds_every_turn_asked_as_it_was_sent(tmp_path):

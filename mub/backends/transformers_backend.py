@@ -462,8 +462,10 @@ class _PrefixReuse:
     A MUB item's stage-2 prompt repeats its stage-1 prompt, image tokens
     included, up to the end of the question, and differs only after it; a
     multi-turn one repeats the whole stage-1 prompt and the generated answer.
-    After each batch that ran in full, every row's prompt and answer tokens and
-    their keys/values are kept per image object (least recently used first out). A
+    After each batch, every row's prompt and answer tokens and their
+    keys/values are kept per image object (least recently used first out; a
+    batch that itself ran on kept prefixes keeps its longer rows, so each turn
+    of a conversation runs on the one before). A
     batch in which every request's image has such an entry runs only the tokens
     after each row's shared prefix: the prefixes are right-aligned into a batch
     cache, the remaining tokens left-padded after them, the attention mask hides
@@ -891,7 +893,11 @@ class TransformersBackend:
         sequences = getattr(output, "sequences", output)
         lengths = stop.lengths.tolist()
         answers = [ids[: lengths[row]] if lengths[row] >= 0 else ids for row, ids in enumerate(sequences[:, prompt_len:].tolist())]
-        if prefix is not None and reused is None:
+        if reused is not None:
+            # Kept too: a later turn that replays this one (--pressure's next push) runs only its own new tokens.
+            ran = {"input_ids": reused.input_ids, "attention_mask": reused.attention_mask}
+            self._prefix.store(ran, requests, getattr(output, "cache", None), answers)  # type: ignore[union-attr]
+        elif prefix is not None:
             prefix.store(inputs, requests, getattr(output, "cache", None), answers)
 
         generations = []
