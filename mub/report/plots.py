@@ -390,7 +390,7 @@ def susceptibility_scatter(runs: Sequence[RunSummary], path: Path) -> Figure:
     for index, run in enumerate(runs):
         figures = run.figures
         if not run.corrective:
-            undirected.append(f"{run.label} {run.config} ({run.variant})")
+            undirected.append(f"{run.label} {run.config}")  # the label names the cue (assign_labels)
             continue
         if figures.get("mr_t2f") is None or figures.get("mr_f2t") is None:
             unplaced.append(run.label)
@@ -401,8 +401,7 @@ def susceptibility_scatter(runs: Sequence[RunSummary], path: Path) -> Figure:
         x, y = 100 * figures["mr_f2t"], 100 * figures["mr_t2f"]
         ax.errorbar(x, y, xerr=[[x_err[0]], [x_err[1]]], yerr=[[y_err[0]], [y_err[1]]], fmt="none",
                     ecolor=style["color"], elinewidth=1, alpha=0.7, zorder=2)  # fmt: skip
-        cue = f" ({run.variant})" if run.variant else ""
-        ax.scatter(x, y, s=55, edgecolors="black", linewidths=0.6, zorder=3, label=wrap(f"{run.label} {run.config}{cue}"),
+        ax.scatter(x, y, s=55, edgecolors="black", linewidths=0.6, zorder=3, label=wrap(f"{run.label} {run.config}"),
                    **style)  # fmt: skip
     notes = [f"no point (a rate without items): {', '.join(unplaced)}"] if unplaced else []
     if undirected:
