@@ -72,6 +72,14 @@ class ItemPrediction:
     def draw_key(self) -> DrawKey:
         return (self.id, self.draw)
 
+    @property
+    def scored_stage2(self) -> int:
+        """The index in ``stage2`` of the answer scored as the stage-2 answer: under ``--pressure`` the turn of the
+        flip, else the last turn asked; otherwise the note that flipped the item, else the first."""
+        if self.flips is not None:
+            return (self.turn_of_flip or len(self.stage2)) - 1
+        return self.flipped_by_note or 0
+
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
 

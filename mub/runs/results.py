@@ -36,9 +36,7 @@ def _metric(config_name: str = "default"):
 def _chosen_stage2_probs(prediction: ItemPrediction) -> dict[str, float] | None:
     if not prediction.stage2:
         return None
-    if prediction.flips is not None:  # --pressure: the turn of the flip, else the last turn asked
-        return prediction.stage2[(prediction.turn_of_flip or len(prediction.stage2)) - 1].option_probs
-    return prediction.stage2[prediction.flipped_by_note or 0].option_probs
+    return prediction.stage2[prediction.scored_stage2].option_probs
 
 
 def metric_inputs(predictions: Sequence[ItemPrediction]) -> dict[str, list]:

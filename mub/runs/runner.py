@@ -460,7 +460,7 @@ def settle(record: ItemPrediction, row: Mapping[str, Any], *, implicit: bool, pr
         turns = [answer.parsed for answer in record.stage2]
         record.turn_of_flip = turn_of_flip(correct, [stages.is_correct(answer, row) for answer in turns])
         record.flips = count_flips(record.original_prediction, turns)
-        record.prediction = turns[(record.turn_of_flip or len(turns)) - 1]
+        record.prediction = turns[record.scored_stage2]
         record.flipped_by_note = None
         return
     if not record.stage2:
