@@ -34,7 +34,7 @@ from mub.protocol.typographic import cue_in_prompt, png_bytes, render_cue, style
 from mub.report.rows import run_folders
 from mub.runs.predictions import ItemPrediction, StageAnswer
 from mub.runs.runner import recorded_pressure_requests, stage2_cues, stage2_request
-from mub.runs.storage import RunFolder, protocol_name
+from mub.runs.storage import RunFolder, cue_name, protocol_name
 from mub_dataset.files import cell_bytes, image_digest, staged_folder
 from mub_dataset.fingerprint import items_fingerprint
 from mub_dataset.limits import MAX_PIXELS, open_image
@@ -154,8 +154,7 @@ def _stage2_requests(
     """The stage-2 requests the runner builds after a stage 1 read as ``stage1_correct``, one per recorded answer."""
     if run.settings.get("pressure"):  # --pressure: one request per turn asked, each after the turns before it
         return recorded_pressure_requests(run.settings["pressure"], row, prompts, stage1_correct, history, answers)
-    cue_settings = run.settings.get("cue") or {}
-    cue = Cue(cue_settings.get("name", "note" if run.config == "implicit" else "hint"), cue_settings.get("template", ""))
+    cue = Cue(cue_name(run.settings), (run.settings.get("cue") or {}).get("template", ""))
     with_text = cue_in_prompt(run.settings.get("typographic"))
     cues = stage2_cues(cue, row, stage1_correct, int(run.settings.get("notes", 5)))
     return [
@@ -282,7 +281,7 @@ def write_typographic_example(path: str | Path, out: Path) -> None:
 
 def cue_label(settings: Mapping[str, Any], config: str) -> str:
     """The run's cue as the page names it; a typographic run says its mode, and the Pillow that drew it if not this one."""
-    name = (settings.get("cue") or {}).get("name", "note" if config == "implicit" else "hint")
+    name = cue_name({**settings, "config": config})
     drawn = settings.get("typographic")
     if drawn is None:
         return name
