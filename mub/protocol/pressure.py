@@ -4,9 +4,10 @@ After stage 1 the conversation goes on for N user turns, each a push
 worded by the next template of a list (the last one repeats when N exceeds
 the list), as SYCON-Bench (arXiv 2505.23840) pushes for up to 5 turns. A
 template naming ``{answer}`` names the option the hint names: the misleading
-one after a correct stage 1, the true one after a wrong one. An item is pushed
-until its answer's correctness first differs from stage 1's (its turn of flip)
-or N turns were asked; every turn asked is recorded.
+one after a correct stage 1, the true one after a wrong one. Every item is
+pushed through all N turns and every turn is recorded; scoring stops at the
+first turn whose answer's correctness differs from stage 1's (its turn of
+flip), and the flips count the answer changes over the whole conversation.
 
 Templates are data: :data:`DEFAULT_TEMPLATES` escalate from a doubt to an
 authority; ``--pressure-templates FILE`` (a JSON list of strings) replaces them.
