@@ -52,9 +52,10 @@ A/B figures (``--ab-rounds`` rounds; A and B back to back in alternating
 order; the median ratio of A's cost over B's, with its range):
 
 - ``sampled_vs_greedy``: CPU seconds per generation step of one batch of 16
-  stage-1 requests at 256 new tokens (the best of 3 calls), mub's seeded
+  stage-1 requests at 256 new tokens (one call per side and round), mub's seeded
   sampling at the paper's explicit settings (temperature 0.4, top-k 80,
-  top-p 0.9) over greedy.
+  top-p 0.9) over greedy, both on one loaded copy of the weights
+  (``TransformersBackend.with_decoding``).
 - ``draws_shared_vs_separate``: 9 draws of one prompt (the paper preset's
   decoding, distinct keys and seeds) in one call, sharing one prefill, over
   the same 9 draws as single requests, each prefilled on its own;
@@ -63,12 +64,14 @@ order; the median ratio of A's cost over B's, with its range):
 - ``stage1_vs_plain_loop``: whole processes, start-up included:
   ``mub run --stages 1 --protocol deterministic`` over
   ``benchmarks/plain_loop.py`` (a plain batched ``model.generate`` loop) on the
-  same saved model, items and prompts, batch 16, 16 new tokens, greedy.
+  same saved model, items and prompts, batch 16, 16 new tokens, greedy; the
+  processes' CPU seconds (user + system), which a neighbour's burst does not
+  inflate as it does wall time (the wall-time ratio is reported beside it).
 - ``batch1_vs_plain_loop``: inside the generation call at batch 1: CPU seconds of
   mub's backend (``batch_size=1``) over 16 stage-1 requests, greedy, 16 new
   tokens, over the same requests asked one at a time the plain way
   (``NaiveLoop.ask``: chat template, processor, ``model.generate``, decode),
-  each side the best of 2 calls; every call gets fresh image objects, as a
+  on the backend's own loaded weights, one call per side and round; every call gets fresh image objects, as a
   run's items do (no cached image work carries over).
 - ``paper_draws_per_s``: draws per second of the ``paper`` run below (a draw:
   stage 1 and stage 2 of one release copy of an item); the median of its rounds.
@@ -86,6 +89,7 @@ import io
 import json
 import os
 import platform
+import resource
 import shutil
 import statistics
 import subprocess
@@ -143,11 +147,12 @@ def log(message: str) -> None:
 class NaiveLoop:
     """The reference scripts' way: one item at a time, each stage processed and generated on its own."""
 
-    def __init__(self, path: str, device: str, dtype: Any) -> None:
+    def __init__(self, path: str, device: str, dtype: Any, model: Any = None) -> None:
+        """``model``: weights already loaded (a backend's), so that an A/B runs both sides on one copy."""
         from transformers import AutoModelForImageTextToText, AutoProcessor
 
         self.processor = AutoProcessor.from_pretrained(path)
-        self.model = AutoModelForImageTextToText.from_pretrained(path, dtype=dtype).to(device).eval()
+        self.model = model if model is not None else AutoModelForImageTextToText.from_pretrained(path, dtype=dtype).to(device).eval()
         self.device = device
         self.model_seconds = 0.0
         self.new_tokens = 0
@@ -352,16 +357,14 @@ def stage1_requests(dataset: Any, n_items: int, keys: Callable[[int], list[str]]
     return requests
 
 
-def seconds_per_step(backend: TransformersBackend, requests: list[Request], calls: int = 3) -> float:
-    """CPU seconds of one call over its longest generation's steps (the batch runs until its last row ends);
-    the best of ``calls`` calls. CPU time of this process (torch on ``--threads`` threads, 1 by default), which a
-    neighbour's burst does not inflate as it does wall time, so the ratio measures work, not the machine's load."""
-    costs = []
-    for _ in range(calls):
-        start = time.process_time()
-        generations = backend.generate(requests)
-        costs.append((time.process_time() - start) / max(g.extra["new_tokens"] for g in generations))
-    return min(costs)
+def seconds_per_step(backend: TransformersBackend, requests: list[Request]) -> float:
+    """CPU seconds of one call over its longest generation's steps (the batch runs until its last row ends).
+    CPU time of this process (torch on ``--threads`` threads, 1 by default), which a neighbour's burst does not
+    inflate as it does wall time, so the ratio measures work, not the machine's load. One call per side and
+    round: the two sides' calls follow each other closely, so a round's ratio compares them under one load."""
+    start = time.process_time()
+    generations = backend.generate(requests)
+    return (time.process_time() - start) / max(g.extra["new_tokens"] for g in generations)
 
 
 def sampled_vs_greedy(path: str, dtype: str, device: str, dataset: Any, rounds: int) -> dict[str, Any]:
@@ -369,12 +372,13 @@ def sampled_vs_greedy(path: str, dtype: str, device: str, dataset: Any, rounds: 
     paper = protocol_named("paper").decoding["explicit"]
     settings = {"max_new_tokens": PAPER_TOKENS}
     greedy = TransformersBackend(path, dtype=dtype, device=device, batch_size=BATCH_SIZE, decoding=DecodingSettings(**settings))
-    sampled = TransformersBackend(
-        path, dtype=dtype, device=device, batch_size=BATCH_SIZE,
-        decoding=DecodingSettings(**settings, temperature=paper.temperature, top_k=paper.top_k, top_p=paper.top_p),
-    )  # fmt: skip
+    # One copy of the weights for both sides: two loads of one model differ by a few percent per step by their
+    # placement in memory alone (two greedy backends: 0.975-1.021), which this figure must not measure.
+    sampled = greedy.with_decoding(
+        DecodingSettings(**settings, temperature=paper.temperature, top_k=paper.top_k, top_p=paper.top_p)
+    )
     requests = stage1_requests(dataset, BATCH_SIZE)
-    seconds_per_step(greedy, requests, 1), seconds_per_step(sampled, requests, 1)  # warm-up
+    seconds_per_step(greedy, requests), seconds_per_step(sampled, requests)  # warm-up
     figure = ab_rounds("sampled_vs_greedy", rounds, lambda: seconds_per_step(sampled, requests), lambda: seconds_per_step(greedy, requests))
     return {**figure, "settings": {"temperature": paper.temperature, "top_k": paper.top_k, "top_p": paper.top_p,
                                    "max_new_tokens": PAPER_TOKENS, "batch_size": BATCH_SIZE}}
@@ -402,8 +406,10 @@ def draws_shared_vs_separate(path: str, dtype: str, device: str, dataset: Any, r
     def separately() -> float:
         return timed(lambda: [alone.generate([draw]) for draw in draws])
 
-    # Equal up to float rounding: over 256 sampled tokens a rounding-level difference of the shared prefill can
-    # move a draw across a token boundary of its inverse CDF, so the figure counts the equal texts (and warms up).
+    # Equal up to float rounding: a CPU matmul rounds a row differently by how many rows it multiplies at once
+    # (torch 2.13 on x86: one kernel for 1 row, another for 2-10, another from 11-16 on), and the shared draws
+    # run as 9 rows where the separate ones run as 1. Over 256 sampled tokens such a difference can move a draw
+    # across a token boundary of its inverse CDF, so the figure counts the equal texts (and warms up).
     same = sum(a.text == alone.generate([d])[0].text for a, d in zip(shared.generate(draws), draws))
     one_call(unshared)
     figure = ab_rounds("draws_shared_vs_separate", rounds, lambda: one_call(shared), separately)
@@ -416,17 +422,14 @@ def batch1_vs_plain_loop(path: str, dtype: str, device: str, dataset: Any, round
     backend = TransformersBackend(
         path, dtype=dtype, device=device, batch_size=1, decoding=DecodingSettings(max_new_tokens=MAX_NEW_TOKENS)
     )
-    plain = NaiveLoop(path, device, getattr(torch, dtype))
+    plain = NaiveLoop(path, device, getattr(torch, dtype), model=backend.model)  # one copy of the weights, as above
     requests = stage1_requests(dataset, BATCH_SIZE)
 
-    def best_call(answer: Callable[[list[Request]], list[str]], calls: int = 2) -> float:
-        costs = []
-        for _ in range(calls):
-            fresh = [replace(r, image=r.image.copy()) for r in requests]  # no image work cached from an earlier call
-            start = time.process_time()  # CPU seconds, as in seconds_per_step
-            answer(fresh)
-            costs.append(time.process_time() - start)
-        return min(costs)
+    def one_call(answer: Callable[[list[Request]], list[str]]) -> float:
+        fresh = [replace(r, image=r.image.copy()) for r in requests]  # no image work cached from an earlier call
+        start = time.process_time()  # CPU seconds, one call per side and round, as in seconds_per_step
+        answer(fresh)
+        return time.process_time() - start
 
     def mub(batch: list[Request]) -> list[str]:
         return [g.text for g in backend.generate(batch)]
@@ -435,7 +438,7 @@ def batch1_vs_plain_loop(path: str, dtype: str, device: str, dataset: Any, round
         return [plain.ask(r.image, r.prompt) for r in batch]
 
     same = sum(a == b for a, b in zip(mub(requests), plain_loop(requests)))  # and warm
-    figure = ab_rounds("batch1_vs_plain_loop", rounds, lambda: best_call(mub), lambda: best_call(plain_loop))
+    figure = ab_rounds("batch1_vs_plain_loop", rounds, lambda: one_call(mub), lambda: one_call(plain_loop))
     return {**figure, "requests": len(requests), "same_answers": same}
 
 
@@ -459,13 +462,23 @@ def stage1_vs_plain_loop(model: str, n_items: int, threads: int, rounds: int) ->
                   "--out", str(folder / "plain.jsonl"), *common],
     }  # fmt: skip
 
+    walls: dict[str, list[float]] = {"mub": [], "plain": []}
+
     def process(name: str) -> float:
-        start = time.perf_counter()
+        """The process's CPU seconds (user + system, its threads included), start-up and teardown included.
+        Its wall time is kept too: on a shared machine it also measures the neighbours' bursts."""
+        before, start = resource.getrusage(resource.RUSAGE_CHILDREN), time.perf_counter()
         subprocess.run(commands[name], env=env, check=True, stdout=subprocess.DEVNULL)
-        return time.perf_counter() - start
+        walls[name].append(time.perf_counter() - start)
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        return (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
 
     process("mub"), process("plain")  # warm file caches
+    for kept in walls.values():
+        kept.clear()
     figure = ab_rounds("stage1_vs_plain_loop", rounds, lambda: process("mub"), lambda: process("plain"))
+    wall_ratios = [a / b for a, b in zip(walls["mub"], walls["plain"])]
+    figure["wall"] = {"median": round(median(wall_ratios), 3), "range": [round(min(wall_ratios), 3), round(max(wall_ratios), 3)]}
     mub_answers = [a["output"] for line in (folder / "run" / "predictions.jsonl").read_text().splitlines()
                    for a in json.loads(line)["stage1"]]
     plain_answers = [json.loads(line)["answer"] for line in (folder / "plain.jsonl").read_text().splitlines()]
@@ -601,8 +614,11 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=8, help="rounds of naive + generate + logprob runs")
     parser.add_argument("--repeats", type=int, default=3, help="repeats of the metric and build timings")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1: stable on a shared machine)")
-    parser.add_argument("--ab-rounds", type=int, default=5, help="rounds of each A/B figure (sampled, draws, stage 1)")
-    parser.add_argument("--stage1-items", type=int, default=64, help="items of the stage1_vs_plain_loop processes")
+    parser.add_argument("--ab-rounds", type=int, default=9, help="rounds of each A/B figure (sampled, draws, stage 1, batch 1)")
+    parser.add_argument(
+        "--stage1-items", type=int, default=160,
+        help="items of the stage1_vs_plain_loop processes (default: the whole embedded sample, 160)",
+    )  # fmt: skip
     parser.add_argument(
         "--only", choices=tuple(PARTS), default="all",
         help="ab: only the A/B figures (sampled_vs_greedy, draws_shared_vs_separate, stage1_vs_plain_loop, "

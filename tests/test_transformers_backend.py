@@ -252,6 +252,20 @@ def test_sampling_is_reproducible_per_request(models: dict) -> None:
     assert together[0].extra["seed"] == request_seed(7, requests[0].key)
 
 
+def test_with_decoding_shares_the_weights_and_decodes_as_a_new_backend(models: dict) -> None:
+    """benchmarks/run.py compares decodings on one copy of the weights: the derived backend must decode exactly
+    as a backend built with those settings, and leave the one it came from as it was."""
+    requests = _requests()
+    path = models["llava", "plain"]
+    greedy = _backend(path)
+    sampled = greedy.with_decoding(DecodingSettings(max_new_tokens=8, temperature=1.0, seed=7))
+    assert sampled.model is greedy.model
+    assert sampled.decoding == _backend(path, temperature=1.0, seed=7).decoding
+    assert _outputs(sampled.generate(requests)) == _outputs(_backend(path, temperature=1.0, seed=7).generate(requests))
+    assert greedy.decoding.greedy and _outputs(greedy.generate(requests)) == _outputs(_backend(path).generate(requests))
+    assert _outputs(sampled.generate(requests)) != _outputs(greedy.generate(requests))
+
+
 def test_missing_chat_template_points_at_option(models: dict, tmp_path: Path) -> None:
     folder = tmp_path / "no-template"
     shutil.copytree(models["idefics3", "plain"], folder)

@@ -715,7 +715,6 @@ class TransformersBackend:
             **hub_options,
         ).to(self.device)
         self.model.eval()
-        self._generation_config = self._make_generation_config()
         self._token_classes: _TokenClasses | None = None
         self._logits_to_keep = "logits_to_keep" in inspect.signature(self.model.forward).parameters
         self._image_reuse = _ImageReuse(self.model, capacity) if reuse_images else None
@@ -725,8 +724,7 @@ class TransformersBackend:
         # Identical requests of a batch share one prefill; it rides on the prefix machinery.
         self.share_prompts = share_prompts and self._prefix is not None
         self.shared_rows = 0  # rows that ran on another row's prefill (draws of one prompt)
-        if self._prefix is not None:
-            self._generation_config.return_dict_in_generate = True  # for the cache, kept per image
+        self._generation_config = self._make_generation_config()
         self._image_caches += [part.cache for part in (self._image_reuse, self._prefix) if part is not None]
 
     # ----------------------------------------------------------------- setup
@@ -751,7 +749,21 @@ class TransformersBackend:
             config.eos_token_id = self.tokenizer.eos_token_id
         if config.pad_token_id is None:
             config.pad_token_id = self.tokenizer.pad_token_id
+        if self._prefix is not None:
+            config.return_dict_in_generate = True  # for the cache, kept per image
         return config
+
+    def with_decoding(self, decoding: DecodingSettings) -> "TransformersBackend":
+        """This backend with other decoding settings, on the same loaded weights, processor and caches.
+
+        Completed by the model's generation_config like the constructor's. Comparing two decodings this way
+        also compares them on one copy of the weights in memory: two loads of the same model differ in
+        speed by a few percent by their placement alone (``benchmarks/run.py``'s ``sampled_vs_greedy``).
+        """
+        other = copy.copy(self)
+        other.decoding = resolved_decoding(decoding, self.model_id, self.path, self.trust_remote_code)
+        other._generation_config = other._make_generation_config()
+        return other
 
     def _eos_ids(self) -> list[int]:
         eos = self._generation_config.eos_token_id
