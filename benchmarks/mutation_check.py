@@ -310,6 +310,13 @@ MUTATIONS: tuple[Mutation, ...] = (
         "    survival = 1.0 - np.cumsum(flipped, axis=-1) / np.maximum(at_risk[..., :1], 1)",
         ("tests/test_pressure.py",),
     ),
+    Mutation(
+        "with_decoding changes the backend it came from instead of a copy",
+        "mub/backends/transformers_backend.py",
+        "        other = copy.copy(self)",
+        "        other = self",
+        ("tests/test_transformers_backend.py::test_with_decoding_shares_the_weights_and_decodes_as_a_new_backend",),
+    ),
 )
 
 
