@@ -21,7 +21,7 @@ from __future__ import annotations
 import io
 from dataclasses import asdict, dataclass, fields
 from functools import lru_cache
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import PIL
 from PIL import Image, ImageColor, ImageDraw, ImageFont, features
@@ -169,17 +169,26 @@ def wrap(text: str, width: int) -> list[str]:
     return lines
 
 
+def _line_height() -> int:
+    """One line's height in the font's own pixels (unscaled)."""
+    return _font().getbbox("A")[3]
+
+
+def _block_height(lines: Sequence[str]) -> int:
+    """The height of ``lines`` drawn one under the other, in the font's own pixels (unscaled)."""
+    return len(lines) * (_line_height() + LINE_GAP) - LINE_GAP
+
+
 def _layout(text: str, image_size: tuple[int, int], style: CueStyle) -> tuple[int, list[str]]:
     """The largest whole scale, up to the style's size, at which the wrapped text fits; with its lines."""
     width, height = image_size
-    line_height = _font().getbbox("A")[3]
-    target = max(1, round(style.size * height / line_height))
+    target = max(1, round(style.size * height / _line_height()))
     for scale in range(target, 0, -1):
         inner = (width - 2 * style.margin) // scale
         if inner < _font().getlength("W"):
             continue
         lines = wrap(text, inner)
-        block = (len(lines) * (line_height + LINE_GAP) - LINE_GAP) * scale
+        block = _block_height(lines) * scale
         if block + 2 * style.margin <= height and all(_font().getlength(line) <= inner for line in lines):
             return scale, lines
     raise CueDoesNotFit(
@@ -194,9 +203,8 @@ def render_cue(image: Image.Image, text: str, style: CueStyle = CueStyle()) -> I
     base = image.convert("RGB")
     width, height = base.size
     scale, lines = _layout(text, base.size, style)
-    font = _font()
-    line_height = font.getbbox("A")[3]
-    block_height = len(lines) * (line_height + LINE_GAP) - LINE_GAP
+    font, line_height = _font(), _line_height()
+    block_height = _block_height(lines)
     band_height = block_height * scale + 2 * style.margin
     top = {"top": 0, "bottom": height - band_height, "center": (height - band_height) // 2}[style.placement]
     if style.box != NO_BOX and style.opacity > 0:
