@@ -77,6 +77,7 @@ CLUSTERED_NARROWEST, CLUSTERED_SLACK = 0.5, 1.25
 # The table of submissions made before mub recorded their stage-2 settings: their cue cannot be recomputed.
 CUE_NOT_RECORDED = "stage-2 cue not recorded (submitted before mub recorded it)"
 SETTING_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,39}$")  # a cue, dialogue or preset name as mub writes it
+MAX_NOTES = 100  # a submission's --notes: more than any item holds (each shows all of its notes)
 
 
 class InvalidSubmission(ValueError):
@@ -413,9 +414,6 @@ def _task_settings(task: str, settings: Any) -> Mapping[str, Any]:
     if settings.get("notes") is not None and not _within(settings["notes"], MAX_NOTES):
         raise InvalidSubmission(f"{where}.notes is not a count of notes, 1 to {MAX_NOTES}")
     return settings
-
-
-MAX_NOTES = 100  # a submission's --notes: more than any item holds (each shows all of its notes)
 
 
 def _within(value: Any, most: int) -> bool:
