@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from mub.protocol.cues import corrects
+from mub.protocol.cues import DEFAULT_CUES, corrects
 from mub.protocol.pressure import offers_correction
 from mub.runs.predictions import ItemPrediction
 from mub.runs.storage import RESULTS_FILE, RunFolder
@@ -71,8 +71,8 @@ class RunSummary:
 
     @property
     def default_cue(self) -> str:
-        """The config's own cue: note implicit, hint otherwise."""
-        return "note" if self.kind == "implicit" else "hint"
+        """The config's own cue: note implicit, hint otherwise (:data:`mub.protocol.cues.DEFAULT_CUES`)."""
+        return DEFAULT_CUES[self.kind]
 
     @property
     def stage2_cue(self) -> str:
