@@ -53,6 +53,11 @@ def _file(model: str, settings: dict | None = None, label: str | None = None, **
         ({"config": "explicit", "cue": {"name": "typographic"}, "typographic": {"box": True}},
          f"typographic (rendering {_sha8(json.dumps({'box': True}))})"),
         ({"config": "explicit", "typographic": {}}, f"MUB cue typographic (rendering {_sha8('{}')})"),  # recorded, if empty
+        # typographic draws the preset's hint sentence: its standard wording is no --cue-template
+        ({"config": "explicit", "protocol": {"preset": "paper"}, "cue": {"name": "typographic", "template": PAPER.hint_template},
+          "typographic": {}}, f"typographic (rendering {_sha8('{}')})"),
+        ({"config": "explicit", "protocol": {"preset": "paper"}, "cue": {"name": "typographic", "template": "Truly: {answer}"},
+          "typographic": {}}, f"typographic (template {_sha8('Truly: {answer}')}, rendering {_sha8('{}')})"),
         ({"config": "implicit", "notes": 1}, "MUB cue (notes 1)"),  # fewer notes mislead less: not MUB's implicit
         ({"config": "implicit", "notes": 5}, None),
         ({"config": "explicit", "notes": 1}, None),  # the hint shows no notes

@@ -108,10 +108,17 @@ def resolve_cue(name: str, setting: str, preset: Protocol, hint_template: str, t
             f"({', '.join(c for c in CUES if c != NOTE)})"
         )
     if template is None:
-        # typographic writes the hint's own sentence into the image, so the two cues differ only in where it is.
-        template = {HINT: hint_template, TYPOGRAPHIC: hint_template, NOTE: preset.note_template}.get(name) or LIBRARY_TEMPLATES[name]
+        template = standard_template(name, preset, hint_template)
     check_template(name, template)
     return Cue(name, template)
+
+
+def standard_template(name: str, preset: Protocol, hint_template: str | None = None) -> str:
+    """The template cue ``name`` is worded with when ``--cue-template`` does not replace it: the hint's
+    (``hint_template``, the preset's by default), the preset's note, or the library's."""
+    hint = preset.hint_template if hint_template is None else hint_template
+    # typographic writes the hint's own sentence into the image, so the two cues differ only in where it is.
+    return {HINT: hint, TYPOGRAPHIC: hint, NOTE: preset.note_template}.get(name) or LIBRARY_TEMPLATES[name]
 
 
 # Longest cue template (characters); the library's are under 200. A 4.8 MB one made torch try to allocate terabytes.

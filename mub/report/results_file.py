@@ -13,7 +13,7 @@ import re
 from pathlib import Path
 from typing import Any, Mapping
 
-from mub.protocol.cues import FIELDS, LIBRARY_TEMPLATES, NOTE, default_cue
+from mub.protocol.cues import FIELDS, NOTE, default_cue, standard_template
 from mub.protocol.presets import protocol_named, setting_of
 
 UNKNOWN_PROTOCOL = "unknown (pre-preset)"  # runs made before protocol presets were recorded
@@ -103,10 +103,9 @@ def _standard_template(cue: str, preset: str) -> str | None:
     """The template a cue is worded with when no flag changes it: the preset's hint or note, the library's otherwise;
     None for a preset or cue this mub does not know (any recorded template then shows its digest)."""
     try:
-        protocol = protocol_named(preset)
-    except ValueError:
+        return standard_template(cue, protocol_named(preset))
+    except (ValueError, KeyError):  # a preset or cue this mub does not know
         return None
-    return {"hint": protocol.hint_template, NOTE: protocol.note_template}.get(cue) or LIBRARY_TEMPLATES.get(cue)
 
 
 def pressure_label(settings: Mapping[str, Any]) -> str | None:
