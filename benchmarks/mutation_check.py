@@ -317,6 +317,13 @@ MUTATIONS: tuple[Mutation, ...] = (
         "        other = self",
         ("tests/test_transformers_backend.py::test_with_decoding_shares_the_weights_and_decodes_as_a_new_backend",),
     ),
+    Mutation(
+        "board: a typographic run's standard wording reads as a --cue-template (the twin rule without typographic)",
+        "mub/protocol/cues.py",
+        "    return {HINT: hint, TYPOGRAPHIC: hint, NOTE: preset.note_template}.get(name) or LIBRARY_TEMPLATES[name]",
+        "    return {HINT: hint, NOTE: preset.note_template}.get(name) or LIBRARY_TEMPLATES.get(name, \"\")",
+        ("tests/test_leaderboard_cues.py",),
+    ),
 )
 
 
