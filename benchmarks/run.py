@@ -53,9 +53,12 @@ order; the median ratio of A's cost over B's, with its range):
 
 - ``sampled_vs_greedy``: CPU seconds per generation step of one batch of 16
   stage-1 requests at 256 new tokens (one call per side and round), mub's seeded
-  sampling at the paper's explicit settings (temperature 0.4, top-k 80,
+  sampling at the paper's explicit settings (the model's temperature, top-k 80,
   top-p 0.9) over greedy, both on one loaded copy of the weights
-  (``TransformersBackend.with_decoding``).
+  (``TransformersBackend.with_decoding``);
+  ``sampled_vs_transformers_sampling``: over transformers' own unseeded sampling
+  at the same settings (``do_sample=True``: its warpers, then ``multinomial``),
+  on the same weights and requests.
 - ``draws_shared_vs_separate``: 9 draws of one prompt (the paper preset's
   decoding, distinct keys and seeds) in one call, sharing one prefill, over
   the same 9 draws as single requests, each prefilled on its own;
@@ -84,6 +87,7 @@ from __future__ import annotations
 
 import argparse
 import atexit
+import copy
 import datetime
 import io
 import json
@@ -377,11 +381,31 @@ def sampled_vs_greedy(path: str, dtype: str, device: str, dataset: Any, rounds: 
     sampled = greedy.with_decoding(
         DecodingSettings(**settings, temperature=paper.temperature, top_k=paper.top_k, top_p=paper.top_p)
     )
+    unseeded = transformers_sampling(greedy, sampled.decoding)
     requests = stage1_requests(dataset, BATCH_SIZE)
-    seconds_per_step(greedy, requests), seconds_per_step(sampled, requests)  # warm-up
+    for backend in (greedy, sampled, unseeded):  # warm-up
+        seconds_per_step(backend, requests)
     figure = ab_rounds("sampled_vs_greedy", rounds, lambda: seconds_per_step(sampled, requests), lambda: seconds_per_step(greedy, requests))
-    return {**figure, "settings": {"temperature": paper.temperature, "top_k": paper.top_k, "top_p": paper.top_p,
-                                   "max_new_tokens": PAPER_TOKENS, "batch_size": BATCH_SIZE}}
+    own = ab_rounds(
+        "sampled_vs_transformers_sampling", rounds,
+        lambda: seconds_per_step(sampled, requests), lambda: seconds_per_step(unseeded, requests),
+    )  # fmt: skip
+    settings = sampled.decoding
+    return {**figure, "transformers_sampling": own, "settings": {
+        "temperature": settings.temperature, "top_k": settings.top_k, "top_p": settings.top_p,
+        "max_new_tokens": PAPER_TOKENS, "batch_size": BATCH_SIZE,
+    }}  # fmt: skip
+
+
+def transformers_sampling(greedy: TransformersBackend, settings: DecodingSettings) -> TransformersBackend:
+    """``greedy`` (same weights) decoding by transformers' own sampling at ``settings``: ``generate`` with
+    ``do_sample=True`` applies its temperature, top-k and top-p warpers, then draws with ``multinomial`` from
+    the global generator (no per-request seeds). The cost mub's seeded sampler is held to."""
+    other = copy.copy(greedy)
+    config = copy.deepcopy(greedy._generation_config)
+    config.update(do_sample=True, temperature=settings.temperature, top_k=settings.top_k, top_p=settings.top_p)
+    other._generation_config = config
+    return other
 
 
 def draws_shared_vs_separate(path: str, dtype: str, device: str, dataset: Any, rounds: int) -> dict[str, Any]:
@@ -409,12 +433,16 @@ def draws_shared_vs_separate(path: str, dtype: str, device: str, dataset: Any, r
     # Equal up to float rounding: a CPU matmul rounds a row differently by how many rows it multiplies at once
     # (torch 2.13 on x86: one kernel for 1 row, another for 2-10, another from 11-16 on), and the shared draws
     # run as 9 rows where the separate ones run as 1. Over 256 sampled tokens such a difference can move a draw
-    # across a token boundary of its inverse CDF, so the figure counts the equal texts (and warms up).
-    same = sum(a.text == alone.generate([d])[0].text for a, d in zip(shared.generate(draws), draws))
-    one_call(unshared)
+    # across a token boundary of its inverse CDF, so the figure counts the equal texts (and warms up). It counts
+    # them against the 9 draws in one unshared batch too, which decodes as 9 rows as well but prefills 9 copies
+    # of the prompt at once: the prefill's rounding moves with its row count too.
+    shared_texts = [g.text for g in shared.generate(draws)]
+    same = sum(text == alone.generate([d])[0].text for text, d in zip(shared_texts, draws))
+    same_batch = sum(text == g.text for text, g in zip(shared_texts, unshared.generate(draws)))
     figure = ab_rounds("draws_shared_vs_separate", rounds, lambda: one_call(shared), separately)
     batch = ab_rounds("draws_shared_vs_unshared_batch", rounds, lambda: one_call(shared), lambda: one_call(unshared))
-    return {"separate": figure, "unshared_batch": batch, "draws": DRAWS, "same_texts": same, "max_new_tokens": decoding.max_new_tokens}
+    return {"separate": figure, "unshared_batch": batch, "draws": DRAWS, "same_texts": same, "same_texts_unshared_batch": same_batch,
+            "max_new_tokens": decoding.max_new_tokens}
 
 
 def batch1_vs_plain_loop(path: str, dtype: str, device: str, dataset: Any, rounds: int) -> dict[str, Any]:
@@ -579,9 +607,12 @@ def paper_summary(paper: dict[str, Any] | None) -> dict[str, Any]:
 
 AB_FIGURES = ("sampled_vs_greedy", "draws_shared_vs_separate", "stage1_vs_plain_loop", "batch1_vs_plain_loop")
 RUN_FIGURES = ("batched_vs_naive", "logprob_vs_generate", "overhead_share", "metric_1m_s", "build_items_per_s", "paper_draws_per_s")
+# What each --only choice measures (and --check then judges): an A/B part may report more than its own figure.
 PARTS = {
-    "all": AB_FIGURES + RUN_FIGURES, "ab": AB_FIGURES, "runs": RUN_FIGURES,
+    "all": AB_FIGURES + RUN_FIGURES + ("sampled_vs_transformers_sampling",),
+    "ab": AB_FIGURES + ("sampled_vs_transformers_sampling",), "runs": RUN_FIGURES,
     **{name: (name,) for name in (*AB_FIGURES, "paper_draws_per_s")},
+    "sampled_vs_greedy": ("sampled_vs_greedy", "sampled_vs_transformers_sampling"),
 }  # fmt: skip
 
 
@@ -591,6 +622,7 @@ def ab_summary(ab: dict[str, Any]) -> dict[str, Any]:
     draws = ab.get("draws") or {}
     measured = {
         "sampled_vs_greedy": ab.get("sampled_vs_greedy"),
+        "sampled_vs_transformers_sampling": (ab.get("sampled_vs_greedy") or {}).get("transformers_sampling"),
         "draws_shared_vs_separate": draws.get("separate"),
         "draws_shared_vs_unshared_batch": draws.get("unshared_batch"),
         "stage1_vs_plain_loop": ab.get("stage1_vs_plain_loop"),

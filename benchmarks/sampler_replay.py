@@ -1,0 +1,130 @@
+"""Where ``sampled_vs_greedy``'s cost goes: mub's seeded sampler, or the model's work on other tokens.
+
+    python benchmarks/sampler_replay.py            # tiny:llava:bench (all-random), 16 requests, 256 tokens, 8 rounds
+
+Three decodings of one batch of 16 stage-1 requests on one loaded copy of the weights, timed as
+``benchmarks/run.py``'s ``sampled_vs_greedy`` times them (CPU seconds per generation step, one call per side and
+round, order alternating): greedy; mub's seeded sampling at the paper's explicit settings; and a replay that emits
+the sampled run's tokens through the same logits-processor hook at the cost of one fill and one scatter per step.
+``replay_vs_greedy`` is then what the sampled tokens cost the model itself (the all-random model's greedy answer
+repeats one token), and ``sampled_vs_replay`` what the sampler costs. The last line is one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import time
+from typing import Any, Callable
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import torch
+
+import mub.backends.transformers_backend as transformers_backend
+import mub_dataset
+from mub.backends.base import Request
+from mub.backends.transformers_backend import TransformersBackend
+from mub.config import DecodingSettings
+from mub.protocol.parsing import option_labels
+from mub.protocol.presets import protocol_named
+from mub.protocol.prompts import render
+from mub.testing.tiny_models import resolve_model_spec
+
+
+class Replay:
+    """A logits processor that picks the recorded tokens, one column of them per step."""
+
+    def __init__(self, steps: list[Any]) -> None:
+        self.steps = steps
+        self.step = 0
+
+    def __call__(self, input_ids: Any, scores: Any) -> Any:
+        picked = self.steps[self.step]
+        self.step += 1
+        return scores.fill_(float("-inf")).scatter_(1, picked, 0.0)
+
+
+def recorded_tokens(sampled: TransformersBackend, requests: list[Request]) -> list[Any]:
+    """The tokens the seeded sampler picks for ``requests``, one (rows, 1) column per step."""
+    steps: list[Any] = []
+    make = transformers_backend._seeded_sampler
+
+    def recording(seeds: Any, decoding: DecodingSettings) -> Callable[[Any, Any], Any]:
+        sampler = make(seeds, decoding)
+
+        def pick(input_ids: Any, scores: Any) -> Any:
+            scores = sampler(input_ids, scores)
+            steps.append(scores.argmax(-1, keepdim=True))
+            return scores
+
+        return pick
+
+    transformers_backend._seeded_sampler = recording
+    try:
+        sampled.generate(requests)
+    finally:
+        transformers_backend._seeded_sampler = make
+    return steps
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", default="tiny:llava:bench")
+    parser.add_argument("--requests", type=int, default=16)
+    parser.add_argument("--max-new-tokens", type=int, default=256)
+    parser.add_argument("--rounds", type=int, default=8)
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    path = resolve_model_spec(args.model, answers=False)
+    paper = protocol_named("paper").decoding["explicit"]
+    greedy = TransformersBackend(
+        path, dtype="float32", device="cpu", batch_size=args.requests, decoding=DecodingSettings(max_new_tokens=args.max_new_tokens)
+    )
+    sampled = greedy.with_decoding(
+        DecodingSettings(max_new_tokens=args.max_new_tokens, temperature=paper.temperature, top_k=paper.top_k, top_p=paper.top_p)
+    )
+    prompts = protocol_named("deterministic").prompts["explicit"]
+    dataset = mub_dataset.load("explicit", "sample").select(range(args.requests))
+    requests = [
+        Request(f"{row['id']}/stage1/0", row["image"].convert("RGB"), render(row, prompts), option_labels(row["choices"], row["question_type"]))
+        for row in dataset
+    ]
+    tokens = recorded_tokens(sampled, requests)
+    make = transformers_backend._seeded_sampler
+
+    def replayed() -> list[Any]:
+        transformers_backend._seeded_sampler = lambda seeds, decoding: Replay(tokens)
+        try:
+            return sampled.generate(requests)
+        finally:
+            transformers_backend._seeded_sampler = make
+
+    same = [g.text for g in replayed()] == [g.text for g in sampled.generate(requests)]  # and warm-up
+    greedy.generate(requests)
+    sides: dict[str, Callable[[], list[Any]]] = {
+        "greedy": lambda: greedy.generate(requests), "sampled": lambda: sampled.generate(requests), "replay": replayed,
+    }  # fmt: skip
+    seconds: dict[str, list[float]] = {name: [] for name in sides}
+    for number in range(args.rounds):
+        for name in list(sides) if number % 2 == 0 else list(reversed(sides)):
+            start = time.process_time()
+            generations = sides[name]()
+            seconds[name].append((time.process_time() - start) / max(g.extra["new_tokens"] for g in generations))
+
+    def ratio(a: str, b: str) -> float:
+        return round(statistics.median(x / y for x, y in zip(seconds[a], seconds[b])), 3)
+
+    figures = {
+        "sampled_vs_greedy": ratio("sampled", "greedy"), "replay_vs_greedy": ratio("replay", "greedy"),
+        "sampled_vs_replay": ratio("sampled", "replay"),
+    }  # fmt: skip
+    print(json.dumps({"model": args.model, "requests": args.requests, "rounds": args.rounds, "replay_same_texts": same, **figures}))
+
+
+if __name__ == "__main__":
+    main()
