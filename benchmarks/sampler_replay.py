@@ -14,23 +14,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import time
 from typing import Any, Callable
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
 import torch
+from run import PAPER_TOKENS, seconds_per_step, stage1_requests  # the same requests and timing as sampled_vs_greedy
 
 import mub.backends.transformers_backend as transformers_backend
 import mub_dataset
 from mub.backends.base import Request
 from mub.backends.transformers_backend import TransformersBackend
 from mub.config import DecodingSettings
-from mub.protocol.parsing import option_labels
 from mub.protocol.presets import protocol_named
-from mub.protocol.prompts import render
 from mub.testing.tiny_models import resolve_model_spec
 
 
@@ -70,11 +65,27 @@ def recorded_tokens(sampled: TransformersBackend, requests: list[Request]) -> li
     return steps
 
 
+class Replaying:
+    """``sampled`` with its seeded sampler swapped for a :class:`Replay` of ``tokens``: the same calls otherwise."""
+
+    def __init__(self, sampled: TransformersBackend, tokens: list[Any]) -> None:
+        self.sampled = sampled
+        self.tokens = tokens
+
+    def generate(self, requests: list[Request]) -> list[Any]:
+        make = transformers_backend._seeded_sampler
+        transformers_backend._seeded_sampler = lambda seeds, decoding: Replay(self.tokens)
+        try:
+            return self.sampled.generate(requests)
+        finally:
+            transformers_backend._seeded_sampler = make
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", default="tiny:llava:bench")
     parser.add_argument("--requests", type=int, default=16)
-    parser.add_argument("--max-new-tokens", type=int, default=256)
+    parser.add_argument("--max-new-tokens", type=int, default=PAPER_TOKENS)
     parser.add_argument("--rounds", type=int, default=8)
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
@@ -88,33 +99,15 @@ def main() -> None:
     sampled = greedy.with_decoding(
         DecodingSettings(max_new_tokens=args.max_new_tokens, temperature=paper.temperature, top_k=paper.top_k, top_p=paper.top_p)
     )
-    prompts = protocol_named("deterministic").prompts["explicit"]
-    dataset = mub_dataset.load("explicit", "sample").select(range(args.requests))
-    requests = [
-        Request(f"{row['id']}/stage1/0", row["image"].convert("RGB"), render(row, prompts), option_labels(row["choices"], row["question_type"]))
-        for row in dataset
-    ]
-    tokens = recorded_tokens(sampled, requests)
-    make = transformers_backend._seeded_sampler
-
-    def replayed() -> list[Any]:
-        transformers_backend._seeded_sampler = lambda seeds, decoding: Replay(tokens)
-        try:
-            return sampled.generate(requests)
-        finally:
-            transformers_backend._seeded_sampler = make
-
-    same = [g.text for g in replayed()] == [g.text for g in sampled.generate(requests)]  # and warm-up
+    requests = stage1_requests(mub_dataset.load("explicit", "sample"), args.requests)
+    replay = Replaying(sampled, recorded_tokens(sampled, requests))
+    same = [g.text for g in replay.generate(requests)] == [g.text for g in sampled.generate(requests)]  # and warm-up
     greedy.generate(requests)
-    sides: dict[str, Callable[[], list[Any]]] = {
-        "greedy": lambda: greedy.generate(requests), "sampled": lambda: sampled.generate(requests), "replay": replayed,
-    }  # fmt: skip
+    sides: dict[str, Any] = {"greedy": greedy, "sampled": sampled, "replay": replay}
     seconds: dict[str, list[float]] = {name: [] for name in sides}
-    for number in range(args.rounds):
+    for number in range(args.rounds):  # one call per side and round, order alternating
         for name in list(sides) if number % 2 == 0 else list(reversed(sides)):
-            start = time.process_time()
-            generations = sides[name]()
-            seconds[name].append((time.process_time() - start) / max(g.extra["new_tokens"] for g in generations))
+            seconds[name].append(seconds_per_step(sides[name], requests))
 
     def ratio(a: str, b: str) -> float:
         return round(statistics.median(x / y for x, y in zip(seconds[a], seconds[b])), 3)
