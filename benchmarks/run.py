@@ -373,14 +373,10 @@ def seconds_per_step(backend: TransformersBackend, requests: list[Request]) -> f
 
 def sampled_vs_greedy(path: str, dtype: str, device: str, dataset: Any, rounds: int) -> dict[str, Any]:
     """mub's seeded sampling (the paper's explicit settings) over greedy decoding, per generation step, 256 tokens."""
-    paper = protocol_named("paper").decoding["explicit"]
-    settings = {"max_new_tokens": PAPER_TOKENS}
-    greedy = TransformersBackend(path, dtype=dtype, device=device, batch_size=BATCH_SIZE, decoding=DecodingSettings(**settings))
-    # One copy of the weights for both sides: two loads of one model differ by a few percent per step by their
-    # placement in memory alone (two greedy backends: 0.975-1.021), which this figure must not measure.
-    sampled = greedy.with_decoding(
-        DecodingSettings(**settings, temperature=paper.temperature, top_k=paper.top_k, top_p=paper.top_p)
+    greedy = TransformersBackend(
+        path, dtype=dtype, device=device, batch_size=BATCH_SIZE, decoding=DecodingSettings(max_new_tokens=PAPER_TOKENS)
     )
+    sampled = paper_sampling(greedy)
     unseeded = transformers_sampling(greedy, sampled.decoding)
     requests = stage1_requests(dataset, BATCH_SIZE)
     for backend in (greedy, sampled, unseeded):  # warm-up
@@ -395,6 +391,18 @@ def sampled_vs_greedy(path: str, dtype: str, device: str, dataset: Any, rounds: 
         "temperature": settings.temperature, "top_k": settings.top_k, "top_p": settings.top_p,
         "max_new_tokens": PAPER_TOKENS, "batch_size": BATCH_SIZE,
     }}  # fmt: skip
+
+
+def paper_sampling(greedy: TransformersBackend) -> TransformersBackend:
+    """``greedy`` decoding by mub's seeded sampling at the paper's explicit settings (its token limit kept).
+    One copy of the weights for both: two loads of one model differ by a few percent per step by their
+    placement in memory alone (two greedy backends: 0.975-1.021), which a comparison of the two must not measure."""
+    paper = protocol_named("paper").decoding["explicit"]
+    return greedy.with_decoding(
+        DecodingSettings(
+            max_new_tokens=greedy.decoding.max_new_tokens, temperature=paper.temperature, top_k=paper.top_k, top_p=paper.top_p
+        )
+    )
 
 
 def transformers_sampling(greedy: TransformersBackend, settings: DecodingSettings) -> TransformersBackend:

@@ -13,19 +13,19 @@ repeats one token), and ``sampled_vs_replay`` what the sampler costs. The last l
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import statistics
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
-from run import PAPER_TOKENS, seconds_per_step, stage1_requests  # the same requests and timing as sampled_vs_greedy
+from run import PAPER_TOKENS, paper_sampling, seconds_per_step, stage1_requests  # the same requests and timing as sampled_vs_greedy
 
 import mub.backends.transformers_backend as transformers_backend
 import mub_dataset
 from mub.backends.base import Request
-from mub.backends.transformers_backend import TransformersBackend
+from mub.backends.transformers_backend import TransformersBackend, _seeded_sampler
 from mub.config import DecodingSettings
-from mub.protocol.presets import protocol_named
 from mub.testing.tiny_models import resolve_model_spec
 
 
@@ -42,13 +42,22 @@ class Replay:
         return scores.fill_(float("-inf")).scatter_(1, picked, 0.0)
 
 
+@contextlib.contextmanager
+def sampler_made_by(make: Callable[[Any, DecodingSettings], Any]) -> Iterator[None]:
+    """Inside, the transformers backend builds its per-call sampler with ``make(seeds, decoding)``."""
+    transformers_backend._seeded_sampler = make
+    try:
+        yield
+    finally:
+        transformers_backend._seeded_sampler = _seeded_sampler
+
+
 def recorded_tokens(sampled: TransformersBackend, requests: list[Request]) -> list[Any]:
     """The tokens the seeded sampler picks for ``requests``, one (rows, 1) column per step."""
     steps: list[Any] = []
-    make = transformers_backend._seeded_sampler
 
     def recording(seeds: Any, decoding: DecodingSettings) -> Callable[[Any, Any], Any]:
-        sampler = make(seeds, decoding)
+        sampler = _seeded_sampler(seeds, decoding)
 
         def pick(input_ids: Any, scores: Any) -> Any:
             scores = sampler(input_ids, scores)
@@ -57,11 +66,8 @@ def recorded_tokens(sampled: TransformersBackend, requests: list[Request]) -> li
 
         return pick
 
-    transformers_backend._seeded_sampler = recording
-    try:
+    with sampler_made_by(recording):
         sampled.generate(requests)
-    finally:
-        transformers_backend._seeded_sampler = make
     return steps
 
 
@@ -73,12 +79,8 @@ class Replaying:
         self.tokens = tokens
 
     def generate(self, requests: list[Request]) -> list[Any]:
-        make = transformers_backend._seeded_sampler
-        transformers_backend._seeded_sampler = lambda seeds, decoding: Replay(self.tokens)
-        try:
+        with sampler_made_by(lambda seeds, decoding: Replay(self.tokens)):
             return self.sampled.generate(requests)
-        finally:
-            transformers_backend._seeded_sampler = make
 
 
 def main() -> None:
@@ -92,13 +94,10 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     path = resolve_model_spec(args.model, answers=False)
-    paper = protocol_named("paper").decoding["explicit"]
     greedy = TransformersBackend(
         path, dtype="float32", device="cpu", batch_size=args.requests, decoding=DecodingSettings(max_new_tokens=args.max_new_tokens)
     )
-    sampled = greedy.with_decoding(
-        DecodingSettings(max_new_tokens=args.max_new_tokens, temperature=paper.temperature, top_k=paper.top_k, top_p=paper.top_p)
-    )
+    sampled = paper_sampling(greedy)
     requests = stage1_requests(mub_dataset.load("explicit", "sample"), args.requests)
     replay = Replaying(sampled, recorded_tokens(sampled, requests))
     same = [g.text for g in replay.generate(requests)] == [g.text for g in sampled.generate(requests)]  # and warm-up
