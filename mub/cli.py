@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import gc
 import os
 import shlex
 import sys
@@ -658,8 +659,19 @@ def user_message(exc: BaseException) -> str:
     return text
 
 
+# Full collections of mub's own process wait for this many young (generation-1) collections, Python's default
+# being 10; see console_main.
+FULL_COLLECTION_THRESHOLD = 100
+
+
 def console_main() -> None:
     """The ``mub`` command: :func:`main`, then exit with its status."""
+    # Start-up (torch, transformers, the weights) leaves about 400,000 objects alive for the whole process,
+    # and at Python's default thresholds it scans them all in about 7 full collections that free next to
+    # nothing: 0.7 s of CPU in a `mub run` (2-core x86, Python 3.11). Young garbage is still collected as
+    # often as before, and a full collection still comes once the long-lived objects grow by a quarter.
+    # mub's own process only: a library user's keeps its settings. (Python 3.14 ignores this third value.)
+    gc.set_threshold(*gc.get_threshold()[:2], FULL_COLLECTION_THRESHOLD)
     code = main()
     if code == EXIT_INTERRUPTED:
         # A request still waiting for its reply would hold the process until its timeout (a minute by

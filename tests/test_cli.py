@@ -6,6 +6,8 @@ import subprocess
 import sys
 from dataclasses import fields
 
+import pytest
+
 from mub.config import RunConfig
 
 
@@ -13,6 +15,37 @@ def test_building_the_parser_imports_no_heavy_library():
     code = "import sys, mub.cli; mub.cli.make_parser(); print(sorted({'datasets', 'torch', 'transformers'} & set(sys.modules)))"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]"
+
+
+# A stage-1 run on a tiny model, counting the full collections from the command's start; MAIN is the call.
+FULL_COLLECTIONS = """
+import gc, sys
+full = []
+gc.callbacks.append(lambda phase, info: phase == "stop" and info["generation"] == 2 and full.append(1))
+import mub.cli
+full.clear()
+sys.argv = ["mub", "run", "--model", "tiny:llava", "--stages", "1", "--limit", "2", "--out", sys.argv[1], "--quiet"]
+try:
+    MAIN
+finally:
+    print("full collections:", len(full))
+"""
+
+
+@pytest.mark.skipif(sys.version_info >= (3, 14), reason="Python 3.14's incremental collector has no third threshold")
+def test_the_command_skips_the_full_collections_of_its_start_up(tmp_path):
+    """Python's default thresholds scan the whole start-up (torch, transformers, the weights) several times over;
+    the ``mub`` command's own process (console_main) waits for ten times as many young collections."""
+
+    def full_collections(call: str, out: str) -> int:
+        code = FULL_COLLECTIONS.replace("MAIN", call)
+        done = subprocess.run([sys.executable, "-c", code, str(tmp_path / out)], capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-2000:]
+        return int(done.stdout.rsplit("full collections:", 1)[1])
+
+    at_defaults = full_collections("sys.exit(mub.cli.main())", "library")  # main(): the caller's settings
+    assert at_defaults >= 3
+    assert full_collections("mub.cli.console_main()", "command") < at_defaults - 2
 
 
 def test_every_run_config_field_is_a_run_flag_or_set_by_the_command():
