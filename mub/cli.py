@@ -669,7 +669,8 @@ def console_main() -> None:
     # Start-up (torch, transformers, the weights) leaves about 400,000 objects alive for the whole process,
     # and at Python's default thresholds it scans them all in about 7 full collections that free next to
     # nothing: 0.7 s of CPU in a `mub run` (2-core x86, Python 3.11). Young garbage is still collected as
-    # often as before, and a full collection still comes once the long-lived objects grow by a quarter.
+    # often as before; a longer run makes its first full collection after 100 young ones, and later ones
+    # once the long-lived objects grow by a quarter, as before.
     # mub's own process only: a library user's keeps its settings. (Python 3.14 ignores this third value.)
     gc.set_threshold(*gc.get_threshold()[:2], FULL_COLLECTION_THRESHOLD)
     code = main()
