@@ -70,6 +70,8 @@ order; the median ratio of A's cost over B's, with its range):
   same saved model, items and prompts, batch 16, 16 new tokens, greedy; the
   processes' CPU seconds (user + system), which a neighbour's burst does not
   inflate as it does wall time (the wall-time ratio is reported beside it).
+  The loop runs at Python's default garbage-collection thresholds, as a script
+  would; the ``mub`` command waits longer for full collections (README).
 - ``batch1_vs_plain_loop``: inside the generation call at batch 1: CPU seconds of
   mub's backend (``batch_size=1``) over 16 stage-1 requests, greedy, 16 new
   tokens, over the same requests asked one at a time the plain way

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import sysconfig
 from dataclasses import fields
 
 import pytest
@@ -32,10 +33,14 @@ finally:
 """
 
 
-@pytest.mark.skipif(sys.version_info >= (3, 14), reason="Python 3.14's incremental collector has no third threshold")
+@pytest.mark.skipif(
+    sys.version_info >= (3, 14) or bool(sysconfig.get_config_var("Py_GIL_DISABLED")),
+    reason="Python 3.14's incremental collector and free-threaded builds have no third threshold",
+)
 def test_the_command_skips_the_full_collections_of_its_start_up(tmp_path):
-    """Python's default thresholds scan the whole start-up (torch, transformers, the weights) several times over;
-    the ``mub`` command's own process (console_main) waits for ten times as many young collections."""
+    """Python's default thresholds scan the whole start-up (torch, transformers, the weights) several times over
+    (7 full collections on Python 3.11); the ``mub`` command's own process (console_main) waits for ten times as
+    many generation-1 collections, so its start-up makes at most one."""
 
     def full_collections(call: str, out: str) -> int:
         code = FULL_COLLECTIONS.replace("MAIN", call)
@@ -44,8 +49,8 @@ def test_the_command_skips_the_full_collections_of_its_start_up(tmp_path):
         return int(done.stdout.rsplit("full collections:", 1)[1])
 
     at_defaults = full_collections("sys.exit(mub.cli.main())", "library")  # main(): the caller's settings
-    assert at_defaults >= 3
-    assert full_collections("mub.cli.console_main()", "command") < at_defaults - 2
+    assert at_defaults >= 3  # else this start-up is too small to tell the two apart
+    assert full_collections("mub.cli.console_main()", "command") <= 1
 
 
 def test_every_run_config_field_is_a_run_flag_or_set_by_the_command():
