@@ -59,9 +59,9 @@ order; the median ratio of A's cost over B's, with its range):
   ``sampled_vs_transformers_sampling``: over transformers' own unseeded sampling
   at the same settings (``do_sample=True``: its warpers, then ``multinomial``),
   on the same weights and requests.
-- ``draws_shared_vs_separate``: 9 draws of one prompt (the paper preset's
-  decoding, distinct keys and seeds) in one call, sharing one prefill, over
-  the same 9 draws as single requests, each prefilled on its own;
+- ``draws_shared_vs_separate``: CPU seconds of 9 draws of one prompt (the paper
+  preset's decoding, distinct keys and seeds) in one call, sharing one prefill,
+  over the same 9 draws as single requests, each prefilled on its own;
   ``draws_shared_vs_unshared_batch``: over the 9 draws in one batch with
   sharing off (what the prefill sharing alone saves).
 - ``stage1_vs_plain_loop``: whole processes, start-up included:
@@ -430,9 +430,9 @@ def draws_shared_vs_separate(path: str, dtype: str, device: str, dataset: Any, r
     shared, unshared, alone = backend(), backend(share_prompts=False), backend(share_prompts=False, reuse_prefix=False)
 
     def timed(call: Callable[[], Any]) -> float:
-        start = time.perf_counter()
+        start = time.process_time()  # CPU seconds, as in seconds_per_step
         call()
-        return time.perf_counter() - start
+        return time.process_time() - start
 
     def one_call(chosen: TransformersBackend) -> float:
         return timed(lambda: chosen.generate(draws))
