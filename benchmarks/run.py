@@ -363,14 +363,22 @@ def stage1_requests(dataset: Any, n_items: int, keys: Callable[[int], list[str]]
     return requests
 
 
-def seconds_per_step(backend: TransformersBackend, requests: list[Request]) -> float:
-    """CPU seconds of one call over its longest generation's steps (the batch runs until its last row ends).
-    CPU time of this process (torch on ``--threads`` threads, 1 by default), which a neighbour's burst does not
-    inflate as it does wall time, so the ratio measures work, not the machine's load. One call per side and
-    round: the two sides' calls follow each other closely, so a round's ratio compares them under one load."""
+def cpu_seconds(call: Callable[[], Any]) -> float:
+    """CPU seconds of this process (torch on ``--threads`` threads, 1 by default) spent in ``call()``, which a
+    neighbour's burst does not inflate as it does wall time, so an A/B ratio measures work, not the machine's
+    load. One call per side and round: the two sides' calls follow each other closely, so a round's ratio
+    compares them under one load."""
     start = time.process_time()
-    generations = backend.generate(requests)
-    return (time.process_time() - start) / max(g.extra["new_tokens"] for g in generations)
+    call()
+    return time.process_time() - start
+
+
+def seconds_per_step(backend: TransformersBackend, requests: list[Request]) -> float:
+    """CPU seconds (:func:`cpu_seconds`) of one call over its longest generation's steps (the batch runs until
+    its last row ends)."""
+    generations: list[Any] = []
+    seconds = cpu_seconds(lambda: generations.extend(backend.generate(requests)))
+    return seconds / max(g.extra["new_tokens"] for g in generations)
 
 
 def sampled_vs_greedy(path: str, dtype: str, device: str, dataset: Any, rounds: int) -> dict[str, Any]:
@@ -429,16 +437,11 @@ def draws_shared_vs_separate(path: str, dtype: str, device: str, dataset: Any, r
 
     shared, unshared, alone = backend(), backend(share_prompts=False), backend(share_prompts=False, reuse_prefix=False)
 
-    def timed(call: Callable[[], Any]) -> float:
-        start = time.process_time()  # CPU seconds, as in seconds_per_step
-        call()
-        return time.process_time() - start
-
     def one_call(chosen: TransformersBackend) -> float:
-        return timed(lambda: chosen.generate(draws))
+        return cpu_seconds(lambda: chosen.generate(draws))
 
     def separately() -> float:
-        return timed(lambda: [alone.generate([draw]) for draw in draws])
+        return cpu_seconds(lambda: [alone.generate([draw]) for draw in draws])
 
     # Equal up to float rounding: a CPU matmul rounds a row differently by how many rows it multiplies at once
     # (torch 2.13 on x86: one kernel for 1 row, another for 2-10, another from 11-16 on), and the shared draws
@@ -465,9 +468,7 @@ def batch1_vs_plain_loop(path: str, dtype: str, device: str, dataset: Any, round
 
     def one_call(answer: Callable[[list[Request]], list[str]]) -> float:
         fresh = [replace(r, image=r.image.copy()) for r in requests]  # no image work cached from an earlier call
-        start = time.process_time()  # CPU seconds, one call per side and round, as in seconds_per_step
-        answer(fresh)
-        return time.process_time() - start
+        return cpu_seconds(lambda: answer(fresh))
 
     def mub(batch: list[Request]) -> list[str]:
         return [g.text for g in backend.generate(batch)]
